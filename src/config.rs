@@ -1,0 +1,466 @@
+//! Configuration: the kit's keys, from code, environment variables or a file.
+//!
+//! Every key has the name celery-sqlalchemy-kit gives it, and the
+//! environment variable is that name in upper case (`broker_url` is read
+//! from `CELERY_BROKER_URL`, as Celery names it). A file holds `key = value`
+//! lines; environment variables override the file, which overrides the
+//! defaults.
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+/// The SQLite file used when no `scheduler_db_uri` is given.
+pub const DEFAULT_DB_URI: &str = "sqlite://celery-beat.sqlite3";
+
+/// Why a configuration value was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value that does not parse for its key.
+    #[error("invalid {key} = {value:?}: {reason}")]
+    Invalid {
+        /// The configuration key.
+        key: &'static str,
+        /// The rejected value (URLs with their password masked).
+        value: String,
+        /// What was expected.
+        reason: &'static str,
+    },
+    /// A key the file does not know.
+    #[error("{path}:{line}: unknown configuration key {key:?}")]
+    UnknownKey {
+        /// The configuration file.
+        path: String,
+        /// Its line number, from 1.
+        line: usize,
+        /// The unknown key.
+        key: String,
+    },
+    /// A line of a configuration file that is not `key = value`.
+    #[error("{path}:{line}: expected `key = value`")]
+    Syntax {
+        /// The configuration file.
+        path: String,
+        /// Its line number, from 1.
+        line: usize,
+    },
+    /// The configuration file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The configuration file.
+        path: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// The beat's configuration. Field names are the kit's configuration keys.
+///
+/// ```
+/// use celery_diesel_kit::Config;
+/// use std::time::Duration;
+///
+/// let config = Config {
+///     scheduler_db_uri: "sqlite://my-beat.sqlite3".into(),
+///     celery_max_retry: 5,
+///     ..Config::default()
+/// };
+/// assert_eq!(config.scheduler_max_interval, Duration::from_secs(300));
+/// ```
+#[derive(Clone, PartialEq)]
+pub struct Config {
+    /// `scheduler_db_uri`: `postgres://…`, `sqlite://path` or a plain SQLite path.
+    pub scheduler_db_uri: String,
+    /// `scheduler_max_interval`: the longest the scheduler sleeps between checks.
+    pub scheduler_max_interval: Duration,
+    /// `scheduler_sync_every`: the longest time between full re-checks of the
+    /// table for rows whose next run is missing (edits are seen sooner: see
+    /// `scheduler_watch_interval`).
+    pub scheduler_sync_every: Duration,
+    /// `scheduler_watch_interval`: how often the beat looks for edited rows.
+    /// An edit takes effect within this time.
+    pub scheduler_watch_interval: Duration,
+    /// `celery_max_retry`: how often a failed in-process task is retried.
+    pub celery_max_retry: u32,
+    /// `celery_retry_delay`: the wait before each retry.
+    pub celery_retry_delay: Duration,
+    /// `create_table`: create or upgrade the schema at start.
+    pub create_table: bool,
+    /// `broker_url`: where Celery messages go (`redis://…`); `None` runs only
+    /// in-process tasks.
+    pub broker_url: Option<String>,
+    /// `worker_concurrency`: worker pool threads (default: CPU count).
+    pub worker_concurrency: usize,
+    /// `shutdown_timeout`: how long a stop waits for running tasks.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            scheduler_db_uri: DEFAULT_DB_URI.to_owned(),
+            scheduler_max_interval: Duration::from_secs(300),
+            scheduler_sync_every: Duration::from_secs(180),
+            scheduler_watch_interval: Duration::from_millis(500),
+            celery_max_retry: 3,
+            celery_retry_delay: Duration::from_secs(300),
+            create_table: true,
+            broker_url: None,
+            worker_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Every key, with its environment variable.
+const KEYS: [(&str, &str); 10] = [
+    ("scheduler_db_uri", "SCHEDULER_DB_URI"),
+    ("scheduler_max_interval", "SCHEDULER_MAX_INTERVAL"),
+    ("scheduler_sync_every", "SCHEDULER_SYNC_EVERY"),
+    ("scheduler_watch_interval", "SCHEDULER_WATCH_INTERVAL"),
+    ("celery_max_retry", "CELERY_MAX_RETRY"),
+    ("celery_retry_delay", "CELERY_RETRY_DELAY"),
+    ("create_table", "CREATE_TABLE"),
+    ("broker_url", "CELERY_BROKER_URL"),
+    ("worker_concurrency", "WORKER_CONCURRENCY"),
+    ("shutdown_timeout", "SHUTDOWN_TIMEOUT"),
+];
+
+impl Config {
+    /// Defaults overridden by the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let mut config = Config::default();
+        config.apply_env(|name| std::env::var(name).ok())?;
+        Ok(config)
+    }
+
+    /// Defaults, overridden by the `key = value` file at `path`, overridden
+    /// by the environment.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: shown.clone(),
+            source,
+        })?;
+        let mut config = Config::default();
+        for (index, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (key, value) = line.split_once('=').ok_or_else(|| ConfigError::Syntax {
+                path: shown.clone(),
+                line: index + 1,
+            })?;
+            let (key, value) = (key.trim(), unquote(value.trim()));
+            if !config.set(key, value)? {
+                return Err(ConfigError::UnknownKey {
+                    path: shown.clone(),
+                    line: index + 1,
+                    key: key.to_owned(),
+                });
+            }
+        }
+        config.apply_env(|name| std::env::var(name).ok())?;
+        Ok(config)
+    }
+
+    /// Overrides keys from an environment (`lookup` maps a variable name to
+    /// its value). Empty values are ignored.
+    pub fn apply_env(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        for (key, var) in KEYS {
+            if let Some(value) = lookup(var).filter(|v| !v.trim().is_empty()) {
+                self.set(key, value.trim())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets one key from its text form. Returns `false` for an unknown key.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<bool, ConfigError> {
+        match key {
+            "scheduler_db_uri" => self.scheduler_db_uri = value.to_owned(),
+            "scheduler_max_interval" => {
+                self.scheduler_max_interval = positive_seconds("scheduler_max_interval", value)?
+            }
+            "scheduler_sync_every" => {
+                self.scheduler_sync_every = positive_seconds("scheduler_sync_every", value)?
+            }
+            "scheduler_watch_interval" => {
+                self.scheduler_watch_interval = positive_seconds("scheduler_watch_interval", value)?
+            }
+            "celery_max_retry" => {
+                self.celery_max_retry = value.parse().map_err(|_| ConfigError::Invalid {
+                    key: "celery_max_retry",
+                    value: value.to_owned(),
+                    reason: "expected a whole number ≥ 0",
+                })?
+            }
+            "celery_retry_delay" => {
+                self.celery_retry_delay = non_negative_seconds("celery_retry_delay", value)?
+            }
+            "create_table" => self.create_table = boolean("create_table", value)?,
+            "broker_url" => self.broker_url = Some(value.to_owned()),
+            "worker_concurrency" => {
+                self.worker_concurrency =
+                    value
+                        .parse()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| ConfigError::Invalid {
+                            key: "worker_concurrency",
+                            value: value.to_owned(),
+                            reason: "expected a whole number ≥ 1",
+                        })?
+            }
+            "shutdown_timeout" => {
+                self.shutdown_timeout = non_negative_seconds("shutdown_timeout", value)?
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("scheduler_db_uri", &redact_url(&self.scheduler_db_uri))
+            .field("scheduler_max_interval", &self.scheduler_max_interval)
+            .field("scheduler_sync_every", &self.scheduler_sync_every)
+            .field("scheduler_watch_interval", &self.scheduler_watch_interval)
+            .field("celery_max_retry", &self.celery_max_retry)
+            .field("celery_retry_delay", &self.celery_retry_delay)
+            .field("create_table", &self.create_table)
+            .field("broker_url", &self.broker_url.as_deref().map(redact_url))
+            .field("worker_concurrency", &self.worker_concurrency)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .finish()
+    }
+}
+
+/// `url` with any password replaced by `***`, for logs and errors.
+///
+/// ```
+/// use celery_diesel_kit::redact_url;
+/// assert_eq!(redact_url("redis://:s3cret@host:6379/0"), "redis://:***@host:6379/0");
+/// assert_eq!(redact_url("postgres://app:pw@db/app"), "postgres://app:***@db/app");
+/// assert_eq!(redact_url("sqlite://beat.sqlite3"), "sqlite://beat.sqlite3");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    // The authority ends at the first '/', '?' or '#'; the userinfo at the
+    // authority's last '@' (a password may itself contain '@').
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return mask_query_password(url);
+    };
+    let userinfo = &authority[..at];
+    let user = match userinfo.find(':') {
+        Some(colon) => format!("{}:***", &userinfo[..colon]),
+        None => userinfo.to_owned(),
+    };
+    mask_query_password(&format!(
+        "{}{}{}",
+        &url[..scheme_end + 3],
+        user,
+        &rest[at..]
+    ))
+}
+
+/// Masks `password=` query parameters (libpq and redis accept them).
+fn mask_query_password(url: &str) -> String {
+    let Some(q) = url.find('?') else {
+        return url.to_owned();
+    };
+    let (head, query) = url.split_at(q + 1);
+    let params: Vec<String> = query
+        .split('&')
+        .map(|param| match param.split_once('=') {
+            Some((name, _)) if name.eq_ignore_ascii_case("password") => format!("{name}=***"),
+            _ => param.to_owned(),
+        })
+        .collect();
+    format!("{head}{}", params.join("&"))
+}
+
+fn unquote(value: &str) -> &str {
+    for quote in ['"', '\''] {
+        if let Some(inner) = value
+            .strip_prefix(quote)
+            .and_then(|v| v.strip_suffix(quote))
+        {
+            return inner;
+        }
+    }
+    value
+}
+
+fn positive_seconds(key: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .ok_or(ConfigError::Invalid {
+            key,
+            value: value.to_owned(),
+            reason: "expected a positive number of seconds",
+        })
+}
+
+fn non_negative_seconds(key: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .ok_or(ConfigError::Invalid {
+            key,
+            value: value.to_owned(),
+            reason: "expected a number of seconds ≥ 0",
+        })
+}
+
+fn boolean(key: &'static str, value: &str) -> Result<bool, ConfigError> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "t" | "1" | "yes" | "y" | "on" => Ok(true),
+        "false" | "f" | "0" | "no" | "n" | "off" => Ok(false),
+        _ => Err(ConfigError::Invalid {
+            key,
+            value: value.to_owned(),
+            reason: "expected true or false",
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn defaults_are_the_kits() {
+        let c = Config::default();
+        assert_eq!(c.scheduler_max_interval, Duration::from_secs(300));
+        assert_eq!(c.scheduler_sync_every, Duration::from_secs(180));
+        assert_eq!(c.celery_max_retry, 3);
+        assert_eq!(c.celery_retry_delay, Duration::from_secs(300));
+        assert!(c.create_table);
+        assert_eq!(c.broker_url, None);
+        assert_eq!(c.scheduler_db_uri, DEFAULT_DB_URI);
+    }
+
+    #[test]
+    fn every_key_is_read_from_its_upper_case_variable() {
+        let mut c = Config::default();
+        c.apply_env(env(&[
+            ("SCHEDULER_DB_URI", "postgres://u:p@h/db"),
+            ("SCHEDULER_MAX_INTERVAL", "12.5"),
+            ("SCHEDULER_SYNC_EVERY", "60"),
+            ("SCHEDULER_WATCH_INTERVAL", "0.25"),
+            ("CELERY_MAX_RETRY", "7"),
+            ("CELERY_RETRY_DELAY", "0"),
+            ("CREATE_TABLE", "False"),
+            ("CELERY_BROKER_URL", "redis://localhost:6379/3"),
+            ("WORKER_CONCURRENCY", "5"),
+            ("SHUTDOWN_TIMEOUT", "9"),
+        ]))
+        .unwrap();
+        assert_eq!(c.scheduler_db_uri, "postgres://u:p@h/db");
+        assert_eq!(c.scheduler_max_interval, Duration::from_millis(12_500));
+        assert_eq!(c.scheduler_sync_every, Duration::from_secs(60));
+        assert_eq!(c.scheduler_watch_interval, Duration::from_millis(250));
+        assert_eq!(c.celery_max_retry, 7);
+        assert_eq!(c.celery_retry_delay, Duration::ZERO);
+        assert!(!c.create_table);
+        assert_eq!(c.broker_url.as_deref(), Some("redis://localhost:6379/3"));
+        assert_eq!(c.worker_concurrency, 5);
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(9));
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_the_value() {
+        for (var, value, key) in [
+            ("SCHEDULER_MAX_INTERVAL", "soon", "scheduler_max_interval"),
+            ("SCHEDULER_MAX_INTERVAL", "0", "scheduler_max_interval"),
+            ("SCHEDULER_SYNC_EVERY", "-1", "scheduler_sync_every"),
+            ("CELERY_MAX_RETRY", "-3", "celery_max_retry"),
+            ("CELERY_RETRY_DELAY", "NaN", "celery_retry_delay"),
+            ("CREATE_TABLE", "maybe", "create_table"),
+            ("WORKER_CONCURRENCY", "0", "worker_concurrency"),
+        ] {
+            let err = Config::default()
+                .apply_env(env(&[(var, value)]))
+                .unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains(key) && text.contains(value),
+                "{var}={value}: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_file_is_read_line_by_line() {
+        let dir = std::env::temp_dir().join(format!("cdk-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("beat.conf");
+        std::fs::write(
+            &path,
+            "# comment\nscheduler_max_interval = 30\ncelery_max_retry = \"2\"\n\n",
+        )
+        .unwrap();
+        let loaded = Config::load(&path).unwrap();
+        assert_eq!(loaded.scheduler_max_interval, Duration::from_secs(30));
+        assert_eq!(loaded.celery_max_retry, 2);
+
+        std::fs::write(&path, "no_such_key = 1\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains(":1:") && err.contains("no_such_key"), "{err}");
+        std::fs::write(&path, "just words\n").unwrap();
+        assert!(matches!(
+            Config::load(&path),
+            Err(ConfigError::Syntax { line: 1, .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(
+            redact_url("postgres://u:p%40ss@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(
+            redact_url("rediss://default:a@b@host/0"),
+            "rediss://default:***@host/0"
+        );
+        assert_eq!(redact_url("redis://user@host/0"), "redis://user@host/0");
+        assert_eq!(
+            redact_url("postgres://h/db?user=u&password=secret&sslmode=require"),
+            "postgres://h/db?user=u&password=***&sslmode=require"
+        );
+        assert_eq!(redact_url("beat.sqlite3"), "beat.sqlite3");
+        let c = Config {
+            broker_url: Some("redis://:hunter2@h/1".into()),
+            ..Config::default()
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

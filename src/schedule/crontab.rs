@@ -1,0 +1,405 @@
+//! Celery's crontab: field syntax and next-run math.
+//!
+//! Field strings follow `celery.schedules.crontab_parser` to the letter,
+//! quirks included (prefix matching, wrapped ranges such as `fri-mon`,
+//! weekday and month names accepted in every field). The next run is
+//! computed by saffron where its semantics are Celery's, and bridged where
+//! they are not:
+//!
+//! * saffron numbers Sunday 1..Saturday 7, Celery 0..6: we renumber;
+//! * when both day-of-month and day-of-week are restricted, saffron fires on
+//!   either (Vixie cron's OR), Celery only when both match: we give saffron
+//!   the day-of-month alone and filter its candidates by weekday.
+
+use super::{truncated, ScheduleError};
+use chrono::{DateTime, Datelike, TimeDelta, Utc};
+use serde_json::{Map, Value};
+use std::collections::BTreeSet;
+
+/// A crontab field: its JSON name and Celery's `(max_, min_)` bounds.
+struct Field {
+    name: &'static str,
+    min: u32,
+    /// How many values the field has (Celery's `max_`): valid values are
+    /// `min..min + count`.
+    count: u32,
+}
+
+const MINUTE: Field = Field {
+    name: "minute",
+    min: 0,
+    count: 60,
+};
+const HOUR: Field = Field {
+    name: "hour",
+    min: 0,
+    count: 24,
+};
+const DAY_OF_WEEK: Field = Field {
+    name: "day_of_week",
+    min: 0,
+    count: 7,
+};
+const DAY_OF_MONTH: Field = Field {
+    name: "day_of_month",
+    min: 1,
+    count: 31,
+};
+const MONTH_OF_YEAR: Field = Field {
+    name: "month_of_year",
+    min: 1,
+    count: 12,
+};
+
+const FIELDS: [&Field; 5] = [&MINUTE, &HOUR, &DAY_OF_WEEK, &DAY_OF_MONTH, &MONTH_OF_YEAR];
+
+const WEEKDAYS: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
+const MONTHS: [&str; 12] = [
+    "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+];
+
+/// How far ahead a crontab is searched. Every valid (month, day) pair
+/// falls on every weekday within one 400-year Gregorian cycle, so a search
+/// that finds nothing in that span never will.
+const HORIZON_DAYS: i64 = 146_097;
+
+pub(super) fn is_field(key: &str) -> bool {
+    FIELDS.iter().any(|f| f.name == key)
+}
+
+/// A Celery crontab, parsed and expanded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Crontab {
+    /// The fields exactly as given, for writing back.
+    source: Map<String, Value>,
+    minutes: BTreeSet<u32>,
+    hours: BTreeSet<u32>,
+    days_of_week: BTreeSet<u32>,
+    days_of_month: BTreeSet<u32>,
+    months_of_year: BTreeSet<u32>,
+    cron: saffron::Cron,
+    /// saffron was given `*` for day-of-week; candidates must be filtered.
+    filter_weekday: bool,
+}
+
+impl Crontab {
+    pub(super) fn from_json(map: &Map<String, Value>) -> Result<Self, ScheduleError> {
+        if let Some(unknown) = map.keys().find(|k| !is_field(k)) {
+            return Err(ScheduleError::UnknownKey(truncated(unknown.clone())));
+        }
+        // The kit's rule, to the letter: every field missing or the string
+        // "*" (so `{"minute": "*/1"}` is allowed and fires every minute).
+        if FIELDS
+            .iter()
+            .all(|f| map.get(f.name).is_none_or(|v| v == "*"))
+        {
+            return Err(ScheduleError::AllStars);
+        }
+        let expand = |field: &Field| match map.get(field.name) {
+            None => Ok(full(field)),
+            Some(spec) => expand_spec(field, spec),
+        };
+        let minutes = expand(&MINUTE)?;
+        let hours = expand(&HOUR)?;
+        let days_of_week = expand(&DAY_OF_WEEK)?;
+        let days_of_month = expand(&DAY_OF_MONTH)?;
+        let months_of_year = expand(&MONTH_OF_YEAR)?;
+
+        let sets = [
+            &minutes,
+            &hours,
+            &days_of_week,
+            &days_of_month,
+            &months_of_year,
+        ];
+        if let Some((field, _)) = FIELDS.iter().zip(sets).find(|(_, set)| set.is_empty()) {
+            return Err(ScheduleError::NeverFires(format!(
+                "{} matches no value",
+                field.name
+            )));
+        }
+        let longest_month = months_of_year.iter().map(|&m| days_in_month_max(m)).max();
+        if days_of_month.first().copied() > longest_month {
+            return Err(ScheduleError::NeverFires(format!(
+                "day_of_month {} never occurs in month_of_year {}",
+                list(&days_of_month),
+                list(&months_of_year)
+            )));
+        }
+
+        let dom_is_star = days_of_month == full(&DAY_OF_MONTH);
+        let dow_is_star = days_of_week == full(&DAY_OF_WEEK);
+        // saffron's day-of-week is Sunday = 1; and it is given only when
+        // day-of-month is `*`, where OR and AND agree.
+        let saffron_dow = if dow_is_star || !dom_is_star {
+            "*".to_owned()
+        } else {
+            days_of_week
+                .iter()
+                .map(|d| (d + 1).to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let expr = format!(
+            "{} {} {} {} {}",
+            star_or_list(&minutes, &MINUTE),
+            star_or_list(&hours, &HOUR),
+            star_or_list(&days_of_month, &DAY_OF_MONTH),
+            star_or_list(&months_of_year, &MONTH_OF_YEAR),
+            saffron_dow,
+        );
+        let cron: saffron::Cron = expr.parse().map_err(|e| {
+            // Our own expression from validated sets: failing here is a bug,
+            // reported as a schedule error rather than a panic.
+            ScheduleError::NeverFires(format!("internal cron expression {expr:?}: {e:?}"))
+        })?;
+        Ok(Crontab {
+            source: map.clone(),
+            minutes,
+            hours,
+            days_of_week,
+            days_of_month,
+            months_of_year,
+            cron,
+            filter_weekday: !dom_is_star && !dow_is_star,
+        })
+    }
+
+    pub(super) fn to_json(&self) -> Value {
+        Value::Object(self.source.clone())
+    }
+
+    /// The first matching minute strictly after `t`.
+    pub(super) fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let horizon = t.checked_add_signed(TimeDelta::days(HORIZON_DAYS))?;
+        let mut from = t;
+        loop {
+            let candidate = self.cron.next_after(from)?;
+            if candidate > horizon {
+                return None;
+            }
+            let weekday = candidate.weekday().num_days_from_sunday();
+            if !self.filter_weekday || self.days_of_week.contains(&weekday) {
+                return Some(candidate);
+            }
+            // Skip the rest of that day: saffron continues after 23:59.
+            from = candidate.date_naive().and_hms_opt(23, 59, 0)?.and_utc();
+        }
+    }
+
+    /// The minutes this crontab fires at, ascending (Celery's `crontab.minute`).
+    pub fn minutes(&self) -> Vec<u32> {
+        self.minutes.iter().copied().collect()
+    }
+    /// The hours (0–23), ascending.
+    pub fn hours(&self) -> Vec<u32> {
+        self.hours.iter().copied().collect()
+    }
+    /// The days of the week, Sunday = 0, ascending.
+    pub fn days_of_week(&self) -> Vec<u32> {
+        self.days_of_week.iter().copied().collect()
+    }
+    /// The days of the month (1–31), ascending.
+    pub fn days_of_month(&self) -> Vec<u32> {
+        self.days_of_month.iter().copied().collect()
+    }
+    /// The months (1–12), ascending.
+    pub fn months_of_year(&self) -> Vec<u32> {
+        self.months_of_year.iter().copied().collect()
+    }
+}
+
+fn full(field: &Field) -> BTreeSet<u32> {
+    (field.min..field.min + field.count).collect()
+}
+
+fn days_in_month_max(month: u32) -> u32 {
+    match month {
+        2 => 29,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+fn list(set: &BTreeSet<u32>) -> String {
+    let items: Vec<String> = set.iter().map(u32::to_string).collect();
+    format!("[{}]", items.join(","))
+}
+
+fn star_or_list(set: &BTreeSet<u32>, field: &Field) -> String {
+    if *set == full(field) {
+        "*".to_owned()
+    } else {
+        set.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// Celery's `crontab._expand_cronspec` for one JSON value.
+fn expand_spec(field: &Field, spec: &Value) -> Result<BTreeSet<u32>, ScheduleError> {
+    let bad = |reason: String| ScheduleError::BadField {
+        field: field.name,
+        reason,
+    };
+    let values: BTreeSet<i64> = match spec {
+        Value::Number(n) => BTreeSet::from([n
+            .as_i64()
+            .ok_or_else(|| bad(format!("{n} is not an integer")))?]),
+        Value::String(s) => parse_field(field, s).map_err(|reason| bad(reason))?,
+        Value::Array(items) => items
+            .iter()
+            .map(|item| {
+                item.as_i64().ok_or_else(|| {
+                    bad(format!(
+                        "list item {} is not an integer",
+                        truncated(item.to_string())
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        other => {
+            return Err(bad(format!(
+                "{} is not an integer, a list of integers or a string",
+                truncated(other.to_string())
+            )))
+        }
+    };
+    let max = i64::from(field.min + field.count - 1);
+    values
+        .into_iter()
+        .map(|v| {
+            if v < i64::from(field.min) || v > max {
+                Err(bad(format!("{v} is out of range {}-{max}", field.min)))
+            } else {
+                u32::try_from(v).map_err(|_| bad(format!("{v} is out of range")))
+            }
+        })
+        .collect()
+}
+
+/// Celery's `crontab_parser(max_, min_).parse(spec)`.
+fn parse_field(field: &Field, spec: &str) -> Result<BTreeSet<i64>, String> {
+    let mut acc = BTreeSet::new();
+    for part in spec.split(',') {
+        if part.is_empty() {
+            return Err(format!("empty part in {:?}", truncated(spec.to_owned())));
+        }
+        acc.extend(parse_part(field, part)?);
+    }
+    Ok(acc)
+}
+
+/// One comma-separated part. Celery tries, in order, the regexes
+/// `(\w+?)-(\w+)/(\w+)?`, `(\w+?)-(\w+)`, `\*/(\w+)?` and `^\*$` with
+/// `re.match` (anchored at the start only: text after a match is ignored),
+/// and otherwise reads the part as a single number or name.
+fn parse_part(field: &Field, part: &str) -> Result<Vec<i64>, String> {
+    if let Some((from, rest)) = split_word(part) {
+        if let Some(rest) = rest.strip_prefix('-') {
+            if let Some((to, rest)) = split_word(rest) {
+                if let Some(step) = rest.strip_prefix('/') {
+                    let step = split_word(step).map(|(w, _)| w);
+                    let step = step.ok_or_else(|| "empty filter".to_owned())?;
+                    return Ok(every_nth(expand_range(field, from, Some(to))?, step)?);
+                }
+                return expand_range(field, from, Some(to));
+            }
+        }
+    }
+    if let Some(step) = part.strip_prefix("*/") {
+        let step = split_word(step).map(|(w, _)| w);
+        let step = step.ok_or_else(|| "empty filter".to_owned())?;
+        return every_nth(full(field).into_iter().map(i64::from).collect(), step);
+    }
+    if part == "*" {
+        return Ok(full(field).into_iter().map(i64::from).collect());
+    }
+    expand_range(field, part, None)
+}
+
+/// Splits a leading run of regex `\w` characters (at least one) from `s`.
+fn split_word(s: &str) -> Option<(&str, &str)> {
+    let end = s
+        .char_indices()
+        .find(|&(_, c)| !(c.is_alphanumeric() || c == '_'))
+        .map_or(s.len(), |(i, _)| i);
+    (end > 0).then(|| s.split_at(end))
+}
+
+/// Python's `values[::step]`.
+fn every_nth(values: Vec<i64>, step: &str) -> Result<Vec<i64>, String> {
+    let step = python_int(step).ok_or_else(|| format!("invalid step {step:?}"))?;
+    let step = usize::try_from(step)
+        .ok()
+        .filter(|&s| s > 0)
+        .ok_or_else(|| format!("step must be positive, got {step}"))?;
+    Ok(values.into_iter().step_by(step).collect())
+}
+
+/// Celery's `_expand_range`: a single value, or `from-to` (wrapping past the
+/// field's end when `to < from`, so `fri-mon` is fri, sat, sun, mon).
+fn expand_range(field: &Field, from: &str, to: Option<&str>) -> Result<Vec<i64>, String> {
+    let from = expand_number(field, from)?;
+    let Some(to) = to else { return Ok(vec![from]) };
+    let to = expand_number(field, to)?;
+    let (min, end) = (i64::from(field.min), i64::from(field.min + field.count));
+    if to < from {
+        Ok((from..end).chain(min..=to).collect())
+    } else {
+        Ok((from..=to).collect())
+    }
+}
+
+/// Celery's `_expand_number`: an integer, else a month name, else a weekday
+/// name (each by its first three letters, in any field), range-checked.
+fn expand_number(field: &Field, s: &str) -> Result<i64, String> {
+    if s.starts_with('-') {
+        return Err("negative numbers not supported".to_owned());
+    }
+    let value = match python_int(s) {
+        Some(v) => v,
+        None => {
+            let abbreviation: String = s.chars().take(3).flat_map(char::to_lowercase).collect();
+            let month = MONTHS
+                .iter()
+                .position(|m| *m == abbreviation)
+                .map(|i| i + 1);
+            let weekday = WEEKDAYS.iter().position(|d| *d == abbreviation);
+            match month.or(weekday) {
+                Some(v) => i64::try_from(v).map_err(|e| e.to_string())?,
+                None => return Err(format!("invalid literal {:?}", truncated(s.to_owned()))),
+            }
+        }
+    };
+    let (min, max) = (i64::from(field.min), i64::from(field.min + field.count - 1));
+    if value > max {
+        return Err(format!("invalid end range: {value} must be {max} or less"));
+    }
+    if value < min {
+        return Err(format!(
+            "invalid beginning range: {value} must be {min} or greater"
+        ));
+    }
+    Ok(value)
+}
+
+/// Python's `int(s)` for ASCII input: surrounding whitespace, an optional
+/// sign, digits with single underscores between them.
+fn python_int(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let (negative, digits) = match s.as_bytes().first()? {
+        b'+' => (false, &s[1..]),
+        b'-' => (true, &s[1..]),
+        _ => (false, s),
+    };
+    let bytes = digits.as_bytes();
+    let well_formed = !bytes.is_empty()
+        && bytes[0].is_ascii_digit()
+        && bytes[bytes.len() - 1].is_ascii_digit()
+        && bytes.iter().all(|b| b.is_ascii_digit() || *b == b'_')
+        && !digits.contains("__");
+    if !well_formed {
+        return None;
+    }
+    let value: i64 = digits.replace('_', "").parse().ok()?;
+    Some(if negative { -value } else { value })
+}

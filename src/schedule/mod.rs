@@ -1,0 +1,228 @@
+//! Schedules: when a routine is due.
+//!
+//! A routine's `schedule` column holds the kit's JSON in one of two forms:
+//!
+//! * interval: `{"timedelta": 15}` (seconds, integer or float);
+//! * crontab: any of `minute`, `hour`, `day_of_week`, `day_of_month`,
+//!   `month_of_year`, each an integer, a list of integers or a Celery
+//!   crontab string; missing fields mean `"*"`.
+//!
+//! [`Schedule::parse`] validates the JSON, [`Schedule::next_after`] gives the
+//! next due time. This module knows nothing of databases or time sources: it
+//! is pure calendar math on UTC instants, so it is tested without a clock.
+
+mod crontab;
+
+pub use crontab::Crontab;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::{Map, Value};
+use std::fmt;
+use std::time::Duration;
+
+/// The JSON key of an interval schedule, as the kit writes it.
+const TIMEDELTA: &str = "timedelta";
+
+/// Why a schedule was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    /// The column does not hold JSON at all.
+    #[error("schedule is not valid JSON: {0}")]
+    NotJson(String),
+    /// The JSON is not an object (`{...}`).
+    #[error("schedule must be a JSON object, got {0}")]
+    NotAnObject(String),
+    /// A key that is neither `timedelta` nor a crontab field.
+    #[error("unknown schedule key {0:?} (expected \"timedelta\" or crontab fields minute, hour, day_of_week, day_of_month, month_of_year)")]
+    UnknownKey(String),
+    /// `timedelta` mixed with crontab fields.
+    #[error("schedule mixes \"timedelta\" with crontab fields")]
+    Mixed,
+    /// The interval is not a positive, finite number of seconds.
+    #[error("invalid timedelta {0}: must be a positive number of seconds")]
+    BadInterval(String),
+    /// A crontab field could not be parsed or is out of range.
+    #[error("invalid crontab field {field}: {reason}")]
+    BadField {
+        /// The field's name, e.g. `day_of_week`.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Every crontab field is missing or `"*"`, as the kit forbids.
+    #[error("no schedule set: every crontab field is \"*\"")]
+    AllStars,
+    /// A crontab whose fields can never all match a real date (e.g. 31 February).
+    #[error("crontab never fires: {0}")]
+    NeverFires(String),
+}
+
+/// When a routine runs: every so often, or on a Celery crontab.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Schedule {
+    /// Every `Duration` (Celery's `schedule(run_every=...)`).
+    Interval(Duration),
+    /// A Celery crontab.
+    Crontab(Crontab),
+}
+
+impl Schedule {
+    /// An interval schedule. Fails unless `every` is positive.
+    pub fn every(every: Duration) -> Result<Self, ScheduleError> {
+        if every.is_zero() || TimeDelta::from_std(every).is_err() {
+            return Err(ScheduleError::BadInterval(format!("{every:?}")));
+        }
+        Ok(Schedule::Interval(every))
+    }
+
+    /// A crontab from Celery-style field strings, in the argument order of
+    /// `celery.schedules.crontab`: minute, hour, day_of_week, day_of_month,
+    /// month_of_year.
+    ///
+    /// ```
+    /// use celery_diesel_kit::Schedule;
+    /// // every 15 minutes from 9:00 to 17:45 on weekdays
+    /// let s = Schedule::crontab("*/15", "9-17", "mon-fri", "*", "*").unwrap();
+    /// assert_eq!(s.to_json()["day_of_week"], "mon-fri");
+    /// ```
+    pub fn crontab(
+        minute: &str,
+        hour: &str,
+        day_of_week: &str,
+        day_of_month: &str,
+        month_of_year: &str,
+    ) -> Result<Self, ScheduleError> {
+        let mut map = Map::new();
+        for (key, spec) in [
+            ("minute", minute),
+            ("hour", hour),
+            ("day_of_week", day_of_week),
+            ("day_of_month", day_of_month),
+            ("month_of_year", month_of_year),
+        ] {
+            if spec != "*" {
+                map.insert(key.to_owned(), Value::String(spec.to_owned()));
+            }
+        }
+        Crontab::from_json(&map).map(Schedule::Crontab)
+    }
+
+    /// Parses the text of a `schedule` column.
+    pub fn parse(text: &str) -> Result<Self, ScheduleError> {
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| ScheduleError::NotJson(e.to_string()))?;
+        Self::from_json(&value)
+    }
+
+    /// Reads the kit's schedule JSON.
+    pub fn from_json(value: &Value) -> Result<Self, ScheduleError> {
+        let map = value
+            .as_object()
+            .ok_or_else(|| ScheduleError::NotAnObject(truncated(value.to_string())))?;
+        match map.get(TIMEDELTA) {
+            Some(seconds) if map.len() == 1 => interval_from_json(seconds),
+            Some(_) => Err(
+                match map
+                    .keys()
+                    .find(|k| !crontab::is_field(k) && *k != TIMEDELTA)
+                {
+                    Some(unknown) => ScheduleError::UnknownKey(truncated(unknown.clone())),
+                    None => ScheduleError::Mixed,
+                },
+            ),
+            None => Crontab::from_json(map).map(Schedule::Crontab),
+        }
+    }
+
+    /// The kit's JSON for this schedule (what is stored in the `schedule` column).
+    pub fn to_json(&self) -> Value {
+        match self {
+            Schedule::Interval(every) => {
+                let mut map = Map::new();
+                let value = if every.subsec_nanos() == 0 {
+                    Value::from(every.as_secs())
+                } else {
+                    Value::from(every.as_secs_f64())
+                };
+                map.insert(TIMEDELTA.to_owned(), value);
+                Value::Object(map)
+            }
+            Schedule::Crontab(cron) => cron.to_json(),
+        }
+    }
+
+    /// The first due time strictly after `t`, or `None` if there is none
+    /// (a crontab can only end when time itself runs out).
+    ///
+    /// For an interval this is `t + interval`: the beat passes the previous
+    /// due time as `t`, so an interval keeps its phase instead of drifting
+    /// by each dispatch's delay (Celery's beat adds the interval to the time
+    /// it happened to run).
+    pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self {
+            Schedule::Interval(every) => t.checked_add_signed(TimeDelta::from_std(*every).ok()?),
+            Schedule::Crontab(cron) => cron.next_after(t),
+        }
+    }
+
+    /// The first due time after `last` that is later than `now`, for a
+    /// routine that is behind (its `last` due time plus one period is
+    /// already past). Intervals stay on the grid `last + k * interval`;
+    /// crontabs take their next match after `now`.
+    pub fn next_after_catching_up(
+        &self,
+        last: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        let next = self.next_after(last)?;
+        if next > now {
+            return Some(next);
+        }
+        match self {
+            Schedule::Interval(every) => {
+                let step = i128::try_from(every.as_nanos()).ok()?;
+                let behind = i128::from((now - last).num_nanoseconds()?);
+                let periods = behind / step + 1;
+                let nanos = i64::try_from(periods.checked_mul(step)?).ok()?;
+                last.checked_add_signed(TimeDelta::nanoseconds(nanos))
+            }
+            Schedule::Crontab(cron) => cron.next_after(now),
+        }
+    }
+}
+
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.to_json())
+    }
+}
+
+fn interval_from_json(seconds: &Value) -> Result<Schedule, ScheduleError> {
+    let bad = || ScheduleError::BadInterval(truncated(seconds.to_string()));
+    let secs = match seconds {
+        Value::Number(n) => n.as_f64().ok_or_else(bad)?,
+        _ => return Err(bad()),
+    };
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err(bad());
+    }
+    let every = Duration::try_from_secs_f64(secs).map_err(|_| bad())?;
+    // Round to whole microseconds: that is what every backend can store.
+    let every = Duration::from_micros(u64::try_from(every.as_micros()).map_err(|_| bad())?);
+    Schedule::every(every).map_err(|_| bad())
+}
+
+/// Bounds what an error message repeats from user input (a 10 kB string
+/// in a row must not become a 10 kB log line).
+pub(crate) fn truncated(mut text: String) -> String {
+    const MAX: usize = 80;
+    if text.len() > MAX {
+        let mut cut = MAX;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
+}

@@ -1,0 +1,380 @@
+//! The scheduler: one blocking thread that plans edited routines and fires
+//! due ones, with the database as the only state.
+//!
+//! Each pass (a [`Tick`]) does three things, each in its own transaction:
+//!
+//! 1. plan edited rows (`needs_sync`, set by triggers on every edit): parse
+//!    and validate, then write `next_run_at` or `last_error`;
+//! 2. claim due rows (`next_run_at <= now`) in batches: dispatch each, and
+//!    advance `last_run_at`, `total_run_count`, `next_run_at` in the same
+//!    transaction;
+//! 3. read the earliest `next_run_at`, and sleep until then.
+//!
+//! Celery's database schedulers re-read the whole schedule every tick (the
+//! kit: up to 100 rows); this beat reads only rows that are due or edited,
+//! through partial indexes, so a pass costs the same for ten routines or a
+//! million. The sleep is bounded by `scheduler_watch_interval`, the delay
+//! within which an edit takes effect, and by `scheduler_max_interval`.
+
+use crate::error::Error;
+use crate::schedule::Schedule;
+use crate::shutdown::Shutdown;
+use crate::store::{Plan, RoutineRow, RoutineStore};
+use crate::task::{TaskContext, TaskRegistry};
+use crate::worker::{InFlight, Job, JobQueue};
+use chrono::{DateTime, SubsecRound as _, Utc};
+use serde_json::Value;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Rows planned per transaction.
+const PLAN_BATCH: usize = 500;
+/// Rows claimed per transaction.
+const CLAIM_BATCH: usize = 1000;
+/// Claim transactions per pass, so that edits are looked at between bursts.
+const CLAIMS_PER_TICK: usize = 20;
+/// Back-off after a failed pass: doubles from the first to the last.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(30));
+
+/// The source of "now". Inject one to test schedule logic without sleeping.
+pub trait Clock: Send + Sync + 'static {
+    /// The current time.
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// What one scheduler pass did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Tick {
+    /// Edited or new rows planned.
+    pub planned: usize,
+    /// Routines fired (dispatched).
+    pub fired: usize,
+    /// Due routines not queued because their previous run was still queued
+    /// or running.
+    pub skipped: usize,
+    /// Rows found invalid (recorded in their `last_error`).
+    pub invalid: usize,
+    /// More rows were due than one pass claims.
+    pub more_due: bool,
+    /// The earliest next run after this pass.
+    pub next_due: Option<DateTime<Utc>>,
+}
+
+/// Running totals across passes, shared with the [`BeatHandle`](crate::BeatHandle).
+#[derive(Debug, Default)]
+pub(crate) struct Totals {
+    pub(crate) fired: AtomicU64,
+    pub(crate) skipped: AtomicU64,
+    pub(crate) invalid: AtomicU64,
+}
+
+/// Scheduler settings, from [`Config`](crate::Config).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    pub(crate) max_interval: Duration,
+    pub(crate) watch_interval: Duration,
+    pub(crate) sync_every: Duration,
+}
+
+pub(crate) struct Scheduler {
+    pub(crate) store: Arc<RoutineStore>,
+    pub(crate) registry: Arc<TaskRegistry>,
+    pub(crate) queue: JobQueue,
+    pub(crate) in_flight: Arc<InFlight>,
+    pub(crate) totals: Arc<Totals>,
+    pub(crate) shutdown: Shutdown,
+    pub(crate) settings: Settings,
+    pub(crate) last_recheck: Option<Instant>,
+}
+
+/// A due row's fate, decided inside the claim transaction.
+enum Fate {
+    /// Queue this job after commit.
+    Run(Job),
+    /// Its previous run is still going.
+    Skip,
+    /// The row is invalid.
+    Invalid,
+}
+
+impl Scheduler {
+    /// One pass at time `now`.
+    pub(crate) fn tick(&mut self, now: DateTime<Utc>) -> Result<Tick, Error> {
+        // Every backend stores microseconds: plan in what can be stored.
+        let now = now.trunc_subsecs(6);
+        let mut tick = Tick::default();
+        if self
+            .last_recheck
+            .is_none_or(|at| at.elapsed() >= self.settings.sync_every)
+        {
+            let marked = self.store.recheck_unplanned()?;
+            if marked > 0 {
+                log::info!("{marked} active routine(s) had no next run; planning them again");
+            }
+            self.last_recheck = Some(Instant::now());
+        }
+
+        loop {
+            let mut invalid = 0;
+            let planned = self.store.plan_edited(PLAN_BATCH, |rows| {
+                let plans: Vec<Plan> = rows.iter().map(|row| self.plan(row, now)).collect();
+                invalid = plans.iter().filter(|p| p.last_error.is_some()).count();
+                Ok::<_, Error>(plans)
+            })?;
+            tick.planned += planned;
+            tick.invalid += invalid;
+            if planned < PLAN_BATCH {
+                break;
+            }
+        }
+
+        for pass in 0..CLAIMS_PER_TICK {
+            let fates = self.store.claim_due(now, CLAIM_BATCH, |rows| {
+                let (plans, fates): (Vec<Plan>, Vec<Fate>) =
+                    rows.iter().map(|row| self.fire(row, now)).unzip();
+                Ok::<_, Error>((plans, fates))
+            })?;
+            let claimed = fates.len();
+            for fate in fates {
+                match fate {
+                    Fate::Run(job) => {
+                        self.dispatch(job);
+                        tick.fired += 1;
+                    }
+                    Fate::Skip => tick.skipped += 1,
+                    Fate::Invalid => tick.invalid += 1,
+                }
+            }
+            if claimed < CLAIM_BATCH {
+                break;
+            }
+            tick.more_due = pass + 1 == CLAIMS_PER_TICK;
+        }
+        self.totals
+            .fired
+            .fetch_add(tick.fired as u64, Ordering::Relaxed);
+        self.totals
+            .skipped
+            .fetch_add(tick.skipped as u64, Ordering::Relaxed);
+        self.totals
+            .invalid
+            .fetch_add(tick.invalid as u64, Ordering::Relaxed);
+        tick.next_due = self.store.earliest_due()?;
+        Ok(tick)
+    }
+
+    /// Plans an edited or new row: validates it and decides its next run.
+    ///
+    /// A kept `next_run_at` (the edit touched only task, kwargs or options)
+    /// stands; otherwise the next run is the first the schedule yields
+    /// after `last_run_at`, or after `now` for a routine that never ran.
+    fn plan(&self, row: &RoutineRow, now: DateTime<Utc>) -> Plan {
+        let mut plan = Plan {
+            id: row.id.clone(),
+            last_run_at: None,
+            fired: 0,
+            next_run_at: None,
+            last_error: None,
+        };
+        if !row.active {
+            log::info!("routine {}: inactive", row.name);
+            return plan;
+        }
+        let checked = self.check(row).and_then(|(schedule, _)| {
+            let base = row.last_run_at_utc().unwrap_or(now);
+            row.next_run_at_utc()
+                .or_else(|| schedule.next_after(base))
+                .ok_or_else(|| format!("schedule {} has no run after {base}", row.schedule))
+        });
+        match checked {
+            Ok(next) => {
+                if row.last_error.is_some() {
+                    log::info!("routine {}: valid again, next run at {next}", row.name);
+                } else {
+                    log::info!("routine {}: next run at {next}", row.name);
+                }
+                plan.next_run_at = Some(next);
+            }
+            Err(reason) => {
+                log::error!(
+                    "routine {}: {reason}; it will not run until its row is fixed",
+                    row.name
+                );
+                plan.last_error = Some(reason);
+            }
+        }
+        plan
+    }
+
+    /// Everything that makes a row runnable: its schedule, its kwargs and
+    /// options, and a way to run its task.
+    fn check(&self, row: &RoutineRow) -> Result<(Schedule, Value), String> {
+        let schedule = Schedule::parse(&row.schedule).map_err(|e| e.to_string())?;
+        let kwargs = json_object("kwargs", row.kwargs.as_deref())?;
+        json_object("options", row.options.as_deref())?;
+        if !self.registry.contains(&row.task) {
+            return Err(format!(
+                "unknown task {:?}: not registered in this beat, and no broker_url to send it to Celery",
+                crate::schedule::truncated(row.task.clone())
+            ));
+        }
+        Ok((schedule, kwargs))
+    }
+
+    /// Fires a due row: decides its job and its advance.
+    ///
+    /// The row fires once for the due time it was claimed at, however late
+    /// (the beat was stopped, the database away): the next run is then the
+    /// first one after `now`, skipping the missed ones, as Celery's beat
+    /// does. `last_run_at` records the due time, or `now` when due times
+    /// were skipped (so that it says when the routine really last ran).
+    fn fire(&self, row: &RoutineRow, now: DateTime<Utc>) -> (Plan, Fate) {
+        let mut plan = Plan {
+            id: row.id.clone(),
+            last_run_at: None,
+            fired: 0,
+            next_run_at: None,
+            last_error: None,
+        };
+        // Claimed rows are due, so next_run_at is set; `now` is a safe stand-in.
+        let due = row.next_run_at_utc().unwrap_or(now);
+        let (schedule, kwargs) = match self.check(row) {
+            Ok(checked) => checked,
+            Err(reason) => {
+                log::error!(
+                    "routine {}: {reason}; it will not run until its row is fixed",
+                    row.name
+                );
+                plan.last_error = Some(reason);
+                return (plan, Fate::Invalid);
+            }
+        };
+        let on_time = schedule.next_after(due).is_some_and(|next| next > now);
+        plan.next_run_at = schedule.next_after_catching_up(due, now);
+        if plan.next_run_at.is_none() {
+            log::warn!(
+                "routine {}: schedule has no run after {now}; this was its last",
+                row.name
+            );
+        }
+        if !on_time {
+            log::warn!(
+                "routine {}: was due at {due}, missed later due times; firing once now, next at {}",
+                row.name,
+                plan.next_run_at
+                    .map_or("never".to_owned(), |t| t.to_string())
+            );
+        }
+        if self.in_flight.contains(&row.id) {
+            log::warn!(
+                "routine {}: previous run still queued or running; skipping the run due {due}",
+                row.name
+            );
+            return (plan, Fate::Skip);
+        }
+        plan.fired = 1;
+        plan.last_run_at = Some(if on_time { due } else { now });
+        let job = Job {
+            ctx: TaskContext {
+                routine_id: row.id.clone(),
+                routine: row.name.clone(),
+                task: row.task.clone(),
+                scheduled_at: due,
+                attempt: 0,
+                kwargs,
+            },
+        };
+        log::debug!("routine {}: firing task {} due {due}", row.name, row.task);
+        (plan, Fate::Run(job))
+    }
+
+    /// Queues a claimed run for the workers.
+    fn dispatch(&self, job: Job) {
+        self.in_flight.try_mark(&job.ctx.routine_id);
+        if let Err(job) = self.queue.push(job, &self.shutdown) {
+            log::warn!(
+                "routine {}: run due {} not started: the beat is stopping",
+                job.ctx.routine,
+                job.ctx.scheduled_at
+            );
+            self.in_flight.release(&job.ctx.routine_id);
+        }
+    }
+
+    /// The scheduler thread: passes until shutdown, sleeping in between.
+    pub(crate) fn run(mut self, clock: Arc<dyn Clock>) {
+        let mut outage: Option<(Instant, String)> = None;
+        let mut backoff = BACKOFF.0;
+        while !self.shutdown.is_fired() {
+            let wait = match self.tick(clock.now()) {
+                Ok(tick) => {
+                    if let Some((since, _)) = outage.take() {
+                        log::info!("scheduler: recovered after {:.1?}", since.elapsed());
+                        backoff = BACKOFF.0;
+                    }
+                    self.sleep_after(&tick, clock.now())
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    match &outage {
+                        Some((_, last)) if *last == message => {
+                            log::debug!("scheduler: still failing: {message}")
+                        }
+                        _ => log::error!("scheduler: {message}; retrying with back-off"),
+                    }
+                    outage = Some((
+                        outage.map_or_else(Instant::now, |(since, _)| since),
+                        message,
+                    ));
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(BACKOFF.1);
+                    wait
+                }
+            };
+            if self.shutdown.sleep(wait) {
+                break;
+            }
+        }
+        log::info!("scheduler: stopped");
+    }
+
+    fn sleep_after(&self, tick: &Tick, now: DateTime<Utc>) -> Duration {
+        if tick.more_due {
+            return Duration::ZERO;
+        }
+        let until_due = tick
+            .next_due
+            .map(|due| (due - now).to_std().unwrap_or(Duration::ZERO))
+            .unwrap_or(Duration::MAX);
+        until_due
+            .min(self.settings.watch_interval)
+            .min(self.settings.max_interval)
+    }
+}
+
+/// Reads a kwargs or options column: a JSON object, or nothing (`{}`).
+fn json_object(column: &str, text: Option<&str>) -> Result<Value, String> {
+    let Some(text) = text else {
+        return Ok(Value::Object(Default::default()));
+    };
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Null) => Ok(Value::Object(Default::default())),
+        Ok(value @ Value::Object(_)) => Ok(value),
+        Ok(other) => Err(format!(
+            "{column} must be a JSON object, got {}",
+            crate::schedule::truncated(other.to_string())
+        )),
+        Err(e) => Err(format!("{column} is not valid JSON: {e}")),
+    }
+}

@@ -1,0 +1,80 @@
+//! Stopping: one signal, seen by the scheduler thread and every worker.
+//!
+//! The signal is the disconnection of a channel that never carries a
+//! message: dropping the [`Trigger`] wakes every waiter at once, and a
+//! waiter that arrives later sees it immediately. There is nothing to lose
+//! and nothing to send twice.
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use std::time::Duration;
+
+/// Fires the shutdown when dropped or [`Trigger::fire`]d.
+#[derive(Debug)]
+pub(crate) struct Trigger {
+    _tx: Sender<()>,
+}
+
+impl Trigger {
+    pub(crate) fn fire(self) {}
+}
+
+/// A long-running loop's view of the shutdown.
+#[derive(Debug, Clone)]
+pub(crate) struct Shutdown {
+    rx: Receiver<()>,
+}
+
+pub(crate) fn channel() -> (Trigger, Shutdown) {
+    let (tx, rx) = bounded(0);
+    (Trigger { _tx: tx }, Shutdown { rx })
+}
+
+impl Shutdown {
+    /// Whether the shutdown has fired.
+    pub(crate) fn is_fired(&self) -> bool {
+        matches!(
+            self.rx.try_recv(),
+            Err(crossbeam_channel::TryRecvError::Disconnected)
+        )
+    }
+
+    /// Sleeps for `timeout` or until the shutdown fires; returns whether it
+    /// fired.
+    pub(crate) fn sleep(&self, timeout: Duration) -> bool {
+        matches!(
+            self.rx.recv_timeout(timeout),
+            Err(RecvTimeoutError::Disconnected)
+        )
+    }
+
+    /// The receiver, for `select!` with other channels.
+    pub(crate) fn receiver(&self) -> &Receiver<()> {
+        &self.rx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn firing_wakes_a_sleeper_at_once() {
+        let (trigger, shutdown) = channel();
+        assert!(!shutdown.is_fired());
+        assert!(!shutdown.sleep(Duration::from_millis(1)));
+        let sleeper = {
+            let shutdown = shutdown.clone();
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                (shutdown.sleep(Duration::from_secs(60)), start.elapsed())
+            })
+        };
+        trigger.fire();
+        let (fired, slept) = sleeper.join().unwrap();
+        assert!(fired);
+        assert!(slept < Duration::from_secs(30), "slept {slept:?}");
+        assert!(shutdown.is_fired());
+        assert!(shutdown.sleep(Duration::from_secs(60)));
+    }
+}

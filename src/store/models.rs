@@ -1,0 +1,114 @@
+//! What the store reads and writes: rows of `routines` and the beat's
+//! updates to them.
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use diesel::sql_types::{Bool, Integer, Nullable, Text, Timestamp};
+use diesel::QueryableByName;
+use serde::Serialize;
+
+/// One row of `routines`, every column as the beat sees it. JSON columns
+/// arrive as their text, so that a malformed value is the beat's error to
+/// report for that row, not a query failure for every row.
+#[derive(Debug, Clone, PartialEq, QueryableByName)]
+pub struct RoutineRow {
+    /// The routine's uuid, as text.
+    #[diesel(sql_type = Text)]
+    pub id: String,
+    /// The routine's name (unique in practice: the kit matches declared
+    /// routines by name).
+    #[diesel(sql_type = Text)]
+    pub name: String,
+    /// The task it runs: a registered in-process task or a Celery task name.
+    #[diesel(sql_type = Text)]
+    pub task: String,
+    /// The schedule JSON, unparsed.
+    #[diesel(sql_type = Text)]
+    pub schedule: String,
+    /// The kwargs JSON, unparsed.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub kwargs: Option<String>,
+    /// The options JSON, unparsed.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub options: Option<String>,
+    /// Inactive routines are kept but never run.
+    #[diesel(sql_type = Bool)]
+    pub active: bool,
+    /// The due time of the last fire (naive UTC).
+    #[diesel(sql_type = Nullable<Timestamp>)]
+    pub last_run_at: Option<NaiveDateTime>,
+    /// How many times the routine has fired.
+    #[diesel(sql_type = Nullable<Integer>)]
+    pub total_run_count: Option<i32>,
+    /// When it is next due (naive UTC); `None` while not planned.
+    #[diesel(sql_type = Nullable<Timestamp>)]
+    pub next_run_at: Option<NaiveDateTime>,
+    /// Edited since the beat last planned it.
+    #[diesel(sql_type = Bool)]
+    pub needs_sync: bool,
+    /// Why the beat does not run it, if it does not.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub last_error: Option<String>,
+}
+
+impl RoutineRow {
+    /// `last_run_at` as a UTC instant.
+    pub fn last_run_at_utc(&self) -> Option<DateTime<Utc>> {
+        self.last_run_at.map(|t| t.and_utc())
+    }
+
+    /// `next_run_at` as a UTC instant.
+    pub fn next_run_at_utc(&self) -> Option<DateTime<Utc>> {
+        self.next_run_at.map(|t| t.and_utc())
+    }
+}
+
+/// A routine to insert (see [`RoutineStore::insert`](super::RoutineStore::insert)).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRoutine {
+    /// The routine's uuid.
+    pub id: uuid::Uuid,
+    /// Its name.
+    pub name: String,
+    /// Its task.
+    pub task: String,
+    /// Schedule JSON text.
+    pub schedule: String,
+    /// Kwargs JSON text.
+    pub kwargs: String,
+    /// Options JSON text.
+    pub options: String,
+    /// Whether it runs.
+    pub active: bool,
+}
+
+/// The beat's verdict on one row it has planned or fired, written back in
+/// one statement per batch.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    /// The row's id (text).
+    pub id: String,
+    /// New `last_run_at` when it fired; `None` keeps the old value.
+    #[serde(serialize_with = "timestamp")]
+    pub last_run_at: Option<DateTime<Utc>>,
+    /// 1 if it fired (adds to `total_run_count`), else 0.
+    pub fired: i32,
+    /// The new `next_run_at`; `None` takes the row out of the schedule.
+    #[serde(serialize_with = "timestamp")]
+    pub next_run_at: Option<DateTime<Utc>>,
+    /// The new `last_error`; `None` clears it.
+    pub last_error: Option<String>,
+}
+
+/// Timestamps travel as `YYYY-MM-DD HH:MM:SS.ffffff` (naive UTC): every
+/// backend parses it, and SQLite, which stores it as text, compares it in
+/// time order because the width is fixed.
+pub(crate) fn format_timestamp(t: DateTime<Utc>) -> String {
+    t.naive_utc().format("%Y-%m-%d %H:%M:%S%.6f").to_string()
+}
+
+fn timestamp<S: serde::Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&format_timestamp(*t)),
+        None => s.serialize_none(),
+    }
+}

@@ -1,0 +1,203 @@
+//! Connections: which backend a URL names, pools, and the embedded
+//! migrations.
+
+use super::StoreError;
+use crate::config::redact_url;
+use diesel::connection::SimpleConnection;
+use diesel::pg::PgConnection;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
+use diesel::sqlite::SqliteConnection;
+use diesel::RunQueryDsl;
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use std::time::Duration;
+
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+
+/// How long a query waits for a pooled connection (and so how soon an
+/// outage is reported).
+const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long SQLite waits for another writer before giving up.
+const SQLITE_BUSY_TIMEOUT_MS: u32 = 10_000;
+/// An arbitrary key for PostgreSQL's advisory lock around migrations, so
+/// that beats starting together do not migrate twice.
+const MIGRATION_LOCK_KEY: i64 = 0x6364_6b5f_6d69_67;
+
+/// The database a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `postgres://` or `postgresql://`.
+    Postgres,
+    /// `sqlite://path`, `sqlite:path` or a plain file path.
+    Sqlite,
+}
+
+pub(super) enum Pools {
+    Postgres(Pool<ConnectionManager<PgConnection>>),
+    Sqlite(Pool<ConnectionManager<SqliteConnection>>),
+}
+
+/// Reads `scheduler_db_uri`: the backend, and what to hand to it.
+pub(super) fn parse_url(url: &str) -> Result<(Backend, String), StoreError> {
+    let lower = url.to_ascii_lowercase();
+    if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+        return Ok((Backend::Postgres, url.to_owned()));
+    }
+    if lower.starts_with("mysql://") || lower.starts_with("mariadb://") {
+        return Err(StoreError::UnsupportedUrl(format!(
+            "{}: MySQL/MariaDB is not supported yet",
+            redact_url(url)
+        )));
+    }
+    let path = if lower.starts_with("sqlite:") {
+        let rest = &url["sqlite:".len()..];
+        rest.strip_prefix("//").unwrap_or(rest)
+    } else if url.contains("://") {
+        return Err(StoreError::UnsupportedUrl(format!(
+            "{}: expected postgres://, sqlite:// or a file path",
+            redact_url(url)
+        )));
+    } else {
+        url
+    };
+    if path.is_empty() || path == ":memory:" {
+        return Err(StoreError::UnsupportedUrl(format!(
+            "{url:?}: SQLite needs a file (an in-memory database is not shared between connections)"
+        )));
+    }
+    Ok((Backend::Sqlite, path.to_owned()))
+}
+
+/// Sets up every SQLite connection: WAL so readers never block the beat,
+/// and a busy timeout so several writers (beats, operators) take turns.
+#[derive(Debug)]
+struct SqliteSetup;
+
+impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqliteSetup {
+    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
+        conn.batch_execute(&format!(
+            "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; PRAGMA journal_mode = WAL; \
+             PRAGMA synchronous = NORMAL;"
+        ))
+        .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+pub(super) fn open(backend: Backend, target: &str, url: &str) -> Result<Pools, StoreError> {
+    let connect_error = |e: r2d2::Error| StoreError::Connect {
+        url: redact_url(url),
+        reason: redact_message(&e.to_string(), url),
+    };
+    match backend {
+        Backend::Postgres => {
+            let pool = Pool::builder()
+                .max_size(4)
+                .min_idle(Some(1))
+                .connection_timeout(CHECKOUT_TIMEOUT)
+                .build(ConnectionManager::<PgConnection>::new(target))
+                .map_err(connect_error)?;
+            Ok(Pools::Postgres(pool))
+        }
+        Backend::Sqlite => {
+            let pool = Pool::builder()
+                .max_size(4)
+                .min_idle(Some(1))
+                .connection_timeout(CHECKOUT_TIMEOUT)
+                .connection_customizer(Box::new(SqliteSetup))
+                .build(ConnectionManager::<SqliteConnection>::new(target))
+                .map_err(connect_error)?;
+            Ok(Pools::Sqlite(pool))
+        }
+    }
+}
+
+pub(super) fn migrate(pools: &Pools) -> Result<(), StoreError> {
+    let failed = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Migration(e.to_string());
+    match pools {
+        Pools::Postgres(pool) => {
+            let conn = &mut *pool.get().map_err(StoreError::checkout)?;
+            diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
+                .execute(conn)
+                .map_err(|e| StoreError::query("migration lock", e))?;
+            let result = conn
+                .run_pending_migrations(POSTGRES_MIGRATIONS)
+                .map(drop)
+                .map_err(failed);
+            diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"))
+                .execute(conn)
+                .map_err(|e| StoreError::query("migration unlock", e))?;
+            result
+        }
+        Pools::Sqlite(pool) => {
+            let conn = &mut *pool.get().map_err(StoreError::checkout)?;
+            conn.run_pending_migrations(SQLITE_MIGRATIONS)
+                .map(drop)
+                .map_err(failed)
+        }
+    }
+}
+
+/// Removes the URL's password from a driver's message, in case the driver
+/// quoted it.
+pub(super) fn redact_message(message: &str, url: &str) -> String {
+    let mut message = message.replace(url, &redact_url(url));
+    if let Some(password) = password_of(url) {
+        if !password.is_empty() {
+            message = message.replace(&password, "***");
+        }
+    }
+    message
+}
+
+fn password_of(url: &str) -> Option<String> {
+    let rest = &url[url.find("://")? + 3..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let userinfo = &authority[..authority.rfind('@')?];
+    Some(userinfo.split_once(':')?.1.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_select_the_backend() {
+        assert_eq!(parse_url("postgres://u@h/db").unwrap().0, Backend::Postgres);
+        assert_eq!(
+            parse_url("postgresql://u@h/db").unwrap().0,
+            Backend::Postgres
+        );
+        assert_eq!(
+            parse_url("sqlite://beat.db").unwrap(),
+            (Backend::Sqlite, "beat.db".into())
+        );
+        assert_eq!(
+            parse_url("sqlite:///tmp/b.db").unwrap(),
+            (Backend::Sqlite, "/tmp/b.db".into())
+        );
+        assert_eq!(
+            parse_url("beat.db").unwrap(),
+            (Backend::Sqlite, "beat.db".into())
+        );
+        assert!(parse_url("sqlite://:memory:").is_err());
+        let err = parse_url("oracle://scott:tiger@h/db")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("oracle://scott:***@h/db") && !err.contains("tiger"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn messages_lose_the_password() {
+        let url = "postgres://app:hunter2@db/app";
+        assert_eq!(
+            redact_message(
+                "could not connect to postgres://app:hunter2@db/app: hunter2?",
+                url
+            ),
+            "could not connect to postgres://app:***@db/app: ***?"
+        );
+    }
+}

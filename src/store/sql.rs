@@ -1,0 +1,128 @@
+//! Every statement the beat issues, in each dialect.
+//!
+//! Statements bind only text and integers: timestamps travel as fixed-width
+//! text (see `models::format_timestamp`) and batches as one JSON array, so
+//! one piece of Rust code drives every backend and only the SQL differs.
+
+/// The columns of a [`RoutineRow`](super::RoutineRow), as text where JSON.
+const PG_COLUMNS: &str = "id::text AS id, name::text AS name, task::text AS task, \
+    schedule::text AS schedule, kwargs::text AS kwargs, options::text AS options, active, \
+    last_run_at, total_run_count, next_run_at, needs_sync, last_error";
+const SQLITE_COLUMNS: &str = "id, name, task, schedule, kwargs, options, active, \
+    last_run_at, total_run_count, next_run_at, needs_sync, last_error";
+
+/// One dialect's statements.
+pub(super) struct Sql {
+    /// Every routine, by name (operators and tests; never the scheduler).
+    pub all: String,
+    /// One routine by name: `$1` name.
+    pub by_name: String,
+    /// Which of the names in the JSON array `$1` exist.
+    pub existing_names: &'static str,
+    /// Inserts a routine, unplanned: `$1` id … `$7` active.
+    pub insert: &'static str,
+    /// Deletes every routine whose name is not in the JSON array `$1`.
+    pub delete_undeclared: &'static str,
+    /// Marks rows with an error for another look (a redeploy may fix them).
+    pub recheck_failed: &'static str,
+    /// Marks active rows that lost their next run without being edited.
+    pub recheck_unplanned: &'static str,
+    /// Locks up to `$1` edited rows, skipping rows another beat holds.
+    pub lock_edited: String,
+    /// Locks up to `$2` rows due at `$1`, earliest first, skipping rows
+    /// another beat holds.
+    pub lock_due: String,
+    /// Writes the plans in the JSON array `$1` to edited rows.
+    pub write_planned: &'static str,
+    /// Writes the plans in the JSON array `$1` to fired rows.
+    pub write_fired: &'static str,
+    /// The earliest next run of any schedulable row.
+    pub earliest_due: &'static str,
+}
+
+pub(super) fn postgres() -> Sql {
+    Sql {
+        all: format!("SELECT {PG_COLUMNS} FROM routines ORDER BY name, id"),
+        by_name: format!("SELECT {PG_COLUMNS} FROM routines WHERE name = $1 ORDER BY id LIMIT 1"),
+        existing_names: "SELECT name::text AS name FROM routines \
+            WHERE name IN (SELECT json_array_elements_text($1::json))",
+        insert: "INSERT INTO routines \
+            (id, name, task, schedule, kwargs, options, active, total_run_count, needs_sync) \
+            VALUES ($1::uuid, $2, $3, $4::json, $5::json, $6::json, $7, 0, true)",
+        delete_undeclared: "DELETE FROM routines \
+            WHERE name NOT IN (SELECT json_array_elements_text($1::json))",
+        recheck_failed: "UPDATE routines SET needs_sync = true \
+            WHERE last_error IS NOT NULL AND NOT needs_sync",
+        recheck_unplanned: "UPDATE routines SET needs_sync = true \
+            WHERE active AND next_run_at IS NULL AND last_error IS NULL AND NOT needs_sync",
+        lock_edited: format!(
+            "SELECT {PG_COLUMNS} FROM routines WHERE needs_sync \
+             LIMIT $1 FOR UPDATE SKIP LOCKED"
+        ),
+        lock_due: format!(
+            "SELECT {PG_COLUMNS} FROM routines \
+             WHERE active AND NOT needs_sync AND next_run_at <= $1::timestamp \
+             ORDER BY next_run_at LIMIT $2 FOR UPDATE SKIP LOCKED"
+        ),
+        write_planned: "UPDATE routines AS r SET \
+            next_run_at = v.next_run_at, needs_sync = false, last_error = v.last_error \
+            FROM json_to_recordset($1::json) \
+              AS v(id text, next_run_at timestamp, last_error text) \
+            WHERE r.id = v.id::uuid",
+        write_fired: "UPDATE routines AS r SET \
+            last_run_at = COALESCE(v.last_run_at, r.last_run_at), \
+            total_run_count = COALESCE(r.total_run_count, 0) + v.fired, \
+            next_run_at = v.next_run_at, last_error = v.last_error \
+            FROM json_to_recordset($1::json) \
+              AS v(id text, last_run_at timestamp, fired integer, next_run_at timestamp, \
+                   last_error text) \
+            WHERE r.id = v.id::uuid",
+        earliest_due: "SELECT next_run_at AS at FROM routines \
+            WHERE active AND NOT needs_sync AND next_run_at IS NOT NULL \
+            ORDER BY next_run_at LIMIT 1",
+    }
+}
+
+/// SQLite has no row locks: the beat's writing transactions are
+/// `BEGIN IMMEDIATE`, which serialises them across processes.
+pub(super) fn sqlite() -> Sql {
+    Sql {
+        all: format!("SELECT {SQLITE_COLUMNS} FROM routines ORDER BY name, id"),
+        by_name: format!(
+            "SELECT {SQLITE_COLUMNS} FROM routines WHERE name = ? ORDER BY id LIMIT 1"
+        ),
+        existing_names: "SELECT name FROM routines \
+            WHERE name IN (SELECT value FROM json_each(?))",
+        insert: "INSERT INTO routines \
+            (id, name, task, schedule, kwargs, options, active, total_run_count, needs_sync) \
+            VALUES (?, ?, ?, ?, ?, ?, ?, 0, 1)",
+        delete_undeclared: "DELETE FROM routines \
+            WHERE name NOT IN (SELECT value FROM json_each(?))",
+        recheck_failed: "UPDATE routines SET needs_sync = 1 \
+            WHERE last_error IS NOT NULL AND NOT needs_sync",
+        recheck_unplanned: "UPDATE routines SET needs_sync = 1 \
+            WHERE active AND next_run_at IS NULL AND last_error IS NULL AND NOT needs_sync",
+        lock_edited: format!("SELECT {SQLITE_COLUMNS} FROM routines WHERE needs_sync LIMIT ?"),
+        lock_due: format!(
+            "SELECT {SQLITE_COLUMNS} FROM routines \
+             WHERE active AND NOT needs_sync AND next_run_at <= ? \
+             ORDER BY next_run_at LIMIT ?"
+        ),
+        write_planned: "UPDATE routines SET \
+            next_run_at = v.next_run_at, needs_sync = 0, last_error = v.last_error \
+            FROM (SELECT value ->> '$.id' AS id, value ->> '$.next_run_at' AS next_run_at, \
+                         value ->> '$.last_error' AS last_error FROM json_each(?)) AS v \
+            WHERE routines.id = v.id",
+        write_fired: "UPDATE routines SET \
+            last_run_at = COALESCE(v.last_run_at, routines.last_run_at), \
+            total_run_count = COALESCE(routines.total_run_count, 0) + v.fired, \
+            next_run_at = v.next_run_at, last_error = v.last_error \
+            FROM (SELECT value ->> '$.id' AS id, value ->> '$.last_run_at' AS last_run_at, \
+                         value ->> '$.fired' AS fired, value ->> '$.next_run_at' AS next_run_at, \
+                         value ->> '$.last_error' AS last_error FROM json_each(?)) AS v \
+            WHERE routines.id = v.id",
+        earliest_due: "SELECT next_run_at AS at FROM routines \
+            WHERE active AND NOT needs_sync AND next_run_at IS NOT NULL \
+            ORDER BY next_run_at LIMIT 1",
+    }
+}

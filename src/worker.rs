@@ -1,0 +1,404 @@
+//! The worker pool: threads that run in-process tasks, each with its own
+//! current-thread tokio runtime for async tasks, and a timer thread that
+//! hands failed runs back for a retry after `celery_retry_delay`.
+//!
+//! A run's life: the scheduler marks the routine in flight and queues a
+//! [`Job`]; a worker runs it; a failure (an error or a panic) schedules a
+//! retry on the timer thread, which frees the worker at once instead of
+//! sleeping on it; the routine leaves the in-flight set when its run has
+//! succeeded or used up its retries.
+
+use crate::shutdown::Shutdown;
+use crate::task::{Registered, TaskContext, TaskRegistry};
+use crossbeam_channel::{bounded, select, Receiver, Sender};
+use std::collections::{BinaryHeap, HashSet};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Jobs waiting for a worker, per worker thread. The queue is bounded so
+/// that memory is too; the scheduler waits when it is full.
+const QUEUE_PER_WORKER: usize = 64;
+
+/// One run of a routine's task.
+#[derive(Debug, Clone)]
+pub(crate) struct Job {
+    pub(crate) ctx: TaskContext,
+}
+
+/// Counters of what the pool has done, for logs, tests and benchmarks.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) succeeded: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) gave_up: AtomicU64,
+}
+
+/// Routines with a run queued, running or waiting for a retry: such a
+/// routine is not queued again until its run has ended for good.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    ids: Mutex<HashSet<String>>,
+}
+
+impl InFlight {
+    /// Marks `id` in flight unless it already is; returns whether it was marked.
+    pub(crate) fn try_mark(&self, id: &str) -> bool {
+        self.ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.to_owned())
+    }
+
+    /// Whether `id` has a run queued, running or waiting for a retry.
+    pub(crate) fn contains(&self, id: &str) -> bool {
+        self.ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(id)
+    }
+
+    /// The run of `id` has ended.
+    pub(crate) fn release(&self, id: &str) {
+        self.ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id);
+    }
+}
+
+/// Retry policy: `celery_max_retry` and `celery_retry_delay`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RetryPolicy {
+    pub(crate) max_retries: u32,
+    pub(crate) delay: Duration,
+}
+
+/// The running pool.
+pub(crate) struct WorkerPool {
+    jobs: Sender<Job>,
+    in_flight: Arc<InFlight>,
+    counters: Arc<Counters>,
+    /// Set when a stop's deadline passed: workers drop queued jobs.
+    abandon: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+    timer: Option<JoinHandle<()>>,
+    timer_stop: Option<Sender<()>>,
+    exited: Receiver<()>,
+}
+
+impl WorkerPool {
+    pub(crate) fn start(
+        threads: usize,
+        registry: Arc<TaskRegistry>,
+        retry: RetryPolicy,
+    ) -> std::io::Result<Self> {
+        let threads = threads.max(1);
+        let (jobs_tx, jobs_rx) = bounded::<Job>(threads * QUEUE_PER_WORKER);
+        let (retry_tx, retry_rx) = crossbeam_channel::unbounded::<(Instant, Job)>();
+        let (exited_tx, exited) = crossbeam_channel::unbounded();
+        let (timer_stop, timer_stop_rx) = bounded::<()>(0);
+        let in_flight = Arc::new(InFlight::default());
+        let counters = Arc::new(Counters::default());
+        let abandon = Arc::new(AtomicBool::new(false));
+
+        let mut workers = Vec::with_capacity(threads);
+        for index in 0..threads {
+            let worker = Worker {
+                jobs: jobs_rx.clone(),
+                retries: retry_tx.clone(),
+                registry: Arc::clone(&registry),
+                retry,
+                in_flight: Arc::clone(&in_flight),
+                counters: Arc::clone(&counters),
+                abandon: Arc::clone(&abandon),
+                exited: exited_tx.clone(),
+            };
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("beat-worker-{index}"))
+                    .spawn(move || worker.run())?,
+            );
+        }
+        let timer = {
+            let jobs = jobs_tx.clone();
+            let in_flight = Arc::clone(&in_flight);
+            std::thread::Builder::new()
+                .name("beat-retry-timer".into())
+                .spawn(move || retry_timer(retry_rx, timer_stop_rx, jobs, in_flight))?
+        };
+        Ok(WorkerPool {
+            jobs: jobs_tx,
+            in_flight,
+            counters,
+            abandon,
+            workers,
+            timer: Some(timer),
+            timer_stop: Some(timer_stop),
+            exited,
+        })
+    }
+
+    pub(crate) fn in_flight(&self) -> Arc<InFlight> {
+        Arc::clone(&self.in_flight)
+    }
+
+    pub(crate) fn counters(&self) -> Arc<Counters> {
+        Arc::clone(&self.counters)
+    }
+
+    /// A handle for queueing jobs.
+    pub(crate) fn queue(&self) -> JobQueue {
+        JobQueue {
+            jobs: self.jobs.clone(),
+        }
+    }
+
+    /// Stops taking retries, lets the workers finish what is queued and
+    /// running, and waits until `deadline`. Returns the number of worker
+    /// threads still busy at the deadline (left to finish on their own).
+    pub(crate) fn stop(mut self, deadline: Instant) -> usize {
+        drop(self.timer_stop.take());
+        if let Some(timer) = self.timer.take() {
+            // The timer exits as soon as it sees the stop; it never runs tasks.
+            let _ = timer.join();
+        }
+        let total = self.workers.len();
+        // Closing the queue: workers drain it, then exit.
+        drop(self.jobs);
+        let mut exited = 0;
+        while exited < total {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.exited.recv_timeout(left) {
+                Ok(()) => exited += 1,
+                Err(_) => break,
+            }
+        }
+        let busy = total - exited;
+        if busy > 0 {
+            self.abandon.store(true, Ordering::SeqCst);
+            log::warn!("stop: {busy} worker(s) still running tasks at the deadline; not waiting");
+        }
+        for handle in self.workers {
+            if handle.is_finished() {
+                let _ = handle.join();
+            }
+        }
+        busy
+    }
+}
+
+/// Queues jobs for the workers.
+#[derive(Clone)]
+pub(crate) struct JobQueue {
+    jobs: Sender<Job>,
+}
+
+impl JobQueue {
+    /// Queues `job`, waiting while the queue is full, unless `shutdown`
+    /// fires first. Returns the job back if it could not be queued.
+    pub(crate) fn push(&self, job: Job, shutdown: &Shutdown) -> Result<(), Job> {
+        select! {
+            send(self.jobs, job) -> sent => sent.map_err(|e| e.into_inner()),
+            recv(shutdown.receiver()) -> _ => Err(job),
+        }
+    }
+}
+
+struct Worker {
+    jobs: Receiver<Job>,
+    retries: Sender<(Instant, Job)>,
+    registry: Arc<TaskRegistry>,
+    retry: RetryPolicy,
+    in_flight: Arc<InFlight>,
+    counters: Arc<Counters>,
+    abandon: Arc<AtomicBool>,
+    exited: Sender<()>,
+}
+
+impl Worker {
+    fn run(self) {
+        let mut runtime = None;
+        for job in self.jobs.iter() {
+            if self.abandon.load(Ordering::SeqCst) {
+                log::warn!(
+                    "routine {}: run due {} abandoned at stop",
+                    job.ctx.routine,
+                    job.ctx.scheduled_at
+                );
+                self.in_flight.release(&job.ctx.routine_id);
+                continue;
+            }
+            self.execute(job, &mut runtime);
+        }
+        let _ = self.exited.send(());
+    }
+
+    fn execute(&self, job: Job, runtime: &mut Option<tokio::runtime::Runtime>) {
+        let ctx = &job.ctx;
+        let outcome = match self.registry.get(&ctx.task) {
+            None => Err(format!("task {} is not registered", ctx.task)),
+            Some(Registered::Sync(task)) => {
+                let task = Arc::clone(task);
+                catch_unwind(AssertUnwindSafe(|| task.run(ctx)))
+                    .map_err(panic_message)
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+            }
+            Some(Registered::Async(task)) => {
+                let task = Arc::clone(task);
+                match runtime_for(runtime) {
+                    Err(e) => Err(format!("cannot start a tokio runtime: {e}")),
+                    Ok(rt) => {
+                        let result = catch_unwind(AssertUnwindSafe(|| {
+                            rt.block_on(task.execute_boxed(ctx.clone()))
+                        }));
+                        if result.is_err() {
+                            // A panic may leave the runtime's tasks in any
+                            // state: the next run gets a fresh one.
+                            *runtime = None;
+                        }
+                        result
+                            .map_err(panic_message)
+                            .and_then(|r| r.map_err(|e| e.to_string()))
+                    }
+                }
+            }
+        };
+        match outcome {
+            Ok(()) => {
+                self.counters.succeeded.fetch_add(1, Ordering::Relaxed);
+                log::debug!("routine {}: task {} succeeded", ctx.routine, ctx.task);
+                self.in_flight.release(&ctx.routine_id);
+            }
+            Err(reason) => self.failed(job, reason),
+        }
+    }
+
+    fn failed(&self, mut job: Job, reason: String) {
+        self.counters.failed.fetch_add(1, Ordering::Relaxed);
+        let ctx = &job.ctx;
+        if ctx.attempt >= self.retry.max_retries {
+            self.counters.gave_up.fetch_add(1, Ordering::Relaxed);
+            log::error!(
+                "routine {}: task {} failed (attempt {} of {}), giving up: {reason}",
+                ctx.routine,
+                ctx.task,
+                ctx.attempt + 1,
+                self.retry.max_retries + 1
+            );
+            self.in_flight.release(&ctx.routine_id);
+            return;
+        }
+        log::warn!(
+            "routine {}: task {} failed (attempt {} of {}), retrying in {:?}: {reason}",
+            ctx.routine,
+            ctx.task,
+            ctx.attempt + 1,
+            self.retry.max_retries + 1,
+            self.retry.delay
+        );
+        job.ctx.attempt += 1;
+        let id = job.ctx.routine_id.clone();
+        if self
+            .retries
+            .send((Instant::now() + self.retry.delay, job))
+            .is_err()
+        {
+            // The timer is gone: the beat is stopping.
+            self.in_flight.release(&id);
+        }
+    }
+}
+
+fn runtime_for(
+    slot: &mut Option<tokio::runtime::Runtime>,
+) -> std::io::Result<&tokio::runtime::Runtime> {
+    if slot.is_none() {
+        *slot = Some(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+        );
+    }
+    // Just filled above.
+    slot.as_ref()
+        .ok_or_else(|| std::io::Error::other("runtime missing"))
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string payload".to_owned());
+    format!("panicked: {text}")
+}
+
+/// A retry waiting for its time; the heap's top is the earliest.
+struct Pending(Instant, Job);
+
+impl PartialEq for Pending {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Pending {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.0.cmp(&self.0)
+    }
+}
+
+/// Holds failed runs until their retry time, then queues them again.
+fn retry_timer(
+    incoming: Receiver<(Instant, Job)>,
+    stop: Receiver<()>,
+    jobs: Sender<Job>,
+    in_flight: Arc<InFlight>,
+) {
+    let mut pending = BinaryHeap::new();
+    loop {
+        let wait = pending
+            .peek()
+            .map(|Pending(at, _)| at.saturating_duration_since(Instant::now()));
+        let timeout = crossbeam_channel::after(wait.unwrap_or(Duration::from_secs(3600)));
+        select! {
+            recv(incoming) -> msg => match msg {
+                Ok((at, job)) => pending.push(Pending(at, job)),
+                Err(_) => break,
+            },
+            recv(stop) -> _ => break,
+            recv(timeout) -> _ => {}
+        }
+        while pending
+            .peek()
+            .is_some_and(|Pending(at, _)| *at <= Instant::now())
+        {
+            let Some(Pending(_, job)) = pending.pop() else {
+                break;
+            };
+            // The routine stayed in flight during the wait.
+            let id = job.ctx.routine_id.clone();
+            if jobs.send(job).is_err() {
+                in_flight.release(&id);
+                return;
+            }
+        }
+    }
+    for Pending(_, job) in pending {
+        log::warn!(
+            "routine {}: retry {} of the run due {} dropped at stop",
+            job.ctx.routine,
+            job.ctx.attempt,
+            job.ctx.scheduled_at
+        );
+        in_flight.release(&job.ctx.routine_id);
+    }
+}

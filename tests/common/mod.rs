@@ -1,0 +1,338 @@
+//! Shared test support: real databases and processes, one per test.
+//!
+//! Services are found at their usual local addresses (override with
+//! `CDK_TEST_POSTGRES_URL`). A test whose service is missing is skipped with
+//! a line on stderr that `cargo test` does not swallow; under `CI=true` a
+//! missing service fails the test instead.
+
+#![allow(dead_code)]
+
+use celery_diesel_kit::{Config, RoutineStore, SyncTask, TaskContext, TaskResult};
+use chrono::{DateTime, Utc};
+use std::io::Write;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// Whether missing services are failures (CI) or skips (a laptop).
+pub fn services_required() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// Reports a skipped test where `cargo test` shows it, or fails under CI.
+pub fn skip(test: &str, why: &str) {
+    if services_required() {
+        panic!("{test}: {why} (CI=true: every service is required)");
+    }
+    // Written to the process's stderr directly: the test harness captures
+    // only `print!`/`eprint!`, so this line is always visible.
+    let _ = writeln!(std::io::stderr(), "\n*** SKIPPED {test}: {why} ***");
+}
+
+fn reachable(url: &str) -> bool {
+    let Some(rest) = url.split("://").nth(1) else {
+        return false;
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let host_port = authority.rsplit('@').next().unwrap_or("");
+    let Ok(mut addrs) = host_port.to_socket_addrs() else {
+        return false;
+    };
+    addrs
+        .next()
+        .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok())
+}
+
+fn postgres_admin_url() -> String {
+    std::env::var("CDK_TEST_POSTGRES_URL").unwrap_or_else(|_| POSTGRES_ADMIN_URL.to_owned())
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+fn unique(test: &str) -> String {
+    let clean: String = test
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let clean: String = clean.chars().take(30).collect();
+    format!(
+        "cdk_{clean}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Which database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Sqlite,
+    Postgres,
+}
+
+/// A database of the test's own, dropped at the end.
+pub struct TestDb {
+    pub kind: Kind,
+    pub url: String,
+    name: String,
+    dir: Option<PathBuf>,
+}
+
+impl TestDb {
+    /// A fresh SQLite file.
+    pub fn sqlite(test: &str) -> TestDb {
+        let name = unique(test);
+        let dir = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let url = format!("sqlite://{}", dir.join("beat.sqlite3").display());
+        TestDb {
+            kind: Kind::Sqlite,
+            url,
+            name,
+            dir: Some(dir),
+        }
+    }
+
+    /// A fresh PostgreSQL database, or `None` (skipped) without a server.
+    pub fn postgres(test: &str) -> Option<TestDb> {
+        let admin = postgres_admin_url();
+        if !reachable(&admin) {
+            skip(test, &format!("PostgreSQL not reachable at {admin}"));
+            return None;
+        }
+        let name = unique(test);
+        let store = RoutineStore::connect(&admin).expect("connect to the admin database");
+        store
+            .execute(&format!("CREATE DATABASE {name}"))
+            .expect("create test database");
+        let base = admin
+            .rsplit_once('/')
+            .map_or(admin.as_str(), |(base, _)| base);
+        let url = format!("{base}/{name}");
+        Some(TestDb {
+            kind: Kind::Postgres,
+            url,
+            name,
+            dir: None,
+        })
+    }
+
+    pub fn of(kind: Kind, test: &str) -> Option<TestDb> {
+        match kind {
+            Kind::Sqlite => Some(TestDb::sqlite(test)),
+            Kind::Postgres => TestDb::postgres(test),
+        }
+    }
+
+    /// A configuration for a beat on this database, tuned for tests:
+    /// edits are looked for every 100 ms and failed tasks retried at once.
+    pub fn config(&self) -> Config {
+        Config {
+            scheduler_db_uri: self.url.clone(),
+            scheduler_watch_interval: Duration::from_millis(100),
+            celery_retry_delay: Duration::ZERO,
+            worker_concurrency: 2,
+            shutdown_timeout: Duration::from_secs(10),
+            ..Config::default()
+        }
+    }
+
+    /// A store on this database (schema created).
+    pub fn store(&self) -> RoutineStore {
+        let store = RoutineStore::connect(&self.url).expect("connect");
+        store.migrate().expect("migrate");
+        store
+    }
+
+    /// Runs SQL as an operator would.
+    pub fn exec(&self, sql: &str) {
+        let store = RoutineStore::connect(&self.url).expect("connect");
+        store.execute(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// SQL for a boolean literal.
+    pub fn bool(&self, value: bool) -> &'static str {
+        match (self.kind, value) {
+            (Kind::Postgres, true) => "true",
+            (Kind::Postgres, false) => "false",
+            (Kind::Sqlite, true) => "1",
+            (Kind::Sqlite, false) => "0",
+        }
+    }
+
+    /// SQL for a timestamp literal.
+    pub fn timestamp(&self, t: DateTime<Utc>) -> String {
+        format!("'{}'", t.naive_utc().format("%Y-%m-%d %H:%M:%S%.6f"))
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        match self.kind {
+            Kind::Postgres => {
+                if let Ok(store) = RoutineStore::connect(&postgres_admin_url()) {
+                    let _ = store.execute(&format!(
+                        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                        self.name
+                    ));
+                }
+            }
+            Kind::Sqlite => {
+                if let Some(dir) = &self.dir {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+            }
+        }
+    }
+}
+
+/// One test per backend from one body: `backend_tests! { fn name(db) { ... } }`
+/// makes `name::sqlite` and `name::postgres`.
+#[macro_export]
+macro_rules! backend_tests {
+    ($(fn $name:ident($db:ident) $body:block)*) => {
+        $(
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+                fn body($db: &$crate::common::TestDb) $body
+                #[test]
+                fn sqlite() {
+                    let db = $crate::common::TestDb::sqlite(concat!(stringify!($name), "_sqlite"));
+                    body(&db);
+                }
+                #[test]
+                fn postgres() {
+                    if let Some(db) = $crate::common::TestDb::postgres(concat!(stringify!($name), "_pg")) {
+                        body(&db);
+                    }
+                }
+            }
+        )*
+    };
+}
+
+/// Polls `condition` until it holds or `limit` passes; returns whether it held.
+pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if condition() {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A run seen by a [`Recorder`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    pub routine: String,
+    pub scheduled_at: DateTime<Utc>,
+    pub attempt: u32,
+    pub kwargs: serde_json::Value,
+    pub at: Instant,
+}
+
+/// A task that records every run.
+#[derive(Clone)]
+pub struct Recorder {
+    name: &'static str,
+    pub runs: Arc<Mutex<Vec<Run>>>,
+}
+
+impl Recorder {
+    pub fn new(name: &'static str) -> Self {
+        Recorder {
+            name,
+            runs: Arc::default(),
+        }
+    }
+
+    pub fn runs(&self) -> Vec<Run> {
+        self.runs.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.runs.lock().unwrap().len()
+    }
+
+    pub fn runs_of(&self, routine: &str) -> Vec<Run> {
+        self.runs()
+            .into_iter()
+            .filter(|r| r.routine == routine)
+            .collect()
+    }
+}
+
+impl SyncTask for Recorder {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn run(&self, ctx: &TaskContext) -> TaskResult {
+        self.runs.lock().unwrap().push(Run {
+            routine: ctx.routine.clone(),
+            scheduled_at: ctx.scheduled_at,
+            attempt: ctx.attempt,
+            kwargs: ctx.kwargs.clone(),
+            at: Instant::now(),
+        });
+        Ok(())
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS` in UTC.
+pub fn utc(text: &str) -> DateTime<Utc> {
+    chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S")
+        .unwrap_or_else(|e| panic!("{text}: {e}"))
+        .and_utc()
+}
+
+/// A Python with `celery` installed: `CDK_CELERY_PYTHON`, or a virtualenv
+/// under `target/celery-venv`, created on first use. `None` (skipped) if it
+/// cannot be made.
+pub fn celery_python(test: &str) -> Option<PathBuf> {
+    if let Ok(python) = std::env::var("CDK_CELERY_PYTHON") {
+        return Some(PathBuf::from(python));
+    }
+    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target");
+    std::fs::create_dir_all(&target).ok()?;
+    let venv = target.join("celery-venv");
+    let python = venv.join("bin").join("python");
+    let ready = venv.join(".ready");
+    // One test process at a time builds it; the others wait on the lock.
+    let lock = std::fs::File::create(target.join("celery-venv.lock")).ok()?;
+    lock.lock().ok()?;
+    if !ready.exists() {
+        let ok = std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .is_ok_and(|s| s.success())
+            && std::process::Command::new(&python)
+                .args(["-m", "pip", "install", "--quiet", "celery[redis]>=5.5,<6"])
+                .status()
+                .is_ok_and(|s| s.success());
+        if !ok {
+            skip(
+                test,
+                "cannot install celery into target/celery-venv (python3 -m venv / pip)",
+            );
+            return None;
+        }
+        std::fs::write(&ready, "").ok()?;
+    }
+    Some(python)
+}
