@@ -255,7 +255,10 @@ impl BeatBuilder {
     /// and for embedding the beat in a loop of one's own.
     pub fn start_manual(self) -> Result<ManualBeat, Error> {
         let (parts, scheduler) = self.prepare()?;
-        Ok(ManualBeat { parts, scheduler })
+        Ok(ManualBeat {
+            parts,
+            scheduler: Some(scheduler),
+        })
     }
 
     fn prepare(self) -> Result<(Parts, Scheduler), Error> {
@@ -312,6 +315,7 @@ impl BeatBuilder {
                 max_interval: config.scheduler_max_interval,
                 watch_interval: config.scheduler_watch_interval,
                 sync_every: config.scheduler_sync_every,
+                shutdown_timeout: config.shutdown_timeout,
             },
             last_recheck: None,
         };
@@ -442,13 +446,17 @@ impl Drop for BeatHandle {
 /// A beat whose passes the caller runs (see [`BeatBuilder::start_manual`]).
 pub struct ManualBeat {
     parts: Parts,
-    scheduler: Scheduler,
+    /// Dropped at stop: it holds the job queue open.
+    scheduler: Option<Scheduler>,
 }
 
 impl ManualBeat {
     /// Runs one scheduler pass as if the time were `now`.
     pub fn tick(&mut self, now: DateTime<Utc>) -> Result<Tick, Error> {
-        self.scheduler.tick(now)
+        match &mut self.scheduler {
+            Some(scheduler) => scheduler.tick(now),
+            None => unreachable!("a stopped ManualBeat is consumed"),
+        }
     }
 
     /// The beat's store.
@@ -463,6 +471,7 @@ impl ManualBeat {
 
     /// Stops, giving running tasks `timeout`.
     pub fn stop_within(mut self, timeout: Duration) -> StopReport {
+        drop(self.scheduler.take());
         self.parts.stop(None, timeout)
     }
 }
@@ -470,6 +479,7 @@ impl ManualBeat {
 impl Drop for ManualBeat {
     fn drop(&mut self) {
         if self.parts.trigger.is_some() {
+            drop(self.scheduler.take());
             let timeout = self.parts.shutdown_timeout;
             self.parts.stop(None, timeout);
         }

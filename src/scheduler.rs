@@ -65,6 +65,8 @@ pub struct Tick {
     pub skipped: usize,
     /// Rows found invalid (recorded in their `last_error`).
     pub invalid: usize,
+    /// Claimed runs dropped because the beat stopped with every worker busy.
+    pub abandoned: usize,
     /// More rows were due than one pass claims.
     pub more_due: bool,
     /// The earliest next run after this pass.
@@ -85,6 +87,8 @@ pub(crate) struct Settings {
     pub(crate) max_interval: Duration,
     pub(crate) watch_interval: Duration,
     pub(crate) sync_every: Duration,
+    /// How long a stopping scheduler waits to hand over claimed runs.
+    pub(crate) shutdown_timeout: Duration,
 }
 
 pub(crate) struct Scheduler {
@@ -140,6 +144,10 @@ impl Scheduler {
         }
 
         for pass in 0..CLAIMS_PER_TICK {
+            if self.shutdown.is_fired() {
+                // A stop ends claiming at once; what is claimed is handed over.
+                break;
+            }
             let fates = self.store.claim_due(now, CLAIM_BATCH, |rows| {
                 let (plans, fates): (Vec<Plan>, Vec<Fate>) =
                     rows.iter().map(|row| self.fire(row, now)).unzip();
@@ -149,8 +157,11 @@ impl Scheduler {
             for fate in fates {
                 match fate {
                     Fate::Run(job) => {
-                        self.dispatch(job);
-                        tick.fired += 1;
+                        if self.dispatch(job) {
+                            tick.fired += 1;
+                        } else {
+                            tick.abandoned += 1;
+                        }
                     }
                     Fate::Skip => tick.skipped += 1,
                     Fate::Invalid => tick.invalid += 1,
@@ -299,16 +310,23 @@ impl Scheduler {
         (plan, Fate::Run(job))
     }
 
-    /// Queues a claimed run for the workers.
-    fn dispatch(&self, job: Job) {
+    /// Queues a claimed run for the workers; returns whether it was queued.
+    fn dispatch(&self, job: Job) -> bool {
         self.in_flight.try_mark(&job.ctx.routine_id);
-        if let Err(job) = self.queue.push(job, &self.shutdown) {
-            log::warn!(
-                "routine {}: run due {} not started: the beat is stopping",
-                job.ctx.routine,
-                job.ctx.scheduled_at
-            );
-            self.in_flight.release(&job.ctx.routine_id);
+        match self
+            .queue
+            .push(job, &self.shutdown, self.settings.shutdown_timeout)
+        {
+            Ok(()) => true,
+            Err(job) => {
+                log::error!(
+                    "routine {}: run due {} lost: the beat stopped before a worker was free",
+                    job.ctx.routine,
+                    job.ctx.scheduled_at
+                );
+                self.in_flight.release(&job.ctx.routine_id);
+                false
+            }
         }
     }
 

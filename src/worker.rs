@@ -10,7 +10,7 @@
 
 use crate::shutdown::Shutdown;
 use crate::task::{Registered, TaskContext, TaskRegistry};
-use crossbeam_channel::{bounded, select, Receiver, Sender};
+use crossbeam_channel::{bounded, select, Receiver, Sender, TrySendError};
 use std::collections::{BinaryHeap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -197,12 +197,26 @@ pub(crate) struct JobQueue {
 }
 
 impl JobQueue {
-    /// Queues `job`, waiting while the queue is full, unless `shutdown`
-    /// fires first. Returns the job back if it could not be queued.
-    pub(crate) fn push(&self, job: Job, shutdown: &Shutdown) -> Result<(), Job> {
+    /// Queues `job`, waiting while the queue is full. Once `shutdown` has
+    /// fired it waits at most `patience` more: the job is a claimed run, and
+    /// the workers keep draining the queue while the beat stops. Returns the
+    /// job if it could not be queued.
+    pub(crate) fn push(
+        &self,
+        job: Job,
+        shutdown: &Shutdown,
+        patience: Duration,
+    ) -> Result<(), Job> {
+        let job = match self.jobs.try_send(job) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Disconnected(job)) => return Err(job),
+            Err(TrySendError::Full(job)) => job,
+        };
         select! {
-            send(self.jobs, job) -> sent => sent.map_err(|e| e.into_inner()),
-            recv(shutdown.receiver()) -> _ => Err(job),
+            send(self.jobs, job.clone()) -> sent => sent.map_err(|e| e.into_inner()),
+            recv(shutdown.receiver()) -> _ => {
+                self.jobs.send_timeout(job, patience).map_err(|e| e.into_inner())
+            }
         }
     }
 }
@@ -268,9 +282,10 @@ impl Worker {
         };
         match outcome {
             Ok(()) => {
-                self.counters.succeeded.fetch_add(1, Ordering::Relaxed);
                 log::debug!("routine {}: task {} succeeded", ctx.routine, ctx.task);
+                // Released before counted: whoever sees the count may fire again.
                 self.in_flight.release(&ctx.routine_id);
+                self.counters.succeeded.fetch_add(1, Ordering::Relaxed);
             }
             Err(reason) => self.failed(job, reason),
         }

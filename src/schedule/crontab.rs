@@ -244,7 +244,7 @@ fn expand_spec(field: &Field, spec: &Value) -> Result<BTreeSet<u32>, ScheduleErr
         Value::Number(n) => BTreeSet::from([n
             .as_i64()
             .ok_or_else(|| bad(format!("{n} is not an integer")))?]),
-        Value::String(s) => parse_field(field, s).map_err(|reason| bad(reason))?,
+        Value::String(s) => parse_field(field, s).map_err(&bad)?,
         Value::Array(items) => items
             .iter()
             .map(|item| {
@@ -299,7 +299,7 @@ fn parse_part(field: &Field, part: &str) -> Result<Vec<i64>, String> {
                 if let Some(step) = rest.strip_prefix('/') {
                     let step = split_word(step).map(|(w, _)| w);
                     let step = step.ok_or_else(|| "empty filter".to_owned())?;
-                    return Ok(every_nth(expand_range(field, from, Some(to))?, step)?);
+                    return every_nth(expand_range(field, from, Some(to))?, step);
                 }
                 return expand_range(field, from, Some(to));
             }

@@ -21,7 +21,7 @@ const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
 const SQLITE_BUSY_TIMEOUT_MS: u32 = 10_000;
 /// An arbitrary key for PostgreSQL's advisory lock around migrations, so
 /// that beats starting together do not migrate twice.
-const MIGRATION_LOCK_KEY: i64 = 0x6364_6b5f_6d69_67;
+const MIGRATION_LOCK_KEY: i64 = 0x0063_646b_5f6d_6967;
 
 /// The database a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,183 @@
+//! The `beat` binary: the README's demo, signals, and errors a user sees.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BEAT: &str = env!("CARGO_BIN_EXE_beat");
+
+/// Every variable the binary reads, cleared so the host's settings cannot
+/// leak into a test.
+const VARS: [&str; 12] = [
+    "SCHEDULER_DB_URI",
+    "SCHEDULER_MAX_INTERVAL",
+    "SCHEDULER_SYNC_EVERY",
+    "SCHEDULER_WATCH_INTERVAL",
+    "CELERY_MAX_RETRY",
+    "CELERY_RETRY_DELAY",
+    "CREATE_TABLE",
+    "CELERY_BROKER_URL",
+    "WORKER_CONCURRENCY",
+    "SHUTDOWN_TIMEOUT",
+    "DEFAULT_CELERY_MAX_RETRY",
+    "RUST_LOG",
+];
+
+fn workdir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cdk-cli-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn beat(dir: &Path) -> Command {
+    let mut cmd = Command::new(BEAT);
+    cmd.current_dir(dir);
+    for var in VARS {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// Stderr lines of a running beat, as they come.
+fn lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_for(lines: &mpsc::Receiver<String>, seen: &mut Vec<String>, needle: &str) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                let hit = line.contains(needle);
+                seen.push(line);
+                if hit {
+                    return true;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn the_readme_demo_runs_on_embedded_sqlite_and_stops_on_sigterm() {
+    let dir = workdir("demo");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/routines.json"),
+        dir.join("routines.json"),
+    )
+    .unwrap();
+    let mut child = beat(&dir).stderr(Stdio::piped()).spawn().unwrap();
+    let out = lines(&mut child);
+    let mut seen = Vec::new();
+    let fired =
+        wait_for(&out, &mut seen, "hello, world!") && wait_for(&out, &mut seen, "async tick");
+    sigterm(&child);
+    let stopped = wait_for(&out, &mut seen, "beat: stopped");
+    let status = child.wait().unwrap();
+    let log = seen.join("\n");
+    assert!(fired, "demo routines did not fire:\n{log}");
+    assert!(
+        stopped && status.success(),
+        "no clean stop ({status}):\n{log}"
+    );
+    assert!(
+        dir.join("celery-beat.sqlite3").exists(),
+        "the default database is a local SQLite file"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn without_a_routines_file_nothing_is_declared_or_deleted() {
+    let Some(db) = common::TestDb::postgres("cli_no_routines") else {
+        return;
+    };
+    db.store();
+    db.exec(r#"INSERT INTO routines (name, task, schedule) VALUES ('by sql', 'demo.hello', '{"timedelta": 1}')"#);
+    // Run from the repository root, where routines.json exists: with a
+    // database configured it must not be used (it would delete 'by sql').
+    let mut child = beat(Path::new(env!("CARGO_MANIFEST_DIR")))
+        .env("SCHEDULER_DB_URI", &db.url)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = lines(&mut child);
+    let mut seen = Vec::new();
+    let fired = wait_for(&out, &mut seen, "[by sql] hello, world!");
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+    assert!(fired, "{}", seen.join("\n"));
+    let names: Vec<String> = db
+        .store()
+        .routines()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(names, ["by sql"]);
+}
+
+#[test]
+fn bad_input_is_a_clear_error_naming_the_culprit() {
+    let dir = workdir("bad");
+    std::fs::write(
+        dir.join("bad.json"),
+        r#"[{"name": "nightly", "task": "t", "schedule": {"hour": 25}}]"#,
+    )
+    .unwrap();
+    let out = beat(&dir)
+        .args(["--routines", "bad.json"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("routine nightly") && err.contains("hour"),
+        "{err}"
+    );
+
+    let out = beat(&dir)
+        .env("SCHEDULER_MAX_INTERVAL", "soon")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("scheduler_max_interval"),
+        "{err}"
+    );
+
+    let out = beat(&dir)
+        .env("SCHEDULER_DB_URI", "postgres://app:hunter2@127.0.0.1:1/app")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("app:***@") && !err.contains("hunter2"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

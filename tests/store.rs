@@ -1,0 +1,195 @@
+//! The routines table: migrations, adopting the kit's table, the triggers
+//! that mark edits, and connection errors.
+
+mod common;
+
+use celery_diesel_kit::{Beat, Config, Error, Routine, RoutineStore, Schedule};
+use common::{wait_until, Kind, Recorder, TestDb};
+use std::time::Duration;
+
+/// The kit's table exactly as SQLAlchemy 2.0 creates it from the kit's model.
+fn kit_ddl(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Postgres => {
+            "CREATE TABLE routines (
+                id UUID NOT NULL, name VARCHAR(50) NOT NULL, task VARCHAR(50) NOT NULL,
+                schedule JSON NOT NULL, last_run_at TIMESTAMP WITHOUT TIME ZONE,
+                total_run_count INTEGER, active BOOLEAN NOT NULL, kwargs JSON, options JSON,
+                PRIMARY KEY (id));
+             CREATE INDEX ix_routines_last_run_at ON routines (last_run_at);
+             CREATE INDEX ix_routines_name ON routines (name);"
+        }
+        Kind::Sqlite => {
+            "CREATE TABLE routines (
+                id CHAR(32) NOT NULL, name VARCHAR(50) NOT NULL, task VARCHAR(50) NOT NULL,
+                schedule JSON NOT NULL, last_run_at DATETIME, total_run_count INTEGER,
+                active BOOLEAN NOT NULL, kwargs JSON, options JSON, PRIMARY KEY (id));
+             CREATE INDEX ix_routines_last_run_at ON routines (last_run_at);
+             CREATE INDEX ix_routines_name ON routines (name);"
+        }
+    }
+}
+
+/// A row as the kit's `merge_inplace` inserts it (SQLAlchemy's statement).
+fn kit_insert(kind: Kind, name: &str, schedule: &str) -> String {
+    let id = uuid::Uuid::new_v4();
+    let id = match kind {
+        Kind::Postgres => id.to_string(),
+        Kind::Sqlite => id.simple().to_string(),
+    };
+    format!(
+        "INSERT INTO routines (id, name, task, schedule, last_run_at, total_run_count, active, kwargs, options) \
+         VALUES ('{id}', '{name}', '{name}', '{schedule}', NULL, 0, {}, '{{}}', '{{}}')",
+        if kind == Kind::Postgres { "true" } else { "1" }
+    )
+}
+
+backend_tests! {
+    fn migrating_twice_changes_nothing(db) {
+        let store = db.store();
+        store.migrate().unwrap();
+        store.check_schema().unwrap();
+        assert!(store.routines().unwrap().is_empty());
+    }
+
+    fn a_table_the_python_kit_created_is_adopted(db) {
+        db.exec(kit_ddl(db.kind));
+        db.exec(&kit_insert(db.kind, "celery test", r#"{"timedelta": 1}"#));
+        db.exec(&kit_insert(db.kind, "kit crontab",
+            r#"{"minute": "*/5", "hour": "*", "day_of_week": "*", "day_of_month": "*", "month_of_year": "*"}"#));
+        let rec = Recorder::new("celery test");
+        let beat = Beat::builder(db.config()).task(rec.clone()).task(Recorder::new("kit crontab")).start().unwrap();
+        assert!(wait_until(Duration::from_secs(10), || rec.count() >= 1), "the kit's row never ran");
+        let crontab = beat.store().routine("kit crontab").unwrap().unwrap();
+        assert!(crontab.next_run_at.is_some() && crontab.last_error.is_none(), "{crontab:?}");
+        beat.stop();
+        // The kit keeps working on the adopted table: its own INSERT still runs.
+        db.exec(&kit_insert(db.kind, "inserted later by the kit", r#"{"timedelta": 15}"#));
+        let row = db.store().routine("inserted later by the kit").unwrap().unwrap();
+        assert!(row.needs_sync && row.next_run_at.is_none(), "a kit insert waits for planning: {row:?}");
+        let row = db.store().routine("celery test").unwrap().unwrap();
+        assert!(row.total_run_count.unwrap() >= 1 && row.last_run_at.is_some());
+    }
+
+    fn edits_mark_rows_for_the_beat_and_the_beats_own_writes_do_not(db) {
+        let rec = Recorder::new("record");
+        let mut beat = Beat::builder(db.config())
+            .task(rec.clone())
+            .routine(Routine::new("r", "record", Schedule::every(Duration::from_secs(60)).unwrap()))
+            .start_manual()
+            .unwrap();
+        let now = common::utc("2030-01-01 00:00:00");
+        beat.tick(now).unwrap();
+        let store = db.store();
+        let get = || store.routine("r").unwrap().unwrap();
+        let planned = get();
+        assert!(!planned.needs_sync && planned.next_run_at.is_some());
+
+        db.exec(r#"UPDATE routines SET kwargs = '{"a": 1}'"#);
+        let r = get();
+        assert!(r.needs_sync && r.next_run_at == planned.next_run_at, "kwargs: marked, plan kept: {r:?}");
+        beat.tick(now).unwrap();
+
+        db.exec(r#"UPDATE routines SET schedule = '{"timedelta": 30}'"#);
+        let r = get();
+        assert!(r.needs_sync && r.next_run_at.is_none(), "schedule: marked, plan cleared: {r:?}");
+        beat.tick(now).unwrap();
+
+        db.exec(r#"UPDATE routines SET schedule = '{"timedelta": 30}'"#);
+        assert!(!get().needs_sync, "writing the same schedule is no edit");
+        db.exec("UPDATE routines SET name = 'r2' WHERE name = 'r'");
+        db.exec("UPDATE routines SET name = 'r' WHERE name = 'r2'");
+        assert!(!get().needs_sync, "a rename needs no planning");
+
+        // The beat's own writes (firing) leave the row unmarked.
+        let tick = beat.tick(now + chrono::Duration::seconds(30)).unwrap();
+        assert_eq!(tick.fired, 1);
+        assert!(!get().needs_sync);
+    }
+}
+
+#[test]
+fn without_create_table_a_missing_schema_is_a_clear_error() {
+    let db = TestDb::sqlite("without_create_table");
+    let config = Config {
+        create_table: false,
+        ..db.config()
+    };
+    let err = Beat::builder(config)
+        .start()
+        .err()
+        .expect("no schema, no start");
+    assert!(err.to_string().contains("diesel migration run"), "{err}");
+}
+
+#[test]
+fn diesel_migration_run_from_the_repository_root_creates_the_schema() {
+    let test = "diesel_migration_run";
+    let Some(db) = TestDb::postgres(test) else {
+        return;
+    };
+    let diesel = std::env::var("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|_| std::env::var("HOME").map(|h| std::path::Path::new(&h).join(".cargo")))
+        .map(|home| home.join("bin").join("diesel"))
+        .ok()
+        .filter(|path| path.exists())
+        .unwrap_or_else(|| "diesel".into());
+    let output = std::process::Command::new(&diesel)
+        .args(["migration", "run", "--database-url", &db.url])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output();
+    let output = match output {
+        Ok(output) => output,
+        Err(e) => return common::skip(test, &format!("no diesel CLI ({e}); .ci/run installs it")),
+    };
+    assert!(
+        output.status.success(),
+        "diesel migration run: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let config = Config {
+        create_table: false,
+        ..db.config()
+    };
+    let beat = Beat::builder(config)
+        .task(Recorder::new("record"))
+        .routine(Routine::new(
+            "r",
+            "record",
+            Schedule::every(Duration::from_secs(5)).unwrap(),
+        ))
+        .start()
+        .expect("the CLI's schema is the beat's schema");
+    assert!(beat.store().routine("r").unwrap().is_some());
+    // The embedded migrations agree that nothing is pending.
+    beat.store().migrate().unwrap();
+}
+
+#[test]
+fn bad_urls_are_clear_errors_that_hide_the_password() {
+    for (url, expected) in [
+        (
+            "postgres://app:hunter2@127.0.0.1:1/app",
+            "cannot connect to postgres://app:***@127.0.0.1:1/app",
+        ),
+        (
+            "oracle://scott:hunter2@db/app",
+            "expected postgres://, sqlite:// or a file path",
+        ),
+        ("sqlite://:memory:", "SQLite needs a file"),
+    ] {
+        let err = RoutineStore::connect(url).expect_err(url).to_string();
+        assert!(err.contains(expected), "{url}: {err}");
+        assert!(!err.contains("hunter2"), "{url}: password in {err}");
+        let config = Config {
+            scheduler_db_uri: url.into(),
+            ..Config::default()
+        };
+        let err = Beat::builder(config).start().err().expect(url);
+        assert!(
+            matches!(err, Error::Store(_)) && !err.to_string().contains("hunter2"),
+            "{err}"
+        );
+    }
+}

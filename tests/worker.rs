@@ -1,0 +1,259 @@
+//! The worker pool: sync and async tasks, kwargs, retries, panics,
+//! overlapping runs and graceful stop. Runs are started with manual
+//! scheduler passes; the tasks themselves run on the real pool.
+
+mod common;
+
+use celery_diesel_kit::{
+    AsyncTask, Beat, Config, ManualBeat, Routine, Schedule, SyncTask, TaskContext, TaskResult,
+};
+use chrono::{DateTime, Duration as TimeDelta, Utc};
+use common::{utc, wait_until, Recorder};
+use crossbeam_channel::{Receiver, Sender};
+use serde_json::json;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn at(seconds: i64) -> DateTime<Utc> {
+    utc("2030-01-01 00:00:00") + TimeDelta::seconds(seconds)
+}
+
+fn every(seconds: u64) -> Schedule {
+    Schedule::every(Duration::from_secs(seconds)).unwrap()
+}
+
+/// A task whose kwargs are typed.
+struct Greet(Arc<Mutex<Vec<String>>>);
+
+#[derive(serde::Deserialize)]
+struct GreetArgs {
+    who: String,
+    #[serde(default)]
+    times: usize,
+}
+
+impl SyncTask for Greet {
+    fn name(&self) -> &str {
+        "greet"
+    }
+    fn run(&self, ctx: &TaskContext) -> TaskResult {
+        let args: GreetArgs = ctx.kwargs()?;
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{}x{}", args.who, args.times));
+        Ok(())
+    }
+}
+
+/// An async task that awaits tokio timers and reports the thread it ran on.
+struct Nap(Arc<Mutex<Vec<(String, std::thread::ThreadId)>>>);
+
+impl AsyncTask for Nap {
+    fn name(&self) -> &str {
+        "nap"
+    }
+    async fn execute(&self, ctx: TaskContext) -> TaskResult {
+        // Not Send across the await: fine on a current-thread runtime.
+        let local = std::rc::Rc::new(ctx.routine.clone());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.0
+            .lock()
+            .unwrap()
+            .push(((*local).clone(), std::thread::current().id()));
+        Ok(())
+    }
+}
+
+/// A task that fails (or panics) `failures` times, recording attempts.
+struct Flaky {
+    name: &'static str,
+    failures: u32,
+    panic: bool,
+    attempts: Arc<Mutex<Vec<(u32, Instant)>>>,
+}
+
+impl SyncTask for Flaky {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn run(&self, ctx: &TaskContext) -> TaskResult {
+        self.attempts
+            .lock()
+            .unwrap()
+            .push((ctx.attempt, Instant::now()));
+        if ctx.attempt < self.failures {
+            if self.panic {
+                panic!("flaky task panics on attempt {}", ctx.attempt);
+            }
+            return Err(format!("failing on attempt {}", ctx.attempt).into());
+        }
+        Ok(())
+    }
+}
+
+/// A task that blocks until the test lets it go.
+struct Gate {
+    started: Sender<()>,
+    release: Receiver<()>,
+}
+
+impl SyncTask for Gate {
+    fn name(&self) -> &str {
+        "gate"
+    }
+    fn run(&self, _ctx: &TaskContext) -> TaskResult {
+        self.started.send(()).ok();
+        self.release.recv().ok();
+        Ok(())
+    }
+}
+
+fn gate() -> (Gate, Receiver<()>, Sender<()>) {
+    let (started_tx, started_rx) = crossbeam_channel::unbounded();
+    let (release_tx, release_rx) = crossbeam_channel::unbounded();
+    (
+        Gate {
+            started: started_tx,
+            release: release_rx,
+        },
+        started_rx,
+        release_tx,
+    )
+}
+
+fn start(builder: celery_diesel_kit::BeatBuilder) -> ManualBeat {
+    builder.start_manual().expect("start")
+}
+
+backend_tests! {
+    fn sync_and_async_tasks_run_with_their_kwargs(db) {
+        let greetings = Arc::new(Mutex::new(Vec::new()));
+        let naps = Arc::new(Mutex::new(Vec::new()));
+        let mut beat = start(Beat::builder(db.config())
+            .task(Greet(greetings.clone()))
+            .async_task(Nap(naps.clone()))
+            .routine(Routine::new("greeting", "greet", every(10)).kwargs(json!({"who": "ada", "times": 2})))
+            .routine(Routine::new("nap a", "nap", every(10)))
+            .routine(Routine::new("nap b", "nap", every(10))));
+        beat.tick(at(0)).unwrap();
+        assert_eq!(beat.tick(at(10)).unwrap().fired, 3);
+        assert!(wait_until(Duration::from_secs(10), || beat.stats().succeeded == 3), "{:?}", beat.stats());
+        assert_eq!(*greetings.lock().unwrap(), ["adax2"]);
+        let mut napped: Vec<String> = naps.lock().unwrap().iter().map(|(r, _)| r.clone()).collect();
+        napped.sort();
+        assert_eq!(napped, ["nap a", "nap b"]);
+        // Kwargs that do not fit the task's type fail the run, naming both.
+        db.exec(r#"UPDATE routines SET kwargs = '{"whom": "bob"}' WHERE name = 'greeting'"#);
+        beat.tick(at(11)).unwrap();
+        beat.tick(at(20)).unwrap();
+        assert!(wait_until(Duration::from_secs(10), || beat.stats().gave_up == 1), "{:?}", beat.stats());
+    }
+
+    fn failed_tasks_are_retried_then_given_up(db) {
+        let attempts = Arc::new(Mutex::new(Vec::new()));
+        let config = Config { celery_max_retry: 2, ..db.config() };
+        let mut beat = start(Beat::builder(config)
+            .task(Flaky { name: "flaky", failures: u32::MAX, panic: false, attempts: attempts.clone() })
+            .routine(Routine::new("r", "flaky", every(10))));
+        beat.tick(at(0)).unwrap();
+        beat.tick(at(10)).unwrap();
+        assert!(wait_until(Duration::from_secs(10), || beat.stats().gave_up == 1), "{:?}", beat.stats());
+        let seen: Vec<u32> = attempts.lock().unwrap().iter().map(|(a, _)| *a).collect();
+        assert_eq!(seen, [0, 1, 2], "one run, two retries");
+        assert_eq!((beat.stats().failed, beat.stats().succeeded), (3, 0));
+    }
+
+    fn a_retry_waits_its_delay_without_holding_a_worker(db) {
+        let attempts = Arc::new(Mutex::new(Vec::new()));
+        let rec = Recorder::new("record");
+        let delay = Duration::from_millis(1500);
+        let config = Config { celery_retry_delay: delay, worker_concurrency: 1, ..db.config() };
+        let mut beat = start(Beat::builder(config)
+            .task(Flaky { name: "flaky", failures: 1, panic: false, attempts: attempts.clone() })
+            .task(rec.clone())
+            .routine(Routine::new("flaky", "flaky", every(10)))
+            .routine(Routine::new("other", "record", every(10))));
+        beat.tick(at(0)).unwrap();
+        assert_eq!(beat.tick(at(10)).unwrap().fired, 2);
+        assert!(wait_until(Duration::from_secs(10), || beat.stats().succeeded == 2), "{:?}", beat.stats());
+        let attempts = attempts.lock().unwrap().clone();
+        assert_eq!(attempts.len(), 2);
+        let other_ran = rec.runs()[0].at;
+        assert!(other_ran < attempts[1].1, "the only worker ran another task while the retry waited");
+        assert!(attempts[1].1 - attempts[0].1 >= delay, "retried after {:?}", attempts[1].1 - attempts[0].1);
+    }
+
+    fn a_panicking_task_is_a_failed_task_not_a_dead_worker(db) {
+        let attempts = Arc::new(Mutex::new(Vec::new()));
+        let rec = Recorder::new("record");
+        let config = Config { worker_concurrency: 1, celery_max_retry: 1, ..db.config() };
+        let mut beat = start(Beat::builder(config)
+            .task(Flaky { name: "panicky", failures: 1, panic: true, attempts: attempts.clone() })
+            .task(rec.clone())
+            .routine(Routine::new("panicky", "panicky", every(10)))
+            .routine(Routine::new("after", "record", every(10))));
+        beat.tick(at(0)).unwrap();
+        beat.tick(at(10)).unwrap();
+        assert!(wait_until(Duration::from_secs(10), || beat.stats().succeeded == 2), "{:?}", beat.stats());
+        assert_eq!(beat.stats().failed, 1);
+        assert_eq!(attempts.lock().unwrap().len(), 2, "the panic was retried, and the retry succeeded");
+        assert_eq!(rec.count(), 1, "the single worker survived the panic");
+    }
+
+    fn a_routine_whose_run_is_still_going_is_not_queued_again(db) {
+        let (gate, started, release) = gate();
+        let mut beat = start(Beat::builder(db.config()).task(gate).routine(Routine::new("slow", "gate", every(10))));
+        beat.tick(at(0)).unwrap();
+        assert_eq!(beat.tick(at(10)).unwrap().fired, 1);
+        started.recv_timeout(Duration::from_secs(10)).expect("the run started");
+        for t in [20, 30] {
+            let tick = beat.tick(at(t)).unwrap();
+            assert_eq!((tick.fired, tick.skipped), (0, 1), "at {t}");
+        }
+        let row = beat.store().routine("slow").unwrap().unwrap();
+        assert_eq!((row.total_run_count, row.next_run_at_utc()), (Some(1), Some(at(40))), "skipped runs still advance");
+        release.send(()).unwrap();
+        assert!(wait_until(Duration::from_secs(10), || beat.stats().succeeded == 1));
+        assert_eq!(beat.tick(at(40)).unwrap().fired, 1);
+        release.send(()).unwrap();
+        assert_eq!(beat.stats().skipped, 2);
+    }
+
+    fn stop_lets_running_tasks_finish_before_the_deadline(db) {
+        let (gate, started, release) = gate();
+        let mut beat = start(Beat::builder(db.config()).task(gate).routine(Routine::new("slow", "gate", every(10))));
+        beat.tick(at(0)).unwrap();
+        beat.tick(at(10)).unwrap();
+        started.recv_timeout(Duration::from_secs(10)).unwrap();
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            release.send(()).unwrap();
+        });
+        let report = beat.stop_within(Duration::from_secs(10));
+        releaser.join().unwrap();
+        assert_eq!((report.busy_workers, report.stats.succeeded), (0, 1), "stop waited for the task");
+    }
+
+    fn stop_gives_up_on_a_task_past_the_deadline(db) {
+        let (gate, started, release) = gate();
+        let mut beat = start(Beat::builder(db.config()).task(gate).routine(Routine::new("stuck", "gate", every(10))));
+        beat.tick(at(0)).unwrap();
+        beat.tick(at(10)).unwrap();
+        started.recv_timeout(Duration::from_secs(10)).unwrap();
+        let stopping = Instant::now();
+        let report = beat.stop_within(Duration::from_millis(300));
+        let took = stopping.elapsed();
+        assert_eq!((report.busy_workers, report.stats.succeeded), (1, 0));
+        assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(5), "stop took {took:?}");
+        release.send(()).unwrap();
+    }
+}
+
+#[test]
+fn default_worker_count_is_the_cpu_count() {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap();
+    assert_eq!(Config::default().worker_concurrency, cpus);
+}
