@@ -1,17 +1,19 @@
 //! The beat: builder, start-up, and the handle that stops it.
 
+use crate::celery::{Publisher, Sender as CelerySender};
 use crate::config::Config;
 use crate::error::Error;
 use crate::schedule::{truncated, Schedule};
-use crate::scheduler::{Clock, Scheduler, Settings, SystemClock, Tick, Totals};
-use crate::shutdown::{self, Trigger};
+use crate::scheduler::{Clock, Outgoing, Router, Scheduler, Settings, SystemClock, Tick, Totals};
+use crate::shutdown::{self, Shutdown, Trigger};
 use crate::store::{NewRoutine, RoutineStore};
 use crate::task::{AsyncTask, SyncTask, TaskRegistry};
-use crate::worker::{Counters, RetryPolicy, WorkerPool};
+use crate::worker::{Counters, JobQueue, RetryPolicy, WorkerPool};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
+use std::cell::RefCell;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -289,7 +291,20 @@ impl BeatBuilder {
             log::info!("beat: checking {rechecked} routine(s) that had errors again");
         }
 
+        let publisher = match &config.broker_url {
+            Some(url) => {
+                log::info!("beat: broker {}", crate::config::redact_url(url));
+                Some(Publisher::new(url)?)
+            }
+            None => None,
+        };
         let registry = Arc::new(self.registry);
+        let router = Arc::new(Router {
+            local_tasks: registry.names_json(),
+            registry: Arc::clone(&registry),
+            has_broker: publisher.is_some(),
+            sender: CelerySender::this_process(),
+        });
         let pool = WorkerPool::start(
             config.worker_concurrency,
             Arc::clone(&registry),
@@ -304,13 +319,19 @@ impl BeatBuilder {
         })?;
         let (trigger, shutdown) = shutdown::channel();
         let totals = Arc::new(Totals::default());
+        // On-demand sends use a connection of their own, so that they never
+        // wait on (or disturb) the scheduler's.
+        let on_demand = match &config.broker_url {
+            Some(url) => Some(Mutex::new(Publisher::new(url)?)),
+            None => None,
+        };
         let scheduler = Scheduler {
             store: Arc::clone(&store),
-            registry,
+            router: Arc::clone(&router),
             queue: pool.queue(),
             in_flight: pool.in_flight(),
             totals: Arc::clone(&totals),
-            shutdown,
+            shutdown: shutdown.clone(),
             settings: Settings {
                 max_interval: config.scheduler_max_interval,
                 watch_interval: config.scheduler_watch_interval,
@@ -318,9 +339,15 @@ impl BeatBuilder {
                 shutdown_timeout: config.shutdown_timeout,
             },
             last_recheck: None,
+            publisher: publisher.map(RefCell::new),
+            broker_outage: None,
         };
         let parts = Parts {
             store,
+            router,
+            queue: Some(pool.queue()),
+            shutdown,
+            on_demand,
             counters: pool.counters(),
             pool: Some(pool),
             totals,
@@ -334,6 +361,11 @@ impl BeatBuilder {
 /// What a running beat owns besides its scheduler.
 struct Parts {
     store: Arc<RoutineStore>,
+    router: Arc<Router>,
+    /// For on-demand runs; dropped at stop, as it holds the job queue open.
+    queue: Option<JobQueue>,
+    shutdown: Shutdown,
+    on_demand: Option<Mutex<Publisher>>,
     pool: Option<WorkerPool>,
     counters: Arc<Counters>,
     totals: Arc<Totals>,
@@ -342,6 +374,42 @@ struct Parts {
 }
 
 impl Parts {
+    /// Runs a routine's task now, outside its schedule; returns the task id.
+    fn send_now(&self, name: &str) -> Result<String, Error> {
+        let row = self.store.routine(name)?.ok_or_else(|| Error::Routine {
+            routine: name.to_owned(),
+            reason: "no such routine".into(),
+        })?;
+        let (checked, _) = self.router.check(&row).map_err(|reason| Error::Routine {
+            routine: name.to_owned(),
+            reason,
+        })?;
+        let now = Utc::now();
+        let id = uuid::Uuid::new_v4().to_string();
+        match self.router.outgoing(&row, &checked, now, &id, now) {
+            Outgoing::Local(job) => {
+                let stopping = || Error::Routine {
+                    routine: name.to_owned(),
+                    reason: "the beat is stopping".into(),
+                };
+                let queue = self.queue.as_ref().ok_or_else(stopping)?;
+                queue
+                    .push(job, &self.shutdown, self.shutdown_timeout)
+                    .map_err(|_| stopping())?;
+            }
+            Outgoing::Celery(message) => {
+                let publisher = self.on_demand.as_ref().ok_or_else(|| Error::Routine {
+                    routine: name.to_owned(),
+                    reason: "no broker configured".into(),
+                })?;
+                let mut publisher = publisher.lock().unwrap_or_else(PoisonError::into_inner);
+                publisher.publish(&[&message])?;
+            }
+        }
+        log::info!("routine {name}: sent on demand as task {id}");
+        Ok(id)
+    }
+
     fn stats(&self) -> Stats {
         Stats {
             fired: self.totals.fired.load(Ordering::Relaxed),
@@ -365,6 +433,7 @@ impl Parts {
             // atomic), then the thread sees the shutdown.
             let _ = thread.join();
         }
+        drop(self.queue.take());
         let busy_workers = self.pool.take().map_or(0, |pool| pool.stop(deadline));
         let report = StopReport {
             stats: self.stats(),
@@ -422,6 +491,13 @@ impl BeatHandle {
         self.parts.stats()
     }
 
+    /// Runs the routine called `name` now, outside its schedule (its row is
+    /// not advanced): in-process if its task is registered, else as a
+    /// Celery message. Returns the task id.
+    pub fn send_now(&self, name: &str) -> Result<String, Error> {
+        self.parts.send_now(name)
+    }
+
     /// Stops, giving running tasks `shutdown_timeout`.
     pub fn stop(mut self) -> StopReport {
         let timeout = self.parts.shutdown_timeout;
@@ -467,6 +543,11 @@ impl ManualBeat {
     /// Counts so far.
     pub fn stats(&self) -> Stats {
         self.parts.stats()
+    }
+
+    /// See [`BeatHandle::send_now`].
+    pub fn send_now(&self, name: &str) -> Result<String, Error> {
+        self.parts.send_now(name)
     }
 
     /// Stops, giving running tasks `timeout`.

@@ -275,6 +275,25 @@ pub fn redact_url(url: &str) -> String {
     ))
 }
 
+/// `message` with `url` and its password masked, for errors that quote a
+/// driver's text (a driver may repeat the URL or the password).
+pub(crate) fn redact_message(message: &str, url: &str) -> String {
+    let mut message = message.replace(url, &redact_url(url));
+    if let Some(password) = password_of(url) {
+        if !password.is_empty() {
+            message = message.replace(&password, "***");
+        }
+    }
+    message
+}
+
+fn password_of(url: &str) -> Option<String> {
+    let rest = &url[url.find("://")? + 3..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let userinfo = &authority[..authority.rfind('@')?];
+    Some(userinfo.split_once(':')?.1.to_owned())
+}
+
 /// Masks `password=` query parameters (libpq and redis accept them).
 fn mask_query_password(url: &str) -> String {
     let Some(q) = url.find('?') else {
@@ -439,6 +458,18 @@ mod tests {
             Err(ConfigError::Syntax { line: 1, .. })
         ));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn messages_lose_the_password() {
+        let url = "postgres://app:hunter2@db/app";
+        assert_eq!(
+            redact_message(
+                "could not connect to postgres://app:hunter2@db/app: hunter2?",
+                url
+            ),
+            "could not connect to postgres://app:***@db/app: ***?"
+        );
     }
 
     #[test]

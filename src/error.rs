@@ -1,5 +1,6 @@
 //! The crate's error type.
 
+use crate::celery::BrokerError;
 use crate::config::ConfigError;
 use crate::schedule::ScheduleError;
 use crate::store::StoreError;
@@ -15,6 +16,9 @@ pub enum Error {
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The Celery broker failed.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
     /// A routine declared in code is invalid.
     #[error("routine {routine}: {reason}")]
     Routine {

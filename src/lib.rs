@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 mod beat;
+mod celery;
 pub mod config;
 mod error;
 pub mod schedule;

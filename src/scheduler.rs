@@ -16,14 +16,16 @@
 //! million. The sleep is bounded by `scheduler_watch_interval`, the delay
 //! within which an edit takes effect, and by `scheduler_max_interval`.
 
+use crate::celery::{self, Message, Publisher, SendOptions, Sender as CelerySender};
 use crate::error::Error;
 use crate::schedule::Schedule;
 use crate::shutdown::Shutdown;
 use crate::store::{Plan, RoutineRow, RoutineStore};
 use crate::task::{TaskContext, TaskRegistry};
 use crate::worker::{InFlight, Job, JobQueue};
-use chrono::{DateTime, SubsecRound as _, Utc};
-use serde_json::Value;
+use chrono::{DateTime, SubsecRound as _, TimeDelta, Utc};
+use serde_json::{Map, Value};
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -93,23 +95,129 @@ pub(crate) struct Settings {
 
 pub(crate) struct Scheduler {
     pub(crate) store: Arc<RoutineStore>,
-    pub(crate) registry: Arc<TaskRegistry>,
+    pub(crate) router: Arc<Router>,
     pub(crate) queue: JobQueue,
     pub(crate) in_flight: Arc<InFlight>,
     pub(crate) totals: Arc<Totals>,
     pub(crate) shutdown: Shutdown,
     pub(crate) settings: Settings,
     pub(crate) last_recheck: Option<Instant>,
+    /// The broker connection (`None` without `broker_url`).
+    pub(crate) publisher: Option<RefCell<Publisher>>,
+    /// Set while the broker is failing: claims leave its routines due.
+    pub(crate) broker_outage: Option<Outage>,
+}
+
+/// A broker outage in progress.
+#[derive(Debug)]
+pub(crate) struct Outage {
+    since: Instant,
+    retry_at: Instant,
+    backoff: Duration,
 }
 
 /// A due row's fate, decided inside the claim transaction.
 enum Fate {
     /// Queue this job after commit.
     Run(Job),
+    /// Published to the broker within the transaction.
+    Sent(Message),
     /// Its previous run is still going.
     Skip,
     /// The row is invalid.
     Invalid,
+}
+
+/// A row found runnable, with what its run needs.
+pub(crate) struct Checked {
+    schedule: Schedule,
+    kwargs: Map<String, Value>,
+    /// Celery options, for a task sent to the broker.
+    send: Option<SendOptions>,
+}
+
+/// A run to start: in the worker pool, or as a Celery message.
+pub(crate) enum Outgoing {
+    Local(Job),
+    Celery(Message),
+}
+
+/// Decides where a routine's task runs: in-process when it is registered,
+/// else on a Celery worker when a broker is configured.
+pub(crate) struct Router {
+    pub(crate) registry: Arc<TaskRegistry>,
+    pub(crate) has_broker: bool,
+    pub(crate) sender: CelerySender,
+    /// The registered task names as a JSON array, for claims that must
+    /// leave broker routines alone.
+    pub(crate) local_tasks: String,
+}
+
+impl Router {
+    /// Everything that makes a row runnable: its schedule, its kwargs and
+    /// options, and a way to run its task. Also returns option keys that
+    /// will be ignored.
+    pub(crate) fn check(&self, row: &RoutineRow) -> Result<(Checked, Vec<String>), String> {
+        let schedule = Schedule::parse(&row.schedule).map_err(|e| e.to_string())?;
+        let kwargs = json_object("kwargs", row.kwargs.as_deref())?;
+        let options = json_object("options", row.options.as_deref())?;
+        if self.registry.contains(&row.task) {
+            return Ok((
+                Checked {
+                    schedule,
+                    kwargs,
+                    send: None,
+                },
+                Vec::new(),
+            ));
+        }
+        if !self.has_broker {
+            return Err(format!(
+                "unknown task {:?}: not registered in this beat, and no broker_url to send it to Celery",
+                crate::schedule::truncated(row.task.clone())
+            ));
+        }
+        let (send, ignored) = SendOptions::parse(&options)?;
+        Ok((
+            Checked {
+                schedule,
+                kwargs,
+                send: Some(send),
+            },
+            ignored,
+        ))
+    }
+
+    /// The run of `row` due at `scheduled_at`, with Celery task id `id`.
+    pub(crate) fn outgoing(
+        &self,
+        row: &RoutineRow,
+        checked: &Checked,
+        scheduled_at: DateTime<Utc>,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Outgoing {
+        match &checked.send {
+            None => Outgoing::Local(Job {
+                ctx: TaskContext {
+                    routine_id: row.id.clone(),
+                    routine: row.name.clone(),
+                    task: row.task.clone(),
+                    scheduled_at,
+                    attempt: 0,
+                    kwargs: Value::Object(checked.kwargs.clone()),
+                },
+            }),
+            Some(options) => Outgoing::Celery(celery::message::build(
+                &row.task,
+                id,
+                &checked.kwargs,
+                options,
+                now,
+                &self.sender,
+            )),
+        }
+    }
 }
 
 impl Scheduler {
@@ -143,16 +251,41 @@ impl Scheduler {
             }
         }
 
-        for pass in 0..CLAIMS_PER_TICK {
+        let mut pass = 0;
+        while pass < CLAIMS_PER_TICK {
             if self.shutdown.is_fired() {
                 // A stop ends claiming at once; what is claimed is handed over.
                 break;
             }
-            let fates = self.store.claim_due(now, CLAIM_BATCH, |rows| {
-                let (plans, fates): (Vec<Plan>, Vec<Fate>) =
-                    rows.iter().map(|row| self.fire(row, now)).unzip();
-                Ok::<_, Error>((plans, fates))
-            })?;
+            // While the broker is out, claim only in-process routines: the
+            // others stay due until it is back.
+            let local_only = self
+                .broker_outage
+                .as_ref()
+                .is_some_and(|o| Instant::now() < o.retry_at);
+            let claimed = self.store.claim_due(
+                now,
+                CLAIM_BATCH,
+                local_only.then_some(self.router.local_tasks.as_str()),
+                |rows| {
+                    let (plans, fates): (Vec<Plan>, Vec<Fate>) =
+                        rows.iter().map(|row| self.fire(row, now)).unzip();
+                    self.publish(&rows, &fates)?;
+                    Ok::<_, Error>((plans, fates))
+                },
+            );
+            let fates = match claimed {
+                Ok(fates) => fates,
+                Err(Error::Broker(e)) => {
+                    self.broker_failed(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if !local_only {
+                self.broker_ok();
+            }
+            pass += 1;
             let claimed = fates.len();
             for fate in fates {
                 match fate {
@@ -163,6 +296,7 @@ impl Scheduler {
                             tick.abandoned += 1;
                         }
                     }
+                    Fate::Sent(_) => tick.fired += 1,
                     Fate::Skip => tick.skipped += 1,
                     Fate::Invalid => tick.invalid += 1,
                 }
@@ -170,7 +304,7 @@ impl Scheduler {
             if claimed < CLAIM_BATCH {
                 break;
             }
-            tick.more_due = pass + 1 == CLAIMS_PER_TICK;
+            tick.more_due = pass == CLAIMS_PER_TICK;
         }
         self.totals
             .fired
@@ -182,7 +316,84 @@ impl Scheduler {
             .invalid
             .fetch_add(tick.invalid as u64, Ordering::Relaxed);
         tick.next_due = self.store.earliest_due()?;
+        if let Some(outage) = &self.broker_outage {
+            // Wake for the broker retry even when nothing else is due sooner.
+            let retry = now
+                + TimeDelta::from_std(outage.retry_at.saturating_duration_since(Instant::now()))
+                    .unwrap_or_default();
+            tick.next_due = Some(tick.next_due.map_or(retry, |due| due.min(retry)));
+        }
         Ok(tick)
+    }
+
+    /// Publishes the claimed rows' Celery messages, inside the claim
+    /// transaction: if this fails, the claim rolls back.
+    fn publish(&self, rows: &[RoutineRow], fates: &[Fate]) -> Result<(), Error> {
+        let messages: Vec<(&RoutineRow, &Message)> = rows
+            .iter()
+            .zip(fates)
+            .filter_map(|(row, fate)| match fate {
+                Fate::Sent(message) => Some((row, message)),
+                _ => None,
+            })
+            .collect();
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let Some(publisher) = &self.publisher else {
+            // check() sends nothing to Celery without a broker.
+            return Ok(());
+        };
+        let only: Vec<&Message> = messages.iter().map(|(_, m)| *m).collect();
+        let delivered = publisher.borrow_mut().publish(&only)?;
+        for ((row, message), lists) in messages.iter().zip(delivered) {
+            if lists == 0 {
+                log::error!(
+                    "routine {}: no queue is bound to {:?}: Celery would drop message {} too",
+                    row.name,
+                    message.destination,
+                    message.id
+                );
+            } else {
+                log::debug!(
+                    "routine {}: sent {} as task {}",
+                    row.name,
+                    row.task,
+                    message.id
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn broker_failed(&mut self, e: crate::celery::BrokerError) {
+        let now = Instant::now();
+        match &mut self.broker_outage {
+            Some(outage) => {
+                outage.backoff = (outage.backoff * 2).min(BACKOFF.1);
+                outage.retry_at = now + outage.backoff;
+                log::debug!("broker still unavailable: {e}");
+            }
+            None => {
+                log::error!(
+                    "{e}; routines sent to Celery stay due and are retried with back-off; in-process routines go on"
+                );
+                self.broker_outage = Some(Outage {
+                    since: now,
+                    retry_at: now + BACKOFF.0,
+                    backoff: BACKOFF.0,
+                });
+            }
+        }
+    }
+
+    fn broker_ok(&mut self) {
+        if let Some(outage) = self.broker_outage.take() {
+            log::info!(
+                "broker reachable again after {:.1?}",
+                outage.since.elapsed()
+            );
+        }
     }
 
     /// Plans an edited or new row: validates it and decides its next run.
@@ -202,10 +413,17 @@ impl Scheduler {
             log::info!("routine {}: inactive", row.name);
             return plan;
         }
-        let checked = self.check(row).and_then(|(schedule, _)| {
+        let checked = self.router.check(row).and_then(|(checked, ignored)| {
+            if !ignored.is_empty() {
+                log::warn!(
+                    "routine {}: ignoring options Celery's beat does not pass on: {}",
+                    row.name,
+                    ignored.join(", ")
+                );
+            }
             let base = row.last_run_at_utc().unwrap_or(now);
             row.next_run_at_utc()
-                .or_else(|| schedule.next_after(base))
+                .or_else(|| checked.schedule.next_after(base))
                 .ok_or_else(|| format!("schedule {} has no run after {base}", row.schedule))
         });
         match checked {
@@ -228,22 +446,7 @@ impl Scheduler {
         plan
     }
 
-    /// Everything that makes a row runnable: its schedule, its kwargs and
-    /// options, and a way to run its task.
-    fn check(&self, row: &RoutineRow) -> Result<(Schedule, Value), String> {
-        let schedule = Schedule::parse(&row.schedule).map_err(|e| e.to_string())?;
-        let kwargs = json_object("kwargs", row.kwargs.as_deref())?;
-        json_object("options", row.options.as_deref())?;
-        if !self.registry.contains(&row.task) {
-            return Err(format!(
-                "unknown task {:?}: not registered in this beat, and no broker_url to send it to Celery",
-                crate::schedule::truncated(row.task.clone())
-            ));
-        }
-        Ok((schedule, kwargs))
-    }
-
-    /// Fires a due row: decides its job and its advance.
+    /// Fires a due row: decides its run and its advance.
     ///
     /// The row fires once for the due time it was claimed at, however late
     /// (the beat was stopped, the database away): the next run is then the
@@ -260,8 +463,8 @@ impl Scheduler {
         };
         // Claimed rows are due, so next_run_at is set; `now` is a safe stand-in.
         let due = row.next_run_at_utc().unwrap_or(now);
-        let (schedule, kwargs) = match self.check(row) {
-            Ok(checked) => checked,
+        let checked = match self.router.check(row) {
+            Ok((checked, _)) => checked,
             Err(reason) => {
                 log::error!(
                     "routine {}: {reason}; it will not run until its row is fixed",
@@ -271,8 +474,11 @@ impl Scheduler {
                 return (plan, Fate::Invalid);
             }
         };
-        let on_time = schedule.next_after(due).is_some_and(|next| next > now);
-        plan.next_run_at = schedule.next_after_catching_up(due, now);
+        let on_time = checked
+            .schedule
+            .next_after(due)
+            .is_some_and(|next| next > now);
+        plan.next_run_at = checked.schedule.next_after_catching_up(due, now);
         if plan.next_run_at.is_none() {
             log::warn!(
                 "routine {}: schedule has no run after {now}; this was its last",
@@ -287,7 +493,8 @@ impl Scheduler {
                     .map_or("never".to_owned(), |t| t.to_string())
             );
         }
-        if self.in_flight.contains(&row.id) {
+        let local = checked.send.is_none();
+        if local && self.in_flight.contains(&row.id) {
             log::warn!(
                 "routine {}: previous run still queued or running; skipping the run due {due}",
                 row.name
@@ -296,18 +503,13 @@ impl Scheduler {
         }
         plan.fired = 1;
         plan.last_run_at = Some(if on_time { due } else { now });
-        let job = Job {
-            ctx: TaskContext {
-                routine_id: row.id.clone(),
-                routine: row.name.clone(),
-                task: row.task.clone(),
-                scheduled_at: due,
-                attempt: 0,
-                kwargs,
-            },
-        };
         log::debug!("routine {}: firing task {} due {due}", row.name, row.task);
-        (plan, Fate::Run(job))
+        let id = celery::message::task_id(&row.id, due);
+        let fate = match self.router.outgoing(row, &checked, due, &id, now) {
+            Outgoing::Local(job) => Fate::Run(job),
+            Outgoing::Celery(message) => Fate::Sent(message),
+        };
+        (plan, fate)
     }
 
     /// Queues a claimed run for the workers; returns whether it was queued.
@@ -382,13 +584,13 @@ impl Scheduler {
 }
 
 /// Reads a kwargs or options column: a JSON object, or nothing (`{}`).
-fn json_object(column: &str, text: Option<&str>) -> Result<Value, String> {
+fn json_object(column: &str, text: Option<&str>) -> Result<Map<String, Value>, String> {
     let Some(text) = text else {
-        return Ok(Value::Object(Default::default()));
+        return Ok(Map::new());
     };
     match serde_json::from_str::<Value>(text) {
-        Ok(Value::Null) => Ok(Value::Object(Default::default())),
-        Ok(value @ Value::Object(_)) => Ok(value),
+        Ok(Value::Null) => Ok(Map::new()),
+        Ok(Value::Object(map)) => Ok(map),
         Ok(other) => Err(format!(
             "{column} must be a JSON object, got {}",
             crate::schedule::truncated(other.to_string())

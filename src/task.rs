@@ -153,4 +153,9 @@ impl TaskRegistry {
     pub(crate) fn contains(&self, name: &str) -> bool {
         self.tasks.contains_key(name)
     }
+
+    /// The task names, as a JSON array.
+    pub(crate) fn names_json(&self) -> String {
+        serde_json::Value::from(self.tasks.keys().cloned().collect::<Vec<_>>()).to_string()
+    }
 }

@@ -344,11 +344,14 @@ impl RoutineStore {
     /// Locks up to `limit` rows due at `now` (earliest first), has `fire`
     /// dispatch them and decide their next runs, and writes the outcome in
     /// the same transaction. If `fire` fails, nothing is written: the rows
-    /// stay due and are claimed again later. Returns `fire`'s value.
+    /// stay due and are claimed again later. With `tasks` (a JSON array of
+    /// task names) only rows running those tasks are claimed. Returns
+    /// `fire`'s value.
     pub fn claim_due<T, E>(
         &self,
         now: DateTime<Utc>,
         limit: usize,
+        tasks: Option<&str>,
         fire: impl FnOnce(Vec<RoutineRow>) -> Result<(Vec<Plan>, T), E>,
     ) -> Result<T, E>
     where
@@ -358,10 +361,17 @@ impl RoutineStore {
         let now = models::format_timestamp(now);
         let result = with_conn!(self, |conn, sql| {
             conn.write_transaction(|conn| {
-                let rows: Vec<RoutineRow> = diesel::sql_query(&sql.lock_due)
-                    .bind::<Text, _>(&now)
-                    .bind::<BigInt, _>(limit)
-                    .load(conn)?;
+                let rows: Vec<RoutineRow> = match tasks {
+                    None => diesel::sql_query(&sql.lock_due)
+                        .bind::<Text, _>(&now)
+                        .bind::<BigInt, _>(limit)
+                        .load(conn)?,
+                    Some(tasks) => diesel::sql_query(&sql.lock_due_of_tasks)
+                        .bind::<Text, _>(&now)
+                        .bind::<BigInt, _>(limit)
+                        .bind::<Text, _>(tasks)
+                        .load(conn)?,
+                };
                 let (plans, value) = fire(rows).map_err(TxError::Caller)?;
                 if !plans.is_empty() {
                     diesel::sql_query(sql.write_fired)

@@ -32,6 +32,8 @@ pub(super) struct Sql {
     /// Locks up to `$2` rows due at `$1`, earliest first, skipping rows
     /// another beat holds.
     pub lock_due: String,
+    /// As `lock_due`, for rows whose task is in the JSON array `$3`.
+    pub lock_due_of_tasks: String,
     /// Writes the plans in the JSON array `$1` to edited rows.
     pub write_planned: &'static str,
     /// Writes the plans in the JSON array `$1` to fired rows.
@@ -62,6 +64,12 @@ pub(super) fn postgres() -> Sql {
         lock_due: format!(
             "SELECT {PG_COLUMNS} FROM routines \
              WHERE active AND NOT needs_sync AND next_run_at <= $1::timestamp \
+             ORDER BY next_run_at LIMIT $2 FOR UPDATE SKIP LOCKED"
+        ),
+        lock_due_of_tasks: format!(
+            "SELECT {PG_COLUMNS} FROM routines \
+             WHERE active AND NOT needs_sync AND next_run_at <= $1::timestamp \
+               AND task IN (SELECT json_array_elements_text($3::json)) \
              ORDER BY next_run_at LIMIT $2 FOR UPDATE SKIP LOCKED"
         ),
         write_planned: "UPDATE routines AS r SET \
@@ -107,6 +115,12 @@ pub(super) fn sqlite() -> Sql {
             "SELECT {SQLITE_COLUMNS} FROM routines \
              WHERE active AND NOT needs_sync AND next_run_at <= ? \
              ORDER BY next_run_at LIMIT ?"
+        ),
+        lock_due_of_tasks: format!(
+            "SELECT {SQLITE_COLUMNS} FROM routines \
+             WHERE active AND NOT needs_sync AND next_run_at <= ?1 \
+               AND task IN (SELECT value FROM json_each(?3)) \
+             ORDER BY next_run_at LIMIT ?2"
         ),
         write_planned: "UPDATE routines SET \
             next_run_at = v.next_run_at, needs_sync = 0, last_error = v.last_error \

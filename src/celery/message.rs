@@ -1,0 +1,728 @@
+//! Celery task protocol v2 messages, as kombu's Redis transport stores them.
+//!
+//! The envelope is what `celery.app.amqp.as_task_v2` and kombu's virtual
+//! channel build, serialized the way Python's `json.dumps` does (", " and
+//! ": " separators, non-ASCII escaped, Python's float repr), so that a
+//! message from this beat and one from `app.send_task` differ only where
+//! two Celery clients would differ too: the id, the origin, `reply_to`,
+//! the delivery tag and times taken from the clock.
+
+use base64::Engine as _;
+use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeDelta, Utc};
+use serde_json::{Map, Number, Value};
+use std::fmt::Write as _;
+
+/// Celery's default queue (and exchange, and routing key).
+pub(crate) const DEFAULT_QUEUE: &str = "celery";
+/// kombu's Redis key separator.
+pub(crate) const SEP: &str = "\x06\x16";
+/// kombu's default priority steps on Redis.
+const PRIORITY_STEPS: [i64; 4] = [0, 3, 6, 9];
+/// The `saferepr` size limit Celery applies to argsrepr and kwargsrepr.
+const REPR_MAX: usize = 1024;
+
+/// Options a routine may carry (its `options` column), as Celery's beat
+/// passes them to `apply_async`.
+const KNOWN_OPTIONS: [&str; 9] = [
+    "queue",
+    "exchange",
+    "routing_key",
+    "priority",
+    "expires",
+    "headers",
+    "time_limit",
+    "soft_time_limit",
+    "countdown",
+];
+
+/// When a message stops being worth running.
+#[derive(Debug, Clone, PartialEq)]
+enum Expires {
+    /// Seconds after sending.
+    After(f64),
+    /// An ISO 8601 time, sent as written.
+    At(String, DateTime<Utc>),
+}
+
+/// A routine's `options`, validated.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct SendOptions {
+    queue: Option<String>,
+    exchange: Option<String>,
+    routing_key: Option<String>,
+    priority: Option<i64>,
+    expires: Option<Expires>,
+    headers: Map<String, Value>,
+    time_limit: Option<Number>,
+    soft_time_limit: Option<Number>,
+    countdown: Option<f64>,
+}
+
+impl SendOptions {
+    /// Reads an `options` object. Returns the options and the keys it
+    /// ignores (unknown to Celery's beat: warned about, never sent).
+    pub(crate) fn parse(options: &Map<String, Value>) -> Result<(Self, Vec<String>), String> {
+        let mut parsed = SendOptions::default();
+        let mut ignored = Vec::new();
+        for (key, value) in options {
+            if value.is_null() {
+                continue;
+            }
+            let text = || -> Result<String, String> {
+                value
+                    .as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| format!("option {key} must be a string, got {}", short(value)))
+            };
+            let seconds = || -> Result<f64, String> {
+                value
+                    .as_f64()
+                    .filter(|s| s.is_finite() && *s >= 0.0)
+                    .ok_or_else(|| {
+                        format!(
+                            "option {key} must be a number of seconds ≥ 0, got {}",
+                            short(value)
+                        )
+                    })
+            };
+            match key.as_str() {
+                "queue" => parsed.queue = Some(text()?).filter(|q| !q.is_empty()),
+                "exchange" => parsed.exchange = Some(text()?),
+                "routing_key" => parsed.routing_key = Some(text()?),
+                "priority" => {
+                    parsed.priority = Some(value.as_i64().filter(|p| *p >= 0).ok_or_else(|| {
+                        format!(
+                            "option priority must be an integer ≥ 0, got {}",
+                            short(value)
+                        )
+                    })?)
+                }
+                "expires" => {
+                    parsed.expires = Some(match value {
+                        Value::String(iso) => Expires::At(
+                            iso.clone(),
+                            parse_iso(iso).ok_or_else(|| {
+                                format!(
+                                    "option expires {} is neither seconds nor an ISO 8601 time",
+                                    short(value)
+                                )
+                            })?,
+                        ),
+                        _ => Expires::After(seconds()?),
+                    })
+                }
+                "headers" => {
+                    parsed.headers = value.as_object().cloned().ok_or_else(|| {
+                        format!("option headers must be a JSON object, got {}", short(value))
+                    })?
+                }
+                "time_limit" | "soft_time_limit" => {
+                    seconds()?;
+                    let limit = value.as_number().cloned();
+                    if key == "time_limit" {
+                        parsed.time_limit = limit;
+                    } else {
+                        parsed.soft_time_limit = limit;
+                    }
+                }
+                "countdown" => parsed.countdown = Some(seconds()?),
+                _ => ignored.push(key.clone()),
+            }
+        }
+        debug_assert!(ignored.iter().all(|k| !KNOWN_OPTIONS.contains(&k.as_str())));
+        Ok((parsed, ignored))
+    }
+
+    /// Celery's routing (`send_task_message`): the anonymous exchange and
+    /// the queue's own key, unless both an exchange and a routing key are
+    /// given, in which case the exchange's bindings decide.
+    fn destination(&self) -> Destination {
+        let queue = self
+            .queue
+            .clone()
+            .unwrap_or_else(|| DEFAULT_QUEUE.to_owned());
+        match (&self.exchange, &self.routing_key) {
+            (Some(exchange), Some(routing_key))
+                if !exchange.is_empty() && !routing_key.is_empty() =>
+            {
+                Destination::Exchange {
+                    queue,
+                    exchange: exchange.clone(),
+                    routing_key: routing_key.clone(),
+                }
+            }
+            _ => Destination::Queue { queue },
+        }
+    }
+}
+
+/// Where a message goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Destination {
+    /// Straight to the queue's list (the anonymous exchange).
+    Queue { queue: String },
+    /// To every queue bound to `exchange` with `routing_key` (direct
+    /// exchange). `queue` is still declared, as Celery declares it.
+    Exchange {
+        queue: String,
+        exchange: String,
+        routing_key: String,
+    },
+}
+
+impl Destination {
+    /// The queue Celery declares for this message.
+    pub(crate) fn declared_queue(&self) -> &str {
+        match self {
+            Destination::Queue { queue } | Destination::Exchange { queue, .. } => queue,
+        }
+    }
+}
+
+/// A message ready for Redis.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Message {
+    /// The task id.
+    pub(crate) id: String,
+    /// The Celery task name.
+    pub(crate) task: String,
+    /// Where it goes.
+    pub(crate) destination: Destination,
+    /// kombu's priority step: the suffix of the list key (0: none).
+    pub(crate) priority_step: i64,
+    /// The envelope JSON, as LPUSHed.
+    pub(crate) envelope: String,
+}
+
+impl Message {
+    /// The list key for `queue` at this message's priority.
+    pub(crate) fn list_key(&self, queue: &str) -> String {
+        if self.priority_step == 0 {
+            queue.to_owned()
+        } else {
+            format!("{queue}{SEP}{}", self.priority_step)
+        }
+    }
+}
+
+/// Who sends: Celery's `origin` header and `reply_to` property.
+#[derive(Debug, Clone)]
+pub(crate) struct Sender {
+    origin: String,
+    reply_to: String,
+}
+
+impl Sender {
+    /// `gen<pid>@<hostname>`, as Celery's `anon_nodename()`.
+    pub(crate) fn this_process() -> Self {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".to_owned());
+        let origin = format!("gen{}@{host}", std::process::id());
+        let reply_to =
+            uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, origin.as_bytes()).to_string();
+        Sender { origin, reply_to }
+    }
+}
+
+/// The task id of a routine's run: the same for the same routine and due
+/// time, so that a message published again after a crash carries the id of
+/// the first.
+pub(crate) fn task_id(routine_id: &str, scheduled_at: DateTime<Utc>) -> String {
+    const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6c1f_3b0e_9a4d_4c2e_8f57_3d2a_1b0c_9e8d);
+    let name = format!(
+        "{routine_id}@{}",
+        scheduled_at.format("%Y-%m-%dT%H:%M:%S%.6fZ")
+    );
+    uuid::Uuid::new_v5(&NAMESPACE, name.as_bytes()).to_string()
+}
+
+/// Builds the message Celery's `send_task(task, args=[], kwargs=kwargs,
+/// task_id=id, **options)` would send at time `now`.
+pub(crate) fn build(
+    task: &str,
+    id: &str,
+    kwargs: &Map<String, Value>,
+    options: &SendOptions,
+    now: DateTime<Utc>,
+    sender: &Sender,
+) -> Message {
+    let args: Vec<Value> = Vec::new();
+    let eta = options
+        .countdown
+        .and_then(|s| seconds_after(now, s))
+        .map(|t| Value::from(isoformat(t)));
+    let (expires, expiration) = match &options.expires {
+        None => (Value::Null, None),
+        Some(Expires::After(s)) => (
+            seconds_after(now, *s).map_or(Value::Null, |t| Value::from(isoformat(t))),
+            Some(*s),
+        ),
+        Some(Expires::At(text, at)) => {
+            let left = (*at - now)
+                .num_microseconds()
+                .map_or(0.0, |us| us as f64 / 1e6);
+            (Value::from(text.clone()), Some(left.max(0.0)))
+        }
+    };
+
+    let mut headers = Map::new();
+    headers.insert("lang".into(), "py".into());
+    headers.insert("task".into(), task.into());
+    headers.insert("id".into(), id.into());
+    headers.insert("shadow".into(), Value::Null);
+    headers.insert("eta".into(), eta.unwrap_or(Value::Null));
+    headers.insert("expires".into(), expires);
+    headers.insert("group".into(), Value::Null);
+    headers.insert("group_index".into(), Value::Null);
+    headers.insert("retries".into(), 0.into());
+    headers.insert(
+        "timelimit".into(),
+        Value::Array(vec![
+            options
+                .time_limit
+                .clone()
+                .map_or(Value::Null, Value::Number),
+            options
+                .soft_time_limit
+                .clone()
+                .map_or(Value::Null, Value::Number),
+        ]),
+    );
+    headers.insert("root_id".into(), id.into());
+    headers.insert("parent_id".into(), Value::Null);
+    headers.insert(
+        "argsrepr".into(),
+        saferepr(&Value::Array(args.clone())).into(),
+    );
+    headers.insert(
+        "kwargsrepr".into(),
+        saferepr(&Value::Object(kwargs.clone())).into(),
+    );
+    headers.insert("origin".into(), sender.origin.clone().into());
+    headers.insert("ignore_result".into(), false.into());
+    headers.insert("replaced_task_nesting".into(), 0.into());
+    headers.insert("stamped_headers".into(), Value::Null);
+    headers.insert("stamps".into(), Value::Object(Map::new()));
+    for (key, value) in &options.headers {
+        headers.insert(key.clone(), value.clone());
+    }
+
+    let mut embed = Map::new();
+    for key in ["callbacks", "errbacks", "chain", "chord"] {
+        embed.insert(key.into(), Value::Null);
+    }
+    let body = py_json(&Value::Array(vec![
+        Value::Array(args),
+        Value::Object(kwargs.clone()),
+        Value::Object(embed),
+    ]));
+
+    let destination = options.destination();
+    let (exchange, routing_key) = match &destination {
+        Destination::Queue { queue } => (String::new(), queue.clone()),
+        Destination::Exchange {
+            exchange,
+            routing_key,
+            ..
+        } => (exchange.clone(), routing_key.clone()),
+    };
+    let priority = options.priority.unwrap_or(0);
+    let mut properties = Map::new();
+    properties.insert("correlation_id".into(), id.into());
+    properties.insert("reply_to".into(), sender.reply_to.clone().into());
+    properties.insert("delivery_mode".into(), 2.into());
+    if let Some(seconds) = expiration {
+        // kombu: str(int(expiration * 1000))
+        properties.insert(
+            "expiration".into(),
+            format!("{}", (seconds * 1000.0).trunc() as i64).into(),
+        );
+    }
+    let mut delivery_info = Map::new();
+    delivery_info.insert("exchange".into(), exchange.into());
+    delivery_info.insert("routing_key".into(), routing_key.into());
+    properties.insert("delivery_info".into(), Value::Object(delivery_info));
+    properties.insert("priority".into(), priority.into());
+    properties.insert("body_encoding".into(), "base64".into());
+    properties.insert(
+        "delivery_tag".into(),
+        uuid::Uuid::new_v4().to_string().into(),
+    );
+
+    let mut envelope = Map::new();
+    envelope.insert(
+        "body".into(),
+        base64::engine::general_purpose::STANDARD
+            .encode(body)
+            .into(),
+    );
+    envelope.insert("content-encoding".into(), "utf-8".into());
+    envelope.insert("content-type".into(), "application/json".into());
+    envelope.insert("headers".into(), Value::Object(headers));
+    envelope.insert("properties".into(), Value::Object(properties));
+
+    Message {
+        id: id.to_owned(),
+        task: task.to_owned(),
+        destination,
+        priority_step: priority_step(priority),
+        envelope: py_json(&Value::Object(envelope)),
+    }
+}
+
+/// kombu: clamp to 0..9, then round down to a step of [0, 3, 6, 9].
+fn priority_step(priority: i64) -> i64 {
+    let p = priority.clamp(0, 9);
+    PRIORITY_STEPS
+        .iter()
+        .rev()
+        .copied()
+        .find(|step| *step <= p)
+        .unwrap_or(0)
+}
+
+fn seconds_after(now: DateTime<Utc>, seconds: f64) -> Option<DateTime<Utc>> {
+    let micros = (seconds * 1e6).round();
+    if !micros.is_finite() || micros.abs() > 1e15 {
+        return None;
+    }
+    now.checked_add_signed(TimeDelta::microseconds(micros as i64))
+}
+
+/// Python's `datetime.isoformat()` of an aware UTC time.
+fn isoformat(t: DateTime<Utc>) -> String {
+    if t.timestamp_subsec_micros() == 0 {
+        t.format("%Y-%m-%dT%H:%M:%S+00:00").to_string()
+    } else {
+        t.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()
+    }
+}
+
+/// An ISO 8601 time as Celery reads it (`isoparse`; naive means UTC).
+fn parse_iso(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::<FixedOffset>::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .ok()
+        .or_else(|| {
+            [
+                "%Y-%m-%dT%H:%M:%S%.f",
+                "%Y-%m-%d %H:%M:%S%.f",
+                "%Y-%m-%dT%H:%M:%S",
+                "%Y-%m-%d %H:%M:%S",
+            ]
+            .iter()
+            .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok())
+            .map(|t| t.and_utc())
+        })
+}
+
+fn short(value: &Value) -> String {
+    crate::schedule::truncated(value.to_string())
+}
+
+/// Python's `json.dumps(value)` with default options.
+pub(crate) fn py_json(value: &Value) -> String {
+    let mut out = String::new();
+    write_py_json(value, &mut out);
+    out
+}
+
+fn write_py_json(value: &Value, out: &mut String) {
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => {
+                let _ = write!(out, "{i}");
+            }
+            (None, Some(u), _) => {
+                let _ = write!(out, "{u}");
+            }
+            (None, None, Some(f)) => out.push_str(&py_float(f)),
+            _ => out.push_str(&n.to_string()),
+        },
+        Value::String(s) => write_py_string(s, out),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_py_json(item, out);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            out.push('{');
+            for (i, (key, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_py_string(key, out);
+                out.push_str(": ");
+                write_py_json(item, out);
+            }
+            out.push('}');
+        }
+    }
+}
+
+/// A JSON string with `ensure_ascii`: everything outside ASCII as `\uXXXX`
+/// (lowercase hex, surrogate pairs beyond the BMP).
+fn write_py_string(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 || (c as u32) > 0x7e => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    let _ = write!(out, "\\u{unit:04x}");
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Python's `repr(float)`: the shortest round-trip digits, in fixed
+/// notation when the exponent is in -4..16, else `1e-05` / `1e+16` style.
+pub(crate) fn py_float(f: f64) -> String {
+    if f.is_nan() {
+        return "NaN".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
+    }
+    let sci = format!("{f:e}"); // shortest round-trip digits: "-1.2345e-7"
+    let (mantissa, exponent) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exponent: i32 = exponent.parse().unwrap_or(0);
+    let (sign, mantissa) = mantissa
+        .strip_prefix('-')
+        .map_or(("", mantissa), |m| ("-", m));
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    if (-4..16).contains(&exponent) {
+        let point = exponent + 1; // digits before the decimal point
+        let body = if point <= 0 {
+            format!("0.{}{}", "0".repeat((-point) as usize), digits)
+        } else if point as usize >= digits.len() {
+            format!("{}{}.0", digits, "0".repeat(point as usize - digits.len()))
+        } else {
+            format!(
+                "{}.{}",
+                &digits[..point as usize],
+                &digits[point as usize..]
+            )
+        };
+        format!("{sign}{body}")
+    } else {
+        let (first, rest) = digits.split_at(1);
+        let mantissa = if rest.is_empty() {
+            first.to_owned()
+        } else {
+            format!("{first}.{rest}")
+        };
+        let exp_sign = if exponent < 0 { '-' } else { '+' };
+        format!("{sign}{mantissa}e{exp_sign}{:02}", exponent.abs())
+    }
+}
+
+/// Celery's `saferepr` for argsrepr/kwargsrepr: Python literal syntax,
+/// strings in single quotes with only `'` escaped, at most 1024 characters.
+pub(crate) fn saferepr(value: &Value) -> String {
+    let mut out = String::new();
+    write_repr(value, 0, &mut out);
+    if out.chars().count() > REPR_MAX {
+        out = out.chars().take(REPR_MAX).collect::<String>() + "...";
+    }
+    out
+}
+
+fn write_repr(value: &Value, level: usize, out: &mut String) {
+    const MAX_LEVELS: usize = 3;
+    match value {
+        Value::Null => out.push_str("None"),
+        Value::Bool(b) => out.push_str(if *b { "True" } else { "False" }),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() => out.push_str(&py_float(f)),
+            _ => out.push_str(&n.to_string()),
+        },
+        Value::String(s) => {
+            out.push('\'');
+            out.push_str(&s.replace('\'', "\\'"));
+            out.push('\'');
+        }
+        Value::Array(items) => {
+            if level >= MAX_LEVELS {
+                out.push_str("[...]");
+                return;
+            }
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_repr(item, level + 1, out);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            if level >= MAX_LEVELS {
+                out.push_str("{...}");
+                return;
+            }
+            out.push('{');
+            for (i, (key, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_repr(&Value::String(key.clone()), level + 1, out);
+                out.push_str(": ");
+                write_repr(item, level + 1, out);
+            }
+            out.push('}');
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn floats_print_as_python_prints_them() {
+        for (f, python) in [
+            (1.0, "1.0"),
+            (0.5, "0.5"),
+            (1e-5, "1e-05"),
+            (1e16, "1e+16"),
+            (1.5e16, "1.5e+16"),
+            (123456789012345.0, "123456789012345.0"),
+            (0.0001, "0.0001"),
+            (-2.5e-7, "-2.5e-07"),
+            (1e300, "1e+300"),
+            (0.1, "0.1"),
+            (100.0, "100.0"),
+            (0.0, "0.0"),
+        ] {
+            assert_eq!(py_float(f), python, "{f}");
+        }
+    }
+
+    #[test]
+    fn json_is_written_as_pythons_json_dumps() {
+        let v =
+            json!({"b": [1, 2.5, "x"], "a": {"é": "ü\"\n", "emoji": "🎉"}, "n": null, "t": true});
+        assert_eq!(
+            py_json(&v),
+            r#"{"b": [1, 2.5, "x"], "a": {"\u00e9": "\u00fc\"\n", "emoji": "\ud83c\udf89"}, "n": null, "t": true}"#
+        );
+    }
+
+    #[test]
+    fn reprs_are_celerys_saferepr() {
+        assert_eq!(saferepr(&json!([])), "[]");
+        assert_eq!(
+            saferepr(&json!({"x": 1, "s": "a'b", "f": 1.5, "b": true, "n": null})),
+            r#"{'x': 1, 's': 'a\'b', 'f': 1.5, 'b': True, 'n': None}"#
+        );
+        assert_eq!(
+            saferepr(&json!({"a": {"b": {"c": {"d": 1}}}})),
+            "{'a': {'b': {'c': {...}}}}"
+        );
+        assert!(saferepr(&json!({"long": "x".repeat(5000)})).len() <= REPR_MAX + 3);
+    }
+
+    #[test]
+    fn priorities_map_to_kombus_steps() {
+        let steps: Vec<i64> = (0..=10).map(priority_step).collect();
+        assert_eq!(steps, [0, 0, 0, 3, 3, 3, 6, 6, 6, 9, 9]);
+    }
+
+    #[test]
+    fn options_are_validated_and_unknown_ones_set_aside() {
+        let opts = json!({"queue": "q", "priority": 5, "expires": 60, "shadow": "x", "serializer": "pickle"});
+        let (parsed, ignored) = SendOptions::parse(opts.as_object().unwrap()).unwrap();
+        assert_eq!(parsed.queue.as_deref(), Some("q"));
+        assert_eq!(ignored, ["shadow", "serializer"]);
+        for (bad, msg) in [
+            (json!({"priority": "high"}), "priority must be an integer"),
+            (
+                json!({"expires": "tomorrow"}),
+                "neither seconds nor an ISO 8601 time",
+            ),
+            (json!({"headers": [1]}), "headers must be a JSON object"),
+            (
+                json!({"time_limit": -1}),
+                "time_limit must be a number of seconds",
+            ),
+            (json!({"queue": 5}), "queue must be a string"),
+        ] {
+            let err = SendOptions::parse(bad.as_object().unwrap()).unwrap_err();
+            assert!(err.contains(msg), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn routing_follows_celerys_send_task_message() {
+        let dest = |o: Value| {
+            SendOptions::parse(o.as_object().unwrap())
+                .unwrap()
+                .0
+                .destination()
+        };
+        assert_eq!(
+            dest(json!({})),
+            Destination::Queue {
+                queue: "celery".into()
+            }
+        );
+        assert_eq!(
+            dest(json!({"queue": "q"})),
+            Destination::Queue { queue: "q".into() }
+        );
+        assert_eq!(
+            dest(json!({"routing_key": "rk"})),
+            Destination::Queue {
+                queue: "celery".into()
+            }
+        );
+        assert_eq!(
+            dest(json!({"exchange": "ex", "routing_key": "rk"})),
+            Destination::Exchange {
+                queue: "celery".into(),
+                exchange: "ex".into(),
+                routing_key: "rk".into()
+            }
+        );
+    }
+
+    #[test]
+    fn task_ids_are_the_same_for_the_same_run() {
+        let t = DateTime::parse_from_rfc3339("2030-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(task_id("r1", t), task_id("r1", t));
+        assert_ne!(task_id("r1", t), task_id("r2", t));
+        assert_ne!(
+            task_id("r1", t),
+            task_id("r1", t + TimeDelta::microseconds(1))
+        );
+    }
+}

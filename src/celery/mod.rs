@@ -1,0 +1,24 @@
+//! Celery interop: protocol v2 messages and their Redis publisher.
+//!
+//! A due routine whose task is not registered in-process becomes a message
+//! that an unmodified Python Celery worker runs. Publishing happens inside
+//! the claim transaction: if Redis is unreachable the claim rolls back and
+//! the routine stays due, and a message published again after a crash
+//! carries the same task id (see [`message::task_id`]).
+
+pub(crate) mod message;
+mod redis;
+
+pub(crate) use message::{Message, SendOptions, Sender};
+pub(crate) use redis::Publisher;
+
+/// A broker failure.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// `broker_url` is not a Redis URL this beat understands.
+    #[error("invalid broker_url {0}")]
+    Url(String),
+    /// Redis did not answer.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+}

@@ -1,0 +1,230 @@
+//! Publishing to Redis the way kombu's Redis transport does.
+
+use super::message::{Destination, Message, SEP};
+use super::BrokerError;
+use crate::config::{redact_message, redact_url};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+/// How long connecting, and each command, may take before the broker
+/// counts as unreachable.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Turns Celery's broker URL forms into the redis crate's.
+///
+/// `redis://[user:password@]host[:port][/db]` and `rediss://…` pass through;
+/// kombu's `redis+socket:///path?virtual_host=N` and `socket://` become
+/// `unix:///path?db=N`.
+pub(crate) fn connection_url(url: &str) -> Result<String, BrokerError> {
+    let lower = url.to_ascii_lowercase();
+    if lower.starts_with("redis://")
+        || lower.starts_with("rediss://")
+        || lower.starts_with("unix://")
+    {
+        return Ok(url.to_owned());
+    }
+    for prefix in ["redis+socket://", "socket://", "redis+unix://"] {
+        if lower.starts_with(prefix) {
+            let rest = &url[prefix.len()..];
+            let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let query: Vec<String> = query
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| match p.split_once('=') {
+                    Some(("virtual_host", db)) => format!("db={db}"),
+                    _ => p.to_owned(),
+                })
+                .collect();
+            return Ok(if query.is_empty() {
+                format!("unix://{path}")
+            } else {
+                format!("unix://{path}?{}", query.join("&"))
+            });
+        }
+    }
+    Err(BrokerError::Url(format!(
+        "{}: broker_url must be redis://, rediss://, redis+socket:// or unix://",
+        redact_url(url)
+    )))
+}
+
+/// A connection to the broker, opened on first use and again after any
+/// failure.
+pub(crate) struct Publisher {
+    client: redis::Client,
+    url: String,
+    connection: Option<redis::Connection>,
+    /// Queues whose binding was declared on this connection (kombu declares
+    /// once per connection).
+    declared: HashSet<String>,
+}
+
+impl Publisher {
+    pub(crate) fn new(url: &str) -> Result<Self, BrokerError> {
+        let target = connection_url(url)?;
+        let client = redis::Client::open(target.as_str()).map_err(|e| {
+            BrokerError::Url(format!(
+                "{}: {}",
+                redact_url(url),
+                redact_message(&e.to_string(), url)
+            ))
+        })?;
+        Ok(Publisher {
+            client,
+            url: url.to_owned(),
+            connection: None,
+            declared: HashSet::new(),
+        })
+    }
+
+    fn connection(&mut self) -> Result<&mut redis::Connection, BrokerError> {
+        if self.connection.is_none() {
+            let conn = self
+                .client
+                .get_connection_with_timeout(TIMEOUT)
+                .map_err(|e| self.failed(&e))?;
+            conn.set_read_timeout(Some(TIMEOUT))
+                .map_err(|e| self.failed(&e))?;
+            conn.set_write_timeout(Some(TIMEOUT))
+                .map_err(|e| self.failed(&e))?;
+            self.declared.clear();
+            self.connection = Some(conn);
+        }
+        self.connection
+            .as_mut()
+            .ok_or_else(|| BrokerError::Unavailable("no connection".into()))
+    }
+
+    fn failed(&self, e: &redis::RedisError) -> BrokerError {
+        BrokerError::Unavailable(format!(
+            "{}: {}",
+            redact_url(&self.url),
+            redact_message(&e.to_string(), &self.url)
+        ))
+    }
+
+    /// Publishes `messages` in one pipeline: the queue declarations kombu
+    /// makes (`SADD _kombu.binding.<queue>`), then one `LPUSH` per message
+    /// and bound queue. Returns, per message, how many lists received it (a
+    /// message to an exchange with no matching binding reaches none, and is
+    /// dropped, as kombu drops it).
+    pub(crate) fn publish(&mut self, messages: &[&Message]) -> Result<Vec<usize>, BrokerError> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let result = self.try_publish(messages);
+        if result.is_err() {
+            self.connection = None;
+        }
+        result
+    }
+
+    fn try_publish(&mut self, messages: &[&Message]) -> Result<Vec<usize>, BrokerError> {
+        let exchanges: HashSet<&str> = messages
+            .iter()
+            .filter_map(|m| match &m.destination {
+                Destination::Exchange { exchange, .. } => Some(exchange.as_str()),
+                Destination::Queue { .. } => None,
+            })
+            .collect();
+        let mut bindings: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        for exchange in exchanges {
+            let members: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(format!("_kombu.binding.{exchange}"))
+                .query(self.connection()?)
+                .map_err(|e| self.failed(&e))?;
+            let table = members
+                .iter()
+                .filter_map(|m| {
+                    let mut parts = m.split(SEP);
+                    let (rkey, _pattern, queue) = (parts.next()?, parts.next()?, parts.next()?);
+                    Some((rkey.to_owned(), queue.to_owned()))
+                })
+                .collect();
+            bindings.insert(exchange.to_owned(), table);
+        }
+
+        let mut pipe = redis::pipe();
+        let mut declaring = Vec::new();
+        let mut delivered = Vec::with_capacity(messages.len());
+        for message in messages {
+            let queue = message.destination.declared_queue();
+            if !self.declared.contains(queue) && !declaring.iter().any(|q| q == queue) {
+                pipe.cmd("SADD")
+                    .arg(format!("_kombu.binding.{queue}"))
+                    .arg(format!("{queue}{SEP}{SEP}{queue}"))
+                    .ignore();
+                declaring.push(queue.to_owned());
+            }
+            let targets: Vec<&str> = match &message.destination {
+                Destination::Queue { queue } => vec![queue.as_str()],
+                Destination::Exchange {
+                    exchange,
+                    routing_key,
+                    ..
+                } => bindings
+                    .get(exchange)
+                    .map(|table| {
+                        table
+                            .iter()
+                            .filter(|(rk, _)| rk == routing_key)
+                            .map(|(_, q)| q.as_str())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            };
+            for target in &targets {
+                pipe.cmd("LPUSH")
+                    .arg(message.list_key(target))
+                    .arg(&message.envelope)
+                    .ignore();
+            }
+            delivered.push(targets.len());
+        }
+        pipe.query::<()>(self.connection()?)
+            .map_err(|e| self.failed(&e))?;
+        self.declared.extend(declaring);
+        Ok(delivered)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn celery_url_forms_are_understood() {
+        assert_eq!(
+            connection_url("redis://:pw@h:6380/2").unwrap(),
+            "redis://:pw@h:6380/2"
+        );
+        assert_eq!(connection_url("rediss://h/0").unwrap(), "rediss://h/0");
+        assert_eq!(
+            connection_url("redis+socket:///tmp/r.sock").unwrap(),
+            "unix:///tmp/r.sock"
+        );
+        assert_eq!(
+            connection_url("redis+socket:///tmp/r.sock?virtual_host=3").unwrap(),
+            "unix:///tmp/r.sock?db=3"
+        );
+        assert_eq!(
+            connection_url("unix:///tmp/r.sock?db=1").unwrap(),
+            "unix:///tmp/r.sock?db=1"
+        );
+        let err = connection_url("amqp://guest:hunter2@h//")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("amqp://guest:***@h//") && !err.contains("hunter2"),
+            "{err}"
+        );
+        assert!(
+            Publisher::new("redis://:hunter2@127.0.0.1:1/0").is_ok(),
+            "connects lazily"
+        );
+        assert!(
+            Publisher::new("rediss://127.0.0.1:1/0").is_ok(),
+            "TLS is built in"
+        );
+    }
+}
