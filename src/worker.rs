@@ -206,16 +206,16 @@ impl JobQueue {
         job: Job,
         shutdown: &Shutdown,
         patience: Duration,
-    ) -> Result<(), Job> {
+    ) -> Result<(), Box<Job>> {
         let job = match self.jobs.try_send(job) {
             Ok(()) => return Ok(()),
-            Err(TrySendError::Disconnected(job)) => return Err(job),
+            Err(TrySendError::Disconnected(job)) => return Err(Box::new(job)),
             Err(TrySendError::Full(job)) => job,
         };
         select! {
-            send(self.jobs, job.clone()) -> sent => sent.map_err(|e| e.into_inner()),
+            send(self.jobs, job.clone()) -> sent => sent.map_err(|e| Box::new(e.into_inner())),
             recv(shutdown.receiver()) -> _ => {
-                self.jobs.send_timeout(job, patience).map_err(|e| e.into_inner())
+                self.jobs.send_timeout(job, patience).map_err(|e| Box::new(e.into_inner()))
             }
         }
     }

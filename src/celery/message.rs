@@ -294,10 +294,13 @@ pub(crate) fn build(
     );
     headers.insert("root_id".into(), id.into());
     headers.insert("parent_id".into(), Value::Null);
-    headers.insert(
-        "argsrepr".into(),
-        saferepr(&Value::Array(args.clone())).into(),
-    );
+    // Celery's `args = args or ()`: empty args are the empty tuple.
+    let argsrepr = if args.is_empty() {
+        "()".to_owned()
+    } else {
+        saferepr(&Value::Array(args.clone()))
+    };
+    headers.insert("argsrepr".into(), argsrepr.into());
     headers.insert(
         "kwargsrepr".into(),
         saferepr(&Value::Object(kwargs.clone())).into(),

@@ -62,8 +62,8 @@ pub enum ScheduleError {
 pub enum Schedule {
     /// Every `Duration` (Celery's `schedule(run_every=...)`).
     Interval(Duration),
-    /// A Celery crontab.
-    Crontab(Crontab),
+    /// A Celery crontab (boxed: it is much larger than an interval).
+    Crontab(Box<Crontab>),
 }
 
 impl Schedule {
@@ -104,7 +104,7 @@ impl Schedule {
                 map.insert(key.to_owned(), Value::String(spec.to_owned()));
             }
         }
-        Crontab::from_json(&map).map(Schedule::Crontab)
+        Crontab::from_json(&map).map(|c| Schedule::Crontab(Box::new(c)))
     }
 
     /// Parses the text of a `schedule` column.
@@ -130,7 +130,7 @@ impl Schedule {
                     None => ScheduleError::Mixed,
                 },
             ),
-            None => Crontab::from_json(map).map(Schedule::Crontab),
+            None => Crontab::from_json(map).map(|c| Schedule::Crontab(Box::new(c))),
         }
     }
 

@@ -336,3 +336,185 @@ pub fn celery_python(test: &str) -> Option<PathBuf> {
     }
     Some(python)
 }
+
+pub const REDIS_HOST: &str = "127.0.0.1:6379";
+
+/// A Redis database of the test's own (each test passes a distinct
+/// number), emptied first; `None` (skipped) without a server.
+pub fn redis_db(test: &str, db: u8) -> Option<String> {
+    let url = format!("redis://{REDIS_HOST}/{db}");
+    if !reachable(&url) {
+        skip(test, &format!("Redis not reachable at {REDIS_HOST}"));
+        return None;
+    }
+    let mut conn = redis::Client::open(url.as_str())
+        .ok()?
+        .get_connection()
+        .ok()?;
+    redis::cmd("FLUSHDB")
+        .query::<()>(&mut conn)
+        .expect("FLUSHDB");
+    Some(url)
+}
+
+pub fn redis_conn(url: &str) -> redis::Connection {
+    redis::Client::open(url).unwrap().get_connection().unwrap()
+}
+
+/// A real `celery worker` (solo pool, one task at a time) on `broker`,
+/// consuming `queues`; killed when dropped.
+pub struct CeleryWorker {
+    child: std::process::Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl CeleryWorker {
+    pub fn start(python: &std::path::Path, broker: &str, queues: &str) -> CeleryWorker {
+        use std::io::BufRead;
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python");
+        let mut child = std::process::Command::new(python)
+            .args([
+                "-m",
+                "celery",
+                "-A",
+                "celery_app",
+                "worker",
+                "--pool",
+                "solo",
+                "--concurrency",
+                "1",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-l",
+                "info",
+                "-Q",
+                queues,
+            ])
+            .arg(format!("--hostname=cdk-{}@%h", std::process::id()))
+            .current_dir(dir)
+            .env("CDK_BROKER_URL", broker)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start celery worker");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stderr)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    if line.contains(" ready.") {
+                        let _ = ready_tx.send(());
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let worker = CeleryWorker { child, log };
+        if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            panic!("celery worker not ready in 60 s:\n{}", worker.log());
+        }
+        worker
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for CeleryWorker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The calls `tasks.record` saw, in order.
+pub fn recorded_calls(redis_url: &str) -> Vec<serde_json::Value> {
+    let mut conn = redis_conn(redis_url);
+    let lines: Vec<String> = redis::cmd("LRANGE")
+        .arg("calls")
+        .arg(0)
+        .arg(-1)
+        .query(&mut conn)
+        .unwrap();
+    lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A TCP proxy the test owns, to cut and restore a service without
+/// touching the service itself.
+pub struct Proxy {
+    pub port: u16,
+    state: Arc<Mutex<ProxyState>>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    open: bool,
+    streams: Vec<std::net::TcpStream>,
+}
+
+impl Proxy {
+    pub fn start(upstream: &str) -> Proxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(Mutex::new(ProxyState {
+            open: true,
+            streams: Vec::new(),
+        }));
+        let upstream = upstream.to_owned();
+        {
+            let state = Arc::clone(&state);
+            std::thread::spawn(move || {
+                for client in listener.incoming() {
+                    let Ok(client) = client else { continue };
+                    if !state.lock().unwrap().open {
+                        let _ = client.shutdown(std::net::Shutdown::Both);
+                        continue;
+                    }
+                    let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                        let _ = client.shutdown(std::net::Shutdown::Both);
+                        continue;
+                    };
+                    {
+                        let mut st = state.lock().unwrap();
+                        st.streams.push(client.try_clone().unwrap());
+                        st.streams.push(server.try_clone().unwrap());
+                    }
+                    for (mut from, mut to) in [
+                        (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                        (server, client),
+                    ] {
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut from, &mut to);
+                            let _ = to.shutdown(std::net::Shutdown::Both);
+                        });
+                    }
+                }
+            });
+        }
+        Proxy { port, state }
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub fn cut(&self) {
+        let mut st = self.state.lock().unwrap();
+        st.open = false;
+        for stream in st.streams.drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Accepts connections again.
+    pub fn restore(&self) {
+        self.state.lock().unwrap().open = true;
+    }
+}

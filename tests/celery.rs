@@ -1,0 +1,629 @@
+//! Celery interop against real Redis and a real Python Celery worker.
+
+mod common;
+
+use base64::Engine as _;
+use celery_diesel_kit::{Beat, Config, ManualBeat, Routine, Schedule};
+use chrono::{DateTime, Duration as TimeDelta, Utc};
+use common::{
+    celery_python, recorded_calls, redis_conn, redis_db, utc, wait_until, CeleryWorker, Proxy,
+    Recorder, TestDb,
+};
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+const SEP: &str = "\x06\x16";
+
+fn at(seconds: i64) -> DateTime<Utc> {
+    utc("2030-01-01 00:00:00") + TimeDelta::seconds(seconds)
+}
+
+/// Everything a Celery test needs, or `None` when a service is missing.
+fn setup(test: &str, redis: u8) -> Option<(PathBuf, String, TestDb)> {
+    let python = celery_python(test)?;
+    let broker = redis_db(test, redis)?;
+    let db = TestDb::postgres(test)?;
+    Some((python, broker, db))
+}
+
+fn manual(db: &TestDb, broker: &str, routines: Vec<Routine>) -> ManualBeat {
+    let config = Config {
+        broker_url: Some(broker.to_owned()),
+        ..db.config()
+    };
+    Beat::builder(config)
+        .routines(routines)
+        .start_manual()
+        .expect("start")
+}
+
+fn every(seconds: u64) -> Schedule {
+    Schedule::every(Duration::from_secs(seconds)).unwrap()
+}
+
+/// The envelopes waiting in a Redis list, oldest first.
+fn envelopes(broker: &str, key: &str) -> Vec<Value> {
+    let mut conn = redis_conn(broker);
+    let raw: Vec<String> = redis::cmd("LRANGE")
+        .arg(key)
+        .arg(0)
+        .arg(-1)
+        .query(&mut conn)
+        .unwrap();
+    raw.iter()
+        .rev()
+        .map(|m| serde_json::from_str(m).unwrap())
+        .collect()
+}
+
+fn body(envelope: &Value) -> Value {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(envelope["body"].as_str().unwrap())
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[test]
+fn routines_inserted_by_sql_run_on_a_python_celery_worker() {
+    let test = "celery_sql_routines_run";
+    let Some((python, broker, db)) = setup(test, 1) else {
+        return;
+    };
+    let worker = CeleryWorker::start(&python, &broker, "celery");
+    let config = Config {
+        broker_url: Some(broker.clone()),
+        ..db.config()
+    };
+    let beat = Beat::builder(config).start().unwrap();
+    for (name, kwargs) in [
+        ("a", r#"{"n": 1, "text": "é'\"x"}"#),
+        ("b", r#"{"n": 2, "nested": {"k": [1, 2.5, null]}}"#),
+        ("c", "{}"),
+    ] {
+        db.exec(&format!(
+            "INSERT INTO routines (name, task, schedule, kwargs) VALUES ('{name}', 'tasks.record', '{{\"timedelta\": 1}}', '{}')",
+            kwargs.replace('\'', "''")
+        ));
+    }
+    assert!(
+        wait_until(Duration::from_secs(30), || recorded_calls(&broker).len()
+            >= 6),
+        "worker log:\n{}",
+        worker.log()
+    );
+    beat.stop();
+    let rows = db.store().routines().unwrap();
+    let fired: i32 = rows.iter().map(|r| r.total_run_count.unwrap_or(0)).sum();
+    assert!(
+        wait_until(Duration::from_secs(30), || recorded_calls(&broker).len()
+            == fired as usize),
+        "{} calls for {fired} fires:\n{}",
+        recorded_calls(&broker).len(),
+        worker.log()
+    );
+    let calls = recorded_calls(&broker);
+    let ids: HashSet<&str> = calls.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), calls.len(), "every run has its own id");
+    for call in &calls {
+        assert_eq!(call["task"], "tasks.record");
+        assert_eq!(call["args"], json!([]));
+        assert_eq!(call["delivery_info"]["routing_key"], "celery");
+    }
+    let kwargs: HashSet<String> = calls.iter().map(|c| c["kwargs"].to_string()).collect();
+    let expected: HashSet<String> = [
+        json!({"n": 1, "text": "é'\"x"}),
+        json!({"n": 2, "nested": {"k": [1, 2.5, null]}}),
+        json!({}),
+    ]
+    .iter()
+    .map(Value::to_string)
+    .collect();
+    assert_eq!(kwargs, expected);
+}
+
+#[test]
+fn queue_and_exchange_routing_reach_a_worker_on_that_queue() {
+    let test = "celery_queue_routing";
+    let Some((python, broker, db)) = setup(test, 2) else {
+        return;
+    };
+    let worker = CeleryWorker::start(&python, &broker, "only_here");
+    let mut beat = manual(
+        &db,
+        &broker,
+        vec![
+            Routine::new("by queue", "tasks.record", every(10))
+                .options(json!({"queue": "only_here"}))
+                .kwargs(json!({"via": "queue"})),
+            Routine::new("by exchange", "tasks.record", every(10))
+                .options(json!({"exchange": "only_here", "routing_key": "only_here"}))
+                .kwargs(json!({"via": "exchange"})),
+            Routine::new("default queue", "tasks.record", every(10))
+                .kwargs(json!({"via": "default"})),
+        ],
+    );
+    beat.tick(at(0)).unwrap();
+    assert_eq!(beat.tick(at(10)).unwrap().fired, 3);
+    assert!(
+        wait_until(Duration::from_secs(30), || recorded_calls(&broker).len()
+            >= 2),
+        "{}",
+        worker.log()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let calls = recorded_calls(&broker);
+    let via: HashSet<&str> = calls
+        .iter()
+        .map(|c| c["kwargs"]["via"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        via,
+        HashSet::from(["queue", "exchange"]),
+        "only the routed messages reach the only_here worker"
+    );
+    let exchange_call = calls
+        .iter()
+        .find(|c| c["kwargs"]["via"] == "exchange")
+        .unwrap();
+    assert_eq!(exchange_call["delivery_info"]["exchange"], "only_here");
+    assert_eq!(
+        envelopes(&broker, "celery").len(),
+        1,
+        "the default-queue message waits for a worker on 'celery'"
+    );
+}
+
+#[test]
+fn priority_orders_a_backlog_as_celerys_own_messages_do() {
+    let test = "celery_priority";
+    let Some((python, broker, db)) = setup(test, 3) else {
+        return;
+    };
+    let priorities = [9, 0, 5, 3, 0, 9, 6, 1];
+    let routines = priorities
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            Routine::new(format!("p{i}"), "tasks.record", every(10))
+                .options(json!({"priority": p}))
+                .kwargs(json!({"p": p}))
+        })
+        .collect();
+    let mut beat = manual(&db, &broker, routines);
+    beat.tick(at(0)).unwrap();
+    assert_eq!(beat.tick(at(10)).unwrap().fired, priorities.len());
+
+    // Celery's own messages with the same priorities land in the same lists.
+    let celery_broker = redis_db(test, 4).unwrap();
+    for p in priorities {
+        let spec = json!({"name": "tasks.record", "kwargs": {"p": p}, "task_id": uuid::Uuid::new_v4().to_string(), "options": {"priority": p}});
+        let status = std::process::Command::new(&python)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/python/send_task.py"
+            ))
+            .arg(&celery_broker)
+            .arg(spec.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let lists = |url: &str| -> HashMap<String, Vec<i64>> {
+        let mut conn = redis_conn(url);
+        let keys: Vec<String> = redis::cmd("KEYS").arg("celery*").query(&mut conn).unwrap();
+        keys.into_iter()
+            .map(|k| {
+                let mut ps: Vec<i64> = envelopes(url, &k)
+                    .iter()
+                    .map(|e| e["properties"]["priority"].as_i64().unwrap())
+                    .collect();
+                ps.sort();
+                (k.replace(SEP, "|"), ps)
+            })
+            .collect()
+    };
+    let (ours, celerys) = (lists(&broker), lists(&celery_broker));
+    assert_eq!(ours, celerys);
+    assert_eq!(ours.len(), 4, "{ours:?}");
+
+    // A worker drains the backlog highest priority (lowest number) first.
+    let worker = CeleryWorker::start(&python, &broker, "celery");
+    assert!(
+        wait_until(Duration::from_secs(30), || recorded_calls(&broker).len()
+            == priorities.len()),
+        "{}",
+        worker.log()
+    );
+    let order: Vec<i64> = recorded_calls(&broker)
+        .iter()
+        .map(|c| c["kwargs"]["p"].as_i64().unwrap())
+        .collect();
+    let steps: Vec<i64> = order
+        .iter()
+        .map(|p| [0, 3, 6, 9].into_iter().rev().find(|s| s <= p).unwrap())
+        .collect();
+    assert!(
+        steps.windows(2).all(|w| w[0] <= w[1]),
+        "ran in order {order:?}"
+    );
+}
+
+#[test]
+fn an_expires_in_the_past_makes_the_worker_discard_the_message() {
+    let test = "celery_expires";
+    let Some((python, broker, db)) = setup(test, 5) else {
+        return;
+    };
+    let mut beat = manual(
+        &db,
+        &broker,
+        vec![
+            Routine::new("expired", "tasks.record", every(10))
+                .options(json!({"expires": "2020-01-01T00:00:00+00:00"}))
+                .kwargs(json!({"which": "expired"})),
+            Routine::new("fresh", "tasks.record", every(10))
+                .options(json!({"expires": 3600}))
+                .kwargs(json!({"which": "fresh"})),
+        ],
+    );
+    beat.tick(at(0)).unwrap();
+    assert_eq!(beat.tick(at(10)).unwrap().fired, 2);
+    let queued = envelopes(&broker, "celery");
+    let expired = queued
+        .iter()
+        .find(|e| body(e)[1]["which"] == "expired")
+        .unwrap();
+    let expired_id = expired["headers"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(expired["properties"]["expiration"], "0");
+    let fresh = queued
+        .iter()
+        .find(|e| body(e)[1]["which"] == "fresh")
+        .unwrap();
+    let left: i64 = fresh["properties"]["expiration"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((3_590_000..=3_600_000).contains(&left), "{left}");
+
+    let worker = CeleryWorker::start(&python, &broker, "celery");
+    let meta_key = format!("celery-task-meta-{expired_id}");
+    let status = || -> Option<String> {
+        let raw: Option<String> = redis::cmd("GET")
+            .arg(&meta_key)
+            .query(&mut redis_conn(&broker))
+            .unwrap();
+        raw.map(|r| {
+            serde_json::from_str::<Value>(&r).unwrap()["status"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || recorded_calls(&broker).len()
+            == 1
+            && status().is_some()),
+        "{}",
+        worker.log()
+    );
+    assert_eq!(status().as_deref(), Some("REVOKED"));
+    assert_eq!(recorded_calls(&broker)[0]["kwargs"]["which"], "fresh");
+}
+
+#[test]
+fn a_run_published_again_carries_the_same_task_id() {
+    let test = "celery_same_id";
+    let Some(broker) = redis_db(test, 6) else {
+        return;
+    };
+    let db = TestDb::sqlite(test);
+    let mut beat = manual(
+        &db,
+        &broker,
+        vec![Routine::new("r", "tasks.record", every(10))],
+    );
+    beat.tick(at(0)).unwrap();
+    assert_eq!(beat.tick(at(10)).unwrap().fired, 1);
+    // What a crash between publishing and committing leaves: the row still
+    // due at the time that was just published.
+    db.exec(&format!(
+        "UPDATE routines SET next_run_at = {}, total_run_count = 0",
+        db.timestamp(at(10))
+    ));
+    assert_eq!(beat.tick(at(11)).unwrap().fired, 1);
+    assert_eq!(beat.tick(at(20)).unwrap().fired, 1);
+    let ids: Vec<String> = envelopes(&broker, "celery")
+        .iter()
+        .map(|e| e["headers"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(ids[0], ids[1], "the same run, published twice, has one id");
+    assert_ne!(ids[1], ids[2], "the next run has its own");
+}
+
+#[test]
+fn a_broker_outage_loses_no_routine_and_doubles_none() {
+    let test = "celery_broker_outage";
+    let Some(direct) = redis_db(test, 7) else {
+        return;
+    };
+    let proxy = Proxy::start(common::REDIS_HOST);
+    let broker = format!("redis://127.0.0.1:{}/7", proxy.port);
+    let db = TestDb::sqlite(test);
+    let local = Recorder::new("local");
+    let config = Config {
+        broker_url: Some(broker.clone()),
+        ..db.config()
+    };
+    let mut beat = Beat::builder(config)
+        .task(local.clone())
+        .routines((0..5).map(|i| Routine::new(format!("celery {i}"), "tasks.record", every(1))))
+        .routine(Routine::new("in-process", "local", every(1)))
+        .start_manual()
+        .unwrap();
+    beat.tick(at(0)).unwrap();
+    assert_eq!(beat.tick(at(1)).unwrap().fired, 6);
+    proxy.cut();
+    for t in [2, 3, 4] {
+        assert!(wait_until(Duration::from_secs(10), || beat
+            .stats()
+            .succeeded
+            == (t - 1) as u64));
+        let tick = beat.tick(at(t)).unwrap();
+        assert_eq!(
+            tick.fired, 1,
+            "at {t}: only the in-process routine runs while Redis is away"
+        );
+    }
+    for i in 0..5 {
+        let row = beat
+            .store()
+            .routine(&format!("celery {i}"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (row.total_run_count, row.next_run_at_utc()),
+            (Some(1), Some(at(2))),
+            "not advanced while unpublished"
+        );
+    }
+    proxy.restore();
+    // The broker is retried after its back-off; then each routine fires
+    // once for everything it missed, and is back on its 1 s grid.
+    assert!(wait_until(Duration::from_secs(10), || beat
+        .stats()
+        .succeeded
+        == 4));
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            beat.tick(at(5)).unwrap();
+            envelopes(&direct, "celery").len() == 10
+        }),
+        "the routines never reached Redis again"
+    );
+    for i in 0..5 {
+        let row = beat
+            .store()
+            .routine(&format!("celery {i}"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (row.total_run_count, row.next_run_at_utc()),
+            (Some(2), Some(at(6)))
+        );
+    }
+    let ids: HashSet<String> = envelopes(&direct, "celery")
+        .iter()
+        .map(|e| e["headers"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 10, "no message doubled");
+    assert_eq!(beat.tick(at(5)).unwrap().fired, 0);
+}
+
+#[test]
+fn our_message_matches_celerys_send_task_field_by_field() {
+    let test = "celery_message_compare";
+    let Some(python) = celery_python(test) else {
+        return;
+    };
+    let Some(broker) = redis_db(test, 8) else {
+        return;
+    };
+    let Some(theirs_broker) = redis_db(test, 9) else {
+        return;
+    };
+    let db = TestDb::sqlite(test);
+    let kwargs = json!({"report": "daily", "to": ["ops@example.com"], "n": 3, "ratio": 0.25, "big": 1e16, "uni": "é ü 🎉", "quote": "it's"});
+    let options = json!({"queue": "reports", "priority": 5, "expires": 60, "time_limit": 30, "soft_time_limit": 20,
+                         "headers": {"x_trace": "abc"}});
+    // An on-demand send builds the message a scheduled run does, at the
+    // real time, so that both clients' `expires` can be compared.
+    let beat = manual(
+        &db,
+        &broker,
+        vec![Routine::new("r", "tasks.record", every(3600))
+            .kwargs(kwargs.clone())
+            .options(options.clone())],
+    );
+    beat.send_now("r").unwrap();
+    let key = format!("reports{SEP}3");
+    let ours = envelopes(&broker, &key).pop().expect("our message");
+    let id = ours["headers"]["id"].as_str().unwrap();
+
+    let spec = json!({"name": "tasks.record", "kwargs": kwargs, "task_id": id, "options": options});
+    let status = std::process::Command::new(&python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/send_task.py"
+        ))
+        .arg(&theirs_broker)
+        .arg(spec.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let theirs = envelopes(&theirs_broker, &key)
+        .pop()
+        .expect("Celery's message");
+
+    let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&ours), keys(&theirs), "envelope keys and order");
+    assert_eq!(ours["body"], theirs["body"], "body, byte for byte");
+    for field in ["content-encoding", "content-type"] {
+        assert_eq!(ours[field], theirs[field], "{field}");
+    }
+    assert_eq!(
+        keys(&ours["headers"]),
+        keys(&theirs["headers"]),
+        "header keys and order"
+    );
+    for (name, value) in ours["headers"].as_object().unwrap() {
+        let other = &theirs["headers"][name];
+        match name.as_str() {
+            // gen<pid>@<host>: two processes on one host.
+            "origin" => {
+                let host = |v: &Value| v.as_str().unwrap().split_once('@').unwrap().1.to_owned();
+                assert!(
+                    value.as_str().unwrap().starts_with("gen") && host(value) == host(other),
+                    "{value} vs {other}"
+                );
+            }
+            // now + 60 s, taken by two clocks a moment apart.
+            "expires" => {
+                let t = |v: &Value| DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
+                assert!(
+                    (t(value) - t(other)).num_seconds().abs() <= 10,
+                    "{value} vs {other}"
+                );
+                assert!(value.as_str().unwrap().ends_with("+00:00"));
+            }
+            // Celery 5.5's send_task sends false, 5.6 and later null:
+            // both mean "store the result". We send 5.5's false.
+            "ignore_result" => {
+                assert_eq!(value, false);
+                assert!(other == false || other.is_null(), "{other}");
+            }
+            _ => assert_eq!(value, other, "header {name}"),
+        }
+    }
+    assert_eq!(
+        keys(&ours["properties"]),
+        keys(&theirs["properties"]),
+        "property keys and order"
+    );
+    for (name, value) in ours["properties"].as_object().unwrap() {
+        let other = &theirs["properties"][name];
+        match name.as_str() {
+            "reply_to" | "delivery_tag" => assert!(
+                uuid::Uuid::parse_str(value.as_str().unwrap()).is_ok(),
+                "{name}: {value}"
+            ),
+            "expiration" => assert_eq!(value, "60000", "ours is sent at once: {other}"),
+            _ => assert_eq!(value, other, "property {name}"),
+        }
+    }
+    // Byte for byte, once the values two clients cannot share are swapped.
+    let raw = |url: &str| -> String {
+        let all: Vec<String> = redis::cmd("LRANGE")
+            .arg(&key)
+            .arg(0)
+            .arg(-1)
+            .query(&mut redis_conn(url))
+            .unwrap();
+        all.into_iter().next().unwrap()
+    };
+    let mut theirs_raw = raw(&theirs_broker);
+    for (path, field) in [
+        ("headers", "origin"),
+        ("headers", "expires"),
+        ("properties", "reply_to"),
+        ("properties", "delivery_tag"),
+        ("properties", "expiration"),
+    ] {
+        theirs_raw = theirs_raw.replace(
+            &theirs[path][field].to_string(),
+            &ours[path][field].to_string(),
+        );
+    }
+    theirs_raw = theirs_raw.replace("\"ignore_result\": null", "\"ignore_result\": false");
+    assert_eq!(raw(&broker), theirs_raw);
+
+    // And a worker runs ours with everything in place.
+    let worker = CeleryWorker::start(&python, &broker, "reports");
+    assert!(
+        wait_until(Duration::from_secs(30), || recorded_calls(&broker).len()
+            == 1),
+        "{}",
+        worker.log()
+    );
+    let call = &recorded_calls(&broker)[0];
+    assert_eq!(
+        (&call["kwargs"], &call["timelimit"], &call["x_trace"]),
+        (&kwargs, &json!([30, 20]), &json!("abc"))
+    );
+}
+
+#[test]
+fn send_now_runs_a_routine_outside_its_schedule() {
+    let test = "celery_send_now";
+    let Some(broker) = redis_db(test, 10) else {
+        return;
+    };
+    let db = TestDb::sqlite(test);
+    let local = Recorder::new("local");
+    let config = Config {
+        broker_url: Some(broker.clone()),
+        ..db.config()
+    };
+    let beat = Beat::builder(config)
+        .task(local.clone())
+        .routine(Routine::new("remote", "tasks.record", every(3600)))
+        .routine(Routine::new("here", "local", every(3600)))
+        .start_manual()
+        .unwrap();
+    let id = beat.send_now("remote").unwrap();
+    let queued = envelopes(&broker, "celery");
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0]["headers"]["id"], id.as_str());
+    beat.send_now("here").unwrap();
+    assert!(wait_until(Duration::from_secs(10), || local.count() == 1));
+    assert!(beat
+        .send_now("nope")
+        .unwrap_err()
+        .to_string()
+        .contains("routine nope: no such routine"));
+    let row = beat.store().routine("remote").unwrap().unwrap();
+    assert_eq!(
+        row.total_run_count,
+        Some(0),
+        "an on-demand run does not advance the routine"
+    );
+}
+
+#[test]
+fn without_a_broker_an_unknown_task_is_an_error_for_that_routine_only() {
+    let db = TestDb::sqlite("celery_no_broker");
+    let local = Recorder::new("local");
+    let mut beat = Beat::builder(db.config())
+        .task(local.clone())
+        .routine(Routine::new("remote", "tasks.record", every(10)))
+        .routine(Routine::new("here", "local", every(10)))
+        .start_manual()
+        .unwrap();
+    let tick = beat.tick(at(0)).unwrap();
+    assert_eq!((tick.planned, tick.invalid), (2, 1));
+    let error = beat
+        .store()
+        .routine("remote")
+        .unwrap()
+        .unwrap()
+        .last_error
+        .unwrap();
+    assert!(
+        error.contains("unknown task \"tasks.record\"") && error.contains("no broker_url"),
+        "{error}"
+    );
+    assert_eq!(beat.tick(at(10)).unwrap().fired, 1);
+}
