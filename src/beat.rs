@@ -387,7 +387,8 @@ impl Parts {
         let now = Utc::now();
         let id = uuid::Uuid::new_v4().to_string();
         match self.router.outgoing(&row, &checked, now, &id, now) {
-            Outgoing::Local(job) => {
+            Outgoing::Local(mut job) => {
+                job.scheduled = false;
                 let stopping = || Error::Routine {
                     routine: name.to_owned(),
                     reason: "the beat is stopping".into(),

@@ -207,6 +207,7 @@ impl Router {
                     attempt: 0,
                     kwargs: Value::Object(checked.kwargs.clone()),
                 },
+                scheduled: true,
             }),
             Some(options) => Outgoing::Celery(celery::message::build(
                 &row.task,

@@ -26,6 +26,9 @@ const QUEUE_PER_WORKER: usize = 64;
 #[derive(Debug, Clone)]
 pub(crate) struct Job {
     pub(crate) ctx: TaskContext,
+    /// A scheduled run holds its routine's in-flight mark; an on-demand run
+    /// does not.
+    pub(crate) scheduled: bool,
 }
 
 /// Counters of what the pool has done, for logs, tests and benchmarks.
@@ -58,6 +61,13 @@ impl InFlight {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .contains(id)
+    }
+
+    /// `job` has ended for good.
+    pub(crate) fn end(&self, job: &Job) {
+        if job.scheduled {
+            self.release(&job.ctx.routine_id);
+        }
     }
 
     /// The run of `id` has ended.
@@ -242,7 +252,7 @@ impl Worker {
                     job.ctx.routine,
                     job.ctx.scheduled_at
                 );
-                self.in_flight.release(&job.ctx.routine_id);
+                self.in_flight.end(&job);
                 continue;
             }
             self.execute(job, &mut runtime);
@@ -284,7 +294,7 @@ impl Worker {
             Ok(()) => {
                 log::debug!("routine {}: task {} succeeded", ctx.routine, ctx.task);
                 // Released before counted: whoever sees the count may fire again.
-                self.in_flight.release(&ctx.routine_id);
+                self.in_flight.end(&job);
                 self.counters.succeeded.fetch_add(1, Ordering::Relaxed);
             }
             Err(reason) => self.failed(job, reason),
@@ -303,7 +313,7 @@ impl Worker {
                 ctx.attempt + 1,
                 self.retry.max_retries + 1
             );
-            self.in_flight.release(&ctx.routine_id);
+            self.in_flight.end(&job);
             return;
         }
         log::warn!(
@@ -315,14 +325,9 @@ impl Worker {
             self.retry.delay
         );
         job.ctx.attempt += 1;
-        let id = job.ctx.routine_id.clone();
-        if self
-            .retries
-            .send((Instant::now() + self.retry.delay, job))
-            .is_err()
-        {
+        if let Err(e) = self.retries.send((Instant::now() + self.retry.delay, job)) {
             // The timer is gone: the beat is stopping.
-            self.in_flight.release(&id);
+            self.in_flight.end(&e.into_inner().1);
         }
     }
 }
@@ -400,9 +405,8 @@ fn retry_timer(
                 break;
             };
             // The routine stayed in flight during the wait.
-            let id = job.ctx.routine_id.clone();
-            if jobs.send(job).is_err() {
-                in_flight.release(&id);
+            if let Err(e) = jobs.send(job) {
+                in_flight.end(&e.into_inner());
                 return;
             }
         }
@@ -414,6 +418,6 @@ fn retry_timer(
             job.ctx.attempt,
             job.ctx.scheduled_at
         );
-        in_flight.release(&job.ctx.routine_id);
+        in_flight.end(&job);
     }
 }

@@ -83,6 +83,23 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqliteSetup 
     }
 }
 
+/// r2d2 reports each failed connection attempt here. The scheduler logs
+/// outages once per change of state; this only leaves a debug trace, with
+/// the password masked.
+#[derive(Debug)]
+struct QuietErrors {
+    url: String,
+}
+
+impl r2d2::HandleError<diesel::r2d2::Error> for QuietErrors {
+    fn handle_error(&self, error: diesel::r2d2::Error) {
+        log::debug!(
+            "database connection attempt failed: {}",
+            redact_message(&error.to_string(), &self.url)
+        );
+    }
+}
+
 pub(super) fn open(backend: Backend, target: &str, url: &str) -> Result<Pools, StoreError> {
     let connect_error = |e: r2d2::Error| StoreError::Connect {
         url: redact_url(url),
@@ -94,6 +111,9 @@ pub(super) fn open(backend: Backend, target: &str, url: &str) -> Result<Pools, S
                 .max_size(4)
                 .min_idle(Some(1))
                 .connection_timeout(CHECKOUT_TIMEOUT)
+                .error_handler(Box::new(QuietErrors {
+                    url: url.to_owned(),
+                }))
                 .build(ConnectionManager::<PgConnection>::new(target))
                 .map_err(connect_error)?;
             Ok(Pools::Postgres(pool))
@@ -104,6 +124,9 @@ pub(super) fn open(backend: Backend, target: &str, url: &str) -> Result<Pools, S
                 .min_idle(Some(1))
                 .connection_timeout(CHECKOUT_TIMEOUT)
                 .connection_customizer(Box::new(SqliteSetup))
+                .error_handler(Box::new(QuietErrors {
+                    url: url.to_owned(),
+                }))
                 .build(ConnectionManager::<SqliteConnection>::new(target))
                 .map_err(connect_error)?;
             Ok(Pools::Sqlite(pool))
