@@ -19,6 +19,15 @@ fn kit_ddl(kind: Kind) -> &'static str {
              CREATE INDEX ix_routines_last_run_at ON routines (last_run_at);
              CREATE INDEX ix_routines_name ON routines (name);"
         }
+        // MariaDB 10.7+ has the UUID type SQLAlchemy names (MySQL 8 has not).
+        Kind::Mysql => {
+            "CREATE TABLE routines (
+                id UUID NOT NULL, name VARCHAR(50) NOT NULL, task VARCHAR(50) NOT NULL,
+                schedule JSON NOT NULL, last_run_at DATETIME, total_run_count INTEGER,
+                active BOOL NOT NULL, kwargs JSON, options JSON, PRIMARY KEY (id));
+             CREATE INDEX ix_routines_last_run_at ON routines (last_run_at);
+             CREATE INDEX ix_routines_name ON routines (name);"
+        }
         Kind::Sqlite => {
             "CREATE TABLE routines (
                 id CHAR(32) NOT NULL, name VARCHAR(50) NOT NULL, task VARCHAR(50) NOT NULL,
@@ -33,9 +42,10 @@ fn kit_ddl(kind: Kind) -> &'static str {
 /// A row as the kit's `merge_inplace` inserts it (SQLAlchemy's statement).
 fn kit_insert(kind: Kind, name: &str, schedule: &str) -> String {
     let id = uuid::Uuid::new_v4();
+    // SQLAlchemy binds a uuid natively on PostgreSQL, as 32 hex digits elsewhere.
     let id = match kind {
         Kind::Postgres => id.to_string(),
-        Kind::Sqlite => id.simple().to_string(),
+        Kind::Sqlite | Kind::Mysql => id.simple().to_string(),
     };
     format!(
         "INSERT INTO routines (id, name, task, schedule, last_run_at, total_run_count, active, kwargs, options) \
@@ -175,7 +185,11 @@ fn bad_urls_are_clear_errors_that_hide_the_password() {
         ),
         (
             "oracle://scott:hunter2@db/app",
-            "expected postgres://, sqlite:// or a file path",
+            "expected postgres://, mysql://, sqlite:// or a file path",
+        ),
+        (
+            "mysql://app:hunter2@127.0.0.1:1/app",
+            "cannot connect to mysql://app:***@127.0.0.1:1/app",
         ),
         ("sqlite://:memory:", "SQLite needs a file"),
     ] {

@@ -4,7 +4,8 @@
 //! The store knows rows, not schedules: the scheduler hands it closures that
 //! decide each row's fate, and the store runs them inside the transaction
 //! that holds the rows' locks. Concurrency safety comes from the database:
-//! `FOR UPDATE SKIP LOCKED` on PostgreSQL, `BEGIN IMMEDIATE` on SQLite.
+//! `FOR UPDATE SKIP LOCKED` on PostgreSQL and MySQL/MariaDB, `BEGIN
+//! IMMEDIATE` on SQLite.
 
 mod models;
 mod pool;
@@ -100,6 +101,17 @@ impl WriteTransaction for PgConnection {
     }
 }
 
+#[cfg(feature = "mysql")]
+impl WriteTransaction for diesel::mysql::MysqlConnection {
+    fn write_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut Self) -> Result<T, E>,
+        E: From<diesel::result::Error>,
+    {
+        self.transaction(f)
+    }
+}
+
 impl WriteTransaction for SqliteConnection {
     fn write_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
     where
@@ -138,6 +150,12 @@ macro_rules! with_conn {
                 let $sql = &$store.sql;
                 $body
             }
+            #[cfg(feature = "mysql")]
+            Pools::Mysql(pool) => {
+                let $conn = &mut *pool.get().map_err(StoreError::checkout)?;
+                let $sql = &$store.sql;
+                $body
+            }
         }
     };
 }
@@ -166,6 +184,8 @@ impl RoutineStore {
         let sql = match backend {
             Backend::Postgres => sql::postgres(),
             Backend::Sqlite => sql::sqlite(),
+            #[cfg(feature = "mysql")]
+            Backend::Mysql => sql::mysql(),
         };
         Ok(RoutineStore {
             backend,
@@ -261,7 +281,7 @@ impl RoutineStore {
         let names_json = serde_json::Value::from(names).to_string();
         with_conn!(self, |conn, sql| {
             conn.write_transaction(|conn| {
-                let existing: Vec<NameRow> = diesel::sql_query(sql.existing_names)
+                let existing: Vec<NameRow> = diesel::sql_query(&sql.existing_names)
                     .bind::<Text, _>(&names_json)
                     .load(conn)?;
                 let existing: std::collections::HashSet<String> =
@@ -279,7 +299,7 @@ impl RoutineStore {
                         .execute(conn)?;
                     inserted.push(routine.name.clone());
                 }
-                let deleted = diesel::sql_query(sql.delete_undeclared)
+                let deleted = diesel::sql_query(&sql.delete_undeclared)
                     .bind::<Text, _>(&names_json)
                     .execute(conn)?;
                 Ok((inserted, deleted))
@@ -368,8 +388,8 @@ impl RoutineStore {
                         .load(conn)?,
                     Some(tasks) => diesel::sql_query(&sql.lock_due_of_tasks)
                         .bind::<Text, _>(&now)
-                        .bind::<BigInt, _>(limit)
                         .bind::<Text, _>(tasks)
+                        .bind::<BigInt, _>(limit)
                         .load(conn)?,
                 };
                 let (plans, value) = fire(rows).map_err(TxError::Caller)?;

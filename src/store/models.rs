@@ -82,20 +82,22 @@ pub struct NewRoutine {
 }
 
 /// The beat's verdict on one row it has planned or fired, written back in
-/// one statement per batch.
+/// one statement per batch. `None`s are left out of the JSON (every backend
+/// reads a missing key as NULL; not every one reads JSON null so).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Plan {
     /// The row's id (text).
     pub id: String,
     /// New `last_run_at` when it fired; `None` keeps the old value.
-    #[serde(serialize_with = "timestamp")]
+    #[serde(serialize_with = "timestamp", skip_serializing_if = "Option::is_none")]
     pub last_run_at: Option<DateTime<Utc>>,
     /// 1 if it fired (adds to `total_run_count`), else 0.
     pub fired: i32,
     /// The new `next_run_at`; `None` takes the row out of the schedule.
-    #[serde(serialize_with = "timestamp")]
+    #[serde(serialize_with = "timestamp", skip_serializing_if = "Option::is_none")]
     pub next_run_at: Option<DateTime<Utc>>,
     /// The new `last_error`; `None` clears it.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
 }
 

@@ -5,7 +5,7 @@ use super::StoreError;
 use crate::config::{redact_message, redact_url};
 use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;
-use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, ManageConnection, Pool};
 use diesel::sqlite::SqliteConnection;
 use diesel::RunQueryDsl;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
@@ -13,6 +13,8 @@ use std::time::Duration;
 
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+#[cfg(feature = "mysql")]
+const MYSQL_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/mysql");
 
 /// How long a query waits for a pooled connection (and so how soon an
 /// outage is reported).
@@ -30,11 +32,16 @@ pub enum Backend {
     Postgres,
     /// `sqlite://path`, `sqlite:path` or a plain file path.
     Sqlite,
+    /// `mysql://` or `mariadb://` (MySQL 8, MariaDB 10.6 or later).
+    #[cfg(feature = "mysql")]
+    Mysql,
 }
 
 pub(super) enum Pools {
     Postgres(Pool<ConnectionManager<PgConnection>>),
     Sqlite(Pool<ConnectionManager<SqliteConnection>>),
+    #[cfg(feature = "mysql")]
+    Mysql(Pool<ConnectionManager<diesel::mysql::MysqlConnection>>),
 }
 
 /// Reads `scheduler_db_uri`: the backend, and what to hand to it.
@@ -44,8 +51,14 @@ pub(super) fn parse_url(url: &str) -> Result<(Backend, String), StoreError> {
         return Ok((Backend::Postgres, url.to_owned()));
     }
     if lower.starts_with("mysql://") || lower.starts_with("mariadb://") {
+        #[cfg(feature = "mysql")]
+        return Ok((
+            Backend::Mysql,
+            format!("mysql://{}", &url[url.find("://").unwrap_or(0) + 3..]),
+        ));
+        #[cfg(not(feature = "mysql"))]
         return Err(StoreError::UnsupportedUrl(format!(
-            "{}: MySQL/MariaDB is not supported yet",
+            "{}: this build has no MySQL/MariaDB support (the `mysql` feature)",
             redact_url(url)
         )));
     }
@@ -54,7 +67,7 @@ pub(super) fn parse_url(url: &str) -> Result<(Backend, String), StoreError> {
         rest.strip_prefix("//").unwrap_or(rest)
     } else if url.contains("://") {
         return Err(StoreError::UnsupportedUrl(format!(
-            "{}: expected postgres://, sqlite:// or a file path",
+            "{}: expected postgres://, mysql://, sqlite:// or a file path",
             redact_url(url)
         )));
     } else {
@@ -100,38 +113,71 @@ impl r2d2::HandleError<diesel::r2d2::Error> for QuietErrors {
     }
 }
 
+/// Sets up every MySQL connection: READ COMMITTED, so that locking reads
+/// take no gap locks (two beats claiming side by side would otherwise
+/// deadlock), and UTC for anything the server itself timestamps.
+#[cfg(feature = "mysql")]
+#[derive(Debug)]
+struct MysqlSetup;
+
+#[cfg(feature = "mysql")]
+impl CustomizeConnection<diesel::mysql::MysqlConnection, diesel::r2d2::Error> for MysqlSetup {
+    fn on_acquire(
+        &self,
+        conn: &mut diesel::mysql::MysqlConnection,
+    ) -> Result<(), diesel::r2d2::Error> {
+        conn.batch_execute(
+            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED; SET time_zone = '+00:00';",
+        )
+        .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
 pub(super) fn open(backend: Backend, target: &str, url: &str) -> Result<Pools, StoreError> {
-    let connect_error = |e: r2d2::Error| StoreError::Connect {
+    Ok(match backend {
+        Backend::Postgres => Pools::Postgres(pool::<PgConnection>(target, url, None)?),
+        Backend::Sqlite => Pools::Sqlite(pool(target, url, Some(Box::new(SqliteSetup)))?),
+        #[cfg(feature = "mysql")]
+        Backend::Mysql => Pools::Mysql(pool(target, url, Some(Box::new(MysqlSetup)))?),
+    })
+}
+
+/// A pool of connections to `target`. One connection is made first, so
+/// that a database that is down or refuses us fails the start at once, in
+/// the driver's own words (a pool would only time out).
+fn pool<C>(
+    target: &str,
+    url: &str,
+    setup: Option<Box<dyn CustomizeConnection<C, diesel::r2d2::Error>>>,
+) -> Result<Pool<ConnectionManager<C>>, StoreError>
+where
+    C: diesel::r2d2::R2D2Connection + 'static,
+{
+    let manager = ConnectionManager::<C>::new(target);
+    let mut first = manager.connect().map_err(|e| StoreError::Connect {
         url: redact_url(url),
         reason: redact_message(&e.to_string(), url),
-    };
-    match backend {
-        Backend::Postgres => {
-            let pool = Pool::builder()
-                .max_size(4)
-                .min_idle(Some(1))
-                .connection_timeout(CHECKOUT_TIMEOUT)
-                .error_handler(Box::new(QuietErrors {
-                    url: url.to_owned(),
-                }))
-                .build(ConnectionManager::<PgConnection>::new(target))
-                .map_err(connect_error)?;
-            Ok(Pools::Postgres(pool))
-        }
-        Backend::Sqlite => {
-            let pool = Pool::builder()
-                .max_size(4)
-                .min_idle(Some(1))
-                .connection_timeout(CHECKOUT_TIMEOUT)
-                .connection_customizer(Box::new(SqliteSetup))
-                .error_handler(Box::new(QuietErrors {
-                    url: url.to_owned(),
-                }))
-                .build(ConnectionManager::<SqliteConnection>::new(target))
-                .map_err(connect_error)?;
-            Ok(Pools::Sqlite(pool))
-        }
+    })?;
+    if let Some(setup) = &setup {
+        setup
+            .on_acquire(&mut first)
+            .map_err(|e| StoreError::Connect {
+                url: redact_url(url),
+                reason: redact_message(&e.to_string(), url),
+            })?;
     }
+    drop(first);
+    let mut builder = Pool::builder()
+        .max_size(4)
+        .min_idle(Some(1))
+        .connection_timeout(CHECKOUT_TIMEOUT)
+        .error_handler(Box::new(QuietErrors {
+            url: url.to_owned(),
+        }));
+    if let Some(setup) = setup {
+        builder = builder.connection_customizer(setup);
+    }
+    Ok(builder.build_unchecked(manager))
 }
 
 pub(super) fn migrate(pools: &Pools) -> Result<(), StoreError> {
@@ -156,6 +202,21 @@ pub(super) fn migrate(pools: &Pools) -> Result<(), StoreError> {
             conn.run_pending_migrations(SQLITE_MIGRATIONS)
                 .map(drop)
                 .map_err(failed)
+        }
+        #[cfg(feature = "mysql")]
+        Pools::Mysql(pool) => {
+            let conn = &mut *pool.get().map_err(StoreError::checkout)?;
+            diesel::sql_query("SELECT GET_LOCK('celery_diesel_kit_migrations', 60)")
+                .execute(conn)
+                .map_err(|e| StoreError::query("migration lock", e))?;
+            let result = conn
+                .run_pending_migrations(MYSQL_MIGRATIONS)
+                .map(drop)
+                .map_err(failed);
+            diesel::sql_query("SELECT RELEASE_LOCK('celery_diesel_kit_migrations')")
+                .execute(conn)
+                .map_err(|e| StoreError::query("migration unlock", e))?;
+            result
         }
     }
 }

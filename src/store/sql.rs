@@ -18,11 +18,11 @@ pub(super) struct Sql {
     /// One routine by name: `$1` name.
     pub by_name: String,
     /// Which of the names in the JSON array `$1` exist.
-    pub existing_names: &'static str,
+    pub existing_names: String,
     /// Inserts a routine, unplanned: `$1` id … `$7` active.
     pub insert: &'static str,
     /// Deletes every routine whose name is not in the JSON array `$1`.
-    pub delete_undeclared: &'static str,
+    pub delete_undeclared: String,
     /// Marks rows with an error for another look (a redeploy may fix them).
     pub recheck_failed: &'static str,
     /// Marks active rows that lost their next run without being edited.
@@ -32,7 +32,8 @@ pub(super) struct Sql {
     /// Locks up to `$2` rows due at `$1`, earliest first, skipping rows
     /// another beat holds.
     pub lock_due: String,
-    /// As `lock_due`, for rows whose task is in the JSON array `$3`.
+    /// As `lock_due`, for rows whose task is in the JSON array `$2`, at
+    /// most `$3` of them.
     pub lock_due_of_tasks: String,
     /// Writes the plans in the JSON array `$1` to edited rows.
     pub write_planned: &'static str,
@@ -47,12 +48,14 @@ pub(super) fn postgres() -> Sql {
         all: format!("SELECT {PG_COLUMNS} FROM routines ORDER BY name, id"),
         by_name: format!("SELECT {PG_COLUMNS} FROM routines WHERE name = $1 ORDER BY id LIMIT 1"),
         existing_names: "SELECT name::text AS name FROM routines \
-            WHERE name IN (SELECT json_array_elements_text($1::json))",
+            WHERE name IN (SELECT json_array_elements_text($1::json))"
+            .into(),
         insert: "INSERT INTO routines \
             (id, name, task, schedule, kwargs, options, active, total_run_count, needs_sync) \
             VALUES ($1::uuid, $2, $3, $4::json, $5::json, $6::json, $7, 0, true)",
         delete_undeclared: "DELETE FROM routines \
-            WHERE name NOT IN (SELECT json_array_elements_text($1::json))",
+            WHERE name NOT IN (SELECT json_array_elements_text($1::json))"
+            .into(),
         recheck_failed: "UPDATE routines SET needs_sync = true \
             WHERE last_error IS NOT NULL AND NOT needs_sync",
         recheck_unplanned: "UPDATE routines SET needs_sync = true \
@@ -69,8 +72,8 @@ pub(super) fn postgres() -> Sql {
         lock_due_of_tasks: format!(
             "SELECT {PG_COLUMNS} FROM routines \
              WHERE active AND NOT needs_sync AND next_run_at <= $1::timestamp \
-               AND task IN (SELECT json_array_elements_text($3::json)) \
-             ORDER BY next_run_at LIMIT $2 FOR UPDATE SKIP LOCKED"
+               AND task IN (SELECT json_array_elements_text($2::json)) \
+             ORDER BY next_run_at LIMIT $3 FOR UPDATE SKIP LOCKED"
         ),
         write_planned: "UPDATE routines AS r SET \
             next_run_at = v.next_run_at, needs_sync = false, last_error = v.last_error \
@@ -100,12 +103,14 @@ pub(super) fn sqlite() -> Sql {
             "SELECT {SQLITE_COLUMNS} FROM routines WHERE name = ? ORDER BY id LIMIT 1"
         ),
         existing_names: "SELECT name FROM routines \
-            WHERE name IN (SELECT value FROM json_each(?))",
+            WHERE name IN (SELECT value FROM json_each(?))"
+            .into(),
         insert: "INSERT INTO routines \
             (id, name, task, schedule, kwargs, options, active, total_run_count, needs_sync) \
             VALUES (?, ?, ?, ?, ?, ?, ?, 0, 1)",
         delete_undeclared: "DELETE FROM routines \
-            WHERE name NOT IN (SELECT value FROM json_each(?))",
+            WHERE name NOT IN (SELECT value FROM json_each(?))"
+            .into(),
         recheck_failed: "UPDATE routines SET needs_sync = 1 \
             WHERE last_error IS NOT NULL AND NOT needs_sync",
         recheck_unplanned: "UPDATE routines SET needs_sync = 1 \
@@ -118,9 +123,9 @@ pub(super) fn sqlite() -> Sql {
         ),
         lock_due_of_tasks: format!(
             "SELECT {SQLITE_COLUMNS} FROM routines \
-             WHERE active AND NOT needs_sync AND next_run_at <= ?1 \
-               AND task IN (SELECT value FROM json_each(?3)) \
-             ORDER BY next_run_at LIMIT ?2"
+             WHERE active AND NOT needs_sync AND next_run_at <= ? \
+               AND task IN (SELECT value FROM json_each(?)) \
+             ORDER BY next_run_at LIMIT ?"
         ),
         write_planned: "UPDATE routines SET \
             next_run_at = v.next_run_at, needs_sync = 0, last_error = v.last_error \
@@ -137,6 +142,63 @@ pub(super) fn sqlite() -> Sql {
             WHERE routines.id = v.id",
         earliest_due: "SELECT next_run_at AS at FROM routines \
             WHERE active AND NOT needs_sync AND next_run_at IS NOT NULL \
+            ORDER BY next_run_at LIMIT 1",
+    }
+}
+
+#[cfg(feature = "mysql")]
+const MYSQL_COLUMNS: &str = "CAST(id AS CHAR) AS id, name, task, \
+    CAST(schedule AS CHAR) AS schedule, CAST(kwargs AS CHAR) AS kwargs, \
+    CAST(options AS CHAR) AS options, active, last_run_at, total_run_count, next_run_at, \
+    needs_sync, last_error";
+
+/// JSON arrays become rows through `JSON_TABLE` (MySQL 8, MariaDB 10.6).
+/// Locking reads use `SKIP LOCKED` (the same versions). Flags are compared
+/// with `= 1` / `= 0` so that the composite indexes serve.
+#[cfg(feature = "mysql")]
+pub(super) fn mysql() -> Sql {
+    const NAMES: &str =
+        "SELECT v FROM JSON_TABLE(?, '$[*]' COLUMNS (v VARCHAR(255) PATH '$')) AS t";
+    Sql {
+        all: format!("SELECT {MYSQL_COLUMNS} FROM routines ORDER BY name, id"),
+        by_name: format!("SELECT {MYSQL_COLUMNS} FROM routines WHERE name = ? ORDER BY id LIMIT 1"),
+        existing_names: format!("SELECT name FROM routines WHERE name IN ({NAMES})"),
+        insert: "INSERT INTO routines \
+            (id, name, task, schedule, kwargs, options, active, total_run_count, needs_sync) \
+            VALUES (REPLACE(?, '-', ''), ?, ?, ?, ?, ?, ?, 0, 1)",
+        delete_undeclared: format!("DELETE FROM routines WHERE name NOT IN ({NAMES})"),
+        recheck_failed: "UPDATE routines SET needs_sync = 1 \
+            WHERE last_error IS NOT NULL AND needs_sync = 0",
+        recheck_unplanned: "UPDATE routines SET needs_sync = 1 \
+            WHERE active = 1 AND next_run_at IS NULL AND last_error IS NULL AND needs_sync = 0",
+        lock_edited: format!(
+            "SELECT {MYSQL_COLUMNS} FROM routines WHERE needs_sync = 1 \
+             LIMIT ? FOR UPDATE SKIP LOCKED"
+        ),
+        lock_due: format!(
+            "SELECT {MYSQL_COLUMNS} FROM routines \
+             WHERE active = 1 AND needs_sync = 0 AND next_run_at <= ? \
+             ORDER BY next_run_at LIMIT ? FOR UPDATE SKIP LOCKED"
+        ),
+        lock_due_of_tasks: format!(
+            "SELECT {MYSQL_COLUMNS} FROM routines \
+             WHERE active = 1 AND needs_sync = 0 AND next_run_at <= ? \
+               AND task IN ({NAMES}) \
+             ORDER BY next_run_at LIMIT ? FOR UPDATE SKIP LOCKED"
+        ),
+        write_planned: "UPDATE routines AS r JOIN JSON_TABLE(?, '$[*]' COLUMNS ( \
+                id VARCHAR(64) PATH '$.id', next_run_at VARCHAR(32) PATH '$.next_run_at', \
+                last_error TEXT PATH '$.last_error')) AS v ON r.id = v.id \
+            SET r.next_run_at = v.next_run_at, r.needs_sync = 0, r.last_error = v.last_error",
+        write_fired: "UPDATE routines AS r JOIN JSON_TABLE(?, '$[*]' COLUMNS ( \
+                id VARCHAR(64) PATH '$.id', last_run_at VARCHAR(32) PATH '$.last_run_at', \
+                fired INT PATH '$.fired', next_run_at VARCHAR(32) PATH '$.next_run_at', \
+                last_error TEXT PATH '$.last_error')) AS v ON r.id = v.id \
+            SET r.last_run_at = COALESCE(v.last_run_at, r.last_run_at), \
+                r.total_run_count = COALESCE(r.total_run_count, 0) + v.fired, \
+                r.next_run_at = v.next_run_at, r.last_error = v.last_error",
+        earliest_due: "SELECT next_run_at AS at FROM routines \
+            WHERE active = 1 AND needs_sync = 0 AND next_run_at IS NOT NULL \
             ORDER BY next_run_at LIMIT 1",
     }
 }

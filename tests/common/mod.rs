@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+pub const MYSQL_ADMIN_URL: &str = "mysql://root@127.0.0.1:3306/test";
 
 /// Whether missing services are failures (CI) or skips (a laptop).
 pub fn services_required() -> bool {
@@ -51,6 +52,10 @@ fn postgres_admin_url() -> String {
     std::env::var("CDK_TEST_POSTGRES_URL").unwrap_or_else(|_| POSTGRES_ADMIN_URL.to_owned())
 }
 
+fn mysql_admin_url() -> String {
+    std::env::var("CDK_TEST_MYSQL_URL").unwrap_or_else(|_| MYSQL_ADMIN_URL.to_owned())
+}
+
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 fn unique(test: &str) -> String {
@@ -77,6 +82,7 @@ fn unique(test: &str) -> String {
 pub enum Kind {
     Sqlite,
     Postgres,
+    Mysql,
 }
 
 /// A database of the test's own, dropped at the end.
@@ -126,10 +132,35 @@ impl TestDb {
         })
     }
 
+    /// A fresh MySQL/MariaDB database, or `None` (skipped) without a server.
+    pub fn mysql(test: &str) -> Option<TestDb> {
+        let admin = mysql_admin_url();
+        if !reachable(&admin) {
+            skip(test, &format!("MySQL/MariaDB not reachable at {admin}"));
+            return None;
+        }
+        let name = unique(test);
+        let store = RoutineStore::connect(&admin).expect("connect to the admin database");
+        store
+            .execute(&format!("CREATE DATABASE {name}"))
+            .expect("create test database");
+        let base = admin
+            .rsplit_once('/')
+            .map_or(admin.as_str(), |(base, _)| base);
+        let url = format!("{base}/{name}");
+        Some(TestDb {
+            kind: Kind::Mysql,
+            url,
+            name,
+            dir: None,
+        })
+    }
+
     pub fn of(kind: Kind, test: &str) -> Option<TestDb> {
         match kind {
             Kind::Sqlite => Some(TestDb::sqlite(test)),
             Kind::Postgres => TestDb::postgres(test),
+            Kind::Mysql => TestDb::mysql(test),
         }
     }
 
@@ -159,16 +190,6 @@ impl TestDb {
         store.execute(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 
-    /// SQL for a boolean literal.
-    pub fn bool(&self, value: bool) -> &'static str {
-        match (self.kind, value) {
-            (Kind::Postgres, true) => "true",
-            (Kind::Postgres, false) => "false",
-            (Kind::Sqlite, true) => "1",
-            (Kind::Sqlite, false) => "0",
-        }
-    }
-
     /// SQL for a timestamp literal.
     pub fn timestamp(&self, t: DateTime<Utc>) -> String {
         format!("'{}'", t.naive_utc().format("%Y-%m-%d %H:%M:%S%.6f"))
@@ -186,6 +207,11 @@ impl Drop for TestDb {
                     ));
                 }
             }
+            Kind::Mysql => {
+                if let Ok(store) = RoutineStore::connect(&mysql_admin_url()) {
+                    let _ = store.execute(&format!("DROP DATABASE IF EXISTS {}", self.name));
+                }
+            }
             Kind::Sqlite => {
                 if let Some(dir) = &self.dir {
                     let _ = std::fs::remove_dir_all(dir);
@@ -196,7 +222,7 @@ impl Drop for TestDb {
 }
 
 /// One test per backend from one body: `backend_tests! { fn name(db) { ... } }`
-/// makes `name::sqlite` and `name::postgres`.
+/// makes `name::sqlite`, `name::postgres` and `name::mysql`.
 #[macro_export]
 macro_rules! backend_tests {
     ($(fn $name:ident($db:ident) $body:block)*) => {
@@ -213,6 +239,13 @@ macro_rules! backend_tests {
                 #[test]
                 fn postgres() {
                     if let Some(db) = $crate::common::TestDb::postgres(concat!(stringify!($name), "_pg")) {
+                        body(&db);
+                    }
+                }
+                #[cfg(feature = "mysql")]
+                #[test]
+                fn mysql() {
+                    if let Some(db) = $crate::common::TestDb::mysql(concat!(stringify!($name), "_my")) {
                         body(&db);
                     }
                 }
