@@ -3,7 +3,7 @@
 use crate::celery::{Publisher, Sender as CelerySender};
 use crate::config::Config;
 use crate::error::Error;
-use crate::schedule::{truncated, Schedule};
+use crate::schedule::{truncated, Misfire, Schedule};
 use crate::scheduler::{Clock, Outgoing, Router, Scheduler, Settings, SystemClock, Tick, Totals};
 use crate::shutdown::{self, Shutdown, Trigger};
 use crate::store::{NewRoutine, RoutineStore};
@@ -38,6 +38,7 @@ pub struct Routine {
     name: String,
     task: String,
     schedule: Schedule,
+    misfire: Misfire,
     kwargs: Value,
     options: Value,
     active: bool,
@@ -50,6 +51,7 @@ impl Routine {
             name: name.into(),
             task: task.into(),
             schedule,
+            misfire: Misfire::default(),
             kwargs: Value::Object(Map::new()),
             options: Value::Object(Map::new()),
             active: true,
@@ -65,6 +67,12 @@ impl Routine {
     /// Celery `apply_async` options (a JSON object), stored in `options`.
     pub fn options(mut self, options: Value) -> Self {
         self.options = options;
+        self
+    }
+
+    /// Its own misfire policy and grace time (stored in its schedule JSON).
+    pub fn misfire(mut self, misfire: Misfire) -> Self {
+        self.misfire = misfire;
         self
     }
 
@@ -100,9 +108,10 @@ impl Routine {
             .get("task")
             .and_then(Value::as_str)
             .ok_or_else(|| invalid("\"task\" must be a string".into()))?;
-        let schedule = Schedule::from_json(value.get("schedule").unwrap_or(&Value::Null))
-            .map_err(|e| invalid(e.to_string()))?;
-        let mut routine = Routine::new(name.clone(), task, schedule);
+        let schedule_json = value.get("schedule").unwrap_or(&Value::Null);
+        let schedule = Schedule::from_json(schedule_json).map_err(|e| invalid(e.to_string()))?;
+        let misfire = Misfire::from_json(schedule_json).map_err(|e| invalid(e.to_string()))?;
+        let mut routine = Routine::new(name.clone(), task, schedule).misfire(misfire);
         if let Some(kwargs) = value.get("kwargs") {
             routine.kwargs = kwargs.clone();
         }
@@ -146,7 +155,11 @@ impl Routine {
             id: uuid::Uuid::new_v4(),
             name: self.name.clone(),
             task: self.task.clone(),
-            schedule: self.schedule.to_json().to_string(),
+            schedule: {
+                let mut json = self.schedule.to_json();
+                self.misfire.write_into(&mut json);
+                json.to_string()
+            },
             kwargs: self.kwargs.to_string(),
             options: self.options.to_string(),
             active: self.active,
@@ -337,6 +350,8 @@ impl BeatBuilder {
                 watch_interval: config.scheduler_watch_interval,
                 sync_every: config.scheduler_sync_every,
                 shutdown_timeout: config.shutdown_timeout,
+                misfire_policy: config.scheduler_misfire_policy,
+                misfire_grace_time: config.scheduler_misfire_grace_time,
             },
             last_recheck: None,
             publisher: publisher.map(RefCell::new),
@@ -415,6 +430,7 @@ impl Parts {
         Stats {
             fired: self.totals.fired.load(Ordering::Relaxed),
             skipped: self.totals.skipped.load(Ordering::Relaxed),
+            missed: self.totals.missed.load(Ordering::Relaxed),
             invalid: self.totals.invalid.load(Ordering::Relaxed),
             succeeded: self.counters.succeeded.load(Ordering::Relaxed),
             failed: self.counters.failed.load(Ordering::Relaxed),
@@ -456,6 +472,8 @@ pub struct Stats {
     pub fired: u64,
     /// Due runs skipped because the routine's previous run was still going.
     pub skipped: u64,
+    /// Runs not made under the `skip` misfire policy.
+    pub missed: u64,
     /// Rows found invalid.
     pub invalid: u64,
     /// In-process task attempts that succeeded.

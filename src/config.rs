@@ -2,10 +2,12 @@
 //!
 //! Every key has the name celery-sqlalchemy-kit gives it, and the
 //! environment variable is that name in upper case (`broker_url` is read
-//! from `CELERY_BROKER_URL`, as Celery names it). A file holds `key = value`
+//! from `CELERY_BROKER_URL`, as Celery names it; the retry settings also
+//! from the kit's `DEFAULT_CELERY_MAX_RETRY` and `DEFAULT_CELERY_RETRY_DELAY`). A file holds `key = value`
 //! lines; environment variables override the file, which overrides the
 //! defaults.
 
+use crate::schedule::MisfirePolicy;
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
@@ -93,6 +95,12 @@ pub struct Config {
     pub worker_concurrency: usize,
     /// `shutdown_timeout`: how long a stop waits for running tasks.
     pub shutdown_timeout: Duration,
+    /// `scheduler_misfire_policy`: what to do with a run missed by more than
+    /// the grace time (a routine's schedule JSON may override it).
+    pub scheduler_misfire_policy: MisfirePolicy,
+    /// `scheduler_misfire_grace_time`: how late a run may start before it
+    /// counts as missed.
+    pub scheduler_misfire_grace_time: Duration,
 }
 
 impl Default for Config {
@@ -108,12 +116,14 @@ impl Default for Config {
             broker_url: None,
             worker_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
             shutdown_timeout: Duration::from_secs(30),
+            scheduler_misfire_policy: MisfirePolicy::FireOnce,
+            scheduler_misfire_grace_time: Duration::from_secs(1),
         }
     }
 }
 
 /// Every key, with its environment variable.
-const KEYS: [(&str, &str); 10] = [
+const KEYS: [(&str, &str); 12] = [
     ("scheduler_db_uri", "SCHEDULER_DB_URI"),
     ("scheduler_max_interval", "SCHEDULER_MAX_INTERVAL"),
     ("scheduler_sync_every", "SCHEDULER_SYNC_EVERY"),
@@ -124,6 +134,11 @@ const KEYS: [(&str, &str); 10] = [
     ("broker_url", "CELERY_BROKER_URL"),
     ("worker_concurrency", "WORKER_CONCURRENCY"),
     ("shutdown_timeout", "SHUTDOWN_TIMEOUT"),
+    ("scheduler_misfire_policy", "SCHEDULER_MISFIRE_POLICY"),
+    (
+        "scheduler_misfire_grace_time",
+        "SCHEDULER_MISFIRE_GRACE_TIME",
+    ),
 ];
 
 impl Config {
@@ -172,7 +187,14 @@ impl Config {
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<(), ConfigError> {
         for (key, var) in KEYS {
-            if let Some(value) = lookup(var).filter(|v| !v.trim().is_empty()) {
+            // The kit reads its retry settings from DEFAULT_-prefixed names.
+            let value = lookup(var).or_else(|| {
+                ["CELERY_MAX_RETRY", "CELERY_RETRY_DELAY"]
+                    .contains(&var)
+                    .then(|| lookup(&format!("DEFAULT_{var}")))
+                    .flatten()
+            });
+            if let Some(value) = value.filter(|v| !v.trim().is_empty()) {
                 self.set(key, value.trim())?;
             }
         }
@@ -219,6 +241,17 @@ impl Config {
             "shutdown_timeout" => {
                 self.shutdown_timeout = non_negative_seconds("shutdown_timeout", value)?
             }
+            "scheduler_misfire_policy" => {
+                self.scheduler_misfire_policy = value.parse().map_err(|_| ConfigError::Invalid {
+                    key: "scheduler_misfire_policy",
+                    value: value.to_owned(),
+                    reason: "expected fire_once or skip",
+                })?
+            }
+            "scheduler_misfire_grace_time" => {
+                self.scheduler_misfire_grace_time =
+                    non_negative_seconds("scheduler_misfire_grace_time", value)?
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -238,6 +271,11 @@ impl fmt::Debug for Config {
             .field("broker_url", &self.broker_url.as_deref().map(redact_url))
             .field("worker_concurrency", &self.worker_concurrency)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("scheduler_misfire_policy", &self.scheduler_misfire_policy)
+            .field(
+                "scheduler_misfire_grace_time",
+                &self.scheduler_misfire_grace_time,
+            )
             .finish()
     }
 }
@@ -399,6 +437,8 @@ mod tests {
             ("CELERY_BROKER_URL", "redis://localhost:6379/3"),
             ("WORKER_CONCURRENCY", "5"),
             ("SHUTDOWN_TIMEOUT", "9"),
+            ("SCHEDULER_MISFIRE_POLICY", "skip"),
+            ("SCHEDULER_MISFIRE_GRACE_TIME", "2.5"),
         ]))
         .unwrap();
         assert_eq!(c.scheduler_db_uri, "postgres://u:p@h/db");
@@ -411,6 +451,28 @@ mod tests {
         assert_eq!(c.broker_url.as_deref(), Some("redis://localhost:6379/3"));
         assert_eq!(c.worker_concurrency, 5);
         assert_eq!(c.shutdown_timeout, Duration::from_secs(9));
+        assert_eq!(c.scheduler_misfire_policy, MisfirePolicy::Skip);
+        assert_eq!(c.scheduler_misfire_grace_time, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn the_kits_default_prefixed_retry_variables_are_read_too() {
+        let mut c = Config::default();
+        c.apply_env(env(&[
+            ("DEFAULT_CELERY_MAX_RETRY", "9"),
+            ("DEFAULT_CELERY_RETRY_DELAY", "7"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (c.celery_max_retry, c.celery_retry_delay),
+            (9, Duration::from_secs(7))
+        );
+        c.apply_env(env(&[
+            ("CELERY_MAX_RETRY", "1"),
+            ("DEFAULT_CELERY_MAX_RETRY", "9"),
+        ]))
+        .unwrap();
+        assert_eq!(c.celery_max_retry, 1, "the documented name wins");
     }
 
     #[test]
@@ -423,6 +485,11 @@ mod tests {
             ("CELERY_RETRY_DELAY", "NaN", "celery_retry_delay"),
             ("CREATE_TABLE", "maybe", "create_table"),
             ("WORKER_CONCURRENCY", "0", "worker_concurrency"),
+            (
+                "SCHEDULER_MISFIRE_POLICY",
+                "never",
+                "scheduler_misfire_policy",
+            ),
         ] {
             let err = Config::default()
                 .apply_env(env(&[(var, value)]))

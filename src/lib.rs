@@ -27,9 +27,11 @@ mod task;
 mod worker;
 
 pub use beat::{Beat, BeatBuilder, BeatHandle, ManualBeat, Routine, Stats, StopReport};
+pub use celery::message::task_id;
+pub use celery::BrokerError;
 pub use config::{redact_url, Config};
 pub use error::Error;
-pub use schedule::{Schedule, ScheduleError};
+pub use schedule::{Misfire, MisfirePolicy, Schedule, ScheduleError};
 pub use scheduler::{Clock, SystemClock, Tick};
 pub use store::{RoutineRow, RoutineStore};
 pub use task::{AsyncTask, SyncTask, TaskContext, TaskError, TaskResult};

@@ -18,7 +18,7 @@
 
 use crate::celery::{self, Message, Publisher, SendOptions, Sender as CelerySender};
 use crate::error::Error;
-use crate::schedule::Schedule;
+use crate::schedule::{Misfire, MisfirePolicy, Schedule, ScheduleError};
 use crate::shutdown::Shutdown;
 use crate::store::{Plan, RoutineRow, RoutineStore};
 use crate::task::{TaskContext, TaskRegistry};
@@ -36,8 +36,10 @@ const PLAN_BATCH: usize = 500;
 const CLAIM_BATCH: usize = 1000;
 /// Claim transactions per pass, so that edits are looked at between bursts.
 const CLAIMS_PER_TICK: usize = 20;
-/// Back-off after a failed pass: doubles from the first to the last.
-const BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(30));
+/// Back-off after a failed pass (and for the broker): doubles from the
+/// first to the last. The cap is short because a failing pass already
+/// waits up to the pool's checkout timeout (5 s) before it fails.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(5));
 
 /// The source of "now". Inject one to test schedule logic without sleeping.
 pub trait Clock: Send + Sync + 'static {
@@ -65,6 +67,9 @@ pub struct Tick {
     /// Due routines not queued because their previous run was still queued
     /// or running.
     pub skipped: usize,
+    /// Runs not made because they were missed by more than the misfire
+    /// grace time under the `skip` policy.
+    pub missed: usize,
     /// Rows found invalid (recorded in their `last_error`).
     pub invalid: usize,
     /// Claimed runs dropped because the beat stopped with every worker busy.
@@ -80,6 +85,7 @@ pub struct Tick {
 pub(crate) struct Totals {
     pub(crate) fired: AtomicU64,
     pub(crate) skipped: AtomicU64,
+    pub(crate) missed: AtomicU64,
     pub(crate) invalid: AtomicU64,
 }
 
@@ -91,6 +97,8 @@ pub(crate) struct Settings {
     pub(crate) sync_every: Duration,
     /// How long a stopping scheduler waits to hand over claimed runs.
     pub(crate) shutdown_timeout: Duration,
+    pub(crate) misfire_policy: MisfirePolicy,
+    pub(crate) misfire_grace_time: Duration,
 }
 
 pub(crate) struct Scheduler {
@@ -124,6 +132,8 @@ enum Fate {
     Sent(Message),
     /// Its previous run is still going.
     Skip,
+    /// Missed by more than its grace time, under the skip policy.
+    Missed,
     /// The row is invalid.
     Invalid,
 }
@@ -131,6 +141,7 @@ enum Fate {
 /// A row found runnable, with what its run needs.
 pub(crate) struct Checked {
     schedule: Schedule,
+    misfire: Misfire,
     kwargs: Map<String, Value>,
     /// Celery options, for a task sent to the broker.
     send: Option<SendOptions>,
@@ -158,13 +169,17 @@ impl Router {
     /// options, and a way to run its task. Also returns option keys that
     /// will be ignored.
     pub(crate) fn check(&self, row: &RoutineRow) -> Result<(Checked, Vec<String>), String> {
-        let schedule = Schedule::parse(&row.schedule).map_err(|e| e.to_string())?;
+        let json: Value = serde_json::from_str(&row.schedule)
+            .map_err(|e| ScheduleError::NotJson(e.to_string()).to_string())?;
+        let schedule = Schedule::from_json(&json).map_err(|e| e.to_string())?;
+        let misfire = Misfire::from_json(&json).map_err(|e| e.to_string())?;
         let kwargs = json_object("kwargs", row.kwargs.as_deref())?;
         let options = json_object("options", row.options.as_deref())?;
         if self.registry.contains(&row.task) {
             return Ok((
                 Checked {
                     schedule,
+                    misfire,
                     kwargs,
                     send: None,
                 },
@@ -181,6 +196,7 @@ impl Router {
         Ok((
             Checked {
                 schedule,
+                misfire,
                 kwargs,
                 send: Some(send),
             },
@@ -299,6 +315,7 @@ impl Scheduler {
                     }
                     Fate::Sent(_) => tick.fired += 1,
                     Fate::Skip => tick.skipped += 1,
+                    Fate::Missed => tick.missed += 1,
                     Fate::Invalid => tick.invalid += 1,
                 }
             }
@@ -313,6 +330,9 @@ impl Scheduler {
         self.totals
             .skipped
             .fetch_add(tick.skipped as u64, Ordering::Relaxed);
+        self.totals
+            .missed
+            .fetch_add(tick.missed as u64, Ordering::Relaxed);
         self.totals
             .invalid
             .fetch_add(tick.invalid as u64, Ordering::Relaxed);
@@ -480,6 +500,25 @@ impl Scheduler {
             .next_after(due)
             .is_some_and(|next| next > now);
         plan.next_run_at = checked.schedule.next_after_catching_up(due, now);
+        let next = plan
+            .next_run_at
+            .map_or("never".to_owned(), |t| t.to_string());
+        let policy = checked
+            .misfire
+            .policy
+            .unwrap_or(self.settings.misfire_policy);
+        let grace = checked
+            .misfire
+            .grace_time
+            .unwrap_or(self.settings.misfire_grace_time);
+        let late = (now - due).to_std().unwrap_or_default();
+        if late > grace && policy == MisfirePolicy::Skip {
+            log::warn!(
+                "routine {}: skipped the run due {due}, {late:.1?} late (misfire grace time {grace:?}, policy skip); next at {next}",
+                row.name
+            );
+            return (plan, Fate::Missed);
+        }
         if plan.next_run_at.is_none() {
             log::warn!(
                 "routine {}: schedule has no run after {now}; this was its last",
@@ -488,10 +527,8 @@ impl Scheduler {
         }
         if !on_time {
             log::warn!(
-                "routine {}: was due at {due}, missed later due times; firing once now, next at {}",
-                row.name,
-                plan.next_run_at
-                    .map_or("never".to_owned(), |t| t.to_string())
+                "routine {}: was due at {due}, missed later due times; firing once now, next at {next}",
+                row.name
             );
         }
         let local = checked.send.is_none();
@@ -535,29 +572,32 @@ impl Scheduler {
 
     /// The scheduler thread: passes until shutdown, sleeping in between.
     pub(crate) fn run(mut self, clock: Arc<dyn Clock>) {
-        let mut outage: Option<(Instant, String)> = None;
+        // One line when passes start failing, one when they recover: an
+        // outage is a state, not a stream of errors.
+        let mut failing_since: Option<Instant> = None;
         let mut backoff = BACKOFF.0;
         while !self.shutdown.is_fired() {
             let wait = match self.tick(clock.now()) {
                 Ok(tick) => {
-                    if let Some((since, _)) = outage.take() {
-                        log::info!("scheduler: recovered after {:.1?}", since.elapsed());
+                    if let Some(since) = failing_since.take() {
+                        log::info!(
+                            "scheduler: database reachable again after {:.1?}",
+                            since.elapsed()
+                        );
                         backoff = BACKOFF.0;
                     }
                     self.sleep_after(&tick, clock.now())
                 }
                 Err(e) => {
-                    let message = e.to_string();
-                    match &outage {
-                        Some((_, last)) if *last == message => {
-                            log::debug!("scheduler: still failing: {message}")
-                        }
-                        _ => log::error!("scheduler: {message}; retrying with back-off"),
+                    if failing_since.is_none() {
+                        log::error!(
+                            "scheduler: {e}; retrying with back-off (up to {:?})",
+                            BACKOFF.1
+                        );
+                        failing_since = Some(Instant::now());
+                    } else {
+                        log::debug!("scheduler: still failing: {e}");
                     }
-                    outage = Some((
-                        outage.map_or_else(Instant::now, |(since, _)| since),
-                        message,
-                    ));
                     let wait = backoff;
                     backoff = (backoff * 2).min(BACKOFF.1);
                     wait

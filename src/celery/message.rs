@@ -228,10 +228,18 @@ impl Sender {
     }
 }
 
-/// The task id of a routine's run: the same for the same routine and due
-/// time, so that a message published again after a crash carries the id of
-/// the first.
-pub(crate) fn task_id(routine_id: &str, scheduled_at: DateTime<Utc>) -> String {
+/// The Celery task id of a routine's run: a name-based uuid (v5) of the
+/// routine's id and the due time, the same for the same run, so that a
+/// message published again after a crash carries the id of the first, and
+/// a consumer can tell a repeat from a new run.
+///
+/// ```
+/// use celery_diesel_kit::task_id;
+/// let due = chrono::DateTime::parse_from_rfc3339("2030-01-01T00:00:00Z").unwrap().to_utc();
+/// assert_eq!(task_id("r1", due), task_id("r1", due));
+/// assert_ne!(task_id("r1", due), task_id("r2", due));
+/// ```
+pub fn task_id(routine_id: &str, scheduled_at: DateTime<Utc>) -> String {
     const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6c1f_3b0e_9a4d_4c2e_8f57_3d2a_1b0c_9e8d);
     let name = format!(
         "{routine_id}@{}",

@@ -8,7 +8,8 @@
 //!   crontab string; missing fields mean `"*"`.
 //!
 //! [`Schedule::parse`] validates the JSON, [`Schedule::next_after`] gives the
-//! next due time. This module knows nothing of databases or time sources: it
+//! next due time. Two optional keys extend the kit's JSON without changing
+//! it: `misfire_policy` and `misfire_grace_time` (see [`Misfire`]). This module knows nothing of databases or time sources: it
 //! is pure calendar math on UTC instants, so it is tested without a clock.
 
 mod crontab;
@@ -22,6 +23,99 @@ use std::time::Duration;
 
 /// The JSON key of an interval schedule, as the kit writes it.
 const TIMEDELTA: &str = "timedelta";
+/// Keys this beat adds to the kit's schedule JSON. The kit ignores them
+/// (it reads only `timedelta` or the five crontab fields).
+const EXTENSIONS: [&str; 2] = ["misfire_policy", "misfire_grace_time"];
+
+/// What the beat does with a run it missed by more than the misfire grace
+/// time (the beat was stopped, the database was away).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MisfirePolicy {
+    /// Run once now, then continue on schedule, as Celery's beat does.
+    #[default]
+    FireOnce,
+    /// Do not run it; continue with the next run after now.
+    Skip,
+}
+
+impl std::str::FromStr for MisfirePolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fire_once" => Ok(MisfirePolicy::FireOnce),
+            "skip" => Ok(MisfirePolicy::Skip),
+            other => Err(format!(
+                "misfire_policy {other:?}: expected \"fire_once\" or \"skip\""
+            )),
+        }
+    }
+}
+
+impl MisfirePolicy {
+    /// Its name in configuration and schedule JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MisfirePolicy::FireOnce => "fire_once",
+            MisfirePolicy::Skip => "skip",
+        }
+    }
+}
+
+/// A routine's own misfire settings, from its schedule JSON: keys
+/// `misfire_policy` (`"fire_once"` or `"skip"`) and `misfire_grace_time`
+/// (seconds). Unset ones fall back to the beat's configuration.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Misfire {
+    /// The policy, if the routine sets one.
+    pub policy: Option<MisfirePolicy>,
+    /// How late a run may start before it counts as missed.
+    pub grace_time: Option<Duration>,
+}
+
+impl Misfire {
+    /// Reads the misfire keys of a schedule JSON object.
+    pub fn from_json(value: &Value) -> Result<Self, ScheduleError> {
+        let bad = |reason: String| ScheduleError::BadExtension(reason);
+        let mut misfire = Misfire::default();
+        if let Some(policy) = value.get("misfire_policy") {
+            let text = policy.as_str().ok_or_else(|| {
+                bad(format!(
+                    "misfire_policy must be a string, got {}",
+                    truncated(policy.to_string())
+                ))
+            })?;
+            misfire.policy = Some(text.parse().map_err(|e: String| bad(truncated(e)))?);
+        }
+        if let Some(grace) = value.get("misfire_grace_time") {
+            let seconds = grace
+                .as_f64()
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                .ok_or_else(|| {
+                    bad(format!(
+                        "misfire_grace_time must be seconds ≥ 0, got {}",
+                        truncated(grace.to_string())
+                    ))
+                })?;
+            misfire.grace_time = Some(seconds);
+        }
+        Ok(misfire)
+    }
+
+    /// These settings as schedule JSON keys, added to `schedule`.
+    pub fn write_into(&self, schedule: &mut Value) {
+        let Some(map) = schedule.as_object_mut() else {
+            return;
+        };
+        if let Some(policy) = self.policy {
+            map.insert("misfire_policy".into(), policy.as_str().into());
+        }
+        if let Some(grace) = self.grace_time {
+            map.insert("misfire_grace_time".into(), grace.as_secs_f64().into());
+        }
+    }
+}
 
 /// Why a schedule was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,6 +146,9 @@ pub enum ScheduleError {
     /// Every crontab field is missing or `"*"`, as the kit forbids.
     #[error("no schedule set: every crontab field is \"*\"")]
     AllStars,
+    /// A misfire extension key with a bad value.
+    #[error("{0}")]
+    BadExtension(String),
     /// A crontab whose fields can never all match a real date (e.g. 31 February).
     #[error("crontab never fires: {0}")]
     NeverFires(String),
@@ -119,6 +216,12 @@ impl Schedule {
         let map = value
             .as_object()
             .ok_or_else(|| ScheduleError::NotAnObject(truncated(value.to_string())))?;
+        // Extension keys (see `Misfire`) are read elsewhere.
+        let map: Map<String, Value> = map
+            .iter()
+            .filter(|(k, _)| !EXTENSIONS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         match map.get(TIMEDELTA) {
             Some(seconds) if map.len() == 1 => interval_from_json(seconds),
             Some(_) => Err(
@@ -130,7 +233,7 @@ impl Schedule {
                     None => ScheduleError::Mixed,
                 },
             ),
-            None => Crontab::from_json(map).map(|c| Schedule::Crontab(Box::new(c))),
+            None => Crontab::from_json(&map).map(|c| Schedule::Crontab(Box::new(c))),
         }
     }
 
