@@ -180,6 +180,48 @@ backend_tests! {
         assert_eq!(rec.runs()[0].scheduled_at, at(10), "the run stands for the due time it was claimed at");
     }
 
+    fn the_skip_misfire_policy_drops_runs_later_than_their_grace_time(db) {
+        use celery_diesel_kit::{Config, Misfire, MisfirePolicy};
+        let rec = Recorder::new("record");
+        let config = Config {
+            scheduler_misfire_policy: MisfirePolicy::Skip,
+            scheduler_misfire_grace_time: Duration::from_secs(5),
+            ..db.config()
+        };
+        let fire_once = Misfire { policy: Some(MisfirePolicy::FireOnce), grace_time: None };
+        let mut beat = Beat::builder(config)
+            .task(rec.clone())
+            .routine(Routine::new("global skip", "record", every(10)))
+            .routine(Routine::new("own fire_once", "record", every(10)).misfire(fire_once))
+            .start_manual()
+            .unwrap();
+        // A routine of an operator's, with its policy in the schedule JSON.
+        db.exec(r#"INSERT INTO routines (name, task, schedule) VALUES
+            ('sql skip', 'record', '{"minute": "*/1", "misfire_policy": "skip", "misfire_grace_time": 0.5}')"#);
+        beat.tick(at(0)).unwrap();
+        // 3 s late: within the grace time, every policy runs it.
+        let tick = beat.tick(at(13)).unwrap();
+        assert_eq!((tick.fired, tick.missed), (2, 0));
+        settle(&beat, 2);
+        // 25 s late: the skip policy drops it, fire_once runs it once.
+        let tick = beat.tick(at(45)).unwrap();
+        assert_eq!((tick.fired, tick.missed), (1, 1));
+        let skipped = row(&beat, "global skip");
+        assert_eq!((skipped.total_run_count, skipped.last_run_at_utc(), skipped.next_run_at_utc()), (Some(1), Some(at(10)), Some(at(50))));
+        assert_eq!(row(&beat, "own fire_once").next_run_at_utc(), Some(at(50)));
+        // At 61: the two 10 s routines were due at 50 (11 s late); the
+        // crontab, whose own grace is half a second, at 60.
+        settle(&beat, 3);
+        let tick = beat.tick(at(61)).unwrap();
+        assert_eq!((tick.fired, tick.missed), (1, 2));
+        assert_eq!(row(&beat, "sql skip").next_run_at_utc(), Some(at(120)));
+        settle(&beat, 4);
+        let tick = beat.tick(at(120)).unwrap();
+        assert_eq!((tick.fired, tick.missed), (2, 1), "the crontab on time runs; the 10 s routines are 50 s late");
+        expect_runs(&rec, 6);
+        assert_eq!(beat.stats().missed, 4);
+    }
+
     fn bad_rows_are_reported_by_name_and_skipped(db) {
         let rec = Recorder::new("record");
         let mut beat = manual(db, &rec, vec![]);

@@ -545,3 +545,48 @@ fn crontabs_match_celery_on_random_specs() {
         "valid {valid}, rejected {rejected}, AND {and_cases}"
     );
 }
+
+#[test]
+fn misfire_keys_extend_the_kits_json_without_changing_it() {
+    use celery_diesel_kit::{Misfire, MisfirePolicy};
+    let with = json!({"timedelta": 15, "misfire_policy": "skip", "misfire_grace_time": 2.5});
+    assert_eq!(
+        cron(with.clone()),
+        Schedule::Interval(Duration::from_secs(15))
+    );
+    assert_eq!(
+        Misfire::from_json(&with).unwrap(),
+        Misfire {
+            policy: Some(MisfirePolicy::Skip),
+            grace_time: Some(Duration::from_millis(2500))
+        }
+    );
+    let crontab = json!({"minute": 5, "misfire_policy": "fire_once"});
+    assert_eq!(fields(&cron(crontab.clone()))[0], [5]);
+    assert_eq!(
+        Misfire::from_json(&crontab).unwrap().policy,
+        Some(MisfirePolicy::FireOnce)
+    );
+    assert_eq!(
+        Misfire::from_json(&json!({"timedelta": 1})).unwrap(),
+        Misfire::default()
+    );
+    for bad in [
+        json!({"misfire_policy": "sometimes"}),
+        json!({"misfire_policy": 1}),
+        json!({"misfire_grace_time": -1}),
+    ] {
+        let err = Misfire::from_json(&bad).unwrap_err().to_string();
+        assert!(err.contains("misfire"), "{bad}: {err}");
+    }
+    let mut written = json!({"timedelta": 15});
+    Misfire {
+        policy: Some(MisfirePolicy::Skip),
+        grace_time: Some(Duration::from_secs(3)),
+    }
+    .write_into(&mut written);
+    assert_eq!(
+        written,
+        json!({"timedelta": 15, "misfire_policy": "skip", "misfire_grace_time": 3.0})
+    );
+}

@@ -390,6 +390,18 @@ pub fn redis_db(test: &str, db: u8) -> Option<String> {
     Some(url)
 }
 
+/// A Redis list of the test's own in a database shared by such tests (13):
+/// its URL and a unique queue name. For tests whose routines route their
+/// messages to that queue; no worker involved.
+pub fn redis_queue(test: &str) -> Option<(String, String)> {
+    let url = format!("redis://{REDIS_HOST}/13");
+    if !reachable(&url) {
+        skip(test, &format!("Redis not reachable at {REDIS_HOST}"));
+        return None;
+    }
+    Some((url, unique(test)))
+}
+
 pub fn redis_conn(url: &str) -> redis::Connection {
     redis::Client::open(url).unwrap().get_connection().unwrap()
 }
@@ -550,4 +562,146 @@ impl Proxy {
     pub fn restore(&self) {
         self.state.lock().unwrap().open = true;
     }
+}
+
+/// A `beat` process; its stderr is collected line by line. Killed when
+/// dropped.
+pub struct BeatProcess {
+    pub child: std::process::Child,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl BeatProcess {
+    /// Starts the `beat` binary with `env` (and nothing of the host's beat
+    /// settings).
+    pub fn start(env: &[(&str, &str)]) -> BeatProcess {
+        use std::io::BufRead;
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_beat"));
+        for var in [
+            "SCHEDULER_DB_URI",
+            "SCHEDULER_MAX_INTERVAL",
+            "SCHEDULER_SYNC_EVERY",
+            "SCHEDULER_WATCH_INTERVAL",
+            "CELERY_MAX_RETRY",
+            "CELERY_RETRY_DELAY",
+            "CREATE_TABLE",
+            "CELERY_BROKER_URL",
+            "WORKER_CONCURRENCY",
+            "SHUTDOWN_TIMEOUT",
+            "SCHEDULER_MISFIRE_POLICY",
+            "SCHEDULER_MISFIRE_GRACE_TIME",
+            "RUST_LOG",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.envs(env.iter().copied())
+            .current_dir(std::env::temp_dir())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("start beat");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stderr)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        BeatProcess { child, log }
+    }
+
+    /// Lines logged so far that contain `needle`.
+    pub fn lines_with(&self, needle: &str) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// SIGTERM, then waits (up to `limit`) for the exit; returns whether it
+    /// exited successfully.
+    pub fn terminate(&mut self, limit: Duration) -> bool {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100)); // let the log reader finish
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for BeatProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill();
+        }
+    }
+}
+
+/// A message a beat published, as the tests read it back.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub id: String,
+    pub routine: String,
+    pub task: String,
+}
+
+/// How many messages wait in the Redis list `queue`.
+pub fn published_count(redis_url: &str, queue: &str) -> usize {
+    redis::cmd("LLEN")
+        .arg(queue)
+        .query(&mut redis_conn(redis_url))
+        .unwrap()
+}
+
+/// Every message waiting in the Redis list `queue`, oldest first. The
+/// routines of these tests carry their own name in kwargs (`{"r": name}`).
+pub fn published(redis_url: &str, queue: &str) -> Vec<Published> {
+    use base64::Engine as _;
+    let mut conn = redis_conn(redis_url);
+    let raw: Vec<String> = redis::cmd("LRANGE")
+        .arg(queue)
+        .arg(0)
+        .arg(-1)
+        .query(&mut conn)
+        .unwrap();
+    raw.iter()
+        .rev()
+        .map(|m| {
+            let envelope: serde_json::Value = serde_json::from_str(m).unwrap();
+            let body = base64::engine::general_purpose::STANDARD
+                .decode(envelope["body"].as_str().unwrap())
+                .unwrap();
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            Published {
+                id: envelope["headers"]["id"].as_str().unwrap().to_owned(),
+                routine: body[1]["r"].as_str().unwrap_or_default().to_owned(),
+                task: envelope["headers"]["task"].as_str().unwrap().to_owned(),
+            }
+        })
+        .collect()
 }

@@ -1,0 +1,741 @@
+//! Reliability: several beat processes, SIGKILL at any moment, database and
+//! broker outages through a proxy the test owns, bad rows by the thousand,
+//! secrets in logs. Each (routine, due time) must be dispatched once: the
+//! tests read every message back from Redis and check it against the
+//! routine's grid of due times and its `total_run_count`.
+
+mod common;
+
+use celery_diesel_kit::{task_id, RoutineRow, RoutineStore};
+use chrono::{DateTime, Duration as TimeDelta, Utc};
+use common::{
+    published, published_count, redis_queue, wait_until, BeatProcess, Kind, Proxy, Published,
+    TestDb,
+};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// Inserts `n` routines by SQL, as an operator would: every `period`
+/// seconds, or every minute when `period` is 60. Each carries its name in
+/// kwargs, so that its messages can be told apart, and sends to `queue`.
+fn insert_routines(
+    db: &TestDb,
+    prefix: &str,
+    n: usize,
+    queue: &str,
+    period: impl Fn(usize) -> u64,
+) {
+    let rows: Vec<String> = (0..n)
+        .map(|i| {
+            let name = format!("{prefix}{i:03}");
+            let schedule = match period(i) {
+                60 => r#"{"minute": "*/1"}"#.to_owned(),
+                s => format!(r#"{{"timedelta": {s}}}"#),
+            };
+            format!("('{name}', 'tasks.record', '{schedule}', '{{\"r\": \"{name}\"}}', '{{\"queue\": \"{queue}\"}}')")
+        })
+        .collect();
+    for chunk in rows.chunks(100) {
+        db.exec(&format!(
+            "INSERT INTO routines (name, task, schedule, kwargs, options) VALUES {}",
+            chunk.join(", ")
+        ));
+    }
+}
+
+fn period_of(row: &RoutineRow) -> TimeDelta {
+    let schedule: serde_json::Value = serde_json::from_str(&row.schedule).unwrap();
+    match schedule.get("timedelta").and_then(|v| v.as_f64()) {
+        Some(s) => TimeDelta::milliseconds((s * 1000.0) as i64),
+        None => TimeDelta::minutes(1),
+    }
+}
+
+/// What the messages say about the routines.
+#[derive(Debug, Default)]
+struct Audit {
+    /// Distinct runs dispatched.
+    runs: usize,
+    /// Extra copies of a run already dispatched (same task id).
+    repeats: usize,
+    /// Due times on a routine's grid, between its first run and its next,
+    /// that were never dispatched.
+    missed: Vec<(String, DateTime<Utc>)>,
+    /// Routines whose `total_run_count` differs from the runs dispatched.
+    miscounted: Vec<String>,
+    /// Messages that match no due time of their routine.
+    strays: usize,
+    /// Every dispatched run: routine name and due time.
+    dispatched: Vec<(String, DateTime<Utc>)>,
+}
+
+fn audit(rows: &[RoutineRow], messages: &[Published]) -> Audit {
+    let mut by_routine: HashMap<&str, HashMap<&str, usize>> = HashMap::new();
+    for m in messages {
+        *by_routine
+            .entry(m.routine.as_str())
+            .or_default()
+            .entry(m.id.as_str())
+            .or_default() += 1;
+    }
+    let mut audit = Audit::default();
+    for row in rows {
+        let ids = by_routine.remove(row.name.as_str()).unwrap_or_default();
+        audit.runs += ids.len();
+        audit.repeats += ids.values().map(|n| n - 1).sum::<usize>();
+        if row.total_run_count.unwrap_or(0) as usize != ids.len() {
+            audit.miscounted.push(format!(
+                "{}: {} runs, total_run_count {:?}",
+                row.name,
+                ids.len(),
+                row.total_run_count
+            ));
+        }
+        // Walk the grid back from the next run (always on the grid) until
+        // every dispatched id is accounted for.
+        let Some(next) = row.next_run_at_utc() else {
+            continue;
+        };
+        let period = period_of(row);
+        let mut found = 0;
+        let mut gaps = Vec::new();
+        let mut t = next - period;
+        while found < ids.len() && t > next - period * 100_000 {
+            if ids.contains_key(task_id(&row.id, t).as_str()) {
+                found += 1;
+                audit.dispatched.push((row.name.clone(), t));
+                audit
+                    .missed
+                    .extend(gaps.drain(..).map(|g| (row.name.clone(), g)));
+            } else {
+                gaps.push(t);
+            }
+            t -= period;
+        }
+        audit.strays += ids.len() - found;
+    }
+    audit.strays += by_routine.values().map(HashMap::len).sum::<usize>();
+    audit
+}
+
+fn migrated(db: &TestDb) -> RoutineStore {
+    db.store()
+}
+
+/// Seconds to run the multi-beat test: `CDK_SOAK_SECONDS` or `default`.
+fn soak_seconds(default: u64) -> u64 {
+    std::env::var("CDK_SOAK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn several_beats_one_killed(seconds: u64) {
+    let test = "reliability_three_beats";
+    let Some((broker, queue)) = redis_queue(test) else {
+        return;
+    };
+    let Some(db) = TestDb::postgres(test) else {
+        return;
+    };
+    let store = migrated(&db);
+    // 300 routines: every 1 s, every 2 s, and every minute.
+    insert_routines(&db, "r", 300, &queue, |i| [1, 2, 60][i % 3]);
+    let env = [
+        ("SCHEDULER_DB_URI", db.url.as_str()),
+        ("CELERY_BROKER_URL", broker.as_str()),
+        ("RUST_LOG", "info"),
+    ];
+    let mut beats: Vec<BeatProcess> = (0..3).map(|_| BeatProcess::start(&env)).collect();
+    std::thread::sleep(Duration::from_secs(seconds / 2));
+    beats[1].kill();
+    std::thread::sleep(Duration::from_secs(3));
+    beats[1] = BeatProcess::start(&env);
+    std::thread::sleep(Duration::from_secs(seconds - seconds / 2));
+    for beat in &mut beats {
+        assert!(
+            beat.terminate(Duration::from_secs(30)),
+            "a beat did not stop cleanly:\n{}",
+            beat.log()
+        );
+    }
+    let rows = store.routines().unwrap();
+    let messages = published(&broker, &queue);
+    let audit = audit(&rows, &messages);
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!(
+            "three beats, {seconds} s, one SIGKILLed: {} runs dispatched, {} repeated (same id), {} missed, {} strays\n",
+            audit.runs, audit.repeats, audit.missed.len(), audit.strays
+        )
+        .as_bytes(),
+    );
+    assert!(
+        audit.runs > 300 * seconds as usize / 3,
+        "too few runs: {audit:?}"
+    );
+    assert!(
+        audit.miscounted.is_empty(),
+        "{:?}",
+        &audit.miscounted[..audit.miscounted.len().min(5)]
+    );
+    assert!(
+        audit.missed.is_empty(),
+        "missed: {:?}",
+        &audit.missed[..audit.missed.len().min(5)]
+    );
+    assert_eq!(audit.strays, 0);
+    // A SIGKILL between publishing and committing repeats a run, with its
+    // id; while all beats are healthy nothing repeats. One claim batch is
+    // the most the kill can repeat.
+    assert!(audit.repeats <= 1000, "{audit:?}");
+}
+
+#[test]
+fn three_beat_processes_dispatch_each_due_time_once_through_a_sigkill() {
+    several_beats_one_killed(40);
+}
+
+/// The same for as long as `CDK_SOAK_SECONDS` says (default 10 minutes):
+/// `CDK_SOAK_SECONDS=600 cargo test --release --test reliability -- --ignored soak`
+#[test]
+#[ignore]
+fn soak_three_beat_processes() {
+    several_beats_one_killed(soak_seconds(600));
+}
+
+#[test]
+fn a_beat_killed_at_any_moment_loses_no_run_and_repeats_only_with_the_same_id() {
+    let test = "reliability_kill_points";
+    let Some((broker, queue)) = redis_queue(test) else {
+        return;
+    };
+    let Some(db) = TestDb::postgres(test) else {
+        return;
+    };
+    let store = migrated(&db);
+    insert_routines(&db, "k", 200, &queue, |i| [1, 2][i % 2]);
+    let env = [
+        ("SCHEDULER_DB_URI", db.url.as_str()),
+        ("CELERY_BROKER_URL", broker.as_str()),
+    ];
+    // Kill points spread over the claim-and-publish cycle: a fixed,
+    // irregular sequence of lifetimes from 0.1 s to 1.9 s.
+    let mut downtime = Vec::new();
+    for i in 0..15u64 {
+        let mut beat = BeatProcess::start(&env);
+        std::thread::sleep(Duration::from_millis(100 + (i * 523) % 1800));
+        beat.kill();
+        downtime.push(Utc::now());
+    }
+    let mut last = BeatProcess::start(&env);
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(last.terminate(Duration::from_secs(30)), "{}", last.log());
+    let audit = audit(&store.routines().unwrap(), &published(&broker, &queue));
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!(
+            "15 SIGKILLs: {} runs, {} repeated with the same id, {} missed while no beat ran\n",
+            audit.runs,
+            audit.repeats,
+            audit.missed.len()
+        )
+        .as_bytes(),
+    );
+    assert!(
+        audit.miscounted.is_empty(),
+        "a run advanced without being published: {:?}",
+        &audit.miscounted[..audit.miscounted.len().min(5)]
+    );
+    assert_eq!(audit.strays, 0);
+    // A run may be skipped only when no beat was up when it fell due (the
+    // misfire policy then fires once for it late): right after a kill.
+    for (routine, due) in &audit.missed {
+        assert!(
+            downtime
+                .iter()
+                .any(|k| *due >= *k - TimeDelta::seconds(2) && *due <= *k + TimeDelta::seconds(3)),
+            "{routine}: run due {due} missed with a beat up"
+        );
+    }
+}
+
+/// Runs a beat through a proxy to its database, cuts the proxy for 5 s,
+/// 30 s and three times 2 s, and checks the log and every message.
+fn database_outage(kind: Kind) {
+    let test = "reliability_db_outage";
+    let Some((broker, queue)) = redis_queue(test) else {
+        return;
+    };
+    let Some(db) = TestDb::of(kind, test) else {
+        return;
+    };
+    let store = migrated(&db);
+    insert_routines(&db, "o", 20, &queue, |_| 1);
+    let upstream = match kind {
+        Kind::Postgres => "127.0.0.1:5432",
+        Kind::Mysql => "127.0.0.1:3306",
+        Kind::Sqlite => unreachable!("SQLite is a file"),
+    };
+    let proxy = Proxy::start(upstream);
+    let via_proxy = db
+        .url
+        .replacen(upstream, &format!("127.0.0.1:{}", proxy.port), 1);
+    let mut beat = BeatProcess::start(&[
+        ("SCHEDULER_DB_URI", via_proxy.as_str()),
+        ("CELERY_BROKER_URL", broker.as_str()),
+        ("RUST_LOG", "info"),
+    ]);
+    let mut windows = Vec::new();
+    let mut recoveries = Vec::new();
+    std::thread::sleep(Duration::from_secs(3));
+    for cut in [5, 30, 2, 2, 2] {
+        let count = published_count(&broker, &queue);
+        let start = Utc::now();
+        proxy.cut();
+        std::thread::sleep(Duration::from_secs(cut));
+        assert!(
+            beat.child.try_wait().unwrap().is_none(),
+            "the beat exited during an outage:\n{}",
+            beat.log()
+        );
+        proxy.restore();
+        let restored = Instant::now();
+        let restored_at = Utc::now();
+        assert!(
+            wait_until(Duration::from_secs(30), || published_count(&broker, &queue)
+                > count + 20),
+            "no runs after the outage ended:\n{}",
+            beat.log()
+        );
+        recoveries.push(restored.elapsed());
+        // Runs fall due unclaimed from the cut until the beat is back (its
+        // back-off may outlast the cut a little).
+        windows.push((start, restored_at, Utc::now()));
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    assert!(beat.terminate(Duration::from_secs(30)), "{}", beat.log());
+
+    let failed = beat.lines_with("retrying with back-off");
+    let recovered = beat.lines_with("database reachable again");
+    assert!(
+        (2..=5).contains(&failed.len()),
+        "one line per outage, at least the 5 s and 30 s ones:\n{}",
+        beat.log()
+    );
+    assert_eq!(failed.len(), recovered.len(), "{}", beat.log());
+    let audit = audit(&store.routines().unwrap(), &published(&broker, &queue));
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("database outages on {kind:?}: {} runs, {} repeated, {} missed in outages, recovery after {:?}\n",
+            audit.runs, audit.repeats, audit.missed.len(), recoveries).as_bytes(),
+    );
+    assert!(
+        audit.miscounted.is_empty(),
+        "{:?}",
+        &audit.miscounted[..audit.miscounted.len().min(5)]
+    );
+    assert_eq!(audit.strays, 0);
+    for (routine, due) in &audit.missed {
+        assert!(
+            windows
+                .iter()
+                .any(|(from, _, back)| *due >= *from - TimeDelta::seconds(1) && *due <= *back),
+            "{routine}: run due {due} missed outside an outage"
+        );
+    }
+    // After each outage a routine fired once, not once per missed second:
+    // of the due times inside an outage, only the first was run (late).
+    for (from, restored, _) in &windows {
+        let mut inside: HashMap<&str, usize> = HashMap::new();
+        for (routine, due) in &audit.dispatched {
+            if *due > *from + TimeDelta::seconds(1) && *due < *restored {
+                *inside.entry(routine.as_str()).or_default() += 1;
+            }
+        }
+        assert!(
+            inside.values().all(|n| *n <= 1),
+            "more than one run per routine within the outage from {from}: {inside:?}"
+        );
+    }
+}
+
+#[test]
+fn postgres_outages_are_survived_logged_once_and_recovered() {
+    database_outage(Kind::Postgres);
+}
+
+#[cfg(feature = "mysql")]
+#[test]
+fn mysql_outages_are_survived_logged_once_and_recovered() {
+    database_outage(Kind::Mysql);
+}
+
+#[test]
+fn broker_outages_leave_routines_due_and_each_fires_once_after() {
+    let test = "reliability_broker_outage";
+    let Some((direct, queue)) = redis_queue(test) else {
+        return;
+    };
+    let Some(db) = TestDb::postgres(test) else {
+        return;
+    };
+    let store = migrated(&db);
+    insert_routines(&db, "b", 20, &queue, |_| 1);
+    db.exec(r#"INSERT INTO routines (name, task, schedule) VALUES ('in-process', 'demo.hello', '{"timedelta": 1}')"#);
+    let proxy = Proxy::start(common::REDIS_HOST);
+    let broker = format!("redis://127.0.0.1:{}/13", proxy.port);
+    let mut beat = BeatProcess::start(&[
+        ("SCHEDULER_DB_URI", db.url.as_str()),
+        ("CELERY_BROKER_URL", broker.as_str()),
+        ("RUST_LOG", "info"),
+    ]);
+    let local_runs = || {
+        store
+            .routine("in-process")
+            .unwrap()
+            .unwrap()
+            .total_run_count
+            .unwrap_or(0)
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    let mut windows = Vec::new();
+    for cut in [5, 12] {
+        let count = published_count(&direct, &queue);
+        let local_before = local_runs();
+        let start = Utc::now();
+        proxy.cut();
+        std::thread::sleep(Duration::from_secs(cut));
+        assert!(
+            local_runs() >= local_before + cut as i32 - 2,
+            "in-process routines go on while Redis is away"
+        );
+        proxy.restore();
+        let restored_at = Utc::now();
+        assert!(
+            wait_until(Duration::from_secs(30), || published_count(&direct, &queue)
+                > count + 20),
+            "no messages after the outage:\n{}",
+            beat.log()
+        );
+        windows.push((start, restored_at, Utc::now()));
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    assert!(beat.terminate(Duration::from_secs(30)), "{}", beat.log());
+    let down = beat.lines_with("broker unavailable");
+    let back = beat.lines_with("broker reachable again");
+    assert_eq!(
+        (down.len(), back.len()),
+        (2, 2),
+        "one line per change of state:\n{}",
+        beat.log()
+    );
+
+    let rows: Vec<RoutineRow> = store
+        .routines()
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.task == "tasks.record")
+        .collect();
+    let audit = audit(&rows, &published(&direct, &queue));
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!(
+            "broker outages: {} runs, {} repeated with the same id, {} missed in outages\n",
+            audit.runs,
+            audit.repeats,
+            audit.missed.len()
+        )
+        .as_bytes(),
+    );
+    assert!(
+        audit.miscounted.is_empty(),
+        "{:?}",
+        &audit.miscounted[..audit.miscounted.len().min(5)]
+    );
+    assert_eq!(audit.strays, 0);
+    for (routine, due) in &audit.missed {
+        assert!(
+            windows
+                .iter()
+                .any(|(from, _, back)| *due >= *from - TimeDelta::seconds(1) && *due <= *back),
+            "{routine}: run due {due} missed outside an outage"
+        );
+    }
+    for (from, restored, _) in &windows {
+        let mut inside: HashMap<&str, usize> = HashMap::new();
+        for (routine, due) in &audit.dispatched {
+            if *due > *from + TimeDelta::seconds(1) && *due < *restored {
+                *inside.entry(routine.as_str()).or_default() += 1;
+            }
+        }
+        assert!(
+            inside.values().all(|n| *n <= 1),
+            "a burst after the outage from {from}: {inside:?}"
+        );
+    }
+}
+
+#[test]
+fn sigterm_stops_claiming_at_once_and_leaves_no_routine_half_advanced() {
+    let test = "reliability_sigterm";
+    let Some((broker, queue)) = redis_queue(test) else {
+        return;
+    };
+    let Some(db) = TestDb::postgres(test) else {
+        return;
+    };
+    let store = migrated(&db);
+    insert_routines(&db, "t", 100, &queue, |_| 1);
+    let mut beat = BeatProcess::start(&[
+        ("SCHEDULER_DB_URI", db.url.as_str()),
+        ("CELERY_BROKER_URL", broker.as_str()),
+    ]);
+    assert!(wait_until(Duration::from_secs(20), || published_count(
+        &broker, &queue
+    ) >= 300));
+    let signalled = Utc::now();
+    let asked = Instant::now();
+    assert!(beat.terminate(Duration::from_secs(30)), "{}", beat.log());
+    let took = asked.elapsed();
+    let audit = audit(&store.routines().unwrap(), &published(&broker, &queue));
+    assert!(
+        audit.miscounted.is_empty() && audit.strays == 0 && audit.repeats == 0,
+        "{audit:?}"
+    );
+    let latest = audit.dispatched.iter().map(|(_, due)| *due).max().unwrap();
+    assert!(
+        latest <= signalled + TimeDelta::milliseconds(500),
+        "claimed a run due {latest} after SIGTERM at {signalled}"
+    );
+    assert!(took < Duration::from_secs(10), "stop took {took:?}");
+}
+
+#[test]
+fn no_password_appears_in_any_log_line_or_error() {
+    let test = "reliability_secrets";
+    let Some(db) = TestDb::postgres(test) else {
+        return;
+    };
+    migrated(&db);
+    db.exec(r#"INSERT INTO routines (name, task, schedule) VALUES ('remote', 'tasks.record', '{"timedelta": 1}')"#);
+    const SECRET: &str = "Sup3rS3cretPw";
+    let db_proxy = Proxy::start("127.0.0.1:5432");
+    let redis_proxy = Proxy::start(common::REDIS_HOST);
+    redis_proxy.cut();
+    // Trust authentication ignores the password; it still travels in the URL.
+    let db_url = db.url.replacen(
+        "postgres@127.0.0.1:5432",
+        &format!("postgres:{SECRET}@127.0.0.1:{}", db_proxy.port),
+        1,
+    );
+    let broker = format!("redis://:{SECRET}@127.0.0.1:{}/13", redis_proxy.port);
+    let mut beat = BeatProcess::start(&[
+        ("SCHEDULER_DB_URI", db_url.as_str()),
+        ("CELERY_BROKER_URL", broker.as_str()),
+        ("RUST_LOG", "debug"),
+    ]);
+    std::thread::sleep(Duration::from_secs(3));
+    db_proxy.cut();
+    std::thread::sleep(Duration::from_secs(7));
+    db_proxy.restore();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(beat.terminate(Duration::from_secs(30)));
+    let mut output = beat.log();
+    assert!(
+        output.contains("retrying with back-off") && output.contains("broker unavailable"),
+        "{output}"
+    );
+    // Errors at start, from the binary and from the library.
+    for url in [
+        format!("postgres://app:{SECRET}@127.0.0.1:1/app"),
+        format!("mysql://app:{SECRET}@127.0.0.1:1/app"),
+        format!("oracle://app:{SECRET}@host/app"),
+    ] {
+        let mut failing =
+            BeatProcess::start(&[("SCHEDULER_DB_URI", url.as_str()), ("RUST_LOG", "debug")]);
+        let _ = failing.child.wait();
+        std::thread::sleep(Duration::from_millis(100));
+        output.push_str(&failing.log());
+        let config = celery_diesel_kit::Config {
+            scheduler_db_uri: url.clone(),
+            ..Default::default()
+        };
+        output.push_str(&format!(
+            "{:?}",
+            celery_diesel_kit::Beat::builder(config.clone())
+                .start()
+                .err()
+        ));
+        output.push_str(&format!("{config:?}"));
+    }
+    let config = celery_diesel_kit::Config {
+        broker_url: Some(broker.clone()),
+        ..db.config()
+    };
+    output.push_str(&format!("{config:?}"));
+    assert!(output.contains(":***@"), "nothing was redacted?\n{output}");
+    assert!(
+        !output.contains(SECRET),
+        "a password leaked:\n{}",
+        output
+            .lines()
+            .filter(|l| l.contains(SECRET))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Thousands of bad rows beside good ones.
+
+/// SplitMix64, seeded: the same rows every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len() as u64) as usize]
+    }
+}
+
+/// A row that cannot run: (task, schedule, kwargs, options), each JSON text.
+fn bad_row(rng: &mut Rng, json_columns: bool) -> (String, String, String, String) {
+    let ok_schedule = format!(r#"{{"timedelta": {}}}"#, 1 + rng.below(100));
+    let field = |rng: &mut Rng| {
+        rng.pick(&[
+            "minute",
+            "hour",
+            "day_of_week",
+            "day_of_month",
+            "month_of_year",
+        ])
+        .to_owned()
+    };
+    let (mut task, mut schedule, mut kwargs, mut options) = (
+        "record".to_owned(),
+        ok_schedule,
+        "{}".to_owned(),
+        "{}".to_owned(),
+    );
+    match rng.below(12) {
+        0 => {
+            schedule = rng
+                .pick(&["5", "\"hourly\"", "[1, 2]", "null", "true", "[]"])
+                .to_owned()
+        }
+        1 => {
+            schedule = format!(
+                r#"{{"timedelta": {}}}"#,
+                rng.pick(&["0", "-1", "-0.5", "\"15\"", "true", "null", "1e300", "[1]", "{}"])
+            )
+        }
+        2 => {
+            // Just outside each field's range, or far outside.
+            let (name, low, high) = [
+                ("minute", 0, 59),
+                ("hour", 0, 23),
+                ("day_of_week", 0, 6),
+                ("day_of_month", 1, 31),
+                ("month_of_year", 1, 12),
+            ][rng.below(5) as usize];
+            let value =
+                [low - 1, high + 1, high + 1 + rng.below(1000) as i64][rng.below(3) as usize];
+            schedule = format!(r#"{{"{name}": {value}}}"#);
+        }
+        3 => {
+            let garbage: String = (0..1 + rng.below(6))
+                .map(|_| rng.pick(&["!", "#", "9", "-", "/", ",", "x", "*", " "]))
+                .collect();
+            schedule = format!(r#"{{"{}": "!{garbage}"}}"#, field(rng));
+        }
+        4 => {
+            schedule = rng
+                .pick(&[
+                    r#"{}"#,
+                    r#"{"minute": "*"}"#,
+                    r#"{"minute": "*", "hour": "*"}"#,
+                ])
+                .to_owned()
+        }
+        5 => {
+            schedule = rng
+                .pick(&[
+                    r#"{"day_of_month": 30, "month_of_year": 2}"#,
+                    r#"{"day_of_month": [31], "month_of_year": "4,6,9,11"}"#,
+                    r#"{"minute": []}"#,
+                ])
+                .to_owned()
+        }
+        6 => {
+            schedule = format!(
+                r#"{{"{}": 5}}"#,
+                rng.pick(&["minutes", "hours", "interval", "every", "cron"])
+            )
+        }
+        7 => schedule = format!(r#"{{"{}": "{}"}}"#, field(rng), "9".repeat(10_000)),
+        8 => kwargs = rng.pick(&["[1, 2]", "\"text\"", "5", "true"]).to_owned(),
+        9 => options = rng.pick(&["[1]", "\"queue\"", "7"]).to_owned(),
+        10 => task = format!("no.such.task.{}", rng.below(1000)),
+        _ => {
+            schedule = format!(
+                r#"{{"timedelta": 5, "misfire_policy": "{}"}}"#,
+                rng.pick(&["never", "always", "SKIP"])
+            );
+        }
+    }
+    if !json_columns && rng.below(10) == 0 {
+        schedule = "{not json".to_owned();
+    }
+    (task, schedule, kwargs, options)
+}
+
+backend_tests! {
+    fn thousands_of_bad_rows_are_reported_once_and_good_ones_keep_their_timing(db) {
+        let rec = common::Recorder::new("record");
+        let mut beat = celery_diesel_kit::Beat::builder(db.config()).task(rec.clone()).start_manual().unwrap();
+        let mut rng = Rng(0x5eed);
+        let quote = |s: &str| s.replace('\'', "''");
+        let mut values = Vec::new();
+        for i in 0..2000 {
+            let (task, schedule, kwargs, options) = bad_row(&mut rng, db.kind != Kind::Sqlite);
+            values.push(format!("('bad{i:04}', '{}', '{}', '{}', '{}')", quote(&task), quote(&schedule), quote(&kwargs), quote(&options)));
+        }
+        for i in 0..20 {
+            values.push(format!(r#"('good{i:02}', 'record', '{{"timedelta": 10}}', '{{"i": {i}}}', '{{}}')"#));
+        }
+        for chunk in values.chunks(200) {
+            db.exec(&format!("INSERT INTO routines (name, task, schedule, kwargs, options) VALUES {}", chunk.join(", ")));
+        }
+        let at = |s: i64| common::utc("2030-01-01 00:00:00") + TimeDelta::seconds(s);
+        let tick = beat.tick(at(0)).unwrap();
+        assert_eq!((tick.planned, tick.invalid), (2020, 2000));
+        let rows = beat.store().routines().unwrap();
+        for row in &rows {
+            if row.name.starts_with("bad") {
+                let error = row.last_error.as_deref().unwrap_or_default();
+                assert!(!error.is_empty() && error.len() < 400 && row.next_run_at.is_none(), "{}: {error:?}", row.name);
+            } else {
+                assert_eq!((row.next_run_at_utc(), &row.last_error), (Some(at(10)), &None), "{}", row.name);
+            }
+        }
+        // Reported once per change of the row: the next passes leave them be,
+        // and the good routines run exactly on time.
+        for (t, fired) in [(5, 0), (10, 20), (15, 0), (20, 20)] {
+            assert!(wait_until(Duration::from_secs(10), || beat.stats().succeeded == rec.count() as u64 && rec.count() as u64 == beat.stats().fired));
+            let tick = beat.tick(at(t)).unwrap();
+            assert_eq!((tick.planned, tick.invalid, tick.fired), (0, 0, fired), "at {t}");
+        }
+        assert!(wait_until(Duration::from_secs(10), || rec.count() == 40));
+        assert!(rec.runs().iter().all(|r| r.scheduled_at == at(10) || r.scheduled_at == at(20)));
+    }
+}
