@@ -4,18 +4,23 @@ use crate::celery::{Publisher, Sender as CelerySender};
 use crate::config::Config;
 use crate::error::Error;
 use crate::schedule::{truncated, Misfire, Schedule};
-use crate::scheduler::{Clock, Outgoing, Router, Scheduler, Settings, SystemClock, Tick, Totals};
+use crate::scheduler::{
+    Clock, Lateness, Outgoing, Router, Scheduler, Settings, SystemClock, Tick, Totals,
+};
 use crate::shutdown::{self, Shutdown, Trigger};
 use crate::store::{NewRoutine, RoutineStore};
 use crate::task::{AsyncTask, SyncTask, TaskRegistry};
 use crate::worker::{Counters, JobQueue, RetryPolicy, WorkerPool};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
-use std::cell::RefCell;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// Claimers sharing a burst of due routines on PostgreSQL and MySQL (see
+/// `Scheduler::claim`); the pool has room for them and one more.
+const CLAIMERS: usize = 3;
 
 /// The longest name or task the kit's table holds (`varchar(50)`).
 const MAX_NAME_LEN: usize = 50;
@@ -249,11 +254,10 @@ impl BeatBuilder {
     /// Connects, prepares the table, syncs declared routines, starts the
     /// worker pool and the scheduler thread.
     pub fn start(self) -> Result<BeatHandle, Error> {
-        let clock = Arc::clone(&self.clock);
         let (parts, scheduler) = self.prepare()?;
         let thread = std::thread::Builder::new()
             .name("beat-scheduler".into())
-            .spawn(move || scheduler.run(clock))
+            .spawn(move || scheduler.run())
             .map_err(|source| Error::Thread {
                 what: "scheduler",
                 source,
@@ -304,19 +308,27 @@ impl BeatBuilder {
             log::info!("beat: checking {rechecked} routine(s) that had errors again");
         }
 
-        let publisher = match &config.broker_url {
+        // Claimers share a burst; SQLite lets one writer in at a time.
+        let claimers = match store.backend() {
+            crate::store::Backend::Sqlite => 1,
+            _ => CLAIMERS,
+        };
+        let publishers = match &config.broker_url {
             Some(url) => {
                 log::info!("beat: broker {}", crate::config::redact_url(url));
-                Some(Publisher::new(url)?)
+                (0..claimers)
+                    .map(|_| Publisher::new(url).map(Mutex::new))
+                    .collect::<Result<Vec<_>, _>>()?
             }
-            None => None,
+            None => Vec::new(),
         };
         let registry = Arc::new(self.registry);
         let router = Arc::new(Router {
             local_tasks: registry.names_json(),
             registry: Arc::clone(&registry),
-            has_broker: publisher.is_some(),
+            has_broker: !publishers.is_empty(),
             sender: CelerySender::this_process(),
+            parsed: Default::default(),
         });
         let pool = WorkerPool::start(
             config.worker_concurrency,
@@ -340,6 +352,7 @@ impl BeatBuilder {
         };
         let scheduler = Scheduler {
             store: Arc::clone(&store),
+            clock: self.clock,
             router: Arc::clone(&router),
             queue: pool.queue(),
             in_flight: pool.in_flight(),
@@ -354,7 +367,8 @@ impl BeatBuilder {
                 misfire_grace_time: config.scheduler_misfire_grace_time,
             },
             last_recheck: None,
-            publisher: publisher.map(RefCell::new),
+            publishers,
+            claimers,
             broker_outage: None,
         };
         let parts = Parts {
@@ -432,6 +446,7 @@ impl Parts {
             skipped: self.totals.skipped.load(Ordering::Relaxed),
             missed: self.totals.missed.load(Ordering::Relaxed),
             invalid: self.totals.invalid.load(Ordering::Relaxed),
+            lateness: self.totals.lateness.snapshot(),
             succeeded: self.counters.succeeded.load(Ordering::Relaxed),
             failed: self.counters.failed.load(Ordering::Relaxed),
             gave_up: self.counters.gave_up.load(Ordering::Relaxed),
@@ -476,6 +491,8 @@ pub struct Stats {
     pub missed: u64,
     /// Rows found invalid.
     pub invalid: u64,
+    /// How late runs were handed over (to Redis or the worker queue).
+    pub lateness: Lateness,
     /// In-process task attempts that succeeded.
     pub succeeded: u64,
     /// In-process task attempts that failed (each retry counts).

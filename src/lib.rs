@@ -32,6 +32,6 @@ pub use celery::BrokerError;
 pub use config::{redact_url, Config};
 pub use error::Error;
 pub use schedule::{Misfire, MisfirePolicy, Schedule, ScheduleError};
-pub use scheduler::{Clock, SystemClock, Tick};
+pub use scheduler::{Clock, Lateness, SystemClock, Tick};
 pub use store::{RoutineRow, RoutineStore};
 pub use task::{AsyncTask, SyncTask, TaskContext, TaskError, TaskResult};

@@ -25,9 +25,9 @@ use crate::task::{TaskContext, TaskRegistry};
 use crate::worker::{InFlight, Job, JobQueue};
 use chrono::{DateTime, SubsecRound as _, TimeDelta, Utc};
 use serde_json::{Map, Value};
-use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Rows planned per transaction.
@@ -87,6 +87,99 @@ pub(crate) struct Totals {
     pub(crate) skipped: AtomicU64,
     pub(crate) missed: AtomicU64,
     pub(crate) invalid: AtomicU64,
+    /// How late runs were handed over (published, or queued for a worker).
+    pub(crate) lateness: Histogram,
+}
+
+/// A histogram of durations in microseconds, log-linear (16 buckets per
+/// power of two: within 7% of the true value), lock-free to record.
+#[derive(Debug)]
+pub(crate) struct Histogram {
+    buckets: Vec<AtomicU64>,
+    max: AtomicU64,
+}
+
+const SUB_BUCKETS: u32 = 16;
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            buckets: (0..64 * SUB_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            max: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    fn bucket(micros: u64) -> usize {
+        if micros < u64::from(SUB_BUCKETS) {
+            return micros as usize;
+        }
+        let octave = 63 - micros.leading_zeros(); // ≥ 4
+        let sub = (micros >> (octave - 4)) & u64::from(SUB_BUCKETS - 1);
+        ((octave - 3) * SUB_BUCKETS) as usize + sub as usize
+    }
+
+    /// The largest value a bucket holds.
+    fn upper(bucket: usize) -> u64 {
+        let (octave, sub) = (
+            bucket as u64 / u64::from(SUB_BUCKETS),
+            bucket as u64 % u64::from(SUB_BUCKETS),
+        );
+        if octave == 0 {
+            return sub;
+        }
+        let shift = octave - 1;
+        ((u64::from(SUB_BUCKETS) + sub + 1) << shift) - 1
+    }
+
+    pub(crate) fn record(&self, value: Duration) {
+        let micros = u64::try_from(value.as_micros()).unwrap_or(u64::MAX);
+        self.buckets[Self::bucket(micros).min(self.buckets.len() - 1)]
+            .fetch_add(1, Ordering::Relaxed);
+        self.max.fetch_max(micros, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> Lateness {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let count: u64 = counts.iter().sum();
+        let max = Duration::from_micros(self.max.load(Ordering::Relaxed));
+        let quantile = |q: f64| {
+            let rank = ((count as f64) * q).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            for (bucket, n) in counts.iter().enumerate() {
+                seen += n;
+                if seen >= rank {
+                    return Duration::from_micros(Self::upper(bucket)).min(max);
+                }
+            }
+            max
+        };
+        Lateness {
+            count,
+            p50: quantile(0.5),
+            p99: quantile(0.99),
+            max,
+        }
+    }
+}
+
+/// How late runs were handed over, since start: due time to the moment a
+/// message was in Redis or a job in the worker queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lateness {
+    /// Runs measured.
+    pub count: u64,
+    /// Median (to within 7%).
+    pub p50: Duration,
+    /// 99th percentile (to within 7%).
+    pub p99: Duration,
+    /// The latest.
+    pub max: Duration,
 }
 
 /// Scheduler settings, from [`Config`](crate::Config).
@@ -103,6 +196,8 @@ pub(crate) struct Settings {
 
 pub(crate) struct Scheduler {
     pub(crate) store: Arc<RoutineStore>,
+    /// For measuring lateness; passes take their time as an argument.
+    pub(crate) clock: Arc<dyn Clock>,
     pub(crate) router: Arc<Router>,
     pub(crate) queue: JobQueue,
     pub(crate) in_flight: Arc<InFlight>,
@@ -110,8 +205,10 @@ pub(crate) struct Scheduler {
     pub(crate) shutdown: Shutdown,
     pub(crate) settings: Settings,
     pub(crate) last_recheck: Option<Instant>,
-    /// The broker connection (`None` without `broker_url`).
-    pub(crate) publisher: Option<RefCell<Publisher>>,
+    /// One broker connection per claimer (none without `broker_url`).
+    pub(crate) publishers: Vec<Mutex<Publisher>>,
+    /// Claimers in a burst (one on SQLite, which serialises writers).
+    pub(crate) claimers: usize,
     /// Set while the broker is failing: claims leave its routines due.
     pub(crate) broker_outage: Option<Outage>,
 }
@@ -128,8 +225,8 @@ pub(crate) struct Outage {
 enum Fate {
     /// Queue this job after commit.
     Run(Job),
-    /// Published to the broker within the transaction.
-    Sent(Message),
+    /// Published to the broker within the transaction (for this due time).
+    Sent(Message, DateTime<Utc>),
     /// Its previous run is still going.
     Skip,
     /// Missed by more than its grace time, under the skip policy.
@@ -138,13 +235,39 @@ enum Fate {
     Invalid,
 }
 
+/// What one claimer did.
+#[derive(Default)]
+struct Claimed {
+    batches: usize,
+    /// The last batch was full: more may be due.
+    more: bool,
+    fired: usize,
+    skipped: usize,
+    missed: usize,
+    invalid: usize,
+    abandoned: usize,
+    error: Option<Error>,
+}
+
+impl Claimed {
+    fn panicked() -> Self {
+        Claimed {
+            error: Some(Error::Thread {
+                what: "claimer",
+                source: std::io::Error::other("a claimer thread panicked"),
+            }),
+            ..Claimed::default()
+        }
+    }
+}
+
 /// A row found runnable, with what its run needs.
 pub(crate) struct Checked {
-    schedule: Schedule,
+    schedule: Arc<Schedule>,
     misfire: Misfire,
     kwargs: Map<String, Value>,
     /// Celery options, for a task sent to the broker.
-    send: Option<SendOptions>,
+    send: Option<Arc<SendOptions>>,
 }
 
 /// A run to start: in the worker pool, or as a Celery message.
@@ -162,6 +285,61 @@ pub(crate) struct Router {
     /// The registered task names as a JSON array, for claims that must
     /// leave broker routines alone.
     pub(crate) local_tasks: String,
+    pub(crate) parsed: Parsed,
+}
+
+/// Schedules and options parsed before, by their JSON text. Tables have few
+/// distinct schedules, and a crontab is costly to parse at every run.
+#[derive(Default)]
+pub(crate) struct Parsed {
+    schedules: Cache<(Arc<Schedule>, Misfire)>,
+    options: Cache<(Arc<SendOptions>, Vec<String>)>,
+}
+
+/// Parse results by JSON text (errors too: a bad row is parsed once).
+type Cache<T> = Mutex<HashMap<String, Result<T, String>>>;
+
+/// Entries kept per cache; past this, it starts afresh.
+const PARSED_CAPACITY: usize = 4096;
+
+impl Parsed {
+    fn schedule(&self, text: &str) -> Result<(Arc<Schedule>, Misfire), String> {
+        cached(&self.schedules, text, || {
+            let json: Value = serde_json::from_str(text)
+                .map_err(|e| ScheduleError::NotJson(e.to_string()).to_string())?;
+            let schedule = Schedule::from_json(&json).map_err(|e| e.to_string())?;
+            let misfire = Misfire::from_json(&json).map_err(|e| e.to_string())?;
+            Ok((Arc::new(schedule), misfire))
+        })
+    }
+
+    fn options(&self, text: Option<&str>) -> Result<(Arc<SendOptions>, Vec<String>), String> {
+        cached(&self.options, text.unwrap_or("null"), || {
+            let options = json_object("options", text)?;
+            let (send, ignored) = SendOptions::parse(&options)?;
+            Ok((Arc::new(send), ignored))
+        })
+    }
+}
+
+fn cached<T: Clone>(
+    cache: &Cache<T>,
+    key: &str,
+    parse: impl FnOnce() -> Result<T, String>,
+) -> Result<T, String> {
+    let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(hit) = cache.get(key) {
+        return hit.clone();
+    }
+    let parsed = parse();
+    if cache.len() >= PARSED_CAPACITY {
+        cache.clear();
+    }
+    // Long texts (a 10 kB garbage schedule) are not worth keeping.
+    if key.len() <= 1024 {
+        cache.insert(key.to_owned(), parsed.clone());
+    }
+    parsed
 }
 
 impl Router {
@@ -169,13 +347,10 @@ impl Router {
     /// options, and a way to run its task. Also returns option keys that
     /// will be ignored.
     pub(crate) fn check(&self, row: &RoutineRow) -> Result<(Checked, Vec<String>), String> {
-        let json: Value = serde_json::from_str(&row.schedule)
-            .map_err(|e| ScheduleError::NotJson(e.to_string()).to_string())?;
-        let schedule = Schedule::from_json(&json).map_err(|e| e.to_string())?;
-        let misfire = Misfire::from_json(&json).map_err(|e| e.to_string())?;
+        let (schedule, misfire) = self.parsed.schedule(&row.schedule)?;
         let kwargs = json_object("kwargs", row.kwargs.as_deref())?;
-        let options = json_object("options", row.options.as_deref())?;
         if self.registry.contains(&row.task) {
+            json_object("options", row.options.as_deref())?;
             return Ok((
                 Checked {
                     schedule,
@@ -192,7 +367,7 @@ impl Router {
                 crate::schedule::truncated(row.task.clone())
             ));
         }
-        let (send, ignored) = SendOptions::parse(&options)?;
+        let (send, ignored) = self.parsed.options(row.options.as_deref())?;
         Ok((
             Checked {
                 schedule,
@@ -243,17 +418,6 @@ impl Scheduler {
         // Every backend stores microseconds: plan in what can be stored.
         let now = now.trunc_subsecs(6);
         let mut tick = Tick::default();
-        if self
-            .last_recheck
-            .is_none_or(|at| at.elapsed() >= self.settings.sync_every)
-        {
-            let marked = self.store.recheck_unplanned()?;
-            if marked > 0 {
-                log::info!("{marked} active routine(s) had no next run; planning them again");
-            }
-            self.last_recheck = Some(Instant::now());
-        }
-
         loop {
             let mut invalid = 0;
             let planned = self.store.plan_edited(PLAN_BATCH, |rows| {
@@ -268,61 +432,18 @@ impl Scheduler {
             }
         }
 
-        let mut pass = 0;
-        while pass < CLAIMS_PER_TICK {
-            if self.shutdown.is_fired() {
-                // A stop ends claiming at once; what is claimed is handed over.
-                break;
+        self.claim(now, &mut tick)?;
+        // The periodic full check comes after claiming, so that it never
+        // delays a due run (the first pass after start included).
+        if self
+            .last_recheck
+            .is_none_or(|at| at.elapsed() >= self.settings.sync_every)
+        {
+            let marked = self.store.recheck_unplanned()?;
+            if marked > 0 {
+                log::info!("{marked} active routine(s) had no next run; planning them again");
             }
-            // While the broker is out, claim only in-process routines: the
-            // others stay due until it is back.
-            let local_only = self
-                .broker_outage
-                .as_ref()
-                .is_some_and(|o| Instant::now() < o.retry_at);
-            let claimed = self.store.claim_due(
-                now,
-                CLAIM_BATCH,
-                local_only.then_some(self.router.local_tasks.as_str()),
-                |rows| {
-                    let (plans, fates): (Vec<Plan>, Vec<Fate>) =
-                        rows.iter().map(|row| self.fire(row, now)).unzip();
-                    self.publish(&rows, &fates)?;
-                    Ok::<_, Error>((plans, fates))
-                },
-            );
-            let fates = match claimed {
-                Ok(fates) => fates,
-                Err(Error::Broker(e)) => {
-                    self.broker_failed(e);
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            if !local_only {
-                self.broker_ok();
-            }
-            pass += 1;
-            let claimed = fates.len();
-            for fate in fates {
-                match fate {
-                    Fate::Run(job) => {
-                        if self.dispatch(job) {
-                            tick.fired += 1;
-                        } else {
-                            tick.abandoned += 1;
-                        }
-                    }
-                    Fate::Sent(_) => tick.fired += 1,
-                    Fate::Skip => tick.skipped += 1,
-                    Fate::Missed => tick.missed += 1,
-                    Fate::Invalid => tick.invalid += 1,
-                }
-            }
-            if claimed < CLAIM_BATCH {
-                break;
-            }
-            tick.more_due = pass == CLAIMS_PER_TICK;
+            self.last_recheck = Some(Instant::now());
         }
         self.totals
             .fired
@@ -347,26 +468,162 @@ impl Scheduler {
         Ok(tick)
     }
 
+    /// Claims everything due at `now`, up to `CLAIMS_PER_TICK` batches.
+    ///
+    /// One batch first; if it came back full (a burst), several claimers
+    /// share the rest, each with its own connections: `SKIP LOCKED` keeps
+    /// their batches apart, and while one waits on the database another
+    /// builds and publishes messages. On a broker failure the broker's
+    /// routines are left due and the pass goes on with in-process ones.
+    fn claim(&mut self, now: DateTime<Utc>, tick: &mut Tick) -> Result<(), Error> {
+        let mut passes = 0;
+        let mut first = true;
+        while passes < CLAIMS_PER_TICK && !self.shutdown.is_fired() {
+            // While the broker is out, claim only in-process routines: the
+            // others stay due until it is back.
+            let local_only = self
+                .broker_outage
+                .as_ref()
+                .is_some_and(|o| Instant::now() < o.retry_at);
+            let claimers = if first { 1 } else { self.claimers.max(1) };
+            let budget = if first { 1 } else { CLAIMS_PER_TICK - passes };
+            let outcomes: Vec<Claimed> = if claimers == 1 {
+                vec![self.claim_batches(0, now, local_only, budget)]
+            } else {
+                let this = &*self;
+                std::thread::scope(|scope| {
+                    let others: Vec<_> = (1..claimers)
+                        .map(|i| {
+                            scope.spawn(move || {
+                                this.claim_batches(i, now, local_only, budget.div_ceil(claimers))
+                            })
+                        })
+                        .collect();
+                    let mut all =
+                        vec![this.claim_batches(0, now, local_only, budget.div_ceil(claimers))];
+                    all.extend(
+                        others
+                            .into_iter()
+                            .map(|h| h.join().unwrap_or_else(|_| Claimed::panicked())),
+                    );
+                    all
+                })
+            };
+            first = false;
+            let mut more = false;
+            let mut broker_error = None;
+            for outcome in outcomes {
+                tick.fired += outcome.fired;
+                tick.skipped += outcome.skipped;
+                tick.missed += outcome.missed;
+                tick.invalid += outcome.invalid;
+                tick.abandoned += outcome.abandoned;
+                passes += outcome.batches;
+                more |= outcome.more;
+                match outcome.error {
+                    None => {}
+                    Some(Error::Broker(e)) => broker_error = Some(e),
+                    Some(e) => return Err(e),
+                }
+            }
+            let broker_failed = broker_error.is_some();
+            match broker_error {
+                Some(e) => self.broker_failed(e),
+                None if !local_only => self.broker_ok(),
+                None => {}
+            }
+            // After a broker failure, go on with the in-process routines.
+            if !more && !broker_failed {
+                return Ok(());
+            }
+        }
+        tick.more_due = passes >= CLAIMS_PER_TICK;
+        Ok(())
+    }
+
+    /// One claimer: up to `budget` batches, until one comes back short.
+    fn claim_batches(
+        &self,
+        claimer: usize,
+        now: DateTime<Utc>,
+        local_only: bool,
+        budget: usize,
+    ) -> Claimed {
+        let mut out = Claimed::default();
+        while out.batches < budget && !self.shutdown.is_fired() {
+            let claimed = self.store.claim_due(
+                now,
+                CLAIM_BATCH,
+                local_only.then_some(self.router.local_tasks.as_str()),
+                |rows| {
+                    let (plans, fates): (Vec<Plan>, Vec<Fate>) =
+                        rows.iter().map(|row| self.fire(row, now)).unzip();
+                    self.publish(claimer, &rows, &fates)?;
+                    Ok::<_, Error>((plans, fates))
+                },
+            );
+            let fates = match claimed {
+                Ok(fates) => fates,
+                Err(e) => {
+                    out.error = Some(e);
+                    return out;
+                }
+            };
+            out.batches += 1;
+            out.more = fates.len() == CLAIM_BATCH;
+            for fate in fates {
+                match fate {
+                    Fate::Run(job) => {
+                        if self.dispatch(job) {
+                            out.fired += 1;
+                        } else {
+                            out.abandoned += 1;
+                        }
+                    }
+                    Fate::Sent(..) => out.fired += 1,
+                    Fate::Skip => out.skipped += 1,
+                    Fate::Missed => out.missed += 1,
+                    Fate::Invalid => out.invalid += 1,
+                }
+            }
+            if !out.more {
+                break;
+            }
+        }
+        out
+    }
+
     /// Publishes the claimed rows' Celery messages, inside the claim
     /// transaction: if this fails, the claim rolls back.
-    fn publish(&self, rows: &[RoutineRow], fates: &[Fate]) -> Result<(), Error> {
+    fn publish(&self, claimer: usize, rows: &[RoutineRow], fates: &[Fate]) -> Result<(), Error> {
         let messages: Vec<(&RoutineRow, &Message)> = rows
             .iter()
             .zip(fates)
             .filter_map(|(row, fate)| match fate {
-                Fate::Sent(message) => Some((row, message)),
+                Fate::Sent(message, _) => Some((row, message)),
                 _ => None,
             })
             .collect();
         if messages.is_empty() {
             return Ok(());
         }
-        let Some(publisher) = &self.publisher else {
+        let Some(publisher) = self.publishers.get(claimer) else {
             // check() sends nothing to Celery without a broker.
             return Ok(());
         };
         let only: Vec<&Message> = messages.iter().map(|(_, m)| *m).collect();
-        let delivered = publisher.borrow_mut().publish(&only)?;
+        let delivered = publisher
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .publish(&only)?;
+        let published_at = self.clock.now();
+        for fate in fates {
+            if let Fate::Sent(_, due) = fate {
+                self.totals
+                    .lateness
+                    .record((published_at - *due).to_std().unwrap_or_default());
+            }
+        }
         for ((row, message), lists) in messages.iter().zip(delivered) {
             if lists == 0 {
                 log::error!(
@@ -424,7 +681,7 @@ impl Scheduler {
     /// after `last_run_at`, or after `now` for a routine that never ran.
     fn plan(&self, row: &RoutineRow, now: DateTime<Utc>) -> Plan {
         let mut plan = Plan {
-            id: row.id.clone(),
+            locator: row.locator.clone(),
             last_run_at: None,
             fired: 0,
             next_run_at: None,
@@ -476,7 +733,7 @@ impl Scheduler {
     /// were skipped (so that it says when the routine really last ran).
     fn fire(&self, row: &RoutineRow, now: DateTime<Utc>) -> (Plan, Fate) {
         let mut plan = Plan {
-            id: row.id.clone(),
+            locator: row.locator.clone(),
             last_run_at: None,
             fired: 0,
             next_run_at: None,
@@ -545,7 +802,7 @@ impl Scheduler {
         let id = celery::message::task_id(&row.id, due);
         let fate = match self.router.outgoing(row, &checked, due, &id, now) {
             Outgoing::Local(job) => Fate::Run(job),
-            Outgoing::Celery(message) => Fate::Sent(message),
+            Outgoing::Celery(message) => Fate::Sent(message, due),
         };
         (plan, fate)
     }
@@ -553,11 +810,16 @@ impl Scheduler {
     /// Queues a claimed run for the workers; returns whether it was queued.
     fn dispatch(&self, job: Job) -> bool {
         self.in_flight.try_mark(&job.ctx.routine_id);
+        let due = job.ctx.scheduled_at;
         match self
             .queue
             .push(job, &self.shutdown, self.settings.shutdown_timeout)
         {
-            Ok(()) => true,
+            Ok(()) => {
+                let lateness = (self.clock.now() - due).to_std().unwrap_or_default();
+                self.totals.lateness.record(lateness);
+                true
+            }
             Err(job) => {
                 log::error!(
                     "routine {}: run due {} lost: the beat stopped before a worker was free",
@@ -571,7 +833,8 @@ impl Scheduler {
     }
 
     /// The scheduler thread: passes until shutdown, sleeping in between.
-    pub(crate) fn run(mut self, clock: Arc<dyn Clock>) {
+    pub(crate) fn run(mut self) {
+        let clock = Arc::clone(&self.clock);
         // One line when passes start failing, one when they recover: an
         // outage is a state, not a stream of errors.
         let mut failing_since: Option<Instant> = None;
@@ -637,5 +900,44 @@ fn json_object(column: &str, text: Option<&str>) -> Result<Map<String, Value>, S
             crate::schedule::truncated(other.to_string())
         )),
         Err(e) => Err(format!("{column} is not valid JSON: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_hold_their_values_within_seven_percent() {
+        for micros in [
+            0u64, 1, 15, 16, 17, 31, 32, 100, 999, 1_000, 4_321, 65_535, 1_000_000, 59_999_999,
+        ] {
+            let bucket = Histogram::bucket(micros);
+            let upper = Histogram::upper(bucket);
+            assert!(upper >= micros, "{micros} in bucket {bucket} up to {upper}");
+            assert!(
+                upper as f64 <= micros as f64 * 1.07 + 1.0,
+                "{micros}: bucket up to {upper}"
+            );
+            if bucket > 0 {
+                assert!(
+                    Histogram::upper(bucket - 1) < micros,
+                    "{micros} belongs in an earlier bucket"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn histogram_quantiles() {
+        let h = Histogram::default();
+        for ms in 1..=100u64 {
+            h.record(Duration::from_millis(ms));
+        }
+        let l = h.snapshot();
+        assert_eq!((l.count, l.max), (100, Duration::from_millis(100)));
+        let close = |d: Duration, ms: f64| (d.as_secs_f64() * 1000.0 - ms).abs() <= ms * 0.07;
+        assert!(close(l.p50, 50.0), "{:?}", l.p50);
+        assert!(close(l.p99, 99.0), "{:?}", l.p99);
     }
 }

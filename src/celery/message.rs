@@ -241,9 +241,17 @@ impl Sender {
 /// ```
 pub fn task_id(routine_id: &str, scheduled_at: DateTime<Utc>) -> String {
     const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6c1f_3b0e_9a4d_4c2e_8f57_3d2a_1b0c_9e8d);
+    use chrono::{Datelike, Timelike};
+    let t = scheduled_at;
     let name = format!(
-        "{routine_id}@{}",
-        scheduled_at.format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        "{routine_id}@{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        t.year(),
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.timestamp_subsec_micros().min(999_999)
     );
     uuid::Uuid::new_v5(&NAMESPACE, name.as_bytes()).to_string()
 }
@@ -258,130 +266,144 @@ pub(crate) fn build(
     now: DateTime<Utc>,
     sender: &Sender,
 ) -> Message {
-    let args: Vec<Value> = Vec::new();
     let eta = options
         .countdown
         .and_then(|s| seconds_after(now, s))
-        .map(|t| Value::from(isoformat(t)));
+        .map(isoformat);
     let (expires, expiration) = match &options.expires {
-        None => (Value::Null, None),
-        Some(Expires::After(s)) => (
-            seconds_after(now, *s).map_or(Value::Null, |t| Value::from(isoformat(t))),
-            Some(*s),
-        ),
+        None => (None, None),
+        Some(Expires::After(s)) => (seconds_after(now, *s).map(isoformat), Some(*s)),
         Some(Expires::At(text, at)) => {
             let left = (*at - now)
                 .num_microseconds()
                 .map_or(0.0, |us| us as f64 / 1e6);
-            (Value::from(text.clone()), Some(left.max(0.0)))
+            (Some(text.clone()), Some(left.max(0.0)))
         }
     };
-
-    let mut headers = Map::new();
-    headers.insert("lang".into(), "py".into());
-    headers.insert("task".into(), task.into());
-    headers.insert("id".into(), id.into());
-    headers.insert("shadow".into(), Value::Null);
-    headers.insert("eta".into(), eta.unwrap_or(Value::Null));
-    headers.insert("expires".into(), expires);
-    headers.insert("group".into(), Value::Null);
-    headers.insert("group_index".into(), Value::Null);
-    headers.insert("retries".into(), 0.into());
-    headers.insert(
-        "timelimit".into(),
-        Value::Array(vec![
-            options
-                .time_limit
-                .clone()
-                .map_or(Value::Null, Value::Number),
-            options
-                .soft_time_limit
-                .clone()
-                .map_or(Value::Null, Value::Number),
-        ]),
-    );
-    headers.insert("root_id".into(), id.into());
-    headers.insert("parent_id".into(), Value::Null);
-    // Celery's `args = args or ()`: empty args are the empty tuple.
-    let argsrepr = if args.is_empty() {
-        "()".to_owned()
-    } else {
-        saferepr(&Value::Array(args.clone()))
+    let limit = |n: &Option<Number>| {
+        n.as_ref()
+            .map_or_else(|| "null".to_owned(), Number::to_string)
     };
-    headers.insert("argsrepr".into(), argsrepr.into());
-    headers.insert(
-        "kwargsrepr".into(),
-        saferepr(&Value::Object(kwargs.clone())).into(),
-    );
-    headers.insert("origin".into(), sender.origin.clone().into());
-    headers.insert("ignore_result".into(), false.into());
-    headers.insert("replaced_task_nesting".into(), 0.into());
-    headers.insert("stamped_headers".into(), Value::Null);
-    headers.insert("stamps".into(), Value::Object(Map::new()));
-    for (key, value) in &options.headers {
-        headers.insert(key.clone(), value.clone());
-    }
+    let text = |t: &str| {
+        let mut out = String::with_capacity(t.len() + 2);
+        write_py_string(t, &mut out);
+        out
+    };
+    let opt_text = |t: &Option<String>| t.as_deref().map_or_else(|| "null".to_owned(), text);
+    let kwargs_value = Value::Object(kwargs.clone());
 
-    let mut embed = Map::new();
-    for key in ["callbacks", "errbacks", "chain", "chord"] {
-        embed.insert(key.into(), Value::Null);
+    // Written straight out, in the order Celery's dicts have (a message is
+    // built for every run, so no intermediate maps).
+    let standard: [(&str, String); 19] = [
+        ("lang", "\"py\"".to_owned()),
+        ("task", text(task)),
+        ("id", text(id)),
+        ("shadow", "null".to_owned()),
+        ("eta", opt_text(&eta)),
+        ("expires", opt_text(&expires)),
+        ("group", "null".to_owned()),
+        ("group_index", "null".to_owned()),
+        ("retries", "0".to_owned()),
+        (
+            "timelimit",
+            format!(
+                "[{}, {}]",
+                limit(&options.time_limit),
+                limit(&options.soft_time_limit)
+            ),
+        ),
+        ("root_id", text(id)),
+        ("parent_id", "null".to_owned()),
+        // Celery's `args = args or ()`: empty args are the empty tuple.
+        ("argsrepr", text("()")),
+        ("kwargsrepr", text(&saferepr(&kwargs_value))),
+        ("origin", text(&sender.origin)),
+        ("ignore_result", "false".to_owned()),
+        ("replaced_task_nesting", "0".to_owned()),
+        ("stamped_headers", "null".to_owned()),
+        ("stamps", "{}".to_owned()),
+    ];
+    let mut headers = String::with_capacity(640);
+    headers.push('{');
+    for (i, (key, value)) in standard.iter().enumerate() {
+        if i > 0 {
+            headers.push_str(", ");
+        }
+        write_py_string(key, &mut headers);
+        headers.push_str(": ");
+        // A custom header of the same name replaces the value in place,
+        // as Python's dict.update does.
+        match options.headers.get(*key) {
+            Some(custom) => write_py_json(custom, &mut headers),
+            None => headers.push_str(value),
+        }
     }
-    let body = py_json(&Value::Array(vec![
-        Value::Array(args),
-        Value::Object(kwargs.clone()),
-        Value::Object(embed),
-    ]));
+    for (key, value) in &options.headers {
+        if standard.iter().all(|(k, _)| k != key) {
+            headers.push_str(", ");
+            write_py_string(key, &mut headers);
+            headers.push_str(": ");
+            write_py_json(value, &mut headers);
+        }
+    }
+    headers.push('}');
+
+    let mut body = String::with_capacity(128);
+    body.push_str("[[], ");
+    write_py_json(&kwargs_value, &mut body);
+    body.push_str(", {\"callbacks\": null, \"errbacks\": null, \"chain\": null, \"chord\": null}]");
 
     let destination = options.destination();
     let (exchange, routing_key) = match &destination {
-        Destination::Queue { queue } => (String::new(), queue.clone()),
+        Destination::Queue { queue } => ("", queue.as_str()),
         Destination::Exchange {
             exchange,
             routing_key,
             ..
-        } => (exchange.clone(), routing_key.clone()),
+        } => (exchange.as_str(), routing_key.as_str()),
     };
     let priority = options.priority.unwrap_or(0);
-    let mut properties = Map::new();
-    properties.insert("correlation_id".into(), id.into());
-    properties.insert("reply_to".into(), sender.reply_to.clone().into());
-    properties.insert("delivery_mode".into(), 2.into());
+
+    let mut envelope = String::with_capacity(headers.len() + body.len() * 4 / 3 + 512);
+    envelope.push_str("{\"body\": \"");
+    base64::engine::general_purpose::STANDARD.encode_string(body.as_bytes(), &mut envelope);
+    envelope.push_str("\", \"content-encoding\": \"utf-8\", \"content-type\": \"application/json\", \"headers\": ");
+    envelope.push_str(&headers);
+    envelope.push_str(", \"properties\": {\"correlation_id\": ");
+    write_py_string(id, &mut envelope);
+    envelope.push_str(", \"reply_to\": ");
+    write_py_string(&sender.reply_to, &mut envelope);
+    envelope.push_str(", \"delivery_mode\": 2");
     if let Some(seconds) = expiration {
         // kombu: str(int(expiration * 1000))
-        properties.insert(
-            "expiration".into(),
-            format!("{}", (seconds * 1000.0).trunc() as i64).into(),
+        let _ = write!(
+            envelope,
+            ", \"expiration\": \"{}\"",
+            (seconds * 1000.0).trunc() as i64
         );
     }
-    let mut delivery_info = Map::new();
-    delivery_info.insert("exchange".into(), exchange.into());
-    delivery_info.insert("routing_key".into(), routing_key.into());
-    properties.insert("delivery_info".into(), Value::Object(delivery_info));
-    properties.insert("priority".into(), priority.into());
-    properties.insert("body_encoding".into(), "base64".into());
-    properties.insert(
-        "delivery_tag".into(),
-        uuid::Uuid::new_v4().to_string().into(),
+    envelope.push_str(", \"delivery_info\": {\"exchange\": ");
+    write_py_string(exchange, &mut envelope);
+    envelope.push_str(", \"routing_key\": ");
+    write_py_string(routing_key, &mut envelope);
+    let _ = write!(
+        envelope,
+        "}}, \"priority\": {priority}, \"body_encoding\": \"base64\", \"delivery_tag\": "
     );
-
-    let mut envelope = Map::new();
-    envelope.insert(
-        "body".into(),
-        base64::engine::general_purpose::STANDARD
-            .encode(body)
-            .into(),
+    write_py_string(
+        uuid::Uuid::new_v4()
+            .hyphenated()
+            .encode_lower(&mut uuid::Uuid::encode_buffer()),
+        &mut envelope,
     );
-    envelope.insert("content-encoding".into(), "utf-8".into());
-    envelope.insert("content-type".into(), "application/json".into());
-    envelope.insert("headers".into(), Value::Object(headers));
-    envelope.insert("properties".into(), Value::Object(properties));
+    envelope.push_str("}}");
 
     Message {
         id: id.to_owned(),
         task: task.to_owned(),
         destination,
         priority_step: priority_step(priority),
-        envelope: py_json(&Value::Object(envelope)),
+        envelope,
     }
 }
 
@@ -436,6 +458,7 @@ fn short(value: &Value) -> String {
 }
 
 /// Python's `json.dumps(value)` with default options.
+#[cfg(test)]
 pub(crate) fn py_json(value: &Value) -> String {
     let mut out = String::new();
     write_py_json(value, &mut out);
@@ -486,24 +509,32 @@ fn write_py_json(value: &Value, out: &mut String) {
 /// (lowercase hex, surrogate pairs beyond the BMP).
 fn write_py_string(s: &str, out: &mut String) {
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 || (c as u32) > 0x7e => {
-                let mut units = [0u16; 2];
-                for unit in c.encode_utf16(&mut units) {
-                    let _ = write!(out, "\\u{unit:04x}");
-                }
+    let mut plain = 0; // start of the current run of characters written as they are
+    for (i, c) in s.char_indices() {
+        let escape = match c {
+            '"' => Some("\\\""),
+            '\\' => Some("\\\\"),
+            '\n' => Some("\\n"),
+            '\r' => Some("\\r"),
+            '\t' => Some("\\t"),
+            '\u{8}' => Some("\\b"),
+            '\u{c}' => Some("\\f"),
+            c if (c as u32) < 0x20 || (c as u32) > 0x7e => Some(""),
+            _ => None,
+        };
+        let Some(escape) = escape else { continue };
+        out.push_str(&s[plain..i]);
+        plain = i + c.len_utf8();
+        if escape.is_empty() {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                let _ = write!(out, "\\u{unit:04x}");
             }
-            c => out.push(c),
+        } else {
+            out.push_str(escape);
         }
     }
+    out.push_str(&s[plain..]);
     out.push('"');
 }
 
@@ -721,6 +752,20 @@ mod tests {
                 exchange: "ex".into(),
                 routing_key: "rk".into()
             }
+        );
+    }
+
+    #[test]
+    fn task_ids_are_stable_across_releases() {
+        // The id of a run must not change with an upgrade: a beat restarted
+        // on a new version republishes a run with the id the old one used.
+        // Expected value from Python: uuid.uuid5(UUID('6c1f3b0e-…'), name).
+        let t = DateTime::parse_from_rfc3339("2030-01-02T03:04:05.000006Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(
+            task_id("0b5c3e52-0c0e-4c1e-9a53-1d2f3e4a5b6c", t),
+            "5b9dabd3-479d-5c80-8f57-fd19f1216a9f"
         );
     }
 

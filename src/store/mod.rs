@@ -18,7 +18,8 @@ use crate::config::redact_url;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::connection::{Connection, SimpleConnection};
 use diesel::pg::PgConnection;
-use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamp};
+use diesel::result::QueryResult;
+use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text, Timestamp};
 use diesel::sqlite::SqliteConnection;
 use diesel::{QueryableByName, RunQueryDsl};
 use pool::Pools;
@@ -81,14 +82,40 @@ impl<E> From<diesel::result::Error> for TxError<E> {
     }
 }
 
-/// The transaction the beat writes in: on SQLite `BEGIN IMMEDIATE`, which
-/// takes the write lock at once, so two beats cannot both read a due row
-/// before either writes it.
+/// What differs between backends in how the beat writes.
 trait WriteTransaction: Connection {
+    /// The transaction the beat writes in: on SQLite `BEGIN IMMEDIATE`,
+    /// which takes the write lock at once, so two beats cannot both read a
+    /// due row before either writes it.
     fn write_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
     where
         F: FnOnce(&mut Self) -> Result<T, E>,
         E: From<diesel::result::Error>;
+
+    /// Writes planned rows with `statement` (`Sql::write_planned`).
+    fn write_planned(&mut self, statement: &str, plans: &[Plan]) -> QueryResult<()>;
+
+    /// Writes fired rows with `statement` (`Sql::write_fired`).
+    fn write_fired(&mut self, statement: &str, plans: &[Plan]) -> QueryResult<()>;
+}
+
+/// SQLite and MySQL read a batch as one JSON array.
+macro_rules! json_plan_writes {
+    () => {
+        fn write_planned(&mut self, statement: &str, plans: &[Plan]) -> QueryResult<()> {
+            diesel::sql_query(statement)
+                .bind::<Text, _>(plans_json(plans)?)
+                .execute(self)
+                .map(drop)
+        }
+
+        fn write_fired(&mut self, statement: &str, plans: &[Plan]) -> QueryResult<()> {
+            diesel::sql_query(statement)
+                .bind::<Text, _>(plans_json(plans)?)
+                .execute(self)
+                .map(drop)
+        }
+    };
 }
 
 impl WriteTransaction for PgConnection {
@@ -98,6 +125,57 @@ impl WriteTransaction for PgConnection {
         E: From<diesel::result::Error>,
     {
         self.transaction(f)
+    }
+
+    // PostgreSQL takes the batch as arrays, in its binary protocol: parsing
+    // a JSON batch cost a third of a claim.
+    fn write_planned(&mut self, statement: &str, plans: &[Plan]) -> QueryResult<()> {
+        let columns = Columns::of(plans);
+        diesel::sql_query(statement)
+            .bind::<Array<Text>, _>(columns.locators)
+            .bind::<Array<Nullable<Timestamp>>, _>(columns.next_run_at)
+            .bind::<Array<Nullable<Text>>, _>(columns.last_error)
+            .execute(self)
+            .map(drop)
+    }
+
+    fn write_fired(&mut self, statement: &str, plans: &[Plan]) -> QueryResult<()> {
+        let columns = Columns::of(plans);
+        diesel::sql_query(statement)
+            .bind::<Array<Text>, _>(columns.locators)
+            .bind::<Array<Nullable<Timestamp>>, _>(columns.last_run_at)
+            .bind::<Array<Integer>, _>(columns.fired)
+            .bind::<Array<Nullable<Timestamp>>, _>(columns.next_run_at)
+            .bind::<Array<Nullable<Text>>, _>(columns.last_error)
+            .execute(self)
+            .map(drop)
+    }
+}
+
+/// A batch of plans, column by column.
+struct Columns<'a> {
+    locators: Vec<&'a str>,
+    last_run_at: Vec<Option<NaiveDateTime>>,
+    fired: Vec<i32>,
+    next_run_at: Vec<Option<NaiveDateTime>>,
+    last_error: Vec<Option<&'a str>>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(plans: &'a [Plan]) -> Self {
+        Columns {
+            locators: plans.iter().map(|p| p.locator.as_str()).collect(),
+            last_run_at: plans
+                .iter()
+                .map(|p| p.last_run_at.map(|t| t.naive_utc()))
+                .collect(),
+            fired: plans.iter().map(|p| p.fired).collect(),
+            next_run_at: plans
+                .iter()
+                .map(|p| p.next_run_at.map(|t| t.naive_utc()))
+                .collect(),
+            last_error: plans.iter().map(|p| p.last_error.as_deref()).collect(),
+        }
     }
 }
 
@@ -110,6 +188,8 @@ impl WriteTransaction for diesel::mysql::MysqlConnection {
     {
         self.transaction(f)
     }
+
+    json_plan_writes!();
 }
 
 impl WriteTransaction for SqliteConnection {
@@ -120,6 +200,8 @@ impl WriteTransaction for SqliteConnection {
     {
         self.immediate_transaction(f)
     }
+
+    json_plan_writes!();
 }
 
 #[derive(QueryableByName)]
@@ -223,6 +305,16 @@ impl RoutineStore {
 
     /// Runs SQL as an operator would (tests and tools; the beat never does).
     pub fn execute(&self, sql_text: &str) -> Result<(), StoreError> {
+        #[cfg(feature = "mysql")]
+        if self.backend == Backend::Mysql {
+            // An operator's edit: the trigger must see it (see MysqlSetup).
+            let statements = sql_text.trim().trim_end_matches(';');
+            let wrapped = format!("SET @celery_beat = NULL; {statements}; SET @celery_beat = 1");
+            return with_conn!(self, |conn, _sql| {
+                conn.batch_execute(&wrapped)
+                    .map_err(|e| StoreError::query("execute", e))
+            });
+        }
         with_conn!(self, |conn, _sql| {
             conn.batch_execute(sql_text)
                 .map_err(|e| StoreError::query("execute", e))
@@ -348,9 +440,7 @@ impl RoutineStore {
                     .load(conn)?;
                 let plans = plan(rows).map_err(TxError::Caller)?;
                 if !plans.is_empty() {
-                    diesel::sql_query(sql.write_planned)
-                        .bind::<Text, _>(plans_json(&plans)?)
-                        .execute(conn)?;
+                    conn.write_planned(sql.write_planned, &plans)?;
                 }
                 Ok(plans.len())
             })
@@ -394,9 +484,7 @@ impl RoutineStore {
                 };
                 let (plans, value) = fire(rows).map_err(TxError::Caller)?;
                 if !plans.is_empty() {
-                    diesel::sql_query(sql.write_fired)
-                        .bind::<Text, _>(plans_json(&plans)?)
-                        .execute(conn)?;
+                    conn.write_fired(sql.write_fired, &plans)?;
                 }
                 Ok(value)
             })

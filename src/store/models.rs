@@ -48,6 +48,10 @@ pub struct RoutineRow {
     /// Why the beat does not run it, if it does not.
     #[diesel(sql_type = Nullable<Text>)]
     pub last_error: Option<String>,
+    /// Where the row is, for writes in the transaction that locked it:
+    /// PostgreSQL's `ctid`, SQLite's `rowid`, else the id.
+    #[diesel(sql_type = Text)]
+    pub(crate) locator: String,
 }
 
 impl RoutineRow {
@@ -86,8 +90,10 @@ pub struct NewRoutine {
 /// reads a missing key as NULL; not every one reads JSON null so).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Plan {
-    /// The row's id (text).
-    pub id: String,
+    /// Where the row is (see `RoutineRow`): valid only in the transaction
+    /// that locked the row.
+    #[serde(rename = "id")]
+    pub(crate) locator: String,
     /// New `last_run_at` when it fired; `None` keeps the old value.
     #[serde(serialize_with = "timestamp", skip_serializing_if = "Option::is_none")]
     pub last_run_at: Option<DateTime<Utc>>,
@@ -105,7 +111,19 @@ pub struct Plan {
 /// backend parses it, and SQLite, which stores it as text, compares it in
 /// time order because the width is fixed.
 pub(crate) fn format_timestamp(t: DateTime<Utc>) -> String {
-    t.naive_utc().format("%Y-%m-%d %H:%M:%S%.6f").to_string()
+    use chrono::{Datelike, Timelike};
+    // Written by hand: chrono's format strings are parsed at every call,
+    // and this runs for every row the beat writes.
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}",
+        t.year(),
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.timestamp_subsec_micros().min(999_999)
+    )
 }
 
 fn timestamp<S: serde::Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {

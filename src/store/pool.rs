@@ -115,7 +115,8 @@ impl r2d2::HandleError<diesel::r2d2::Error> for QuietErrors {
 
 /// Sets up every MySQL connection: READ COMMITTED, so that locking reads
 /// take no gap locks (two beats claiming side by side would otherwise
-/// deadlock), and UTC for anything the server itself timestamps.
+/// deadlock), UTC for anything the server itself timestamps, and
+/// `@celery_beat`, which tells the edit trigger that the beat is writing.
 #[cfg(feature = "mysql")]
 #[derive(Debug)]
 struct MysqlSetup;
@@ -127,7 +128,8 @@ impl CustomizeConnection<diesel::mysql::MysqlConnection, diesel::r2d2::Error> fo
         conn: &mut diesel::mysql::MysqlConnection,
     ) -> Result<(), diesel::r2d2::Error> {
         conn.batch_execute(
-            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED; SET time_zone = '+00:00';",
+            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED; SET time_zone = '+00:00'; \
+             SET @celery_beat = 1;",
         )
         .map_err(diesel::r2d2::Error::QueryError)
     }
@@ -168,7 +170,7 @@ where
     }
     drop(first);
     let mut builder = Pool::builder()
-        .max_size(4)
+        .max_size(5)
         .min_idle(Some(1))
         .connection_timeout(CHECKOUT_TIMEOUT)
         .error_handler(Box::new(QuietErrors {

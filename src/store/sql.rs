@@ -7,9 +7,10 @@
 /// The columns of a [`RoutineRow`](super::RoutineRow), as text where JSON.
 const PG_COLUMNS: &str = "id::text AS id, name::text AS name, task::text AS task, \
     schedule::text AS schedule, kwargs::text AS kwargs, options::text AS options, active, \
-    last_run_at, total_run_count, next_run_at, needs_sync, last_error";
+    last_run_at, total_run_count, next_run_at, needs_sync, last_error, ctid::text AS locator";
 const SQLITE_COLUMNS: &str = "id, name, task, schedule, kwargs, options, active, \
-    last_run_at, total_run_count, next_run_at, needs_sync, last_error";
+    last_run_at, total_run_count, next_run_at, needs_sync, last_error, \
+    CAST(rowid AS TEXT) AS locator";
 
 /// One dialect's statements.
 pub(super) struct Sql {
@@ -75,19 +76,20 @@ pub(super) fn postgres() -> Sql {
                AND task IN (SELECT json_array_elements_text($2::json)) \
              ORDER BY next_run_at LIMIT $3 FOR UPDATE SKIP LOCKED"
         ),
+        // Arrays bound as such, rows found by ctid: no JSON to parse and no
+        // index to search (see `Plans`).
         write_planned: "UPDATE routines AS r SET \
             next_run_at = v.next_run_at, needs_sync = false, last_error = v.last_error \
-            FROM json_to_recordset($1::json) \
-              AS v(id text, next_run_at timestamp, last_error text) \
-            WHERE r.id = v.id::uuid",
+            FROM unnest($1::text[]::tid[], $2::timestamp[], $3::text[]) \
+              AS v(t, next_run_at, last_error) \
+            WHERE r.ctid = v.t",
         write_fired: "UPDATE routines AS r SET \
             last_run_at = COALESCE(v.last_run_at, r.last_run_at), \
             total_run_count = COALESCE(r.total_run_count, 0) + v.fired, \
             next_run_at = v.next_run_at, last_error = v.last_error \
-            FROM json_to_recordset($1::json) \
-              AS v(id text, last_run_at timestamp, fired integer, next_run_at timestamp, \
-                   last_error text) \
-            WHERE r.id = v.id::uuid",
+            FROM unnest($1::text[]::tid[], $2::timestamp[], $3::int[], $4::timestamp[], $5::text[]) \
+              AS v(t, last_run_at, fired, next_run_at, last_error) \
+            WHERE r.ctid = v.t",
         earliest_due: "SELECT next_run_at AS at FROM routines \
             WHERE active AND NOT needs_sync AND next_run_at IS NOT NULL \
             ORDER BY next_run_at LIMIT 1",
@@ -131,7 +133,7 @@ pub(super) fn sqlite() -> Sql {
             next_run_at = v.next_run_at, needs_sync = 0, last_error = v.last_error \
             FROM (SELECT value ->> '$.id' AS id, value ->> '$.next_run_at' AS next_run_at, \
                          value ->> '$.last_error' AS last_error FROM json_each(?)) AS v \
-            WHERE routines.id = v.id",
+            WHERE routines.rowid = v.id",
         write_fired: "UPDATE routines SET \
             last_run_at = COALESCE(v.last_run_at, routines.last_run_at), \
             total_run_count = COALESCE(routines.total_run_count, 0) + v.fired, \
@@ -139,7 +141,7 @@ pub(super) fn sqlite() -> Sql {
             FROM (SELECT value ->> '$.id' AS id, value ->> '$.last_run_at' AS last_run_at, \
                          value ->> '$.fired' AS fired, value ->> '$.next_run_at' AS next_run_at, \
                          value ->> '$.last_error' AS last_error FROM json_each(?)) AS v \
-            WHERE routines.id = v.id",
+            WHERE routines.rowid = v.id",
         earliest_due: "SELECT next_run_at AS at FROM routines \
             WHERE active AND NOT needs_sync AND next_run_at IS NOT NULL \
             ORDER BY next_run_at LIMIT 1",
@@ -150,7 +152,7 @@ pub(super) fn sqlite() -> Sql {
 const MYSQL_COLUMNS: &str = "CAST(id AS CHAR) AS id, name, task, \
     CAST(schedule AS CHAR) AS schedule, CAST(kwargs AS CHAR) AS kwargs, \
     CAST(options AS CHAR) AS options, active, last_run_at, total_run_count, next_run_at, \
-    needs_sync, last_error";
+    needs_sync, last_error, CAST(id AS CHAR) AS locator";
 
 /// JSON arrays become rows through `JSON_TABLE` (MySQL 8, MariaDB 10.6).
 /// Locking reads use `SKIP LOCKED` (the same versions). Flags are compared

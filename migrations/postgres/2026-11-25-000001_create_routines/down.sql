@@ -1,6 +1,10 @@
 -- Gives the table back to celery-sqlalchemy-kit: drops only what the beat added.
 DROP TRIGGER IF EXISTS routines_mark_edited ON routines;
+DROP TRIGGER IF EXISTS routines_mark_rescheduled ON routines;
 DROP FUNCTION IF EXISTS routines_mark_edited();
+DROP FUNCTION IF EXISTS routines_mark_rescheduled();
+DROP INDEX IF EXISTS routines_failed_idx;
+DROP INDEX IF EXISTS routines_unplanned_idx;
 DROP INDEX IF EXISTS routines_needs_sync_idx;
 DROP INDEX IF EXISTS routines_due_idx;
 ALTER TABLE routines DROP COLUMN IF EXISTS last_error;

@@ -24,6 +24,12 @@ ALTER TABLE routines ADD COLUMN last_error TEXT;
 
 CREATE INDEX routines_due_idx ON routines (next_run_at) WHERE active AND NOT needs_sync;
 CREATE INDEX routines_needs_sync_idx ON routines (id) WHERE needs_sync;
+-- The periodic checks (rows that lost their plan, rows with errors) read
+-- only these, however large the table.
+CREATE INDEX IF NOT EXISTS routines_unplanned_idx ON routines (id)
+    WHERE active AND next_run_at IS NULL AND last_error IS NULL AND NOT needs_sync;
+CREATE INDEX IF NOT EXISTS routines_failed_idx ON routines (id)
+    WHERE last_error IS NOT NULL AND NOT needs_sync;
 CREATE INDEX IF NOT EXISTS ix_routines_name ON routines (name);
 
 -- See the PostgreSQL migration: edits mark the row for the beat.
