@@ -303,10 +303,6 @@ impl BeatBuilder {
         if deleted > 0 {
             log::info!("beat: deleted {deleted} routine(s) no longer declared in code");
         }
-        let rechecked = store.recheck_failed()?;
-        if rechecked > 0 {
-            log::info!("beat: checking {rechecked} routine(s) that had errors again");
-        }
 
         // Claimers share a burst; SQLite lets one writer in at a time.
         let claimers = match store.backend() {

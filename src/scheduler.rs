@@ -415,10 +415,25 @@ impl Router {
 impl Scheduler {
     /// One pass at time `now`.
     pub(crate) fn tick(&mut self, now: DateTime<Utc>) -> Result<Tick, Error> {
+        self.pass(now, true)
+    }
+
+    /// One pass at time `now`; edited rows are looked for only if
+    /// `look_for_edits` (the thread does so every `scheduler_watch_interval`,
+    /// not at every pass of a busy second).
+    fn pass(&mut self, now: DateTime<Utc>, look_for_edits: bool) -> Result<Tick, Error> {
         // Every backend stores microseconds: plan in what can be stored.
         let now = now.trunc_subsecs(6);
         let mut tick = Tick::default();
-        loop {
+        if self.last_recheck.is_none() {
+            // Rows with errors, once per start: code deployed since may have
+            // fixed them (a task now registered, say). Indexed: cheap.
+            let marked = self.store.recheck_failed()?;
+            if marked > 0 {
+                log::info!("checking {marked} routine(s) that had errors again");
+            }
+        }
+        while look_for_edits || self.last_recheck.is_none() {
             let mut invalid = 0;
             let planned = self.store.plan_edited(PLAN_BATCH, |rows| {
                 let plans: Vec<Plan> = rows.iter().map(|row| self.plan(row, now)).collect();
@@ -433,8 +448,8 @@ impl Scheduler {
         }
 
         self.claim(now, &mut tick)?;
-        // The periodic full check comes after claiming, so that it never
-        // delays a due run (the first pass after start included).
+        // The periodic check comes after claiming, so that it never delays
+        // a due run (the first pass after start included).
         if self
             .last_recheck
             .is_none_or(|at| at.elapsed() >= self.settings.sync_every)
@@ -839,9 +854,16 @@ impl Scheduler {
         // outage is a state, not a stream of errors.
         let mut failing_since: Option<Instant> = None;
         let mut backoff = BACKOFF.0;
+        let mut looked_for_edits: Option<Instant> = None;
         while !self.shutdown.is_fired() {
-            let wait = match self.tick(clock.now()) {
+            let look =
+                looked_for_edits.is_none_or(|at| at.elapsed() >= self.settings.watch_interval);
+            let started = Instant::now();
+            let wait = match self.pass(clock.now(), look) {
                 Ok(tick) => {
+                    if look {
+                        looked_for_edits = Some(started);
+                    }
                     if let Some(since) = failing_since.take() {
                         log::info!(
                             "scheduler: database reachable again after {:.1?}",
@@ -849,7 +871,11 @@ impl Scheduler {
                         );
                         backoff = BACKOFF.0;
                     }
-                    self.sleep_after(&tick, clock.now())
+                    {
+                        let looked = looked_for_edits.map_or(Duration::ZERO, |at| at.elapsed());
+                        let next_look = self.settings.watch_interval.saturating_sub(looked);
+                        self.sleep_after(&tick, clock.now(), next_look)
+                    }
                 }
                 Err(e) => {
                     if failing_since.is_none() {
@@ -873,7 +899,9 @@ impl Scheduler {
         log::info!("scheduler: stopped");
     }
 
-    fn sleep_after(&self, tick: &Tick, now: DateTime<Utc>) -> Duration {
+    /// Until the next due run, the next look for edits, or the longest
+    /// sleep allowed, whichever comes first.
+    fn sleep_after(&self, tick: &Tick, now: DateTime<Utc>, next_look: Duration) -> Duration {
         if tick.more_due {
             return Duration::ZERO;
         }
@@ -881,9 +909,7 @@ impl Scheduler {
             .next_due
             .map(|due| (due - now).to_std().unwrap_or(Duration::ZERO))
             .unwrap_or(Duration::MAX);
-        until_due
-            .min(self.settings.watch_interval)
-            .min(self.settings.max_interval)
+        until_due.min(next_look).min(self.settings.max_interval)
     }
 }
 

@@ -276,6 +276,23 @@ backend_tests! {
         expect_runs(&rec, 3);
     }
 
+    fn rows_with_errors_are_looked_at_again_after_a_restart(db) {
+        // Deployed without the task: the row is an error...
+        let mut beat = Beat::builder(db.config()).start_manual().unwrap();
+        db.exec(r#"INSERT INTO routines (name, task, schedule) VALUES ('r', 'record', '{"timedelta": 10}')"#);
+        assert_eq!(beat.tick(at(0)).unwrap().invalid, 1);
+        assert_eq!(beat.tick(at(1)).unwrap().planned, 0, "and stays one while nothing changes");
+        beat.stop_within(Duration::from_secs(5));
+        // ...redeployed with it: the row runs, without anyone editing it.
+        let rec = Recorder::new("record");
+        let mut beat = manual(db, &rec, vec![]);
+        let tick = beat.tick(at(2)).unwrap();
+        assert_eq!((tick.planned, tick.invalid), (1, 0));
+        assert_eq!(row(&beat, "r").last_error, None);
+        assert_eq!(beat.tick(at(12)).unwrap().fired, 1);
+        expect_runs(&rec, 1);
+    }
+
     fn declared_routines_follow_the_kits_source_of_truth_rules(db) {
         let rec = Recorder::new("record");
         let start = |routines: Vec<Routine>| manual(db, &rec, routines);

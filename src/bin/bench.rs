@@ -275,7 +275,7 @@ fn seed(
         f = if b == Backend::Postgres { "false" } else { "0" },
     );
     let seq = match b {
-        Backend::Postgres => format!("seq AS (SELECT g FROM generate_series(1, {n}) AS g)"),
+        Backend::Postgres => format!("seq AS (SELECT g FROM generate_series(1::bigint, {n}) AS g)"),
         Backend::Sqlite => {
             format!("RECURSIVE seq(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM seq WHERE g < {n})")
         }

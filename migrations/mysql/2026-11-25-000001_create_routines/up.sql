@@ -45,6 +45,12 @@ SET @sql := IF((SELECT COUNT(*) FROM information_schema.statistics WHERE table_s
     'CREATE INDEX routines_needs_sync_idx ON routines (needs_sync)', 'DO 0');
 PREPARE stmt FROM @sql; EXECUTE stmt; DEALLOCATE PREPARE stmt;
 
+-- Rows with errors, looked at once per start.
+SET @sql := IF((SELECT COUNT(*) FROM information_schema.statistics WHERE table_schema = DATABASE()
+                AND table_name = 'routines' AND index_name = 'routines_failed_idx') = 0,
+    'CREATE INDEX routines_failed_idx ON routines (last_error(1))', 'DO 0');
+PREPARE stmt FROM @sql; EXECUTE stmt; DEALLOCATE PREPARE stmt;
+
 -- The kit's own index on name.
 SET @sql := IF((SELECT COUNT(*) FROM information_schema.statistics WHERE table_schema = DATABASE()
                 AND table_name = 'routines' AND index_name = 'ix_routines_name') = 0,
