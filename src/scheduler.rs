@@ -204,13 +204,17 @@ pub(crate) struct Scheduler {
     pub(crate) totals: Arc<Totals>,
     pub(crate) shutdown: Shutdown,
     pub(crate) settings: Settings,
-    pub(crate) last_recheck: Option<Instant>,
+    /// When the periodic full check last ran (`None`: not since start).
+    pub(crate) last_recheck: Mutex<Option<Instant>>,
     /// One broker connection per claimer (none without `broker_url`).
     pub(crate) publishers: Vec<Mutex<Publisher>>,
     /// Claimers in a burst (one on SQLite, which serialises writers).
     pub(crate) claimers: usize,
+    /// Whether the thread keeps `claimers - 1` helper claimers busy beside
+    /// it at all times (see `help`), rather than starting them for bursts.
+    pub(crate) helpers: bool,
     /// Set while the broker is failing: claims leave its routines due.
-    pub(crate) broker_outage: Option<Outage>,
+    pub(crate) broker_outage: Mutex<Option<Outage>>,
 }
 
 /// A broker outage in progress.
@@ -414,18 +418,30 @@ impl Router {
 
 impl Scheduler {
     /// One pass at time `now`.
-    pub(crate) fn tick(&mut self, now: DateTime<Utc>) -> Result<Tick, Error> {
-        self.pass(now, true)
+    pub(crate) fn tick(&self, now: DateTime<Utc>) -> Result<Tick, Error> {
+        self.pass(now, true, true)
     }
 
     /// One pass at time `now`; edited rows are looked for only if
     /// `look_for_edits` (the thread does so every `scheduler_watch_interval`,
-    /// not at every pass of a busy second).
-    fn pass(&mut self, now: DateTime<Utc>, look_for_edits: bool) -> Result<Tick, Error> {
+    /// not at every pass of a busy second), and a burst is shared out to
+    /// claimers started for it only if `fork_bursts` (the thread has its
+    /// helpers claiming all along instead).
+    fn pass(
+        &self,
+        now: DateTime<Utc>,
+        look_for_edits: bool,
+        fork_bursts: bool,
+    ) -> Result<Tick, Error> {
         // Every backend stores microseconds: plan in what can be stored.
         let now = now.trunc_subsecs(6);
         let mut tick = Tick::default();
-        if self.last_recheck.is_none() {
+        let first_pass = self
+            .last_recheck
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none();
+        if first_pass {
             // Rows with errors, once per start: code deployed since may have
             // fixed them (a task now registered, say). Indexed: cheap.
             let marked = self.store.recheck_failed()?;
@@ -433,32 +449,39 @@ impl Scheduler {
                 log::info!("checking {marked} routine(s) that had errors again");
             }
         }
-        while look_for_edits || self.last_recheck.is_none() {
-            let mut invalid = 0;
-            let planned = self.store.plan_edited(PLAN_BATCH, |rows| {
-                let plans: Vec<Plan> = rows.iter().map(|row| self.plan(row, now)).collect();
-                invalid = plans.iter().filter(|p| p.last_error.is_some()).count();
-                Ok::<_, Error>(plans)
-            })?;
-            tick.planned += planned;
-            tick.invalid += invalid;
-            if planned < PLAN_BATCH {
-                break;
+        if look_for_edits || first_pass {
+            loop {
+                let mut invalid = 0;
+                let planned = self.store.plan_edited(PLAN_BATCH, |rows| {
+                    let plans: Vec<Plan> = rows.iter().map(|row| self.plan(row, now)).collect();
+                    invalid = plans.iter().filter(|p| p.last_error.is_some()).count();
+                    Ok::<_, Error>(plans)
+                })?;
+                tick.planned += planned;
+                tick.invalid += invalid;
+                if planned < PLAN_BATCH {
+                    break;
+                }
             }
         }
 
-        self.claim(now, &mut tick)?;
+        self.claim(now, &mut tick, fork_bursts)?;
         // The periodic check comes after claiming, so that it never delays
         // a due run (the first pass after start included).
-        if self
+        let recheck = self
             .last_recheck
-            .is_none_or(|at| at.elapsed() >= self.settings.sync_every)
-        {
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none_or(|at| at.elapsed() >= self.settings.sync_every);
+        if recheck {
             let marked = self.store.recheck_unplanned()?;
             if marked > 0 {
                 log::info!("{marked} active routine(s) had no next run; planning them again");
             }
-            self.last_recheck = Some(Instant::now());
+            *self
+                .last_recheck
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
         }
         self.totals
             .fired
@@ -473,7 +496,11 @@ impl Scheduler {
             .invalid
             .fetch_add(tick.invalid as u64, Ordering::Relaxed);
         tick.next_due = self.store.earliest_due()?;
-        if let Some(outage) = &self.broker_outage {
+        if let Some(outage) = &*self
+            .broker_outage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
             // Wake for the broker retry even when nothing else is due sooner.
             let retry = now
                 + TimeDelta::from_std(outage.retry_at.saturating_duration_since(Instant::now()))
@@ -490,22 +517,23 @@ impl Scheduler {
     /// their batches apart, and while one waits on the database another
     /// builds and publishes messages. On a broker failure the broker's
     /// routines are left due and the pass goes on with in-process ones.
-    fn claim(&mut self, now: DateTime<Utc>, tick: &mut Tick) -> Result<(), Error> {
+    fn claim(&self, now: DateTime<Utc>, tick: &mut Tick, fork_bursts: bool) -> Result<(), Error> {
         let mut passes = 0;
         let mut first = true;
         while passes < CLAIMS_PER_TICK && !self.shutdown.is_fired() {
             // While the broker is out, claim only in-process routines: the
             // others stay due until it is back.
-            let local_only = self
-                .broker_outage
-                .as_ref()
-                .is_some_and(|o| Instant::now() < o.retry_at);
-            let claimers = if first { 1 } else { self.claimers.max(1) };
+            let local_only = self.broker_paused();
+            let claimers = if first || !fork_bursts {
+                1
+            } else {
+                self.claimers.max(1)
+            };
             let budget = if first { 1 } else { CLAIMS_PER_TICK - passes };
             let outcomes: Vec<Claimed> = if claimers == 1 {
                 vec![self.claim_batches(0, now, local_only, budget)]
             } else {
-                let this = &*self;
+                let this = self;
                 std::thread::scope(|scope| {
                     let others: Vec<_> = (1..claimers)
                         .map(|i| {
@@ -542,10 +570,8 @@ impl Scheduler {
                 }
             }
             let broker_failed = broker_error.is_some();
-            match broker_error {
-                Some(e) => self.broker_failed(e),
-                None if !local_only => self.broker_ok(),
-                None => {}
+            if let Some(e) = broker_error {
+                self.broker_failed(e);
             }
             // After a broker failure, go on with the in-process routines.
             if !more && !broker_failed {
@@ -631,6 +657,8 @@ impl Scheduler {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .publish(&only)?;
+        // Only a publish proves the broker is back.
+        self.broker_ok();
         let published_at = self.clock.now();
         for fate in fates {
             if let Fate::Sent(_, due) = fate {
@@ -659,9 +687,22 @@ impl Scheduler {
         Ok(())
     }
 
-    fn broker_failed(&mut self, e: crate::celery::BrokerError) {
+    /// Whether claims must leave the broker's routines alone for now.
+    fn broker_paused(&self) -> bool {
+        self.broker_outage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|o| Instant::now() < o.retry_at)
+    }
+
+    fn broker_failed(&self, e: crate::celery::BrokerError) {
         let now = Instant::now();
-        match &mut self.broker_outage {
+        let mut outage_state = self
+            .broker_outage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match &mut *outage_state {
             Some(outage) => {
                 outage.backoff = (outage.backoff * 2).min(BACKOFF.1);
                 outage.retry_at = now + outage.backoff;
@@ -671,7 +712,7 @@ impl Scheduler {
                 log::error!(
                     "{e}; routines sent to Celery stay due and are retried with back-off; in-process routines go on"
                 );
-                self.broker_outage = Some(Outage {
+                *outage_state = Some(Outage {
                     since: now,
                     retry_at: now + BACKOFF.0,
                     backoff: BACKOFF.0,
@@ -680,8 +721,13 @@ impl Scheduler {
         }
     }
 
-    fn broker_ok(&mut self) {
-        if let Some(outage) = self.broker_outage.take() {
+    fn broker_ok(&self) {
+        let outage = self
+            .broker_outage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(outage) = outage {
             log::info!(
                 "broker reachable again after {:.1?}",
                 outage.since.elapsed()
@@ -847,8 +893,84 @@ impl Scheduler {
         }
     }
 
-    /// The scheduler thread: passes until shutdown, sleeping in between.
-    pub(crate) fn run(mut self) {
+    /// The scheduler thread: passes until shutdown, sleeping in between;
+    /// with helper claimers beside it on PostgreSQL and MySQL.
+    pub(crate) fn run(self) {
+        let helpers = if self.helpers { self.claimers } else { 1 };
+        std::thread::scope(|scope| {
+            for claimer in 1..helpers {
+                let this = &self;
+                let spawned = std::thread::Builder::new()
+                    .name(format!("beat-claimer-{claimer}"))
+                    .spawn_scoped(scope, move || this.help(claimer));
+                if let Err(e) = spawned {
+                    log::warn!(
+                        "scheduler: claimer {claimer} not started ({e}); claiming with fewer"
+                    );
+                }
+            }
+            self.main_loop(helpers <= 1);
+        });
+        log::info!("scheduler: stopped");
+    }
+
+    /// A helper claimer: claims what is due whenever it is due, beside the
+    /// main loop. With two claimers one can claim the runs falling due while
+    /// the other is still busy with its batch, so a busy second is served
+    /// in small batches instead of ever larger ones; `SKIP LOCKED` keeps
+    /// their rows apart. Errors are the main loop's to report.
+    fn help(&self, claimer: usize) {
+        let mut backoff = BACKOFF.0;
+        while !self.shutdown.is_fired() {
+            let now = self.clock.now().trunc_subsecs(6);
+            let out = self.claim_batches(claimer, now, self.broker_paused(), CLAIMS_PER_TICK);
+            self.totals
+                .fired
+                .fetch_add(out.fired as u64, Ordering::Relaxed);
+            self.totals
+                .skipped
+                .fetch_add(out.skipped as u64, Ordering::Relaxed);
+            self.totals
+                .missed
+                .fetch_add(out.missed as u64, Ordering::Relaxed);
+            self.totals
+                .invalid
+                .fetch_add(out.invalid as u64, Ordering::Relaxed);
+            let wait = match out.error {
+                Some(Error::Broker(e)) => {
+                    self.broker_failed(e);
+                    Duration::ZERO
+                }
+                Some(e) => {
+                    log::debug!("claimer {claimer}: {e}");
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(BACKOFF.1);
+                    wait
+                }
+                None if out.fired + out.skipped + out.missed + out.invalid + out.abandoned > 0 => {
+                    backoff = BACKOFF.0;
+                    continue;
+                }
+                None => match self.store.earliest_due() {
+                    Ok(next) => {
+                        let until = next.map_or(Duration::MAX, |due| {
+                            (due - self.clock.now()).to_std().unwrap_or(Duration::ZERO)
+                        });
+                        until
+                            .min(self.settings.watch_interval)
+                            .min(self.settings.max_interval)
+                    }
+                    Err(_) => backoff,
+                },
+            };
+            if self.shutdown.sleep(wait) {
+                break;
+            }
+        }
+    }
+
+    /// The main loop: passes (edits, claims, checks) until shutdown.
+    fn main_loop(&self, fork_bursts: bool) {
         let clock = Arc::clone(&self.clock);
         // One line when passes start failing, one when they recover: an
         // outage is a state, not a stream of errors.
@@ -859,7 +981,7 @@ impl Scheduler {
             let look =
                 looked_for_edits.is_none_or(|at| at.elapsed() >= self.settings.watch_interval);
             let started = Instant::now();
-            let wait = match self.pass(clock.now(), look) {
+            let wait = match self.pass(clock.now(), look, fork_bursts) {
                 Ok(tick) => {
                     if look {
                         looked_for_edits = Some(started);
@@ -896,7 +1018,6 @@ impl Scheduler {
                 break;
             }
         }
-        log::info!("scheduler: stopped");
     }
 
     /// Until the next due run, the next look for edits, or the longest

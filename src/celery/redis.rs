@@ -112,9 +112,20 @@ impl Publisher {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
-        let result = self.try_publish(messages);
+        let reused = self.connection.is_some();
+        let mut result = self.try_publish(messages);
         if result.is_err() {
             self.connection = None;
+            // A connection that was idle may have died meanwhile (a Redis
+            // restart, a proxy's timeout): one more try on a fresh one
+            // before calling the broker unavailable. Nothing was delivered
+            // on the dead one; were it otherwise, a repeat has the same ids.
+            if reused {
+                result = self.try_publish(messages);
+                if result.is_err() {
+                    self.connection = None;
+                }
+            }
         }
         result
     }
