@@ -669,9 +669,56 @@ fn edit(backend: Backend, edits: usize, o: &Options) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The arguments, less those that select backends, scenarios and scales.
+fn strip_selection(args: Vec<String>) -> Vec<String> {
+    let mut kept = Vec::new();
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        if ["--db", "--scenario", "--scale"].contains(&arg.as_str()) {
+            it.next();
+        } else {
+            kept.push(arg);
+        }
+    }
+    kept
+}
+
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let o = parse_args()?;
+    let mut runs: Vec<(Backend, String, Option<usize>)> = Vec::new();
+    for backend in &o.backends {
+        for scenario in &o.scenarios {
+            if scenario == "scale" {
+                runs.extend(
+                    o.scale
+                        .iter()
+                        .map(|n| (*backend, scenario.clone(), Some(*n))),
+                );
+            } else {
+                runs.push((*backend, scenario.clone(), None));
+            }
+        }
+    }
+    if runs.len() > 1 {
+        // One process per measurement, so that memory and CPU figures are
+        // the beat's alone, not left over from an earlier scenario.
+        let passed: Vec<String> = strip_selection(std::env::args().skip(1).collect());
+        for (backend, scenario, size) in runs {
+            let mut child = std::process::Command::new(std::env::current_exe()?);
+            child
+                .args(&passed)
+                .args(["--db", backend.name(), "--scenario", &scenario]);
+            if let Some(n) = size {
+                child.args(["--scale", &n.to_string()]);
+            }
+            let status = child.status().context("run the bench for one scenario")?;
+            if !status.success() {
+                bail!("{scenario} on {} failed", backend.name());
+            }
+        }
+        return Ok(());
+    }
     for backend in &o.backends {
         for scenario in &o.scenarios {
             let result = match scenario.as_str() {
