@@ -576,10 +576,8 @@ fn steady(backend: Backend, routines: usize, seconds: u64, o: &Options) -> anyho
                     }
                     for m in batch {
                         // The id is the first field of the headers; no full parse.
-                        if let Some(at) = m.find("\"id\": \"") {
-                            let id = &m[at + 7..at + 43];
-                            *seen.entry(id.to_owned()).or_default() += 1;
-                        }
+                        let id = m.find("\"id\": \"").and_then(|at| m.get(at + 7..at + 43));
+                        *seen.entry(id.unwrap_or("?").to_owned()).or_default() += 1;
                     }
                 }
                 Ok((
