@@ -2,12 +2,11 @@
 
 mod common;
 
-use base64::Engine as _;
 use celery_diesel_kit::{Beat, Config, ManualBeat, Routine, Schedule};
 use chrono::{DateTime, Duration as TimeDelta, Utc};
 use common::{
-    celery_python, recorded_calls, redis_conn, redis_db, utc, wait_until, CeleryWorker, Proxy,
-    Recorder, TestDb,
+    body, celery_python, envelopes, recorded_calls, redis_conn, redis_db, utc, wait_until,
+    CeleryWorker, Proxy, Recorder, TestDb,
 };
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
@@ -41,28 +40,6 @@ fn manual(db: &TestDb, broker: &str, routines: Vec<Routine>) -> ManualBeat {
 
 fn every(seconds: u64) -> Schedule {
     Schedule::every(Duration::from_secs(seconds)).unwrap()
-}
-
-/// The envelopes waiting in a Redis list, oldest first.
-fn envelopes(broker: &str, key: &str) -> Vec<Value> {
-    let mut conn = redis_conn(broker);
-    let raw: Vec<String> = redis::cmd("LRANGE")
-        .arg(key)
-        .arg(0)
-        .arg(-1)
-        .query(&mut conn)
-        .unwrap();
-    raw.iter()
-        .rev()
-        .map(|m| serde_json::from_str(m).unwrap())
-        .collect()
-}
-
-fn body(envelope: &Value) -> Value {
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(envelope["body"].as_str().unwrap())
-        .unwrap();
-    serde_json::from_slice(&bytes).unwrap()
 }
 
 #[test]

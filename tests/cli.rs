@@ -10,23 +10,6 @@ use std::time::Duration;
 
 const BEAT: &str = env!("CARGO_BIN_EXE_beat");
 
-/// Every variable the binary reads, cleared so the host's settings cannot
-/// leak into a test.
-const VARS: [&str; 12] = [
-    "SCHEDULER_DB_URI",
-    "SCHEDULER_MAX_INTERVAL",
-    "SCHEDULER_SYNC_EVERY",
-    "SCHEDULER_WATCH_INTERVAL",
-    "CELERY_MAX_RETRY",
-    "CELERY_RETRY_DELAY",
-    "CREATE_TABLE",
-    "CELERY_BROKER_URL",
-    "WORKER_CONCURRENCY",
-    "SHUTDOWN_TIMEOUT",
-    "DEFAULT_CELERY_MAX_RETRY",
-    "RUST_LOG",
-];
-
 fn workdir(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("cdk-cli-{test}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -37,7 +20,7 @@ fn workdir(test: &str) -> PathBuf {
 fn beat(dir: &Path) -> Command {
     let mut cmd = Command::new(BEAT);
     cmd.current_dir(dir);
-    for var in VARS {
+    for var in common::BEAT_VARS {
         cmd.env_remove(var);
     }
     cmd

@@ -118,6 +118,42 @@ fn audit(rows: &[RoutineRow], messages: &[Published]) -> Audit {
     audit
 }
 
+/// An outage as the tests saw it: the cut, the restore, and the first run
+/// seen after it.
+type Window = (DateTime<Utc>, DateTime<Utc>, DateTime<Utc>);
+
+/// What outages may do to runs, and no more: a run is missed only while
+/// its routine could not be claimed, and after an outage a routine fires
+/// once, not once per missed due time.
+fn assert_outages_cost_only_their_own_runs(audit: &Audit, windows: &[Window]) {
+    assert!(
+        audit.miscounted.is_empty(),
+        "{:?}",
+        &audit.miscounted[..audit.miscounted.len().min(5)]
+    );
+    assert_eq!(audit.strays, 0);
+    for (routine, due) in &audit.missed {
+        assert!(
+            windows
+                .iter()
+                .any(|(from, _, back)| *due >= *from - TimeDelta::seconds(1) && *due <= *back),
+            "{routine}: run due {due} missed outside an outage"
+        );
+    }
+    for (from, restored, _) in windows {
+        let mut inside: HashMap<&str, usize> = HashMap::new();
+        for (routine, due) in &audit.dispatched {
+            if *due > *from + TimeDelta::seconds(1) && *due < *restored {
+                *inside.entry(routine.as_str()).or_default() += 1;
+            }
+        }
+        assert!(
+            inside.values().all(|n| *n <= 1),
+            "more than one run per routine within the outage from {from}: {inside:?}"
+        );
+    }
+}
+
 fn migrated(db: &TestDb) -> RoutineStore {
     db.store()
 }
@@ -330,34 +366,7 @@ fn database_outage(kind: Kind) {
         format!("database outages on {kind:?}: {} runs, {} repeated, {} missed in outages, recovery after {:?}\n",
             audit.runs, audit.repeats, audit.missed.len(), recoveries).as_bytes(),
     );
-    assert!(
-        audit.miscounted.is_empty(),
-        "{:?}",
-        &audit.miscounted[..audit.miscounted.len().min(5)]
-    );
-    assert_eq!(audit.strays, 0);
-    for (routine, due) in &audit.missed {
-        assert!(
-            windows
-                .iter()
-                .any(|(from, _, back)| *due >= *from - TimeDelta::seconds(1) && *due <= *back),
-            "{routine}: run due {due} missed outside an outage"
-        );
-    }
-    // After each outage a routine fired once, not once per missed second:
-    // of the due times inside an outage, only the first was run (late).
-    for (from, restored, _) in &windows {
-        let mut inside: HashMap<&str, usize> = HashMap::new();
-        for (routine, due) in &audit.dispatched {
-            if *due > *from + TimeDelta::seconds(1) && *due < *restored {
-                *inside.entry(routine.as_str()).or_default() += 1;
-            }
-        }
-        assert!(
-            inside.values().all(|n| *n <= 1),
-            "more than one run per routine within the outage from {from}: {inside:?}"
-        );
-    }
+    assert_outages_cost_only_their_own_runs(&audit, &windows);
 }
 
 #[test]
@@ -448,32 +457,7 @@ fn broker_outages_leave_routines_due_and_each_fires_once_after() {
         )
         .as_bytes(),
     );
-    assert!(
-        audit.miscounted.is_empty(),
-        "{:?}",
-        &audit.miscounted[..audit.miscounted.len().min(5)]
-    );
-    assert_eq!(audit.strays, 0);
-    for (routine, due) in &audit.missed {
-        assert!(
-            windows
-                .iter()
-                .any(|(from, _, back)| *due >= *from - TimeDelta::seconds(1) && *due <= *back),
-            "{routine}: run due {due} missed outside an outage"
-        );
-    }
-    for (from, restored, _) in &windows {
-        let mut inside: HashMap<&str, usize> = HashMap::new();
-        for (routine, due) in &audit.dispatched {
-            if *due > *from + TimeDelta::seconds(1) && *due < *restored {
-                *inside.entry(routine.as_str()).or_default() += 1;
-            }
-        }
-        assert!(
-            inside.values().all(|n| *n <= 1),
-            "a burst after the outage from {from}: {inside:?}"
-        );
-    }
+    assert_outages_cost_only_their_own_runs(&audit, &windows);
 }
 
 #[test]
@@ -589,29 +573,10 @@ fn no_password_appears_in_any_log_line_or_error() {
 // ---------------------------------------------------------------------------
 // Thousands of bad rows beside good ones.
 
-/// SplitMix64, seeded: the same rows every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.below(items.len() as u64) as usize]
-    }
-}
-
 /// A row that cannot run: (task, schedule, kwargs, options), each JSON text.
-fn bad_row(rng: &mut Rng, json_columns: bool) -> (String, String, String, String) {
+fn bad_row(rng: &mut common::Rng, json_columns: bool) -> (String, String, String, String) {
     let ok_schedule = format!(r#"{{"timedelta": {}}}"#, 1 + rng.below(100));
-    let field = |rng: &mut Rng| {
+    let field = |rng: &mut common::Rng| {
         rng.pick(&[
             "minute",
             "hour",
@@ -703,7 +668,7 @@ backend_tests! {
     fn thousands_of_bad_rows_are_reported_once_and_good_ones_keep_their_timing(db) {
         let rec = common::Recorder::new("record");
         let mut beat = celery_diesel_kit::Beat::builder(db.config()).task(rec.clone()).start_manual().unwrap();
-        let mut rng = Rng(0x5eed);
+        let mut rng = common::Rng(0x5eed);
         let quote = |s: &str| s.replace('\'', "''");
         let mut values = Vec::new();
         for i in 0..2000 {

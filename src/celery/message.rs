@@ -241,17 +241,9 @@ impl Sender {
 /// ```
 pub fn task_id(routine_id: &str, scheduled_at: DateTime<Utc>) -> String {
     const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6c1f_3b0e_9a4d_4c2e_8f57_3d2a_1b0c_9e8d);
-    use chrono::{Datelike, Timelike};
-    let t = scheduled_at;
     let name = format!(
-        "{routine_id}@{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-        t.year(),
-        t.month(),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.timestamp_subsec_micros().min(999_999)
+        "{routine_id}@{}Z",
+        crate::schedule::format_micros(scheduled_at, 'T')
     );
     uuid::Uuid::new_v5(&NAMESPACE, name.as_bytes()).to_string()
 }

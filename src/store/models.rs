@@ -111,19 +111,7 @@ pub struct Plan {
 /// backend parses it, and SQLite, which stores it as text, compares it in
 /// time order because the width is fixed.
 pub(crate) fn format_timestamp(t: DateTime<Utc>) -> String {
-    use chrono::{Datelike, Timelike};
-    // Written by hand: chrono's format strings are parsed at every call,
-    // and this runs for every row the beat writes.
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}",
-        t.year(),
-        t.month(),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.timestamp_subsec_micros().min(999_999)
-    )
+    crate::schedule::format_micros(t, ' ')
 }
 
 fn timestamp<S: serde::Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {

@@ -110,47 +110,28 @@ impl TestDb {
 
     /// A fresh PostgreSQL database, or `None` (skipped) without a server.
     pub fn postgres(test: &str) -> Option<TestDb> {
-        let admin = postgres_admin_url();
-        if !reachable(&admin) {
-            skip(test, &format!("PostgreSQL not reachable at {admin}"));
-            return None;
-        }
-        let name = unique(test);
-        let store = RoutineStore::connect(&admin).expect("connect to the admin database");
-        store
-            .execute(&format!("CREATE DATABASE {name}"))
-            .expect("create test database");
-        let base = admin
-            .rsplit_once('/')
-            .map_or(admin.as_str(), |(base, _)| base);
-        let url = format!("{base}/{name}");
-        Some(TestDb {
-            kind: Kind::Postgres,
-            url,
-            name,
-            dir: None,
-        })
+        TestDb::on_server(Kind::Postgres, &postgres_admin_url(), "PostgreSQL", test)
     }
 
     /// A fresh MySQL/MariaDB database, or `None` (skipped) without a server.
     pub fn mysql(test: &str) -> Option<TestDb> {
-        let admin = mysql_admin_url();
-        if !reachable(&admin) {
-            skip(test, &format!("MySQL/MariaDB not reachable at {admin}"));
+        TestDb::on_server(Kind::Mysql, &mysql_admin_url(), "MySQL/MariaDB", test)
+    }
+
+    fn on_server(kind: Kind, admin: &str, server: &str, test: &str) -> Option<TestDb> {
+        if !reachable(admin) {
+            skip(test, &format!("{server} not reachable at {admin}"));
             return None;
         }
         let name = unique(test);
-        let store = RoutineStore::connect(&admin).expect("connect to the admin database");
+        let store = RoutineStore::connect(admin).expect("connect to the admin database");
         store
             .execute(&format!("CREATE DATABASE {name}"))
             .expect("create test database");
-        let base = admin
-            .rsplit_once('/')
-            .map_or(admin.as_str(), |(base, _)| base);
-        let url = format!("{base}/{name}");
+        let base = admin.rsplit_once('/').map_or(admin, |(base, _)| base);
         Some(TestDb {
-            kind: Kind::Mysql,
-            url,
+            kind,
+            url: format!("{base}/{name}"),
             name,
             dir: None,
         })
@@ -564,6 +545,26 @@ impl Proxy {
     }
 }
 
+/// Every variable the `beat` binary reads: cleared for the processes the
+/// tests start, so that the host's settings cannot leak into a test.
+pub const BEAT_VARS: [&str; 15] = [
+    "SCHEDULER_DB_URI",
+    "SCHEDULER_MAX_INTERVAL",
+    "SCHEDULER_SYNC_EVERY",
+    "SCHEDULER_WATCH_INTERVAL",
+    "CELERY_MAX_RETRY",
+    "CELERY_RETRY_DELAY",
+    "DEFAULT_CELERY_MAX_RETRY",
+    "DEFAULT_CELERY_RETRY_DELAY",
+    "CREATE_TABLE",
+    "CELERY_BROKER_URL",
+    "WORKER_CONCURRENCY",
+    "SHUTDOWN_TIMEOUT",
+    "SCHEDULER_MISFIRE_POLICY",
+    "SCHEDULER_MISFIRE_GRACE_TIME",
+    "RUST_LOG",
+];
+
 /// A `beat` process; its stderr is collected line by line. Killed when
 /// dropped.
 pub struct BeatProcess {
@@ -577,21 +578,7 @@ impl BeatProcess {
     pub fn start(env: &[(&str, &str)]) -> BeatProcess {
         use std::io::BufRead;
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_beat"));
-        for var in [
-            "SCHEDULER_DB_URI",
-            "SCHEDULER_MAX_INTERVAL",
-            "SCHEDULER_SYNC_EVERY",
-            "SCHEDULER_WATCH_INTERVAL",
-            "CELERY_MAX_RETRY",
-            "CELERY_RETRY_DELAY",
-            "CREATE_TABLE",
-            "CELERY_BROKER_URL",
-            "WORKER_CONCURRENCY",
-            "SHUTDOWN_TIMEOUT",
-            "SCHEDULER_MISFIRE_POLICY",
-            "SCHEDULER_MISFIRE_GRACE_TIME",
-            "RUST_LOG",
-        ] {
+        for var in BEAT_VARS {
             cmd.env_remove(var);
         }
         cmd.envs(env.iter().copied())
@@ -678,30 +665,67 @@ pub fn published_count(redis_url: &str, queue: &str) -> usize {
         .unwrap()
 }
 
-/// Every message waiting in the Redis list `queue`, oldest first. The
-/// routines of these tests carry their own name in kwargs (`{"r": name}`).
-pub fn published(redis_url: &str, queue: &str) -> Vec<Published> {
-    use base64::Engine as _;
-    let mut conn = redis_conn(redis_url);
+/// The envelopes waiting in the Redis list `key`, oldest first.
+pub fn envelopes(redis_url: &str, key: &str) -> Vec<serde_json::Value> {
     let raw: Vec<String> = redis::cmd("LRANGE")
-        .arg(queue)
+        .arg(key)
         .arg(0)
         .arg(-1)
-        .query(&mut conn)
+        .query(&mut redis_conn(redis_url))
         .unwrap();
     raw.iter()
         .rev()
-        .map(|m| {
-            let envelope: serde_json::Value = serde_json::from_str(m).unwrap();
-            let body = base64::engine::general_purpose::STANDARD
-                .decode(envelope["body"].as_str().unwrap())
-                .unwrap();
-            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            Published {
-                id: envelope["headers"]["id"].as_str().unwrap().to_owned(),
-                routine: body[1]["r"].as_str().unwrap_or_default().to_owned(),
-                task: envelope["headers"]["task"].as_str().unwrap().to_owned(),
-            }
+        .map(|m| serde_json::from_str(m).unwrap())
+        .collect()
+}
+
+/// A message's body: `[args, kwargs, embed]`.
+pub fn body(envelope: &serde_json::Value) -> serde_json::Value {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(envelope["body"].as_str().unwrap())
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// Every message waiting in the Redis list `queue`, oldest first. The
+/// routines of these tests carry their own name in kwargs (`{"r": name}`).
+pub fn published(redis_url: &str, queue: &str) -> Vec<Published> {
+    envelopes(redis_url, queue)
+        .iter()
+        .map(|envelope| Published {
+            id: envelope["headers"]["id"].as_str().unwrap().to_owned(),
+            routine: body(envelope)[1]["r"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            task: envelope["headers"]["task"].as_str().unwrap().to_owned(),
         })
         .collect()
+}
+
+/// SplitMix64: a small seeded generator, so that every run of a test
+/// checks the same cases.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    pub fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len() as u64) as usize]
+    }
 }
