@@ -1,10 +1,11 @@
-//! The scheduler: one blocking thread that plans edited routines and fires
+//! The scheduler: a blocking thread that plans edited routines and fires
 //! due ones, with the database as the only state.
 //!
-//! Each pass (a [`Tick`]) does three things, each in its own transaction:
+//! Each pass (a [`Tick`]) does three things, each in its own transactions:
 //!
 //! 1. plan edited rows (`needs_sync`, set by triggers on every edit): parse
-//!    and validate, then write `next_run_at` or `last_error`;
+//!    and validate, then write `next_run_at` or `last_error` (the thread
+//!    looks for them every `scheduler_watch_interval`);
 //! 2. claim due rows (`next_run_at <= now`) in batches: dispatch each, and
 //!    advance `last_run_at`, `total_run_count`, `next_run_at` in the same
 //!    transaction;
@@ -15,6 +16,10 @@
 //! through partial indexes, so a pass costs the same for ten routines or a
 //! million. The sleep is bounded by `scheduler_watch_interval`, the delay
 //! within which an edit takes effect, and by `scheduler_max_interval`.
+//!
+//! Bursts of due rows are shared by several claimers (`SKIP LOCKED` keeps
+//! their rows apart); on PostgreSQL two helper claimers run beside the
+//! thread at all times (see [`Scheduler::help`]).
 
 use crate::celery::{self, Message, Publisher, SendOptions, Sender as CelerySender};
 use crate::error::Error;
