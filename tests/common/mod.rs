@@ -387,6 +387,28 @@ pub fn redis_conn(url: &str) -> redis::Connection {
     redis::Client::open(url).unwrap().get_connection().unwrap()
 }
 
+/// Collects a child's stderr line by line, on a thread of its own;
+/// `watch` sees each line as it comes.
+fn collect_stderr(
+    child: &mut std::process::Child,
+    watch: impl Fn(&str) + Send + 'static,
+) -> Arc<Mutex<Vec<String>>> {
+    use std::io::BufRead;
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let lines = Arc::clone(&log);
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            watch(&line);
+            lines.lock().unwrap().push(line);
+        }
+    });
+    log
+}
+
 /// A real `celery worker` (solo pool, one task at a time) on `broker`,
 /// consuming `queues`; killed when dropped.
 pub struct CeleryWorker {
@@ -396,7 +418,6 @@ pub struct CeleryWorker {
 
 impl CeleryWorker {
     pub fn start(python: &std::path::Path, broker: &str, queues: &str) -> CeleryWorker {
-        use std::io::BufRead;
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python");
         let mut child = std::process::Command::new(python)
             .args([
@@ -424,23 +445,12 @@ impl CeleryWorker {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("start celery worker");
-        let log = Arc::new(Mutex::new(Vec::new()));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        {
-            let log = Arc::clone(&log);
-            std::thread::spawn(move || {
-                for line in std::io::BufReader::new(stderr)
-                    .lines()
-                    .map_while(Result::ok)
-                {
-                    if line.contains(" ready.") {
-                        let _ = ready_tx.send(());
-                    }
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
+        let log = collect_stderr(&mut child, move |line| {
+            if line.contains(" ready.") {
+                let _ = ready_tx.send(());
+            }
+        });
         let worker = CeleryWorker { child, log };
         if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
             panic!("celery worker not ready in 60 s:\n{}", worker.log());
@@ -576,7 +586,6 @@ impl BeatProcess {
     /// Starts the `beat` binary with `env` (and nothing of the host's beat
     /// settings).
     pub fn start(env: &[(&str, &str)]) -> BeatProcess {
-        use std::io::BufRead;
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_beat"));
         for var in BEAT_VARS {
             cmd.env_remove(var);
@@ -586,19 +595,7 @@ impl BeatProcess {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
         let mut child = cmd.spawn().expect("start beat");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        {
-            let log = Arc::clone(&log);
-            std::thread::spawn(move || {
-                for line in std::io::BufReader::new(stderr)
-                    .lines()
-                    .map_while(Result::ok)
-                {
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
+        let log = collect_stderr(&mut child, |_| {});
         BeatProcess { child, log }
     }
 
