@@ -355,18 +355,24 @@ fn a_broker_outage_loses_no_routine_and_doubles_none() {
             "at {t}: only the in-process routine runs while Redis is away"
         );
     }
-    for i in 0..5 {
-        let row = beat
-            .store()
-            .routine(&format!("celery {i}"))
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            (row.total_run_count, row.next_run_at_utc()),
-            (Some(1), Some(at(2))),
-            "not advanced while unpublished"
-        );
-    }
+    // Each broker routine's run count and next run.
+    let progress = |beat: &ManualBeat| -> Vec<(Option<i32>, Option<DateTime<Utc>>)> {
+        (0..5)
+            .map(|i| {
+                let row = beat
+                    .store()
+                    .routine(&format!("celery {i}"))
+                    .unwrap()
+                    .unwrap();
+                (row.total_run_count, row.next_run_at_utc())
+            })
+            .collect()
+    };
+    assert_eq!(
+        progress(&beat),
+        vec![(Some(1), Some(at(2))); 5],
+        "not advanced while unpublished"
+    );
     proxy.restore();
     // The broker is retried after its back-off; then each routine fires
     // once for everything it missed, and is back on its 1 s grid.
@@ -381,17 +387,7 @@ fn a_broker_outage_loses_no_routine_and_doubles_none() {
         }),
         "the routines never reached Redis again"
     );
-    for i in 0..5 {
-        let row = beat
-            .store()
-            .routine(&format!("celery {i}"))
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            (row.total_run_count, row.next_run_at_utc()),
-            (Some(2), Some(at(6)))
-        );
-    }
+    assert_eq!(progress(&beat), vec![(Some(2), Some(at(6))); 5]);
     let ids: HashSet<String> = envelopes(&direct, "celery")
         .iter()
         .map(|e| e["headers"]["id"].as_str().unwrap().to_owned())
