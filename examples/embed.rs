@@ -43,7 +43,7 @@ impl AsyncTask for Refresh {
         "cache.refresh"
     }
 
-    async fn execute(&self, ctx: TaskContext) -> TaskResult {
+    async fn run(&self, ctx: TaskContext) -> TaskResult {
         tokio::time::sleep(Duration::from_millis(100)).await;
         log::info!("cache refreshed (attempt {})", ctx.attempt);
         Ok(())

@@ -17,6 +17,7 @@ pub const DEFAULT_DB_URI: &str = "sqlite://celery-beat.sqlite3";
 
 /// Why a configuration value was rejected.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// A value that does not parse for its key.
     #[error("invalid {key} = {value:?}: {reason}")]
@@ -58,18 +59,21 @@ pub enum ConfigError {
 
 /// The beat's configuration. Field names are the kit's configuration keys.
 ///
+/// New keys come with new releases, so a `Config` starts from
+/// [`Config::default`], [`Config::from_env`] or [`Config::load`], and is
+/// changed field by field (or with [`Config::set`], by key name):
+///
 /// ```
 /// use celery_diesel_kit::Config;
 /// use std::time::Duration;
 ///
-/// let config = Config {
-///     scheduler_db_uri: "sqlite://my-beat.sqlite3".into(),
-///     celery_max_retry: 5,
-///     ..Config::default()
-/// };
+/// let mut config = Config::default();
+/// config.scheduler_db_uri = "sqlite://my-beat.sqlite3".into();
+/// config.celery_max_retry = 5;
 /// assert_eq!(config.scheduler_max_interval, Duration::from_secs(300));
 /// ```
 #[derive(Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Config {
     /// `scheduler_db_uri`: `postgres://…`, `sqlite://path` or a plain SQLite path.
     pub scheduler_db_uri: String,

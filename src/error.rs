@@ -2,13 +2,14 @@
 
 use crate::celery::BrokerError;
 use crate::config::ConfigError;
-use crate::schedule::ScheduleError;
+use crate::routine::RoutineError;
 use crate::store::StoreError;
 
 /// Anything that stops the beat from starting, or a scheduler step from
-/// completing. Problems with one routine never surface here: they are
-/// logged and recorded in that routine's `last_error` column.
+/// completing. Problems with one routine in the table never surface here:
+/// they are logged and recorded in that routine's `last_error` column.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// Bad configuration.
     #[error(transparent)]
@@ -19,22 +20,10 @@ pub enum Error {
     /// The Celery broker failed.
     #[error(transparent)]
     Broker(#[from] BrokerError),
-    /// A routine declared in code is invalid.
-    #[error("routine {routine}: {reason}")]
-    Routine {
-        /// The routine's name.
-        routine: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// A schedule declared in code is invalid.
-    #[error("routine {routine}: {source}")]
-    Schedule {
-        /// The routine's name.
-        routine: String,
-        /// The schedule error.
-        source: ScheduleError,
-    },
+    /// A routine declared in code, or asked for by name, is invalid or
+    /// cannot be run.
+    #[error(transparent)]
+    Routine(#[from] RoutineError),
     /// A thread could not be started.
     #[error("cannot start the {what} thread: {source}")]
     Thread {

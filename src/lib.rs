@@ -2,36 +2,56 @@
 //!
 //! # Layout
 //!
-//! - [`schedule`]: the kit's schedule JSON (interval or Celery crontab),
-//!   parsed, validated, and the next-run math. Knows nothing of databases.
-//! - [`store`]: the `routines` table: migrations, pools, and every
-//!   statement the beat issues.
-//! - `scheduler`: the blocking scheduler thread: plans edited rows, claims
-//!   due ones, sleeps until the next.
+//! From the top down; each module uses only those below it.
+//!
+//! - `beat`: [`Beat`], its builder, and the [`BeatHandle`] and
+//!   [`ManualBeat`] that run and stop it.
+//! - `scheduler`: the blocking scheduler thread: the loop (`mod.rs`),
+//!   planning edited rows (`plan`), claiming due ones (`claim`), outages of
+//!   the database and the broker (`outage`).
+//! - `dispatch`: one due run, from the claim to its hand-over: route
+//!   (in-process or Celery), decide (misfire, overlap, advance), publish or
+//!   queue.
 //! - `worker`: the worker pool running in-process tasks, with retries.
+//! - `celery`: Celery protocol v2 messages and their Redis publisher.
+//! - `store`: the `routines` table: migrations, pools, and every statement
+//!   the beat issues ([`RoutineStore`]).
+//! - `routine`: a [`Routine`] as code declares it.
+//! - `metrics`: what the beat counts ([`Stats`]).
+//! - `config`: the kit's configuration keys ([`Config`]).
+//! - `schedule`: the kit's schedule JSON (interval or Celery crontab),
+//!   parsed, validated, and the next-run math ([`Schedule`]). Knows nothing
+//!   of databases.
 //! - `task`: the [`SyncTask`] and [`AsyncTask`] traits.
-//! - `beat`: [`Beat`], the builder, and the [`BeatHandle`] that stops it.
-//! - [`config`]: the kit's configuration keys.
+//! - `clock`, `shutdown`, `error`: the injected time, the stop signal, and
+//!   the crate's [`Error`].
 
 #![warn(missing_docs)]
 
 mod beat;
 mod celery;
-pub mod config;
+mod clock;
+mod config;
+mod dispatch;
 mod error;
-pub mod schedule;
+mod metrics;
+mod routine;
+mod schedule;
 mod scheduler;
 mod shutdown;
-pub mod store;
+mod store;
 mod task;
 mod worker;
 
-pub use beat::{Beat, BeatBuilder, BeatHandle, ManualBeat, Routine, Stats, StopReport};
+pub use beat::{Beat, BeatBuilder, BeatHandle, ManualBeat, StopReport};
 pub use celery::message::task_id;
 pub use celery::BrokerError;
-pub use config::{redact_url, Config};
+pub use clock::{Clock, SystemClock};
+pub use config::{redact_url, Config, ConfigError, DEFAULT_DB_URI};
 pub use error::Error;
-pub use schedule::{Misfire, MisfirePolicy, Schedule, ScheduleError};
-pub use scheduler::{Clock, Lateness, SystemClock, Tick};
-pub use store::{RoutineRow, RoutineStore};
+pub use metrics::{Lateness, Stats};
+pub use routine::{Routine, RoutineError};
+pub use schedule::{Crontab, Misfire, MisfirePolicy, Schedule, ScheduleError};
+pub use scheduler::Tick;
+pub use store::{Backend, RoutineRow, RoutineStore, StoreError};
 pub use task::{AsyncTask, SyncTask, TaskContext, TaskError, TaskResult};

@@ -91,7 +91,7 @@ pub trait SyncTask: Send + Sync + 'static {
 /// struct Ping;
 /// impl AsyncTask for Ping {
 ///     fn name(&self) -> &str { "ping" }
-///     async fn execute(&self, _ctx: TaskContext) -> TaskResult {
+///     async fn run(&self, _ctx: TaskContext) -> TaskResult {
 ///         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
 ///         Ok(())
 ///     }
@@ -104,7 +104,7 @@ pub trait AsyncTask: Send + Sync + 'static {
     // The future runs on the worker thread that polls it (a current-thread
     // runtime), so it deliberately carries no `Send` bound.
     #[allow(async_fn_in_trait)]
-    async fn execute(&self, ctx: TaskContext) -> TaskResult;
+    async fn run(&self, ctx: TaskContext) -> TaskResult;
 }
 
 /// A future borrowed from a task, as the worker polls it.
@@ -113,12 +113,12 @@ pub(crate) type TaskFuture<'a> = Pin<Box<dyn Future<Output = TaskResult> + 'a>>;
 /// [`AsyncTask`] with its future boxed, so tasks of different types can sit
 /// in one registry.
 pub(crate) trait DynAsyncTask: Send + Sync {
-    fn execute_boxed(&self, ctx: TaskContext) -> TaskFuture<'_>;
+    fn run_boxed(&self, ctx: TaskContext) -> TaskFuture<'_>;
 }
 
 impl<T: AsyncTask> DynAsyncTask for T {
-    fn execute_boxed(&self, ctx: TaskContext) -> TaskFuture<'_> {
-        Box::pin(self.execute(ctx))
+    fn run_boxed(&self, ctx: TaskContext) -> TaskFuture<'_> {
+        Box::pin(self.run(ctx))
     }
 }
 

@@ -8,12 +8,13 @@
 //! sleeping on it; the routine leaves the in-flight set when its run has
 //! succeeded or used up its retries.
 
+use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::task::{Registered, TaskContext, TaskRegistry};
 use crossbeam_channel::{bounded, select, Receiver, Sender, TrySendError};
 use std::collections::{BinaryHeap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -29,14 +30,6 @@ pub(crate) struct Job {
     /// A scheduled run holds its routine's in-flight mark; an on-demand run
     /// does not.
     pub(crate) scheduled: bool,
-}
-
-/// Counters of what the pool has done, for logs, tests and benchmarks.
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) succeeded: AtomicU64,
-    pub(crate) failed: AtomicU64,
-    pub(crate) gave_up: AtomicU64,
 }
 
 /// Routines with a run queued, running or waiting for a retry: such a
@@ -90,7 +83,6 @@ pub(crate) struct RetryPolicy {
 pub(crate) struct WorkerPool {
     jobs: Sender<Job>,
     in_flight: Arc<InFlight>,
-    counters: Arc<Counters>,
     /// Set when a stop's deadline passed: workers drop queued jobs.
     abandon: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
@@ -104,6 +96,7 @@ impl WorkerPool {
         threads: usize,
         registry: Arc<TaskRegistry>,
         retry: RetryPolicy,
+        metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
         let threads = threads.max(1);
         let (jobs_tx, jobs_rx) = bounded::<Job>(threads * QUEUE_PER_WORKER);
@@ -111,7 +104,6 @@ impl WorkerPool {
         let (exited_tx, exited) = crossbeam_channel::unbounded();
         let (timer_stop, timer_stop_rx) = bounded::<()>(0);
         let in_flight = Arc::new(InFlight::default());
-        let counters = Arc::new(Counters::default());
         let abandon = Arc::new(AtomicBool::new(false));
 
         let mut workers = Vec::with_capacity(threads);
@@ -122,7 +114,7 @@ impl WorkerPool {
                 registry: Arc::clone(&registry),
                 retry,
                 in_flight: Arc::clone(&in_flight),
-                counters: Arc::clone(&counters),
+                metrics: Arc::clone(&metrics),
                 abandon: Arc::clone(&abandon),
                 exited: exited_tx.clone(),
             };
@@ -142,7 +134,6 @@ impl WorkerPool {
         Ok(WorkerPool {
             jobs: jobs_tx,
             in_flight,
-            counters,
             abandon,
             workers,
             timer: Some(timer),
@@ -153,10 +144,6 @@ impl WorkerPool {
 
     pub(crate) fn in_flight(&self) -> Arc<InFlight> {
         Arc::clone(&self.in_flight)
-    }
-
-    pub(crate) fn counters(&self) -> Arc<Counters> {
-        Arc::clone(&self.counters)
     }
 
     /// A handle for queueing jobs.
@@ -237,7 +224,7 @@ struct Worker {
     registry: Arc<TaskRegistry>,
     retry: RetryPolicy,
     in_flight: Arc<InFlight>,
-    counters: Arc<Counters>,
+    metrics: Arc<Metrics>,
     abandon: Arc<AtomicBool>,
     exited: Sender<()>,
 }
@@ -255,12 +242,12 @@ impl Worker {
                 self.in_flight.end(&job);
                 continue;
             }
-            self.execute(job, &mut runtime);
+            self.run_job(job, &mut runtime);
         }
         let _ = self.exited.send(());
     }
 
-    fn execute(&self, job: Job, runtime: &mut Option<tokio::runtime::Runtime>) {
+    fn run_job(&self, job: Job, runtime: &mut Option<tokio::runtime::Runtime>) {
         let ctx = &job.ctx;
         let outcome = match self.registry.get(&ctx.task) {
             None => Err(format!("task {} is not registered", ctx.task)),
@@ -276,7 +263,7 @@ impl Worker {
                     Err(e) => Err(format!("cannot start a tokio runtime: {e}")),
                     Ok(rt) => {
                         let result = catch_unwind(AssertUnwindSafe(|| {
-                            rt.block_on(task.execute_boxed(ctx.clone()))
+                            rt.block_on(task.run_boxed(ctx.clone()))
                         }));
                         if result.is_err() {
                             // A panic may leave the runtime's tasks in any
@@ -295,17 +282,17 @@ impl Worker {
                 log::debug!("routine {}: task {} succeeded", ctx.routine, ctx.task);
                 // Released before counted: whoever sees the count may fire again.
                 self.in_flight.end(&job);
-                self.counters.succeeded.fetch_add(1, Ordering::Relaxed);
+                Metrics::bump(&self.metrics.succeeded);
             }
             Err(reason) => self.failed(job, reason),
         }
     }
 
     fn failed(&self, mut job: Job, reason: String) {
-        self.counters.failed.fetch_add(1, Ordering::Relaxed);
+        Metrics::bump(&self.metrics.failed);
         let ctx = &job.ctx;
         if ctx.attempt >= self.retry.max_retries {
-            self.counters.gave_up.fetch_add(1, Ordering::Relaxed);
+            Metrics::bump(&self.metrics.gave_up);
             log::error!(
                 "routine {}: task {} failed (attempt {} of {}), giving up: {reason}",
                 ctx.routine,

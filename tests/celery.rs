@@ -2,7 +2,7 @@
 
 mod common;
 
-use celery_diesel_kit::{Beat, Config, ManualBeat, Routine, Schedule};
+use celery_diesel_kit::{Beat, ManualBeat, Routine, Schedule};
 use chrono::{DateTime, Duration as TimeDelta, Utc};
 use common::{
     body, celery_python, envelopes, recorded_calls, redis_conn, redis_db, utc, wait_until,
@@ -28,9 +28,10 @@ fn setup(test: &str, redis: u8) -> Option<(PathBuf, String, TestDb)> {
 }
 
 fn manual(db: &TestDb, broker: &str, routines: Vec<Routine>) -> ManualBeat {
-    let config = Config {
-        broker_url: Some(broker.to_owned()),
-        ..db.config()
+    let config = {
+        let mut c = db.config();
+        c.broker_url = Some(broker.to_owned());
+        c
     };
     Beat::builder(config)
         .routines(routines)
@@ -49,9 +50,10 @@ fn routines_inserted_by_sql_run_on_a_python_celery_worker() {
         return;
     };
     let worker = CeleryWorker::start(&python, &broker, "celery");
-    let config = Config {
-        broker_url: Some(broker.clone()),
-        ..db.config()
+    let config = {
+        let mut c = db.config();
+        c.broker_url = Some(broker.clone());
+        c
     };
     let beat = Beat::builder(config).start().unwrap();
     for (name, kwargs) in [
@@ -331,9 +333,10 @@ fn a_broker_outage_loses_no_routine_and_doubles_none() {
     let broker = format!("redis://127.0.0.1:{}/7", proxy.port);
     let db = TestDb::sqlite(test);
     let local = Recorder::new("local");
-    let config = Config {
-        broker_url: Some(broker.clone()),
-        ..db.config()
+    let config = {
+        let mut c = db.config();
+        c.broker_url = Some(broker.clone());
+        c
     };
     let mut beat = Beat::builder(config)
         .task(local.clone())
@@ -546,9 +549,10 @@ fn send_now_runs_a_routine_outside_its_schedule() {
     };
     let db = TestDb::sqlite(test);
     let local = Recorder::new("local");
-    let config = Config {
-        broker_url: Some(broker.clone()),
-        ..db.config()
+    let config = {
+        let mut c = db.config();
+        c.broker_url = Some(broker.clone());
+        c
     };
     let beat = Beat::builder(config)
         .task(local.clone())

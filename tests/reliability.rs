@@ -541,9 +541,10 @@ fn no_password_appears_in_any_log_line_or_error() {
         let _ = failing.child.wait();
         std::thread::sleep(Duration::from_millis(100));
         output.push_str(&failing.log());
-        let config = celery_diesel_kit::Config {
-            scheduler_db_uri: url.clone(),
-            ..Default::default()
+        let config = {
+            let mut c = celery_diesel_kit::Config::default();
+            c.scheduler_db_uri = url.clone();
+            c
         };
         output.push_str(&format!(
             "{:?}",
@@ -553,9 +554,10 @@ fn no_password_appears_in_any_log_line_or_error() {
         ));
         output.push_str(&format!("{config:?}"));
     }
-    let config = celery_diesel_kit::Config {
-        broker_url: Some(broker.clone()),
-        ..db.config()
+    let config = {
+        let mut c = db.config();
+        c.broker_url = Some(broker.clone());
+        c
     };
     output.push_str(&format!("{config:?}"));
     assert!(output.contains(":***@"), "nothing was redacted?\n{output}");

@@ -181,13 +181,9 @@ backend_tests! {
     }
 
     fn the_skip_misfire_policy_drops_runs_later_than_their_grace_time(db) {
-        use celery_diesel_kit::{Config, Misfire, MisfirePolicy};
+        use celery_diesel_kit::{Misfire, MisfirePolicy};
         let rec = Recorder::new("record");
-        let config = Config {
-            scheduler_misfire_policy: MisfirePolicy::Skip,
-            scheduler_misfire_grace_time: Duration::from_secs(5),
-            ..db.config()
-        };
+        let config = { let mut c = db.config(); c.scheduler_misfire_policy = MisfirePolicy::Skip; c.scheduler_misfire_grace_time = Duration::from_secs(5); c };
         let fire_once = Misfire { policy: Some(MisfirePolicy::FireOnce), grace_time: None };
         let mut beat = Beat::builder(config)
             .task(rec.clone())
@@ -354,7 +350,7 @@ backend_tests! {
     fn edits_take_effect_within_a_second(db) {
         let rec = Recorder::new("record");
         // The default watch interval, as shipped.
-        let config = celery_diesel_kit::Config { scheduler_watch_interval: celery_diesel_kit::Config::default().scheduler_watch_interval, ..db.config() };
+        let config = { let mut c = db.config(); c.scheduler_watch_interval = celery_diesel_kit::Config::default().scheduler_watch_interval; c };
         let beat = Beat::builder(config)
             .task(rec.clone())
             .routine(Routine::new("r", "record", every(3600)))

@@ -53,7 +53,7 @@ impl AsyncTask for Nap {
     fn name(&self) -> &str {
         "nap"
     }
-    async fn execute(&self, ctx: TaskContext) -> TaskResult {
+    async fn run(&self, ctx: TaskContext) -> TaskResult {
         // Not Send across the await: fine on a current-thread runtime.
         let local = std::rc::Rc::new(ctx.routine.clone());
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -152,7 +152,7 @@ backend_tests! {
 
     fn failed_tasks_are_retried_then_given_up(db) {
         let attempts = Arc::new(Mutex::new(Vec::new()));
-        let config = Config { celery_max_retry: 2, ..db.config() };
+        let config = { let mut c = db.config(); c.celery_max_retry = 2; c };
         let mut beat = start(Beat::builder(config)
             .task(Flaky { name: "flaky", failures: u32::MAX, panic: false, attempts: attempts.clone() })
             .routine(Routine::new("r", "flaky", every(10))));
@@ -168,7 +168,7 @@ backend_tests! {
         let attempts = Arc::new(Mutex::new(Vec::new()));
         let rec = Recorder::new("record");
         let delay = Duration::from_millis(1500);
-        let config = Config { celery_retry_delay: delay, worker_concurrency: 1, ..db.config() };
+        let config = { let mut c = db.config(); c.celery_retry_delay = delay; c.worker_concurrency = 1; c };
         let mut beat = start(Beat::builder(config)
             .task(Flaky { name: "flaky", failures: 1, panic: false, attempts: attempts.clone() })
             .task(rec.clone())
@@ -187,7 +187,7 @@ backend_tests! {
     fn a_panicking_task_is_a_failed_task_not_a_dead_worker(db) {
         let attempts = Arc::new(Mutex::new(Vec::new()));
         let rec = Recorder::new("record");
-        let config = Config { worker_concurrency: 1, celery_max_retry: 1, ..db.config() };
+        let config = { let mut c = db.config(); c.worker_concurrency = 1; c.celery_max_retry = 1; c };
         let mut beat = start(Beat::builder(config)
             .task(Flaky { name: "panicky", failures: 1, panic: true, attempts: attempts.clone() })
             .task(rec.clone())

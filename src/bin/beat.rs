@@ -7,7 +7,7 @@
 //! in this repository runs.
 
 use anyhow::{bail, Context};
-use celery_diesel_kit::config::DEFAULT_DB_URI;
+use celery_diesel_kit::DEFAULT_DB_URI;
 use celery_diesel_kit::{AsyncTask, Beat, Config, Routine, SyncTask, TaskContext, TaskResult};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -53,7 +53,7 @@ impl AsyncTask for AsyncTick {
         "demo.async_tick"
     }
 
-    async fn execute(&self, ctx: TaskContext) -> TaskResult {
+    async fn run(&self, ctx: TaskContext) -> TaskResult {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         log::info!("[{}] async tick (due {})", ctx.routine, ctx.scheduled_at);
         Ok(())

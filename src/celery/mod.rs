@@ -7,6 +7,7 @@
 //! carries the same task id (see [`message::task_id`]).
 
 pub(crate) mod message;
+mod pyjson;
 mod redis;
 
 pub(crate) use message::{Message, SendOptions, Sender};
@@ -14,6 +15,7 @@ pub(crate) use redis::Publisher;
 
 /// A broker failure.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BrokerError {
     /// `broker_url` is not a Redis URL this beat understands.
     #[error("invalid broker_url {0}")]

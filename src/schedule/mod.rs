@@ -119,6 +119,7 @@ impl Misfire {
 
 /// Why a schedule was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ScheduleError {
     /// The column does not hold JSON at all.
     #[error("schedule is not valid JSON: {0}")]
@@ -156,6 +157,7 @@ pub enum ScheduleError {
 
 /// When a routine runs: every so often, or on a Celery crontab.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Schedule {
     /// Every `Duration` (Celery's `schedule(run_every=...)`).
     Interval(Duration),

@@ -6,27 +6,33 @@
 //! that holds the rows' locks. Concurrency safety comes from the database:
 //! `FOR UPDATE SKIP LOCKED` on PostgreSQL and MySQL/MariaDB, `BEGIN
 //! IMMEDIATE` on SQLite.
+//!
+//! What users may do with the table is public and small: read routines,
+//! upsert one, enable or disable it, remove it. The scheduler's own
+//! statements (plan, claim, the periodic checks) are the crate's.
 
 mod models;
 mod pool;
 mod sql;
+mod write;
 
-pub use models::{NewRoutine, Plan, RoutineRow};
+pub use models::RoutineRow;
+pub(crate) use models::{NewRoutine, Plan};
 pub use pool::Backend;
 
 use crate::config::redact_url;
+use crate::routine::Routine;
 use chrono::{DateTime, NaiveDateTime, Utc};
-use diesel::connection::{Connection, SimpleConnection};
-use diesel::pg::PgConnection;
-use diesel::result::QueryResult;
-use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text, Timestamp};
-use diesel::sqlite::SqliteConnection;
+use diesel::connection::SimpleConnection;
+use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamp};
 use diesel::{QueryableByName, RunQueryDsl};
 use pool::Pools;
 use sql::Sql;
+use write::WriteTransaction;
 
 /// A failure to talk to the database.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// `scheduler_db_uri` names no supported database.
     #[error("unsupported scheduler_db_uri {0}")]
@@ -82,128 +88,6 @@ impl<E> From<diesel::result::Error> for TxError<E> {
     }
 }
 
-/// What differs between backends in how the beat writes.
-trait WriteTransaction: Connection {
-    /// The transaction the beat writes in: on SQLite `BEGIN IMMEDIATE`,
-    /// which takes the write lock at once, so two beats cannot both read a
-    /// due row before either writes it.
-    fn write_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
-    where
-        F: FnOnce(&mut Self) -> Result<T, E>,
-        E: From<diesel::result::Error>;
-
-    /// Writes planned rows with `statement` (`Sql::write_planned`).
-    fn write_planned(&mut self, statement: &str, plans: &[Plan]) -> QueryResult<()>;
-
-    /// Writes fired rows with `statement` (`Sql::write_fired`).
-    fn write_fired(&mut self, statement: &str, plans: &[Plan]) -> QueryResult<()>;
-}
-
-/// SQLite and MySQL read a batch as one JSON array.
-macro_rules! json_plan_writes {
-    () => {
-        fn write_planned(&mut self, statement: &str, plans: &[Plan]) -> QueryResult<()> {
-            diesel::sql_query(statement)
-                .bind::<Text, _>(plans_json(plans)?)
-                .execute(self)
-                .map(drop)
-        }
-
-        fn write_fired(&mut self, statement: &str, plans: &[Plan]) -> QueryResult<()> {
-            diesel::sql_query(statement)
-                .bind::<Text, _>(plans_json(plans)?)
-                .execute(self)
-                .map(drop)
-        }
-    };
-}
-
-impl WriteTransaction for PgConnection {
-    fn write_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
-    where
-        F: FnOnce(&mut Self) -> Result<T, E>,
-        E: From<diesel::result::Error>,
-    {
-        self.transaction(f)
-    }
-
-    // PostgreSQL takes the batch as arrays, in its binary protocol: parsing
-    // a JSON batch cost a third of a claim.
-    fn write_planned(&mut self, statement: &str, plans: &[Plan]) -> QueryResult<()> {
-        let columns = Columns::of(plans);
-        diesel::sql_query(statement)
-            .bind::<Array<Text>, _>(columns.locators)
-            .bind::<Array<Nullable<Timestamp>>, _>(columns.next_run_at)
-            .bind::<Array<Nullable<Text>>, _>(columns.last_error)
-            .execute(self)
-            .map(drop)
-    }
-
-    fn write_fired(&mut self, statement: &str, plans: &[Plan]) -> QueryResult<()> {
-        let columns = Columns::of(plans);
-        diesel::sql_query(statement)
-            .bind::<Array<Text>, _>(columns.locators)
-            .bind::<Array<Nullable<Timestamp>>, _>(columns.last_run_at)
-            .bind::<Array<Integer>, _>(columns.fired)
-            .bind::<Array<Nullable<Timestamp>>, _>(columns.next_run_at)
-            .bind::<Array<Nullable<Text>>, _>(columns.last_error)
-            .execute(self)
-            .map(drop)
-    }
-}
-
-/// A batch of plans, column by column.
-struct Columns<'a> {
-    locators: Vec<&'a str>,
-    last_run_at: Vec<Option<NaiveDateTime>>,
-    fired: Vec<i32>,
-    next_run_at: Vec<Option<NaiveDateTime>>,
-    last_error: Vec<Option<&'a str>>,
-}
-
-impl<'a> Columns<'a> {
-    fn of(plans: &'a [Plan]) -> Self {
-        Columns {
-            locators: plans.iter().map(|p| p.locator.as_str()).collect(),
-            last_run_at: plans
-                .iter()
-                .map(|p| p.last_run_at.map(|t| t.naive_utc()))
-                .collect(),
-            fired: plans.iter().map(|p| p.fired).collect(),
-            next_run_at: plans
-                .iter()
-                .map(|p| p.next_run_at.map(|t| t.naive_utc()))
-                .collect(),
-            last_error: plans.iter().map(|p| p.last_error.as_deref()).collect(),
-        }
-    }
-}
-
-#[cfg(feature = "mysql")]
-impl WriteTransaction for diesel::mysql::MysqlConnection {
-    fn write_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
-    where
-        F: FnOnce(&mut Self) -> Result<T, E>,
-        E: From<diesel::result::Error>,
-    {
-        self.transaction(f)
-    }
-
-    json_plan_writes!();
-}
-
-impl WriteTransaction for SqliteConnection {
-    fn write_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
-    where
-        F: FnOnce(&mut Self) -> Result<T, E>,
-        E: From<diesel::result::Error>,
-    {
-        self.immediate_transaction(f)
-    }
-
-    json_plan_writes!();
-}
-
 #[derive(QueryableByName)]
 struct NameRow {
     #[diesel(sql_type = Text)]
@@ -240,6 +124,24 @@ macro_rules! with_conn {
             }
         }
     };
+}
+
+/// Inserts a row, unplanned (the beat plans it at its next look), on a
+/// connection of any backend.
+macro_rules! insert_row {
+    ($conn:expr, $sql:expr, $row:expr) => {{
+        let row: &NewRoutine = $row;
+        diesel::sql_query($sql.insert)
+            .bind::<Text, _>(row.id.to_string())
+            .bind::<Text, _>(&row.name)
+            .bind::<Text, _>(&row.task)
+            .bind::<Text, _>(&row.schedule)
+            .bind::<Text, _>(&row.kwargs)
+            .bind::<Text, _>(&row.options)
+            .bind::<Bool, _>(row.active)
+            .execute($conn)
+            .map(drop)
+    }};
 }
 
 /// The `routines` table in one database.
@@ -303,24 +205,6 @@ impl RoutineStore {
         })
     }
 
-    /// Runs SQL as an operator would (tests and tools; the beat never does).
-    pub fn execute(&self, sql_text: &str) -> Result<(), StoreError> {
-        #[cfg(feature = "mysql")]
-        if self.backend == Backend::Mysql {
-            // An operator's edit: the trigger must see it (see MysqlSetup).
-            let statements = sql_text.trim().trim_end_matches(';');
-            let wrapped = format!("SET @celery_beat = NULL; {statements}; SET @celery_beat = 1");
-            return with_conn!(self, |conn, _sql| {
-                conn.batch_execute(&wrapped)
-                    .map_err(|e| StoreError::query("execute", e))
-            });
-        }
-        with_conn!(self, |conn, _sql| {
-            conn.batch_execute(sql_text)
-                .map_err(|e| StoreError::query("execute", e))
-        })
-    }
-
     /// Every routine, ordered by name.
     pub fn routines(&self) -> Result<Vec<RoutineRow>, StoreError> {
         with_conn!(self, |conn, sql| {
@@ -341,20 +225,71 @@ impl RoutineStore {
         })
     }
 
-    /// Inserts a routine; the beat plans it at its next look at the table.
-    pub fn insert(&self, routine: &NewRoutine) -> Result<(), StoreError> {
+    /// Writes `routine` to the table by its name: a new row if there is
+    /// none, else the row's task, schedule, kwargs, options and active flag
+    /// replaced. An edit like any other: serving beats plan it within their
+    /// watch interval (a changed schedule takes its next run after
+    /// `last_run_at`, so it never fires early). Returns whether a row was
+    /// inserted.
+    ///
+    /// ```no_run
+    /// use celery_diesel_kit::{Routine, RoutineStore, Schedule};
+    /// use std::time::Duration;
+    ///
+    /// let store = RoutineStore::connect("sqlite://celery-beat.sqlite3")?;
+    /// store.migrate()?;
+    /// let every_minute = Schedule::every(Duration::from_secs(60))?;
+    /// store.upsert(&Routine::new("cleanup", "tasks.cleanup", every_minute))?;
+    /// store.set_active("cleanup", false)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn upsert(&self, routine: &Routine) -> Result<bool, StoreError> {
+        let row = NewRoutine::from(routine);
         with_conn!(self, |conn, sql| {
-            diesel::sql_query(sql.insert)
-                .bind::<Text, _>(routine.id.to_string())
-                .bind::<Text, _>(&routine.name)
-                .bind::<Text, _>(&routine.task)
-                .bind::<Text, _>(&routine.schedule)
-                .bind::<Text, _>(&routine.kwargs)
-                .bind::<Text, _>(&routine.options)
-                .bind::<Bool, _>(routine.active)
+            conn.as_operator(|conn| {
+                conn.write_transaction(|conn| {
+                    let updated = diesel::sql_query(sql.update_by_name)
+                        .bind::<Text, _>(&row.task)
+                        .bind::<Text, _>(&row.schedule)
+                        .bind::<Text, _>(&row.kwargs)
+                        .bind::<Text, _>(&row.options)
+                        .bind::<Bool, _>(row.active)
+                        .bind::<Text, _>(&row.name)
+                        .execute(conn)?;
+                    if updated > 0 {
+                        return Ok(false);
+                    }
+                    insert_row!(conn, sql, &row)?;
+                    Ok(true)
+                })
+            })
+            .map_err(|e| StoreError::query("upsert", e))
+        })
+    }
+
+    /// Enables or disables the routine called `name` (an edit the serving
+    /// beats see within their watch interval). Returns whether it exists.
+    pub fn set_active(&self, name: &str, active: bool) -> Result<bool, StoreError> {
+        with_conn!(self, |conn, sql| {
+            conn.as_operator(|conn| {
+                diesel::sql_query(sql.set_active)
+                    .bind::<Bool, _>(active)
+                    .bind::<Text, _>(name)
+                    .execute(conn)
+            })
+            .map(|n| n > 0)
+            .map_err(|e| StoreError::query("set_active", e))
+        })
+    }
+
+    /// Deletes the routine called `name`. Returns whether it existed.
+    pub fn remove(&self, name: &str) -> Result<bool, StoreError> {
+        with_conn!(self, |conn, sql| {
+            diesel::sql_query(sql.delete_by_name)
+                .bind::<Text, _>(name)
                 .execute(conn)
-                .map(drop)
-                .map_err(|e| StoreError::query("insert", e))
+                .map(|n| n > 0)
+                .map_err(|e| StoreError::query("remove", e))
         })
     }
 
@@ -362,14 +297,14 @@ impl RoutineStore {
     /// transaction: declared but missing → inserted; present → kept as the
     /// table has it; not declared → deleted. Returns the names inserted and
     /// the number deleted. With nothing declared, nothing is touched.
-    pub fn sync_declared(
+    pub(crate) fn sync_declared(
         &self,
-        declared: &[NewRoutine],
+        declared: &[Routine],
     ) -> Result<(Vec<String>, usize), StoreError> {
         if declared.is_empty() {
             return Ok((Vec::new(), 0));
         }
-        let names: Vec<&str> = declared.iter().map(|r| r.name.as_str()).collect();
+        let names: Vec<&str> = declared.iter().map(Routine::name).collect();
         let names_json = serde_json::Value::from(names).to_string();
         with_conn!(self, |conn, sql| {
             conn.write_transaction(|conn| {
@@ -379,17 +314,9 @@ impl RoutineStore {
                 let existing: std::collections::HashSet<String> =
                     existing.into_iter().map(|r| r.name).collect();
                 let mut inserted = Vec::new();
-                for routine in declared.iter().filter(|r| !existing.contains(&r.name)) {
-                    diesel::sql_query(sql.insert)
-                        .bind::<Text, _>(routine.id.to_string())
-                        .bind::<Text, _>(&routine.name)
-                        .bind::<Text, _>(&routine.task)
-                        .bind::<Text, _>(&routine.schedule)
-                        .bind::<Text, _>(&routine.kwargs)
-                        .bind::<Text, _>(&routine.options)
-                        .bind::<Bool, _>(routine.active)
-                        .execute(conn)?;
-                    inserted.push(routine.name.clone());
+                for routine in declared.iter().filter(|r| !existing.contains(r.name())) {
+                    insert_row!(conn, sql, &NewRoutine::from(routine))?;
+                    inserted.push(routine.name().to_owned());
                 }
                 let deleted = diesel::sql_query(&sql.delete_undeclared)
                     .bind::<Text, _>(&names_json)
@@ -402,7 +329,7 @@ impl RoutineStore {
 
     /// Marks rows with a recorded error for another look: code deployed
     /// since may have fixed them (a task now registered, say).
-    pub fn recheck_failed(&self) -> Result<usize, StoreError> {
+    pub(crate) fn recheck_failed(&self) -> Result<usize, StoreError> {
         with_conn!(self, |conn, sql| {
             diesel::sql_query(sql.recheck_failed)
                 .execute(conn)
@@ -413,7 +340,7 @@ impl RoutineStore {
     /// Marks active rows whose next run vanished without an edit the
     /// triggers saw (e.g. `next_run_at` set to NULL by hand). This is the
     /// periodic full check; edits are found by [`Self::plan_edited`].
-    pub fn recheck_unplanned(&self) -> Result<usize, StoreError> {
+    pub(crate) fn recheck_unplanned(&self) -> Result<usize, StoreError> {
         with_conn!(self, |conn, sql| {
             diesel::sql_query(sql.recheck_unplanned)
                 .execute(conn)
@@ -424,7 +351,7 @@ impl RoutineStore {
     /// Locks up to `limit` edited (or new) rows, has `plan` decide each
     /// one's next run or error, and writes the plans. Returns how many rows
     /// were planned. Rows another beat is planning are skipped.
-    pub fn plan_edited<E>(
+    pub(crate) fn plan_edited<E>(
         &self,
         limit: usize,
         plan: impl FnOnce(Vec<RoutineRow>) -> Result<Vec<Plan>, E>,
@@ -457,7 +384,7 @@ impl RoutineStore {
     /// stay due and are claimed again later. With `tasks` (a JSON array of
     /// task names) only rows running those tasks are claimed. Returns
     /// `fire`'s value.
-    pub fn claim_due<T, E>(
+    pub(crate) fn claim_due<T, E>(
         &self,
         now: DateTime<Utc>,
         limit: usize,
@@ -496,7 +423,7 @@ impl RoutineStore {
     }
 
     /// The earliest next run of any schedulable routine.
-    pub fn earliest_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+    pub(crate) fn earliest_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
         with_conn!(self, |conn, sql| {
             let rows: Vec<TimeRow> = diesel::sql_query(sql.earliest_due)
                 .load(conn)
@@ -508,9 +435,4 @@ impl RoutineStore {
                 .map(|t| t.and_utc()))
         })
     }
-}
-
-/// Plans travel as one JSON array, bound once: one statement per batch.
-fn plans_json(plans: &[Plan]) -> Result<String, diesel::result::Error> {
-    serde_json::to_string(plans).map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))
 }

@@ -1,6 +1,7 @@
 //! What the store reads and writes: rows of `routines` and the beat's
 //! updates to them.
 
+use crate::routine::Routine;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::sql_types::{Bool, Integer, Nullable, Text, Timestamp};
 use diesel::QueryableByName;
@@ -66,45 +67,65 @@ impl RoutineRow {
     }
 }
 
-/// A routine to insert (see [`RoutineStore::insert`](super::RoutineStore::insert)).
+/// A row to insert: a [`Routine`]'s columns as the table holds them.
 #[derive(Debug, Clone, PartialEq)]
-pub struct NewRoutine {
-    /// The routine's uuid.
-    pub id: uuid::Uuid,
-    /// Its name.
-    pub name: String,
-    /// Its task.
-    pub task: String,
-    /// Schedule JSON text.
-    pub schedule: String,
-    /// Kwargs JSON text.
-    pub kwargs: String,
-    /// Options JSON text.
-    pub options: String,
-    /// Whether it runs.
-    pub active: bool,
+pub(crate) struct NewRoutine {
+    pub(crate) id: uuid::Uuid,
+    pub(crate) name: String,
+    pub(crate) task: String,
+    pub(crate) schedule: String,
+    pub(crate) kwargs: String,
+    pub(crate) options: String,
+    pub(crate) active: bool,
+}
+
+impl From<&Routine> for NewRoutine {
+    fn from(routine: &Routine) -> Self {
+        NewRoutine {
+            id: uuid::Uuid::new_v4(),
+            name: routine.name().to_owned(),
+            task: routine.task().to_owned(),
+            schedule: routine.schedule_json(),
+            kwargs: routine.kwargs_json(),
+            options: routine.options_json(),
+            active: routine.is_active(),
+        }
+    }
 }
 
 /// The beat's verdict on one row it has planned or fired, written back in
 /// one statement per batch. `None`s are left out of the JSON (every backend
 /// reads a missing key as NULL; not every one reads JSON null so).
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// Where the row is (see `RoutineRow`): valid only in the transaction
     /// that locked the row.
     #[serde(rename = "id")]
     pub(crate) locator: String,
     /// New `last_run_at` when it fired; `None` keeps the old value.
     #[serde(serialize_with = "timestamp", skip_serializing_if = "Option::is_none")]
-    pub last_run_at: Option<DateTime<Utc>>,
+    pub(crate) last_run_at: Option<DateTime<Utc>>,
     /// 1 if it fired (adds to `total_run_count`), else 0.
-    pub fired: i32,
+    pub(crate) fired: i32,
     /// The new `next_run_at`; `None` takes the row out of the schedule.
     #[serde(serialize_with = "timestamp", skip_serializing_if = "Option::is_none")]
-    pub next_run_at: Option<DateTime<Utc>>,
+    pub(crate) next_run_at: Option<DateTime<Utc>>,
     /// The new `last_error`; `None` clears it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
+    pub(crate) last_error: Option<String>,
+}
+
+impl Plan {
+    /// A plan that leaves `row` as it is, to be filled in.
+    pub(crate) fn keep(row: &RoutineRow) -> Self {
+        Plan {
+            locator: row.locator.clone(),
+            last_run_at: None,
+            fired: 0,
+            next_run_at: None,
+            last_error: None,
+        }
+    }
 }
 
 /// Timestamps travel as `YYYY-MM-DD HH:MM:SS.ffffff` (naive UTC): every

@@ -58,7 +58,9 @@ pub(super) fn parse_url(url: &str) -> Result<(Backend, String), StoreError> {
         ));
         #[cfg(not(feature = "mysql"))]
         return Err(StoreError::UnsupportedUrl(format!(
-            "{}: this build has no MySQL/MariaDB support (the `mysql` feature)",
+            "{}: this build has no MySQL/MariaDB support; build with the `mysql` feature \
+             (`cargo build --features mysql`, which needs the MariaDB client library, \
+             e.g. `apt-get install libmariadb-dev`)",
             redact_url(url)
         )));
     }

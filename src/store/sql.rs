@@ -24,6 +24,13 @@ pub(super) struct Sql {
     pub insert: &'static str,
     /// Deletes every routine whose name is not in the JSON array `$1`.
     pub delete_undeclared: String,
+    /// Replaces a routine's columns by name: `$1` task, `$2` schedule,
+    /// `$3` kwargs, `$4` options, `$5` active, `$6` name.
+    pub update_by_name: &'static str,
+    /// Sets `active` (`$1`) of the routine named `$2`.
+    pub set_active: &'static str,
+    /// Deletes the routine named `$1`.
+    pub delete_by_name: &'static str,
     /// Marks rows with an error for another look (a redeploy may fix them).
     pub recheck_failed: &'static str,
     /// Marks active rows that lost their next run without being edited.
@@ -57,6 +64,10 @@ pub(super) fn postgres() -> Sql {
         delete_undeclared: "DELETE FROM routines \
             WHERE name NOT IN (SELECT json_array_elements_text($1::json))"
             .into(),
+        update_by_name: "UPDATE routines SET task = $1, schedule = $2::json, kwargs = $3::json, \
+            options = $4::json, active = $5 WHERE name = $6",
+        set_active: "UPDATE routines SET active = $1 WHERE name = $2",
+        delete_by_name: "DELETE FROM routines WHERE name = $1",
         recheck_failed: "UPDATE routines SET needs_sync = true \
             WHERE last_error IS NOT NULL AND NOT needs_sync",
         recheck_unplanned: "UPDATE routines SET needs_sync = true \
@@ -113,6 +124,10 @@ pub(super) fn sqlite() -> Sql {
         delete_undeclared: "DELETE FROM routines \
             WHERE name NOT IN (SELECT value FROM json_each(?))"
             .into(),
+        update_by_name: "UPDATE routines SET task = ?, schedule = ?, kwargs = ?, options = ?, \
+            active = ? WHERE name = ?",
+        set_active: "UPDATE routines SET active = ? WHERE name = ?",
+        delete_by_name: "DELETE FROM routines WHERE name = ?",
         recheck_failed: "UPDATE routines SET needs_sync = 1 \
             WHERE last_error IS NOT NULL AND NOT needs_sync",
         recheck_unplanned: "UPDATE routines SET needs_sync = 1 \
@@ -169,6 +184,10 @@ pub(super) fn mysql() -> Sql {
             (id, name, task, schedule, kwargs, options, active, total_run_count, needs_sync) \
             VALUES (REPLACE(?, '-', ''), ?, ?, ?, ?, ?, ?, 0, 1)",
         delete_undeclared: format!("DELETE FROM routines WHERE name NOT IN ({NAMES})"),
+        update_by_name: "UPDATE routines SET task = ?, schedule = ?, kwargs = ?, options = ?, \
+            active = ? WHERE name = ?",
+        set_active: "UPDATE routines SET active = ? WHERE name = ?",
+        delete_by_name: "DELETE FROM routines WHERE name = ?",
         recheck_failed: "UPDATE routines SET needs_sync = 1 \
             WHERE last_error IS NOT NULL AND needs_sync = 0",
         recheck_unplanned: "UPDATE routines SET needs_sync = 1 \

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod sql;
+
 use celery_diesel_kit::{Config, RoutineStore, SyncTask, TaskContext, TaskResult};
 use chrono::{DateTime, Utc};
 use std::io::Write;
@@ -34,7 +36,8 @@ pub fn skip(test: &str, why: &str) {
     let _ = writeln!(std::io::stderr(), "\n*** SKIPPED {test}: {why} ***");
 }
 
-fn reachable(url: &str) -> bool {
+/// Whether the server a URL names accepts TCP connections.
+pub fn reachable(url: &str) -> bool {
     let Some(rest) = url.split("://").nth(1) else {
         return false;
     };
@@ -48,11 +51,13 @@ fn reachable(url: &str) -> bool {
         .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok())
 }
 
-fn postgres_admin_url() -> String {
+/// The PostgreSQL server tests create their databases on.
+pub fn postgres_admin_url() -> String {
     std::env::var("CDK_TEST_POSTGRES_URL").unwrap_or_else(|_| POSTGRES_ADMIN_URL.to_owned())
 }
 
-fn mysql_admin_url() -> String {
+/// The MySQL/MariaDB server tests create their databases on.
+pub fn mysql_admin_url() -> String {
     std::env::var("CDK_TEST_MYSQL_URL").unwrap_or_else(|_| MYSQL_ADMIN_URL.to_owned())
 }
 
@@ -124,10 +129,8 @@ impl TestDb {
             return None;
         }
         let name = unique(test);
-        let store = RoutineStore::connect(admin).expect("connect to the admin database");
-        store
-            .execute(&format!("CREATE DATABASE {name}"))
-            .expect("create test database");
+        sql::execute(admin, &format!("CREATE DATABASE {name}"))
+            .unwrap_or_else(|e| panic!("create test database {name}: {e}"));
         let base = admin.rsplit_once('/').map_or(admin, |(base, _)| base);
         Some(TestDb {
             kind,
@@ -148,14 +151,13 @@ impl TestDb {
     /// A configuration for a beat on this database, tuned for tests:
     /// edits are looked for every 100 ms and failed tasks retried at once.
     pub fn config(&self) -> Config {
-        Config {
-            scheduler_db_uri: self.url.clone(),
-            scheduler_watch_interval: Duration::from_millis(100),
-            celery_retry_delay: Duration::ZERO,
-            worker_concurrency: 2,
-            shutdown_timeout: Duration::from_secs(10),
-            ..Config::default()
-        }
+        let mut config = Config::default();
+        config.scheduler_db_uri = self.url.clone();
+        config.scheduler_watch_interval = Duration::from_millis(100);
+        config.celery_retry_delay = Duration::ZERO;
+        config.worker_concurrency = 2;
+        config.shutdown_timeout = Duration::from_secs(10);
+        config
     }
 
     /// A store on this database (schema created).
@@ -166,9 +168,8 @@ impl TestDb {
     }
 
     /// Runs SQL as an operator would.
-    pub fn exec(&self, sql: &str) {
-        let store = RoutineStore::connect(&self.url).expect("connect");
-        store.execute(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    pub fn exec(&self, statements: &str) {
+        sql::execute(&self.url, statements).unwrap_or_else(|e| panic!("{statements}: {e}"));
     }
 
     /// SQL for a timestamp literal.
@@ -181,17 +182,16 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         match self.kind {
             Kind::Postgres => {
-                if let Ok(store) = RoutineStore::connect(&postgres_admin_url()) {
-                    let _ = store.execute(&format!(
-                        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                        self.name
-                    ));
-                }
+                let _ = sql::execute(
+                    &postgres_admin_url(),
+                    &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+                );
             }
             Kind::Mysql => {
-                if let Ok(store) = RoutineStore::connect(&mysql_admin_url()) {
-                    let _ = store.execute(&format!("DROP DATABASE IF EXISTS {}", self.name));
-                }
+                let _ = sql::execute(
+                    &mysql_admin_url(),
+                    &format!("DROP DATABASE IF EXISTS {}", self.name),
+                );
             }
             Kind::Sqlite => {
                 if let Some(dir) = &self.dir {

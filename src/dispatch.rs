@@ -1,0 +1,447 @@
+//! One due run, from the claim to its hand-over.
+//!
+//! The scheduler claims due rows in a transaction and hands each to
+//! [`Dispatcher::fire`]; this file is the whole path of a run, in order:
+//!
+//! 1. **route** ([`Router::check`]): the row's schedule, kwargs and options
+//!    are valid, and its task runs in-process (registered here) or on a
+//!    Celery worker (a broker is configured); otherwise the row is invalid;
+//! 2. **decide** ([`Dispatcher::fire`]): the misfire policy, a previous
+//!    run still going, and the advance (`last_run_at`, `next_run_at`);
+//! 3. **publish** ([`Dispatcher::publish`]): Celery messages are pushed to
+//!    Redis inside the claim's transaction, so a failed push rolls the
+//!    claim back and the rows stay due;
+//! 4. **queue** ([`Dispatcher::hand_over`]): after the commit, in-process
+//!    runs go to the worker queue.
+//!
+//! On-demand runs ([`Dispatcher::send_now`]) take steps 1, 3 and 4, and
+//! leave the row as it is.
+
+use crate::celery::{self, Message, Publisher, SendOptions, Sender as CelerySender};
+use crate::clock::Clock;
+use crate::error::Error;
+use crate::metrics::{Counts, Metrics};
+use crate::routine::RoutineError;
+use crate::schedule::{truncated, Misfire, MisfirePolicy, Schedule, ScheduleError};
+use crate::shutdown::Shutdown;
+use crate::store::{Plan, RoutineRow};
+use crate::task::{TaskContext, TaskRegistry};
+use crate::worker::{InFlight, Job, JobQueue};
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+/// A claimed row's fate, decided inside the claim transaction.
+pub(crate) enum Fate {
+    /// Queue this job after commit.
+    Run(Job),
+    /// Published to the broker within the transaction (for this due time).
+    Sent(Message, DateTime<Utc>),
+    /// Its previous run is still going.
+    Skip,
+    /// Missed by more than its grace time, under the skip policy.
+    Missed,
+    /// The row is invalid.
+    Invalid,
+}
+
+/// Everything a due run needs besides its row.
+pub(crate) struct Dispatcher {
+    pub(crate) router: Router,
+    /// One broker connection per claimer (none without `broker_url`).
+    pub(crate) publishers: Vec<Mutex<Publisher>>,
+    /// On-demand sends use a connection of their own, so that they never
+    /// wait on (or disturb) the claimers'.
+    pub(crate) on_demand: Option<Mutex<Publisher>>,
+    pub(crate) queue: JobQueue,
+    pub(crate) in_flight: Arc<InFlight>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) clock: Arc<dyn Clock>,
+    /// The configured misfire policy and grace time (a routine may set its own).
+    pub(crate) misfire: (MisfirePolicy, Duration),
+    pub(crate) shutdown: Shutdown,
+    /// How long a stopping beat waits to queue a claimed run.
+    pub(crate) patience: Duration,
+}
+
+impl Dispatcher {
+    /// Decides a claimed row's run at `now`, and its advance.
+    ///
+    /// The row fires once for the due time it was claimed at, however late
+    /// (the beat was stopped, the database away): the next run is then the
+    /// first one after `now`, skipping the missed ones, as Celery's beat
+    /// does. `last_run_at` records the due time, or `now` when due times
+    /// were skipped (so that it says when the routine really last ran).
+    pub(crate) fn fire(&self, row: &RoutineRow, now: DateTime<Utc>) -> (Plan, Fate) {
+        let mut plan = Plan::keep(row);
+        // Claimed rows are due, so next_run_at is set; `now` is a safe stand-in.
+        let due = row.next_run_at_utc().unwrap_or(now);
+        let checked = match self.router.check(row) {
+            Ok((checked, _)) => checked,
+            Err(reason) => {
+                log::error!(
+                    "routine {}: {reason}; it will not run until its row is fixed",
+                    row.name
+                );
+                plan.last_error = Some(reason);
+                return (plan, Fate::Invalid);
+            }
+        };
+        let on_time = checked
+            .schedule
+            .next_after(due)
+            .is_some_and(|next| next > now);
+        plan.next_run_at = checked.schedule.next_after_catching_up(due, now);
+        let next = plan
+            .next_run_at
+            .map_or("never".to_owned(), |t| t.to_string());
+        let policy = checked.misfire.policy.unwrap_or(self.misfire.0);
+        let grace = checked.misfire.grace_time.unwrap_or(self.misfire.1);
+        let late = (now - due).to_std().unwrap_or_default();
+        if late > grace && policy == MisfirePolicy::Skip {
+            log::warn!(
+                "routine {}: skipped the run due {due}, {late:.1?} late (misfire grace time {grace:?}, policy skip); next at {next}",
+                row.name
+            );
+            return (plan, Fate::Missed);
+        }
+        if plan.next_run_at.is_none() {
+            log::warn!(
+                "routine {}: schedule has no run after {now}; this was its last",
+                row.name
+            );
+        }
+        if !on_time {
+            log::warn!(
+                "routine {}: was due at {due}, missed later due times; firing once now, next at {next}",
+                row.name
+            );
+        }
+        let local = checked.send.is_none();
+        if local && self.in_flight.contains(&row.id) {
+            log::warn!(
+                "routine {}: previous run still queued or running; skipping the run due {due}",
+                row.name
+            );
+            return (plan, Fate::Skip);
+        }
+        plan.fired = 1;
+        plan.last_run_at = Some(if on_time { due } else { now });
+        log::debug!("routine {}: firing task {} due {due}", row.name, row.task);
+        let id = celery::message::task_id(&row.id, due);
+        let fate = match self.router.outgoing(row, &checked, due, &id, now) {
+            Outgoing::Local(job) => Fate::Run(job),
+            Outgoing::Celery(message) => Fate::Sent(message, due),
+        };
+        (plan, fate)
+    }
+
+    /// Publishes the claimed rows' Celery messages, inside the claim
+    /// transaction: if this fails, the claim rolls back. `claimer` picks
+    /// the connection.
+    pub(crate) fn publish(
+        &self,
+        claimer: usize,
+        rows: &[RoutineRow],
+        fates: &[Fate],
+    ) -> Result<(), Error> {
+        let messages: Vec<(&RoutineRow, &Message)> = rows
+            .iter()
+            .zip(fates)
+            .filter_map(|(row, fate)| match fate {
+                Fate::Sent(message, _) => Some((row, message)),
+                _ => None,
+            })
+            .collect();
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let Some(publisher) = self.publishers.get(claimer) else {
+            // Router::check sends nothing to Celery without a broker.
+            return Ok(());
+        };
+        let only: Vec<&Message> = messages.iter().map(|(_, m)| *m).collect();
+        let delivered = publisher
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .publish(&only)?;
+        let published_at = self.clock.now();
+        for fate in fates {
+            if let Fate::Sent(_, due) = fate {
+                self.metrics
+                    .record_lateness((published_at - *due).to_std().unwrap_or_default());
+            }
+        }
+        for ((row, message), lists) in messages.iter().zip(delivered) {
+            if lists == 0 {
+                log::error!(
+                    "routine {}: no queue is bound to {:?}: Celery would drop message {} too",
+                    row.name,
+                    message.destination,
+                    message.id
+                );
+            } else {
+                log::debug!(
+                    "routine {}: sent {} as task {}",
+                    row.name,
+                    row.task,
+                    message.id
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// After the claim committed: queues the in-process runs and counts
+    /// every fate.
+    pub(crate) fn hand_over(&self, fates: Vec<Fate>) -> Counts {
+        let mut counts = Counts::default();
+        for fate in fates {
+            match fate {
+                Fate::Run(job) => {
+                    if self.queue(job) {
+                        counts.fired += 1;
+                    } else {
+                        counts.abandoned += 1;
+                    }
+                }
+                Fate::Sent(..) => counts.fired += 1,
+                Fate::Skip => counts.skipped += 1,
+                Fate::Missed => counts.missed += 1,
+                Fate::Invalid => counts.invalid += 1,
+            }
+        }
+        counts
+    }
+
+    /// Queues a claimed run for the workers; returns whether it was queued.
+    fn queue(&self, job: Job) -> bool {
+        self.in_flight.try_mark(&job.ctx.routine_id);
+        let due = job.ctx.scheduled_at;
+        match self.queue.push(job, &self.shutdown, self.patience) {
+            Ok(()) => {
+                let lateness = (self.clock.now() - due).to_std().unwrap_or_default();
+                self.metrics.record_lateness(lateness);
+                true
+            }
+            Err(job) => {
+                log::error!(
+                    "routine {}: run due {} lost: the beat stopped before a worker was free",
+                    job.ctx.routine,
+                    job.ctx.scheduled_at
+                );
+                self.in_flight.release(&job.ctx.routine_id);
+                false
+            }
+        }
+    }
+
+    /// Runs `row`'s task now, outside its schedule, with a fresh task id:
+    /// in-process, or as a Celery message. The row is not advanced.
+    pub(crate) fn send_now(&self, row: &RoutineRow) -> Result<String, Error> {
+        let name = row.name.as_str();
+        let (checked, _) = self
+            .router
+            .check(row)
+            .map_err(|reason| RoutineError::new(name, reason))?;
+        let now = self.clock.now();
+        let id = uuid::Uuid::new_v4().to_string();
+        match self.router.outgoing(row, &checked, now, &id, now) {
+            Outgoing::Local(mut job) => {
+                job.scheduled = false;
+                self.queue
+                    .push(job, &self.shutdown, self.patience)
+                    .map_err(|_| RoutineError::new(name, "the beat is stopping"))?;
+            }
+            Outgoing::Celery(message) => {
+                let publisher = self
+                    .on_demand
+                    .as_ref()
+                    .ok_or_else(|| RoutineError::new(name, "no broker configured"))?;
+                let mut publisher = publisher.lock().unwrap_or_else(PoisonError::into_inner);
+                publisher.publish(&[&message])?;
+            }
+        }
+        log::info!("routine {name}: sent on demand as task {id}");
+        Ok(id)
+    }
+}
+
+/// A row found runnable, with what its run needs.
+pub(crate) struct Checked {
+    pub(crate) schedule: Arc<Schedule>,
+    misfire: Misfire,
+    kwargs: Map<String, Value>,
+    /// Celery options, for a task sent to the broker.
+    send: Option<Arc<SendOptions>>,
+}
+
+/// A run to start: in the worker pool, or as a Celery message.
+enum Outgoing {
+    Local(Job),
+    Celery(Message),
+}
+
+/// Decides where a routine's task runs: in-process when it is registered,
+/// else on a Celery worker when a broker is configured.
+pub(crate) struct Router {
+    registry: Arc<TaskRegistry>,
+    has_broker: bool,
+    sender: CelerySender,
+    /// The registered task names as a JSON array, for claims that must
+    /// leave broker routines alone.
+    pub(crate) local_tasks: String,
+    parsed: Parsed,
+}
+
+impl Router {
+    pub(crate) fn new(registry: Arc<TaskRegistry>, has_broker: bool) -> Self {
+        Router {
+            local_tasks: registry.names_json(),
+            registry,
+            has_broker,
+            sender: CelerySender::this_process(),
+            parsed: Parsed::default(),
+        }
+    }
+
+    /// Everything that makes a row runnable: its schedule, its kwargs and
+    /// options, and a way to run its task. Also returns option keys that
+    /// will be ignored.
+    pub(crate) fn check(&self, row: &RoutineRow) -> Result<(Checked, Vec<String>), String> {
+        let (schedule, misfire) = self.parsed.schedule(&row.schedule)?;
+        let kwargs = json_object("kwargs", row.kwargs.as_deref())?;
+        if self.registry.contains(&row.task) {
+            json_object("options", row.options.as_deref())?;
+            return Ok((
+                Checked {
+                    schedule,
+                    misfire,
+                    kwargs,
+                    send: None,
+                },
+                Vec::new(),
+            ));
+        }
+        if !self.has_broker {
+            return Err(format!(
+                "unknown task {:?}: not registered in this beat, and no broker_url to send it to Celery",
+                truncated(row.task.clone())
+            ));
+        }
+        let (send, ignored) = self.parsed.options(row.options.as_deref())?;
+        Ok((
+            Checked {
+                schedule,
+                misfire,
+                kwargs,
+                send: Some(send),
+            },
+            ignored,
+        ))
+    }
+
+    /// The run of `row` due at `scheduled_at`, with Celery task id `id`.
+    fn outgoing(
+        &self,
+        row: &RoutineRow,
+        checked: &Checked,
+        scheduled_at: DateTime<Utc>,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Outgoing {
+        match &checked.send {
+            None => Outgoing::Local(Job {
+                ctx: TaskContext {
+                    routine_id: row.id.clone(),
+                    routine: row.name.clone(),
+                    task: row.task.clone(),
+                    scheduled_at,
+                    attempt: 0,
+                    kwargs: Value::Object(checked.kwargs.clone()),
+                },
+                scheduled: true,
+            }),
+            Some(options) => Outgoing::Celery(celery::message::build(
+                &row.task,
+                id,
+                &checked.kwargs,
+                options,
+                now,
+                &self.sender,
+            )),
+        }
+    }
+}
+
+/// Schedules and options parsed before, by their JSON text. Tables have few
+/// distinct schedules, and a crontab is costly to parse at every run.
+#[derive(Default)]
+struct Parsed {
+    schedules: Cache<(Arc<Schedule>, Misfire)>,
+    options: Cache<(Arc<SendOptions>, Vec<String>)>,
+}
+
+/// Parse results by JSON text (errors too: a bad row is parsed once).
+type Cache<T> = Mutex<HashMap<String, Result<T, String>>>;
+
+/// Entries kept per cache; past this, it starts afresh.
+const PARSED_CAPACITY: usize = 4096;
+
+impl Parsed {
+    fn schedule(&self, text: &str) -> Result<(Arc<Schedule>, Misfire), String> {
+        cached(&self.schedules, text, || {
+            let json: Value = serde_json::from_str(text)
+                .map_err(|e| ScheduleError::NotJson(e.to_string()).to_string())?;
+            let schedule = Schedule::from_json(&json).map_err(|e| e.to_string())?;
+            let misfire = Misfire::from_json(&json).map_err(|e| e.to_string())?;
+            Ok((Arc::new(schedule), misfire))
+        })
+    }
+
+    fn options(&self, text: Option<&str>) -> Result<(Arc<SendOptions>, Vec<String>), String> {
+        cached(&self.options, text.unwrap_or("null"), || {
+            let options = json_object("options", text)?;
+            let (send, ignored) = SendOptions::parse(&options)?;
+            Ok((Arc::new(send), ignored))
+        })
+    }
+}
+
+fn cached<T: Clone>(
+    cache: &Cache<T>,
+    key: &str,
+    parse: impl FnOnce() -> Result<T, String>,
+) -> Result<T, String> {
+    let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(hit) = cache.get(key) {
+        return hit.clone();
+    }
+    let parsed = parse();
+    if cache.len() >= PARSED_CAPACITY {
+        cache.clear();
+    }
+    // Long texts (a 10 kB garbage schedule) are not worth keeping.
+    if key.len() <= 1024 {
+        cache.insert(key.to_owned(), parsed.clone());
+    }
+    parsed
+}
+
+/// Reads a kwargs or options column: a JSON object, or nothing (`{}`).
+fn json_object(column: &str, text: Option<&str>) -> Result<Map<String, Value>, String> {
+    let Some(text) = text else {
+        return Ok(Map::new());
+    };
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Null) => Ok(Map::new()),
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(format!(
+            "{column} must be a JSON object, got {}",
+            truncated(other.to_string())
+        )),
+        Err(e) => Err(format!("{column} is not valid JSON: {e}")),
+    }
+}

@@ -1,0 +1,150 @@
+//! Claiming: due rows are locked, dispatched and advanced in one
+//! transaction per batch (see `dispatch` for what happens to each run).
+//!
+//! Bursts of due rows are shared by several claimers, each with its own
+//! connections: `SKIP LOCKED` keeps their batches apart, and while one
+//! waits on the database another builds and publishes messages.
+
+use super::Scheduler;
+use crate::dispatch::Fate;
+use crate::error::Error;
+use crate::metrics::Counts;
+use crate::store::Plan;
+use chrono::{DateTime, Utc};
+
+/// Rows claimed per transaction.
+pub(super) const CLAIM_BATCH: usize = 1000;
+/// Claim transactions per pass, so that edits are looked at between bursts.
+pub(super) const CLAIMS_PER_TICK: usize = 20;
+
+/// What one claimer did.
+#[derive(Default)]
+pub(super) struct Claimed {
+    pub(super) batches: usize,
+    /// The last batch was full: more may be due.
+    pub(super) more: bool,
+    pub(super) counts: Counts,
+    pub(super) error: Option<Error>,
+}
+
+impl Claimed {
+    fn panicked() -> Self {
+        Claimed {
+            error: Some(Error::Thread {
+                what: "claimer",
+                source: std::io::Error::other("a claimer thread panicked"),
+            }),
+            ..Claimed::default()
+        }
+    }
+}
+
+impl Scheduler {
+    /// Claims everything due at `now`, up to `CLAIMS_PER_TICK` batches.
+    ///
+    /// One batch first; if it came back full (a burst), and `fork_bursts`,
+    /// several claimers share the rest. On a broker failure the broker's
+    /// routines are left due and the pass goes on with in-process ones.
+    /// Returns what was claimed, and whether more is due than one pass
+    /// claims.
+    pub(super) fn claim(
+        &self,
+        now: DateTime<Utc>,
+        fork_bursts: bool,
+    ) -> Result<(Counts, bool), Error> {
+        let mut counts = Counts::default();
+        let mut passes = 0;
+        let mut first = true;
+        while passes < CLAIMS_PER_TICK && !self.shutdown.is_fired() {
+            // While the broker is out, claim only in-process routines: the
+            // others stay due until it is back.
+            let local_only = self.broker.paused();
+            let claimers = if first || !fork_bursts {
+                1
+            } else {
+                self.claimers.max(1)
+            };
+            let budget = if first { 1 } else { CLAIMS_PER_TICK - passes };
+            let outcomes: Vec<Claimed> = if claimers == 1 {
+                vec![self.claim_batches(0, now, local_only, budget)]
+            } else {
+                let share = budget.div_ceil(claimers);
+                std::thread::scope(|scope| {
+                    let others: Vec<_> = (1..claimers)
+                        .map(|i| scope.spawn(move || self.claim_batches(i, now, local_only, share)))
+                        .collect();
+                    let mut all = vec![self.claim_batches(0, now, local_only, share)];
+                    all.extend(
+                        others
+                            .into_iter()
+                            .map(|h| h.join().unwrap_or_else(|_| Claimed::panicked())),
+                    );
+                    all
+                })
+            };
+            first = false;
+            let mut more = false;
+            let mut broker_failed = false;
+            for outcome in outcomes {
+                counts.add(outcome.counts);
+                passes += outcome.batches;
+                more |= outcome.more;
+                match outcome.error {
+                    None => {}
+                    Some(Error::Broker(e)) => {
+                        self.broker.failed(&e);
+                        broker_failed = true;
+                    }
+                    Some(e) => return Err(e),
+                }
+            }
+            // After a broker failure, go on with the in-process routines.
+            if !more && !broker_failed {
+                return Ok((counts, false));
+            }
+        }
+        Ok((counts, passes >= CLAIMS_PER_TICK))
+    }
+
+    /// One claimer: up to `budget` batches, until one comes back short.
+    pub(super) fn claim_batches(
+        &self,
+        claimer: usize,
+        now: DateTime<Utc>,
+        local_only: bool,
+        budget: usize,
+    ) -> Claimed {
+        let dispatcher = &self.dispatcher;
+        let mut out = Claimed::default();
+        while out.batches < budget && !self.shutdown.is_fired() {
+            let claimed = self.store.claim_due(
+                now,
+                CLAIM_BATCH,
+                local_only.then_some(dispatcher.router.local_tasks.as_str()),
+                |rows| {
+                    let (plans, fates): (Vec<Plan>, Vec<Fate>) =
+                        rows.iter().map(|row| dispatcher.fire(row, now)).unzip();
+                    dispatcher.publish(claimer, &rows, &fates)?;
+                    Ok::<_, Error>((plans, fates))
+                },
+            );
+            let fates = match claimed {
+                Ok(fates) => fates,
+                Err(e) => {
+                    out.error = Some(e);
+                    return out;
+                }
+            };
+            if fates.iter().any(|f| matches!(f, Fate::Sent(..))) {
+                self.broker.succeeded();
+            }
+            out.batches += 1;
+            out.more = fates.len() == CLAIM_BATCH;
+            out.counts.add(dispatcher.hand_over(fates));
+            if !out.more {
+                break;
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,79 @@
+//! Planning: edited and new rows (`needs_sync`, set by the triggers on every
+//! edit) are validated and given their next run, or their error.
+
+use super::Scheduler;
+use crate::error::Error;
+use crate::store::{Plan, RoutineRow};
+use chrono::{DateTime, Utc};
+
+/// Rows planned per transaction.
+const PLAN_BATCH: usize = 500;
+
+impl Scheduler {
+    /// Plans every edited row, a batch per transaction. Returns how many
+    /// rows were planned, and how many of them were found invalid.
+    pub(super) fn plan_edited(&self, now: DateTime<Utc>) -> Result<(usize, usize), Error> {
+        let (mut total, mut total_invalid) = (0, 0);
+        loop {
+            let mut invalid = 0;
+            let planned = self.store.plan_edited(PLAN_BATCH, |rows| {
+                let plans: Vec<Plan> = rows.iter().map(|row| self.plan(row, now)).collect();
+                invalid = plans.iter().filter(|p| p.last_error.is_some()).count();
+                Ok::<_, Error>(plans)
+            })?;
+            total += planned;
+            total_invalid += invalid;
+            if planned < PLAN_BATCH {
+                return Ok((total, total_invalid));
+            }
+        }
+    }
+
+    /// Plans an edited or new row: validates it and decides its next run.
+    ///
+    /// A kept `next_run_at` (the edit touched only task, kwargs or options)
+    /// stands; otherwise the next run is the first the schedule yields
+    /// after `last_run_at`, or after `now` for a routine that never ran.
+    fn plan(&self, row: &RoutineRow, now: DateTime<Utc>) -> Plan {
+        let mut plan = Plan::keep(row);
+        if !row.active {
+            log::info!("routine {}: inactive", row.name);
+            return plan;
+        }
+        let checked = self
+            .dispatcher
+            .router
+            .check(row)
+            .and_then(|(checked, ignored)| {
+                if !ignored.is_empty() {
+                    log::warn!(
+                        "routine {}: ignoring options Celery's beat does not pass on: {}",
+                        row.name,
+                        ignored.join(", ")
+                    );
+                }
+                let base = row.last_run_at_utc().unwrap_or(now);
+                row.next_run_at_utc()
+                    .or_else(|| checked.schedule.next_after(base))
+                    .ok_or_else(|| format!("schedule {} has no run after {base}", row.schedule))
+            });
+        match checked {
+            Ok(next) => {
+                if row.last_error.is_some() {
+                    log::info!("routine {}: valid again, next run at {next}", row.name);
+                } else {
+                    log::info!("routine {}: next run at {next}", row.name);
+                }
+                plan.next_run_at = Some(next);
+            }
+            Err(reason) => {
+                log::error!(
+                    "routine {}: {reason}; it will not run until its row is fixed",
+                    row.name
+                );
+                plan.last_error = Some(reason);
+            }
+        }
+        plan
+    }
+}

@@ -1,0 +1,42 @@
+//! Raw SQL, as an operator runs it at a SQL prompt: for the tests and the
+//! benchmark, which create databases, seed rows and edit them the way a
+//! person would. The library offers no raw SQL; this goes through Diesel
+//! directly, on a connection of its own (so on MySQL the edit triggers see
+//! the edit, as they see any session but the beat's).
+
+use diesel::connection::{Connection, SimpleConnection};
+
+/// Runs `sql` (one or more statements) on the database `url` names:
+/// `postgres://…`, `mysql://…`, `sqlite://path` or a plain SQLite path.
+pub fn execute(url: &str, sql: &str) -> Result<(), String> {
+    let lower = url.to_ascii_lowercase();
+    let run = |conn: &mut dyn SimpleConnection| conn.batch_execute(sql).map_err(|e| e.to_string());
+    if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+        let mut conn = diesel::pg::PgConnection::establish(url).map_err(|e| e.to_string())?;
+        return run(&mut conn);
+    }
+    if lower.starts_with("mysql://") || lower.starts_with("mariadb://") {
+        return mysql(url, sql);
+    }
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let mut conn = diesel::sqlite::SqliteConnection::establish(path).map_err(|e| e.to_string())?;
+    // The beat may hold the write lock for a moment: wait our turn.
+    conn.batch_execute("PRAGMA busy_timeout = 10000")
+        .map_err(|e| e.to_string())?;
+    run(&mut conn)
+}
+
+#[cfg(feature = "mysql")]
+fn mysql(url: &str, sql: &str) -> Result<(), String> {
+    let url = format!("mysql://{}", &url[url.find("://").map_or(0, |i| i + 3)..]);
+    let mut conn = diesel::mysql::MysqlConnection::establish(&url).map_err(|e| e.to_string())?;
+    conn.batch_execute(sql).map_err(|e| e.to_string())
+}
+
+#[cfg(not(feature = "mysql"))]
+fn mysql(_url: &str, _sql: &str) -> Result<(), String> {
+    Err("this build has no MySQL/MariaDB support (the `mysql` feature)".into())
+}
