@@ -131,7 +131,10 @@ impl BeatBuilder {
         }
         let config = self.config;
         log::info!("beat: database {}", redact_url(&config.scheduler_db_uri));
-        let store = Arc::new(RoutineStore::connect(&config.scheduler_db_uri)?);
+        let store = Arc::new(RoutineStore::open(
+            &config.scheduler_db_uri,
+            config.scheduler_db_timeout,
+        )?);
         if config.create_table {
             store.migrate()?;
         } else {
@@ -150,13 +153,13 @@ impl BeatBuilder {
             Some(url) => {
                 log::info!("beat: broker {}", redact_url(url));
                 (0..claimers)
-                    .map(|_| Publisher::new(url).map(Mutex::new))
+                    .map(|_| Publisher::new(url, config.broker_dedup_window).map(Mutex::new))
                     .collect::<Result<Vec<_>, _>>()?
             }
             None => Vec::new(),
         };
         let on_demand = match &config.broker_url {
-            Some(url) => Some(Mutex::new(Publisher::new(url)?)),
+            Some(url) => Some(Mutex::new(Publisher::new(url, config.broker_dedup_window)?)),
             None => None,
         };
         let registry = Arc::new(self.registry);
@@ -188,7 +191,6 @@ impl BeatBuilder {
                 config.scheduler_misfire_grace_time,
             ),
             shutdown: shutdown.clone(),
-            patience: config.shutdown_timeout,
         });
         let scheduler = Scheduler::new(
             Arc::clone(&store),
@@ -243,12 +245,20 @@ impl Parts {
     fn stop(&mut self, scheduler: Option<JoinHandle<()>>, timeout: Duration) -> StopReport {
         let deadline = Instant::now() + timeout;
         if let Some(trigger) = self.trigger.take() {
-            trigger.fire();
+            trigger.fire(deadline);
         }
         if let Some(thread) = scheduler {
             // A pass in progress finishes its transaction (claims are
-            // atomic), then the thread sees the shutdown.
-            let _ = thread.join();
+            // atomic), then the thread sees the shutdown. A pass held up
+            // by the database past the deadline is left to end on its own.
+            while !thread.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            } else {
+                log::warn!("beat: the scheduler is still in a database call at the stop deadline; not waiting for it");
+            }
         }
         drop(self.dispatcher.take());
         let busy_workers = self.pool.take().map_or(0, |pool| pool.stop(deadline));
@@ -257,15 +267,19 @@ impl Parts {
             busy_workers,
         };
         log::info!(
-            "beat: stopped ({} fired, {} busy workers left)",
+            "beat: stopped ({} fired, {} abandoned, {} busy workers left)",
             report.stats.fired,
+            report.stats.abandoned,
             busy_workers
         );
         report
     }
 }
 
-/// How a stop went.
+/// How a stop went. A stop returns within its timeout (and a moment):
+/// runs that had not started by then are abandoned (`stats.abandoned`),
+/// and tasks still running are left to finish on their own
+/// (`busy_workers`); each is logged by routine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StopReport {

@@ -15,6 +15,9 @@ use std::time::Duration;
 /// The SQLite file used when no `scheduler_db_uri` is given.
 pub const DEFAULT_DB_URI: &str = "sqlite://celery-beat.sqlite3";
 
+/// `scheduler_db_timeout`'s default.
+pub(crate) const DEFAULT_DB_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Why a configuration value was rejected.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -86,6 +89,14 @@ pub struct Config {
     /// `scheduler_watch_interval`: how often the beat looks for edited rows.
     /// An edit takes effect within this time.
     pub scheduler_watch_interval: Duration,
+    /// `scheduler_db_timeout`: the bound on each statement, lock wait and
+    /// idle transaction of the beat's database sessions (PostgreSQL:
+    /// `statement_timeout`, `lock_timeout`,
+    /// `idle_in_transaction_session_timeout`, TCP keepalives; MariaDB:
+    /// `max_statement_time`, `innodb_lock_wait_timeout`,
+    /// `idle_transaction_timeout`). A beat frozen or cut off mid-claim
+    /// holds its rows no longer than this.
+    pub scheduler_db_timeout: Duration,
     /// `celery_max_retry`: how often a failed in-process task is retried.
     pub celery_max_retry: u32,
     /// `celery_retry_delay`: the wait before each retry.
@@ -95,6 +106,11 @@ pub struct Config {
     /// `broker_url`: where Celery messages go (`redis://…`); `None` runs only
     /// in-process tasks.
     pub broker_url: Option<String>,
+    /// `broker_dedup_window`: how long Redis remembers the task id of each
+    /// run pushed to it, so that a run claimed again (after a crash or a
+    /// failed commit) is not pushed twice. Costs about 150 bytes of Redis
+    /// memory per run within the window.
+    pub broker_dedup_window: Duration,
     /// `worker_concurrency`: worker pool threads (default: CPU count).
     pub worker_concurrency: usize,
     /// `shutdown_timeout`: how long a stop waits for running tasks.
@@ -114,10 +130,12 @@ impl Default for Config {
             scheduler_max_interval: Duration::from_secs(300),
             scheduler_sync_every: Duration::from_secs(180),
             scheduler_watch_interval: Duration::from_millis(500),
+            scheduler_db_timeout: DEFAULT_DB_TIMEOUT,
             celery_max_retry: 3,
             celery_retry_delay: Duration::from_secs(300),
             create_table: true,
             broker_url: None,
+            broker_dedup_window: Duration::from_secs(3600),
             worker_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
             shutdown_timeout: Duration::from_secs(30),
             scheduler_misfire_policy: MisfirePolicy::FireOnce,
@@ -127,15 +145,17 @@ impl Default for Config {
 }
 
 /// Every key, with its environment variable.
-const KEYS: [(&str, &str); 12] = [
+const KEYS: [(&str, &str); 14] = [
     ("scheduler_db_uri", "SCHEDULER_DB_URI"),
     ("scheduler_max_interval", "SCHEDULER_MAX_INTERVAL"),
     ("scheduler_sync_every", "SCHEDULER_SYNC_EVERY"),
     ("scheduler_watch_interval", "SCHEDULER_WATCH_INTERVAL"),
+    ("scheduler_db_timeout", "SCHEDULER_DB_TIMEOUT"),
     ("celery_max_retry", "CELERY_MAX_RETRY"),
     ("celery_retry_delay", "CELERY_RETRY_DELAY"),
     ("create_table", "CREATE_TABLE"),
     ("broker_url", "CELERY_BROKER_URL"),
+    ("broker_dedup_window", "BROKER_DEDUP_WINDOW"),
     ("worker_concurrency", "WORKER_CONCURRENCY"),
     ("shutdown_timeout", "SHUTDOWN_TIMEOUT"),
     ("scheduler_misfire_policy", "SCHEDULER_MISFIRE_POLICY"),
@@ -218,6 +238,9 @@ impl Config {
             "scheduler_watch_interval" => {
                 self.scheduler_watch_interval = positive_seconds("scheduler_watch_interval", value)?
             }
+            "scheduler_db_timeout" => {
+                self.scheduler_db_timeout = positive_seconds("scheduler_db_timeout", value)?
+            }
             "celery_max_retry" => {
                 self.celery_max_retry = value.parse().map_err(|_| ConfigError::Invalid {
                     key: "celery_max_retry",
@@ -230,6 +253,9 @@ impl Config {
             }
             "create_table" => self.create_table = boolean("create_table", value)?,
             "broker_url" => self.broker_url = Some(value.to_owned()),
+            "broker_dedup_window" => {
+                self.broker_dedup_window = positive_seconds("broker_dedup_window", value)?
+            }
             "worker_concurrency" => {
                 self.worker_concurrency =
                     value
@@ -269,10 +295,12 @@ impl fmt::Debug for Config {
             .field("scheduler_max_interval", &self.scheduler_max_interval)
             .field("scheduler_sync_every", &self.scheduler_sync_every)
             .field("scheduler_watch_interval", &self.scheduler_watch_interval)
+            .field("scheduler_db_timeout", &self.scheduler_db_timeout)
             .field("celery_max_retry", &self.celery_max_retry)
             .field("celery_retry_delay", &self.celery_retry_delay)
             .field("create_table", &self.create_table)
             .field("broker_url", &self.broker_url.as_deref().map(redact_url))
+            .field("broker_dedup_window", &self.broker_dedup_window)
             .field("worker_concurrency", &self.worker_concurrency)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("scheduler_misfire_policy", &self.scheduler_misfire_policy)
@@ -435,10 +463,12 @@ mod tests {
             ("SCHEDULER_MAX_INTERVAL", "12.5"),
             ("SCHEDULER_SYNC_EVERY", "60"),
             ("SCHEDULER_WATCH_INTERVAL", "0.25"),
+            ("SCHEDULER_DB_TIMEOUT", "7"),
             ("CELERY_MAX_RETRY", "7"),
             ("CELERY_RETRY_DELAY", "0"),
             ("CREATE_TABLE", "False"),
             ("CELERY_BROKER_URL", "redis://localhost:6379/3"),
+            ("BROKER_DEDUP_WINDOW", "600"),
             ("WORKER_CONCURRENCY", "5"),
             ("SHUTDOWN_TIMEOUT", "9"),
             ("SCHEDULER_MISFIRE_POLICY", "skip"),
@@ -449,10 +479,12 @@ mod tests {
         assert_eq!(c.scheduler_max_interval, Duration::from_millis(12_500));
         assert_eq!(c.scheduler_sync_every, Duration::from_secs(60));
         assert_eq!(c.scheduler_watch_interval, Duration::from_millis(250));
+        assert_eq!(c.scheduler_db_timeout, Duration::from_secs(7));
         assert_eq!(c.celery_max_retry, 7);
         assert_eq!(c.celery_retry_delay, Duration::ZERO);
         assert!(!c.create_table);
         assert_eq!(c.broker_url.as_deref(), Some("redis://localhost:6379/3"));
+        assert_eq!(c.broker_dedup_window, Duration::from_secs(600));
         assert_eq!(c.worker_concurrency, 5);
         assert_eq!(c.shutdown_timeout, Duration::from_secs(9));
         assert_eq!(c.scheduler_misfire_policy, MisfirePolicy::Skip);

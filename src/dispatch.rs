@@ -17,14 +17,14 @@
 //! On-demand runs ([`Dispatcher::send_now`]) take steps 1, 3 and 4, and
 //! leave the row as it is.
 
-use crate::celery::{self, Message, Publisher, SendOptions, Sender as CelerySender};
+use crate::celery::{self, Message, Publisher, Pushed, SendOptions, Sender as CelerySender};
 use crate::clock::Clock;
 use crate::error::Error;
 use crate::metrics::{Counts, Metrics};
 use crate::routine::RoutineError;
 use crate::schedule::{truncated, Misfire, MisfirePolicy, Schedule, ScheduleError};
 use crate::shutdown::Shutdown;
-use crate::store::{Plan, RoutineRow};
+use crate::store::{Plan, RoutineRow, LATEST_STORABLE};
 use crate::task::{TaskContext, TaskRegistry};
 use crate::worker::{InFlight, Job, JobQueue};
 use chrono::{DateTime, Utc};
@@ -47,6 +47,71 @@ pub(crate) enum Fate {
     Invalid,
 }
 
+/// One claimed row, decided: its advance (written in the claim), its fate,
+/// and what is worth a log line once the claim has committed. A claim that
+/// rolls back (the broker is away) is tried again, and must not fill the
+/// log with the same lines at every try.
+pub(crate) struct Fired {
+    pub(crate) plan: Plan,
+    pub(crate) outcome: Outcome,
+}
+
+/// What a claimed row comes to, carried out of its claim.
+pub(crate) struct Outcome {
+    routine: String,
+    pub(crate) fate: Fate,
+    notes: Vec<Note>,
+}
+
+/// Something to say about a run.
+enum Note {
+    Invalid(String),
+    Missed {
+        due: DateTime<Utc>,
+        late: Duration,
+        grace: Duration,
+        next: Option<DateTime<Utc>>,
+    },
+    CaughtUp {
+        due: DateTime<Utc>,
+        next: Option<DateTime<Utc>>,
+    },
+    Overlap(DateTime<Utc>),
+    Last(DateTime<Utc>),
+    /// The next run is later than the table can hold.
+    Unstorable(String),
+}
+
+impl Note {
+    fn log(&self, routine: &str) {
+        let next = |t: &Option<DateTime<Utc>>| t.map_or("never".to_owned(), |t| t.to_string());
+        match self {
+            Note::Invalid(reason) | Note::Unstorable(reason) => log::error!(
+                "routine {routine}: {reason}; it will not run until its row is fixed"
+            ),
+            Note::Missed {
+                due,
+                late,
+                grace,
+                next: n,
+            } => log::warn!(
+                "routine {routine}: skipped the run due {due}, {late:.1?} late (misfire grace time {grace:?}, policy skip); next at {}",
+                next(n)
+            ),
+            Note::CaughtUp { due, next: n } => log::warn!(
+                "routine {routine}: was due at {due}, missed later due times; firing once now, next at {}",
+                next(n)
+            ),
+            Note::Overlap(due) => log::warn!(
+                "routine {routine}: previous run still queued or running; skipping the run due {due}"
+            ),
+            Note::Last(now) => log::warn!(
+                "routine {routine}: schedule has no run after {now}; this was its last"
+            ),
+        }
+    }
+}
+
 /// Everything a due run needs besides its row.
 pub(crate) struct Dispatcher {
     pub(crate) router: Router,
@@ -62,8 +127,6 @@ pub(crate) struct Dispatcher {
     /// The configured misfire policy and grace time (a routine may set its own).
     pub(crate) misfire: (MisfirePolicy, Duration),
     pub(crate) shutdown: Shutdown,
-    /// How long a stopping beat waits to queue a claimed run.
-    pub(crate) patience: Duration,
 }
 
 impl Dispatcher {
@@ -74,84 +137,79 @@ impl Dispatcher {
     /// first one after `now`, skipping the missed ones, as Celery's beat
     /// does. `last_run_at` records the due time, or `now` when due times
     /// were skipped (so that it says when the routine really last ran).
-    pub(crate) fn fire(&self, row: &RoutineRow, now: DateTime<Utc>) -> (Plan, Fate) {
+    pub(crate) fn fire(&self, row: &RoutineRow, now: DateTime<Utc>) -> Fired {
         let mut plan = Plan::keep(row);
+        let mut out = Outcome {
+            routine: row.name.clone(),
+            fate: Fate::Invalid,
+            notes: Vec::new(),
+        };
         // Claimed rows are due, so next_run_at is set; `now` is a safe stand-in.
         let due = row.next_run_at_utc().unwrap_or(now);
         let checked = match self.router.check(row) {
             Ok((checked, _)) => checked,
             Err(reason) => {
-                log::error!(
-                    "routine {}: {reason}; it will not run until its row is fixed",
-                    row.name
-                );
+                out.notes.push(Note::Invalid(reason.clone()));
                 plan.last_error = Some(reason);
-                return (plan, Fate::Invalid);
+                return Fired { plan, outcome: out };
             }
         };
         let on_time = checked
             .schedule
             .next_after(due)
             .is_some_and(|next| next > now);
-        plan.next_run_at = checked.schedule.next_after_catching_up(due, now);
-        let next = plan
-            .next_run_at
-            .map_or("never".to_owned(), |t| t.to_string());
+        match storable(checked.schedule.next_after_catching_up(due, now)) {
+            Ok(next) => plan.next_run_at = next,
+            Err(reason) => {
+                // This run still happens; the row then waits for an edit.
+                out.notes.push(Note::Unstorable(reason.clone()));
+                plan.last_error = Some(reason);
+            }
+        }
+        let next = plan.next_run_at;
         let policy = checked.misfire.policy.unwrap_or(self.misfire.0);
         let grace = checked.misfire.grace_time.unwrap_or(self.misfire.1);
         let late = (now - due).to_std().unwrap_or_default();
         if late > grace && policy == MisfirePolicy::Skip {
-            log::warn!(
-                "routine {}: skipped the run due {due}, {late:.1?} late (misfire grace time {grace:?}, policy skip); next at {next}",
-                row.name
-            );
-            return (plan, Fate::Missed);
+            out.notes.push(Note::Missed {
+                due,
+                late,
+                grace,
+                next,
+            });
+            out.fate = Fate::Missed;
+            return Fired { plan, outcome: out };
         }
-        if plan.next_run_at.is_none() {
-            log::warn!(
-                "routine {}: schedule has no run after {now}; this was its last",
-                row.name
-            );
+        if next.is_none() && plan.last_error.is_none() {
+            out.notes.push(Note::Last(now));
         }
         if !on_time {
-            log::warn!(
-                "routine {}: was due at {due}, missed later due times; firing once now, next at {next}",
-                row.name
-            );
+            out.notes.push(Note::CaughtUp { due, next });
         }
         let local = checked.send.is_none();
         if local && self.in_flight.contains(&row.id) {
-            log::warn!(
-                "routine {}: previous run still queued or running; skipping the run due {due}",
-                row.name
-            );
-            return (plan, Fate::Skip);
+            out.notes.push(Note::Overlap(due));
+            out.fate = Fate::Skip;
+            return Fired { plan, outcome: out };
         }
         plan.fired = 1;
         plan.last_run_at = Some(if on_time { due } else { now });
-        log::debug!("routine {}: firing task {} due {due}", row.name, row.task);
         let id = celery::message::task_id(&row.id, due);
-        let fate = match self.router.outgoing(row, &checked, due, &id, now) {
+        out.fate = match self.router.outgoing(row, &checked, due, &id, now) {
             Outgoing::Local(job) => Fate::Run(job),
             Outgoing::Celery(message) => Fate::Sent(message, due),
         };
-        (plan, fate)
+        Fired { plan, outcome: out }
     }
 
     /// Publishes the claimed rows' Celery messages, inside the claim
     /// transaction: if this fails, the claim rolls back. `claimer` picks
     /// the connection.
-    pub(crate) fn publish(
-        &self,
-        claimer: usize,
-        rows: &[RoutineRow],
-        fates: &[Fate],
-    ) -> Result<(), Error> {
-        let messages: Vec<(&RoutineRow, &Message)> = rows
+    pub(crate) fn publish(&self, claimer: usize, outcomes: &[Outcome]) -> Result<(), Error> {
+        let messages: Vec<(&str, &Message)> = outcomes
             .iter()
-            .zip(fates)
-            .filter_map(|(row, fate)| match fate {
-                Fate::Sent(message, _) => Some((row, message)),
+            .filter_map(|o| match &o.fate {
+                Fate::Sent(message, _) => Some((o.routine.as_str(), message)),
                 _ => None,
             })
             .collect();
@@ -168,38 +226,42 @@ impl Dispatcher {
             .unwrap_or_else(PoisonError::into_inner)
             .publish(&only)?;
         let published_at = self.clock.now();
-        for fate in fates {
-            if let Fate::Sent(_, due) = fate {
+        for outcome in outcomes {
+            if let Fate::Sent(_, due) = &outcome.fate {
                 self.metrics
                     .record_lateness((published_at - *due).to_std().unwrap_or_default());
             }
         }
-        for ((row, message), lists) in messages.iter().zip(delivered) {
-            if lists == 0 {
-                log::error!(
-                    "routine {}: no queue is bound to {:?}: Celery would drop message {} too",
-                    row.name,
+        for ((routine, message), pushed) in messages.iter().zip(delivered) {
+            match pushed {
+                Pushed::To(0) => log::error!(
+                    "routine {routine}: no queue is bound to {:?}: Celery would drop message {} too",
                     message.destination,
                     message.id
-                );
-            } else {
-                log::debug!(
-                    "routine {}: sent {} as task {}",
-                    row.name,
-                    row.task,
+                ),
+                Pushed::To(_) => log::debug!(
+                    "routine {routine}: sent {} as task {}",
+                    message.task,
                     message.id
-                );
+                ),
+                Pushed::Before => log::info!(
+                    "routine {routine}: task {} was already pushed to Redis (claimed again after a crash or a failed commit); not pushed twice",
+                    message.id
+                ),
             }
         }
         Ok(())
     }
 
-    /// After the claim committed: queues the in-process runs and counts
-    /// every fate.
-    pub(crate) fn hand_over(&self, fates: Vec<Fate>) -> Counts {
+    /// After the claim committed: says what is worth saying, queues the
+    /// in-process runs and counts every fate.
+    pub(crate) fn hand_over(&self, outcomes: Vec<Outcome>) -> Counts {
         let mut counts = Counts::default();
-        for fate in fates {
-            match fate {
+        for outcome in outcomes {
+            for note in &outcome.notes {
+                note.log(&outcome.routine);
+            }
+            match outcome.fate {
                 Fate::Run(job) => {
                     if self.queue(job) {
                         counts.fired += 1;
@@ -220,15 +282,15 @@ impl Dispatcher {
     fn queue(&self, job: Job) -> bool {
         self.in_flight.try_mark(&job.ctx.routine_id);
         let due = job.ctx.scheduled_at;
-        match self.queue.push(job, &self.shutdown, self.patience) {
+        match self.queue.push(job, &self.shutdown) {
             Ok(()) => {
                 let lateness = (self.clock.now() - due).to_std().unwrap_or_default();
                 self.metrics.record_lateness(lateness);
                 true
             }
             Err(job) => {
-                log::error!(
-                    "routine {}: run due {} lost: the beat stopped before a worker was free",
+                log::warn!(
+                    "routine {}: run due {} abandoned at stop: no worker was free before the deadline",
                     job.ctx.routine,
                     job.ctx.scheduled_at
                 );
@@ -252,7 +314,7 @@ impl Dispatcher {
             Outgoing::Local(mut job) => {
                 job.scheduled = false;
                 self.queue
-                    .push(job, &self.shutdown, self.patience)
+                    .push(job, &self.shutdown)
                     .map_err(|_| RoutineError::new(name, "the beat is stopping"))?;
             }
             Outgoing::Celery(message) => {
@@ -307,10 +369,25 @@ impl Router {
         }
     }
 
+    /// Whether any task runs in-process here.
+    pub(crate) fn has_local_tasks(&self) -> bool {
+        !self.registry.is_empty()
+    }
+
     /// Everything that makes a row runnable: its schedule, its kwargs and
     /// options, and a way to run its task. Also returns option keys that
     /// will be ignored.
     pub(crate) fn check(&self, row: &RoutineRow) -> Result<(Checked, Vec<String>), String> {
+        if row.duplicate_name {
+            return Err(format!(
+                "another row is also named {:?} and runs instead; this one (id {}) never runs: \
+                 delete or rename it",
+                row.name, row.id
+            ));
+        }
+        if let Some(reason) = &row.unreadable {
+            return Err(reason.clone());
+        }
         let (schedule, misfire) = self.parsed.schedule(&row.schedule)?;
         let kwargs = json_object("kwargs", row.kwargs.as_deref())?;
         if self.registry.contains(&row.task) {
@@ -428,6 +505,17 @@ fn cached<T: Clone>(
         cache.insert(key.to_owned(), parsed.clone());
     }
     parsed
+}
+
+/// `next` if the table can hold it; a run later than that is the row's
+/// error, not a failed claim for every row beside it.
+pub(crate) fn storable(next: Option<DateTime<Utc>>) -> Result<Option<DateTime<Utc>>, String> {
+    match next {
+        Some(t) if t > LATEST_STORABLE => Err(format!(
+            "its next run ({t}) is later than {LATEST_STORABLE}, the latest time the table holds"
+        )),
+        other => Ok(other),
+    }
 }
 
 /// Reads a kwargs or options column: a JSON object, or nothing (`{}`).

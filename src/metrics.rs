@@ -21,6 +21,7 @@ pub(crate) struct Metrics {
     pub(crate) succeeded: AtomicU64,
     pub(crate) failed: AtomicU64,
     pub(crate) gave_up: AtomicU64,
+    pub(crate) abandoned: AtomicU64,
     /// Due time to hand-over (in Redis, or in the worker queue), in µs.
     /// Two significant digits: within 1% of the true value.
     lateness: Mutex<Histogram<u64>>,
@@ -36,6 +37,7 @@ impl Default for Metrics {
             succeeded: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             gave_up: AtomicU64::new(0),
+            abandoned: AtomicU64::new(0),
             lateness: Mutex::new(
                 Histogram::new_with_bounds(1, LATENESS_MAX_MICROS, 2)
                     .expect("constant histogram bounds are valid"),
@@ -79,6 +81,7 @@ impl Metrics {
         add(&self.skipped, counts.skipped);
         add(&self.missed, counts.missed);
         add(&self.invalid, counts.invalid);
+        add(&self.abandoned, counts.abandoned);
     }
 
     /// Counts one more `counter` event.
@@ -129,6 +132,7 @@ impl Metrics {
             succeeded: load(&self.succeeded),
             failed: load(&self.failed),
             gave_up: load(&self.gave_up),
+            abandoned: load(&self.abandoned),
         }
     }
 }
@@ -153,6 +157,10 @@ pub struct Stats {
     pub failed: u64,
     /// Runs that failed on every attempt.
     pub gave_up: u64,
+    /// Claimed runs that never started because the beat stopped first
+    /// (waiting in the queue or for a retry at the stop's deadline, or not
+    /// queued at all), each logged by routine.
+    pub abandoned: u64,
 }
 
 /// How late runs were handed over, since start: due time to the moment a

@@ -1,4 +1,5 @@
-//! Stopping: one signal, seen by the scheduler thread and every worker.
+//! Stopping: one signal, seen by the scheduler thread and every worker,
+//! with the deadline the stop gives them.
 //!
 //! The signal is the disconnection of a channel that never carries a
 //! message: dropping the [`Trigger`] wakes every waiter at once, and a
@@ -6,30 +7,51 @@
 //! and nothing to send twice.
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 /// Fires the shutdown when dropped or [`Trigger::fire`]d.
 #[derive(Debug)]
 pub(crate) struct Trigger {
     _tx: Sender<()>,
+    deadline: Arc<OnceLock<Instant>>,
 }
 
 impl Trigger {
-    pub(crate) fn fire(self) {}
+    /// Fires, telling every waiter that the stop ends at `deadline`.
+    pub(crate) fn fire(self, deadline: Instant) {
+        let _ = self.deadline.set(deadline);
+    }
 }
 
 /// A long-running loop's view of the shutdown.
 #[derive(Debug, Clone)]
 pub(crate) struct Shutdown {
     rx: Receiver<()>,
+    deadline: Arc<OnceLock<Instant>>,
 }
 
 pub(crate) fn channel() -> (Trigger, Shutdown) {
     let (tx, rx) = bounded(0);
-    (Trigger { _tx: tx }, Shutdown { rx })
+    let deadline = Arc::new(OnceLock::new());
+    (
+        Trigger {
+            _tx: tx,
+            deadline: Arc::clone(&deadline),
+        },
+        Shutdown { rx, deadline },
+    )
 }
 
 impl Shutdown {
+    /// When the stop ends, once it has fired (a trigger dropped without
+    /// firing sets none: then the stop ends at once).
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        // The trigger sets the deadline before it disconnects.
+        self.is_fired()
+            .then(|| *self.deadline.get_or_init(Instant::now))
+    }
+
     /// Whether the shutdown has fired.
     pub(crate) fn is_fired(&self) -> bool {
         matches!(
@@ -62,6 +84,7 @@ mod tests {
     fn firing_wakes_a_sleeper_at_once() {
         let (trigger, shutdown) = channel();
         assert!(!shutdown.is_fired());
+        assert_eq!(shutdown.deadline(), None);
         assert!(!shutdown.sleep(Duration::from_millis(1)));
         let sleeper = {
             let shutdown = shutdown.clone();
@@ -70,11 +93,17 @@ mod tests {
                 (shutdown.sleep(Duration::from_secs(60)), start.elapsed())
             })
         };
-        trigger.fire();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        trigger.fire(deadline);
         let (fired, slept) = sleeper.join().unwrap();
         assert!(fired);
         assert!(slept < Duration::from_secs(30), "slept {slept:?}");
         assert!(shutdown.is_fired());
         assert!(shutdown.sleep(Duration::from_secs(60)));
+        assert_eq!(
+            shutdown.deadline(),
+            Some(deadline),
+            "every waiter sees the stop's deadline"
+        );
     }
 }

@@ -154,6 +154,10 @@ impl TaskRegistry {
         self.tasks.contains_key(name)
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
     /// The task names, as a JSON array.
     pub(crate) fn names_json(&self) -> String {
         serde_json::Value::from(self.tasks.keys().cloned().collect::<Vec<_>>()).to_string()

@@ -82,14 +82,23 @@ pub(crate) struct RetryPolicy {
 /// The running pool.
 pub(crate) struct WorkerPool {
     jobs: Sender<Job>,
+    /// The queue's other end, for the stop to take what no worker took.
+    queued: Receiver<Job>,
     in_flight: Arc<InFlight>,
+    metrics: Arc<Metrics>,
+    /// What each worker is running (routine, due time), for the stop's log.
+    running: Arc<Running>,
     /// Set when a stop's deadline passed: workers drop queued jobs.
     abandon: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
-    timer: Option<JoinHandle<()>>,
+    /// The timer thread; it returns the retries it dropped.
+    timer: Option<JoinHandle<usize>>,
     timer_stop: Option<Sender<()>>,
     exited: Receiver<()>,
 }
+
+/// The run each worker is on, by worker.
+type Running = Mutex<Vec<Option<(String, chrono::DateTime<chrono::Utc>)>>>;
 
 impl WorkerPool {
     pub(crate) fn start(
@@ -105,10 +114,13 @@ impl WorkerPool {
         let (timer_stop, timer_stop_rx) = bounded::<()>(0);
         let in_flight = Arc::new(InFlight::default());
         let abandon = Arc::new(AtomicBool::new(false));
+        let running: Arc<Running> = Arc::new(Mutex::new(vec![None; threads]));
 
         let mut workers = Vec::with_capacity(threads);
         for index in 0..threads {
             let worker = Worker {
+                index,
+                running: Arc::clone(&running),
                 jobs: jobs_rx.clone(),
                 retries: retry_tx.clone(),
                 registry: Arc::clone(&registry),
@@ -133,7 +145,10 @@ impl WorkerPool {
         };
         Ok(WorkerPool {
             jobs: jobs_tx,
+            queued: jobs_rx,
             in_flight,
+            metrics,
+            running,
             abandon,
             workers,
             timer: Some(timer),
@@ -154,13 +169,20 @@ impl WorkerPool {
     }
 
     /// Stops taking retries, lets the workers finish what is queued and
-    /// running, and waits until `deadline`. Returns the number of worker
-    /// threads still busy at the deadline (left to finish on their own).
+    /// running, and waits until `deadline`, not longer. Runs that never
+    /// started (queued at the deadline, or waiting for a retry) are
+    /// abandoned: counted and logged by routine. Returns the number of
+    /// workers still running a task at the deadline (left to finish on
+    /// their own, each logged by routine).
     pub(crate) fn stop(mut self, deadline: Instant) -> usize {
         drop(self.timer_stop.take());
         if let Some(timer) = self.timer.take() {
-            // The timer exits as soon as it sees the stop; it never runs tasks.
-            let _ = timer.join();
+            // The timer exits as soon as it sees the stop; it never runs
+            // tasks, and never waits on a full queue once stopped.
+            let dropped = timer.join().unwrap_or(0);
+            self.metrics
+                .abandoned
+                .fetch_add(dropped as u64, Ordering::Relaxed);
         }
         let total = self.workers.len();
         // Closing the queue: workers drain it, then exit.
@@ -176,7 +198,15 @@ impl WorkerPool {
         let busy = total - exited;
         if busy > 0 {
             self.abandon.store(true, Ordering::SeqCst);
-            log::warn!("stop: {busy} worker(s) still running tasks at the deadline; not waiting");
+            for job in self.queued.try_iter() {
+                abandoned(&job, &self.in_flight, &self.metrics);
+            }
+            let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+            for (routine, due) in running.iter().flatten() {
+                log::warn!(
+                    "routine {routine}: the run due {due} is still running at the stop deadline; not waiting for it"
+                );
+            }
         }
         for handle in self.workers {
             if handle.is_finished() {
@@ -187,6 +217,17 @@ impl WorkerPool {
     }
 }
 
+/// A run that will not start: the stop came first.
+fn abandoned(job: &Job, in_flight: &InFlight, metrics: &Metrics) {
+    log::warn!(
+        "routine {}: run due {} abandoned at stop",
+        job.ctx.routine,
+        job.ctx.scheduled_at
+    );
+    in_flight.end(job);
+    Metrics::bump(&metrics.abandoned);
+}
+
 /// Queues jobs for the workers.
 #[derive(Clone)]
 pub(crate) struct JobQueue {
@@ -195,30 +236,33 @@ pub(crate) struct JobQueue {
 
 impl JobQueue {
     /// Queues `job`, waiting while the queue is full. Once `shutdown` has
-    /// fired it waits at most `patience` more: the job is a claimed run, and
-    /// the workers keep draining the queue while the beat stops. Returns the
-    /// job if it could not be queued.
-    pub(crate) fn push(
-        &self,
-        job: Job,
-        shutdown: &Shutdown,
-        patience: Duration,
-    ) -> Result<(), Box<Job>> {
+    /// fired it waits until the stop's deadline at most: the job is a
+    /// claimed run, and the workers keep draining the queue while the beat
+    /// stops. Returns the job if it could not be queued.
+    pub(crate) fn push(&self, job: Job, shutdown: &Shutdown) -> Result<(), Box<Job>> {
         let job = match self.jobs.try_send(job) {
             Ok(()) => return Ok(()),
             Err(TrySendError::Disconnected(job)) => return Err(Box::new(job)),
             Err(TrySendError::Full(job)) => job,
         };
-        select! {
-            send(self.jobs, job.clone()) -> sent => sent.map_err(|e| Box::new(e.into_inner())),
-            recv(shutdown.receiver()) -> _ => {
-                self.jobs.send_timeout(job, patience).map_err(|e| Box::new(e.into_inner()))
+        if shutdown.deadline().is_none() {
+            select! {
+                send(self.jobs, job.clone()) -> sent => {
+                    return sent.map_err(|e| Box::new(e.into_inner()));
+                }
+                recv(shutdown.receiver()) -> _ => {}
             }
         }
+        let deadline = shutdown.deadline().unwrap_or_else(Instant::now);
+        self.jobs
+            .send_deadline(job, deadline)
+            .map_err(|e| Box::new(e.into_inner()))
     }
 }
 
 struct Worker {
+    index: usize,
+    running: Arc<Running>,
     jobs: Receiver<Job>,
     retries: Sender<(Instant, Job)>,
     registry: Arc<TaskRegistry>,
@@ -234,17 +278,25 @@ impl Worker {
         let mut runtime = None;
         for job in self.jobs.iter() {
             if self.abandon.load(Ordering::SeqCst) {
-                log::warn!(
-                    "routine {}: run due {} abandoned at stop",
-                    job.ctx.routine,
-                    job.ctx.scheduled_at
-                );
-                self.in_flight.end(&job);
+                abandoned(&job, &self.in_flight, &self.metrics);
                 continue;
             }
+            self.set_running(Some((job.ctx.routine.clone(), job.ctx.scheduled_at)));
             self.run_job(job, &mut runtime);
+            self.set_running(None);
         }
         let _ = self.exited.send(());
+    }
+
+    fn set_running(&self, run: Option<(String, chrono::DateTime<chrono::Utc>)>) {
+        if let Some(slot) = self
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(self.index)
+        {
+            *slot = run;
+        }
     }
 
     fn run_job(&self, job: Job, runtime: &mut Option<tokio::runtime::Runtime>) {
@@ -364,14 +416,15 @@ impl Ord for Pending {
 }
 
 /// Holds failed runs until their retry time, then queues them again.
+/// Returns how many retries the stop dropped.
 fn retry_timer(
     incoming: Receiver<(Instant, Job)>,
     stop: Receiver<()>,
     jobs: Sender<Job>,
     in_flight: Arc<InFlight>,
-) {
+) -> usize {
     let mut pending = BinaryHeap::new();
-    loop {
+    'serve: loop {
         let wait = pending
             .peek()
             .map(|Pending(at, _)| at.saturating_duration_since(Instant::now()));
@@ -388,16 +441,24 @@ fn retry_timer(
             .peek()
             .is_some_and(|Pending(at, _)| *at <= Instant::now())
         {
-            let Some(Pending(_, job)) = pending.pop() else {
+            let Some(Pending(at, job)) = pending.pop() else {
                 break;
             };
-            // The routine stayed in flight during the wait.
-            if let Err(e) = jobs.send(job) {
-                in_flight.end(&e.into_inner());
-                return;
+            // The routine stayed in flight during the wait. A full queue
+            // must not hold the timer past a stop.
+            select! {
+                send(jobs, job.clone()) -> sent => if let Err(e) = sent {
+                    in_flight.end(&e.into_inner());
+                    break 'serve;
+                },
+                recv(stop) -> _ => {
+                    pending.push(Pending(at, job));
+                    break 'serve;
+                }
             }
         }
     }
+    let dropped = pending.len();
     for Pending(_, job) in pending {
         log::warn!(
             "routine {}: retry {} of the run due {} dropped at stop",
@@ -407,4 +468,5 @@ fn retry_timer(
         );
         in_flight.end(&job);
     }
+    dropped
 }

@@ -293,34 +293,66 @@ fn an_expires_in_the_past_makes_the_worker_discard_the_message() {
 }
 
 #[test]
-fn a_run_published_again_carries_the_same_task_id() {
+fn a_run_claimed_again_is_pushed_once_within_the_window_and_with_its_id_after() {
     let test = "celery_same_id";
     let Some(broker) = redis_db(test, 6) else {
         return;
     };
     let db = TestDb::sqlite(test);
-    let mut beat = manual(
-        &db,
-        &broker,
-        vec![Routine::new("r", "tasks.record", every(10))],
-    );
+    let config = {
+        let mut c = db.config();
+        c.broker_url = Some(broker.clone());
+        c.broker_dedup_window = Duration::from_secs(1);
+        c
+    };
+    let mut beat = Beat::builder(config)
+        .routine(Routine::new("r", "tasks.record", every(10)))
+        .start_manual()
+        .unwrap();
     beat.tick(at(0)).unwrap();
     assert_eq!(beat.tick(at(10)).unwrap().fired, 1);
-    // What a crash between publishing and committing leaves: the row still
-    // due at the time that was just published.
-    db.exec(&format!(
-        "UPDATE routines SET next_run_at = {}, total_run_count = 0",
-        db.timestamp(at(10))
-    ));
-    assert_eq!(beat.tick(at(11)).unwrap().fired, 1);
+    let ids = || -> Vec<String> {
+        envelopes(&broker, "celery")
+            .iter()
+            .map(|e| e["headers"]["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let first = ids();
+    assert_eq!(first.len(), 1);
+    // What a crash (or a failed commit) between publishing and committing
+    // leaves: the row still due at the time that was just published.
+    let rewind = || {
+        db.exec(&format!(
+            "UPDATE routines SET next_run_at = {}, total_run_count = 0",
+            db.timestamp(at(10))
+        ))
+    };
+    rewind();
+    assert_eq!(beat.tick(at(11)).unwrap().fired, 1, "claimed again");
+    assert_eq!(
+        ids(),
+        first,
+        "the same run is not pushed twice within the window"
+    );
+    // Beyond the window Redis has forgotten the run: pushed again, with its id.
+    let marker = format!("_beat.sent.{}", first[0]);
+    assert!(wait_until(Duration::from_secs(5), || {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(&marker)
+            .query(&mut common::redis_conn(&broker))
+            .unwrap();
+        !exists
+    }));
+    rewind();
+    assert_eq!(beat.tick(at(12)).unwrap().fired, 1);
     assert_eq!(beat.tick(at(20)).unwrap().fired, 1);
-    let ids: Vec<String> = envelopes(&broker, "celery")
-        .iter()
-        .map(|e| e["headers"]["id"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(ids.len(), 3);
-    assert_eq!(ids[0], ids[1], "the same run, published twice, has one id");
-    assert_ne!(ids[1], ids[2], "the next run has its own");
+    let all = ids();
+    assert_eq!(all.len(), 3);
+    assert_eq!(
+        all[0], all[1],
+        "after the window: the same run, with its id"
+    );
+    assert_ne!(all[1], all[2], "the next run has its own");
 }
 
 #[test]

@@ -180,6 +180,60 @@ backend_tests! {
         assert_eq!(rec.runs()[0].scheduled_at, at(10), "the run stands for the due time it was claimed at");
     }
 
+    fn the_clock_jumping_back_an_hour_causes_no_burst_and_no_missed_run(db) {
+        let rec = Recorder::new("record");
+        let clock = common::TestClock::at(at(0));
+        let mut beat = Beat::builder(db.config())
+            .clock(clock.clone())
+            .task(rec.clone())
+            .routines((0..3).map(|i| Routine::new(format!("r{i}"), "record", every(10))))
+            .start_manual()
+            .unwrap();
+        beat.tick(at(0)).unwrap();
+        assert_eq!(beat.tick(at(10)).unwrap().fired, 3);
+        settle(&beat, 3);
+        // The system clock steps back an hour, then runs on: every pass up to
+        // the next due time (20) fires nothing, and the catch-up is no burst.
+        let mut fired = Vec::new();
+        for s in (10 - 3600..=40).step_by(5) {
+            clock.set(at(s));
+            let tick = beat.tick(at(s)).unwrap();
+            if tick.fired > 0 {
+                fired.push((s, tick.fired));
+                settle(&beat, 3 + 3 * fired.len() as u64);
+            }
+        }
+        assert_eq!(fired, [(20, 3), (30, 3), (40, 3)], "each due time once, on time");
+        let due: Vec<_> = rec.runs_of("r0").iter().map(|r| r.scheduled_at).collect();
+        assert_eq!(due, [at(10), at(20), at(30), at(40)], "no run missed, none repeated");
+    }
+
+    fn the_clock_jumping_forward_an_hour_fires_each_routine_once(db) {
+        let rec = Recorder::new("record");
+        let clock = common::TestClock::at(at(0));
+        let mut beat = Beat::builder(db.config())
+            .clock(clock.clone())
+            .task(rec.clone())
+            .routines((0..3).map(|i| Routine::new(format!("r{i}"), "record", every(10))))
+            .start_manual()
+            .unwrap();
+        beat.tick(at(0)).unwrap();
+        assert_eq!(beat.tick(at(10)).unwrap().fired, 3);
+        settle(&beat, 3);
+        // 360 due times pass in a step; fire_once (the default) runs each
+        // routine once for them, then keeps its grid.
+        clock.set(at(3615));
+        let tick = beat.tick(at(3615)).unwrap();
+        assert_eq!((tick.fired, tick.next_due), (3, Some(at(3620))));
+        settle(&beat, 6);
+        assert_eq!(beat.tick(at(3616)).unwrap().fired, 0, "no second catch-up run");
+        assert_eq!(beat.tick(at(3620)).unwrap().fired, 3);
+        settle(&beat, 9);
+        let due: Vec<_> = rec.runs_of("r1").iter().map(|r| r.scheduled_at).collect();
+        assert_eq!(due, [at(10), at(20), at(3620)], "one run stands for the hour");
+        assert_eq!(row(&beat, "r1").total_run_count, Some(3));
+    }
+
     fn the_skip_misfire_policy_drops_runs_later_than_their_grace_time(db) {
         use celery_diesel_kit::{Misfire, MisfirePolicy};
         let rec = Recorder::new("record");

@@ -41,6 +41,11 @@ fn kit_ddl(kind: Kind) -> &'static str {
 
 /// A row as the kit's `merge_inplace` inserts it (SQLAlchemy's statement).
 fn kit_insert(kind: Kind, name: &str, schedule: &str) -> String {
+    kit_insert_run(kind, name, schedule, 0)
+}
+
+/// As `kit_insert`, for a row that has run `count` times.
+fn kit_insert_run(kind: Kind, name: &str, schedule: &str, count: i32) -> String {
     let id = uuid::Uuid::new_v4();
     // SQLAlchemy binds a uuid natively on PostgreSQL, as 32 hex digits elsewhere.
     let id = match kind {
@@ -49,7 +54,7 @@ fn kit_insert(kind: Kind, name: &str, schedule: &str) -> String {
     };
     format!(
         "INSERT INTO routines (id, name, task, schedule, last_run_at, total_run_count, active, kwargs, options) \
-         VALUES ('{id}', '{name}', '{name}', '{schedule}', NULL, 0, {}, '{{}}', '{{}}')",
+         VALUES ('{id}', '{name}', '{name}', '{schedule}', NULL, {count}, {}, '{{}}', '{{}}')",
         if kind == Kind::Postgres { "true" } else { "1" }
     )
 }
@@ -79,6 +84,50 @@ backend_tests! {
         assert!(row.needs_sync && row.next_run_at.is_none(), "a kit insert waits for planning: {row:?}");
         let row = db.store().routine("celery test").unwrap().unwrap();
         assert!(row.total_run_count.unwrap() >= 1 && row.last_run_at.is_some());
+    }
+
+    fn a_kit_table_with_duplicate_names_is_adopted_and_runs_one_row_of_each(db) {
+        db.exec(kit_ddl(db.kind));
+        let every = r#"{"timedelta": 10}"#;
+        for (name, count) in [("dup", 0), ("dup", 5), ("dup", 1), ("twin", 0), ("twin", 0), ("single", 0)] {
+            db.exec(&kit_insert_run(db.kind, name, every, count));
+        }
+        let rec = Recorder::new("dup");
+        let (twin, single) = (Recorder::new("twin"), Recorder::new("single"));
+        let mut beat = Beat::builder(db.config())
+            .task(rec.clone()).task(twin.clone()).task(single.clone())
+            .start_manual()
+            .unwrap();
+        let t0 = common::utc("2030-01-01 00:00:00");
+        let tick = beat.tick(t0).unwrap();
+        assert_eq!((tick.planned, tick.invalid), (6, 3), "three rows share a name with another");
+        let rows = db.store().routines().unwrap();
+        for name in ["dup", "twin", "single"] {
+            let of_name: Vec<_> = rows.iter().filter(|r| r.name == name).collect();
+            let running: Vec<_> = of_name.iter().filter(|r| r.last_error.is_none()).collect();
+            assert_eq!(running.len(), 1, "{name}: {of_name:#?}");
+            assert!(!running[0].duplicate_name && running[0].next_run_at.is_some());
+            for other in of_name.iter().filter(|r| r.last_error.is_some()) {
+                let error = other.last_error.as_deref().unwrap_or_default();
+                assert!(other.duplicate_name && error.contains("another row is also named"), "{error}");
+                assert!(other.next_run_at.is_none());
+            }
+        }
+        let dup = rows.iter().find(|r| r.name == "dup" && r.last_error.is_none()).unwrap();
+        assert_eq!(dup.total_run_count, Some(5), "the row that has run most keeps running");
+        let ran = || rec.count() + twin.count() + single.count();
+        for k in 1..=3 {
+            assert_eq!(beat.tick(t0 + chrono::Duration::seconds(10 * k)).unwrap().fired, 3);
+            // Each run ends before the next is due (a run still going is
+            // skipped); `succeeded` counts a run once it has left the
+            // in-flight set.
+            assert!(wait_until(Duration::from_secs(10), || beat.stats().succeeded == 3 * k as u64));
+        }
+        assert_eq!(ran(), 9);
+        assert_eq!((rec.count(), twin.count(), single.count()), (3, 3, 3));
+        // The unique index keeps it so: a plain insert of a taken name fails.
+        let taken = std::panic::catch_unwind(|| db.exec(&kit_insert(db.kind, "single", every)));
+        assert!(taken.is_err(), "a second runnable row named 'single' was accepted");
     }
 
     fn edits_mark_rows_for_the_beat_and_the_beats_own_writes_do_not(db) {
@@ -129,8 +178,11 @@ backend_tests! {
         beat.tick(t0).unwrap();
         assert_eq!(store.routine("r").unwrap().unwrap().next_run_at_utc(), Some(at(10)));
         assert_eq!(beat.tick(at(10)).unwrap().fired, 1);
-        let ran = |n: usize| wait_until(Duration::from_secs(10), || rec.count() >= n);
-        assert!(ran(1), "the run due at 10 never ran");
+        // `succeeded` counts a run once it has left the in-flight set.
+        let ran = |beat: &celery_diesel_kit::ManualBeat, n: u64| {
+            wait_until(Duration::from_secs(10), || beat.stats().succeeded >= n)
+        };
+        assert!(ran(&beat, 1), "the run due at 10 never ran");
 
         // A new schedule is planned from the last run: 10 + 30, not now + 30.
         assert!(!store.upsert(&Routine::new("r", "record", every(30))).unwrap(), "updated");
@@ -153,7 +205,7 @@ backend_tests! {
         assert!(store.routine("r").unwrap().is_none());
         assert!(!store.remove("r").unwrap());
         assert_eq!(beat.tick(at(100)).unwrap().fired, 0);
-        assert!(ran(2));
+        assert!(ran(&beat, 2));
         assert_eq!(rec.count(), 2);
     }
 }

@@ -250,6 +250,103 @@ backend_tests! {
     }
 }
 
+/// A stop with every way to linger at once: a task that ignores the
+/// deadline, a full queue behind it (and claimed runs still waiting to be
+/// queued), and a retry waiting for its time.
+#[test]
+fn stop_returns_within_its_timeout_and_names_every_run_it_abandons() {
+    let log = common::captured_log();
+    let db = common::TestDb::sqlite("stop_within_timeout");
+    let (gate, started, release) = gate();
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let failing = Flaky {
+        name: "fail",
+        failures: 100,
+        panic: false,
+        attempts: Arc::clone(&attempts),
+    };
+    let config = {
+        let mut c = db.config();
+        c.worker_concurrency = 1;
+        c.shutdown_timeout = Duration::from_secs(1);
+        c.celery_retry_delay = Duration::from_secs(600);
+        c
+    };
+    let clock = common::TestClock::at(at(0));
+    let stuck: Vec<Routine> = (0..100)
+        .map(|i| Routine::new(format!("stop-stuck-{i:03}"), "gate", every(10)))
+        .collect();
+    let beat = Beat::builder(config)
+        .clock(clock.clone())
+        .task(gate)
+        .task(failing)
+        .routine(Routine::new("stop-failing", "fail", every(5)))
+        .routines(stuck)
+        .start()
+        .unwrap();
+    let store = db.store();
+    let planned = || {
+        store
+            .routines()
+            .unwrap()
+            .iter()
+            .all(|r| r.next_run_at.is_some())
+    };
+    assert!(wait_until(Duration::from_secs(10), planned));
+    clock.set(at(5));
+    assert!(
+        wait_until(Duration::from_secs(10), || beat.stats().failed == 1),
+        "the failing run ran once, its retry waits"
+    );
+    clock.set(at(10));
+    started
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a stuck run started");
+    let claimed = || {
+        store
+            .routines()
+            .unwrap()
+            .iter()
+            .filter(|r| r.name.starts_with("stop-stuck"))
+            .all(|r| r.total_run_count == Some(1))
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), claimed),
+        "all 100 stuck runs claimed"
+    );
+
+    let stopping = Instant::now();
+    let report = beat.stop();
+    let took = stopping.elapsed();
+    release.send(()).unwrap();
+    assert!(
+        took < Duration::from_secs(2),
+        "stop took {took:?} with a 1 s shutdown_timeout"
+    );
+    assert_eq!(report.busy_workers, 1, "the stuck task still running");
+    // 64 queued, 35 never queued, 1 retry: every run but the running one.
+    assert_eq!(report.stats.abandoned, 100, "{report:?}");
+    let lines = log.lock().unwrap().clone();
+    let named = |routine: &str| {
+        lines
+            .iter()
+            .filter(|l| {
+                l.contains(&format!("routine {routine}: "))
+                    && (l.contains("at stop") || l.contains("stop deadline"))
+            })
+            .count()
+    };
+    assert_eq!(named("stop-failing"), 1, "the dropped retry is logged");
+    for i in 0..100 {
+        assert_eq!(
+            named(&format!("stop-stuck-{i:03}")),
+            1,
+            "stop-stuck-{i:03}:\n{}",
+            lines.join("\n")
+        );
+    }
+}
+
 #[test]
 fn default_worker_count_is_the_cpu_count() {
     let cpus = std::thread::available_parallelism()

@@ -10,6 +10,37 @@ use std::time::Duration;
 /// counts as unreachable.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The key that remembers a run was pushed: `SET NX EX` on it is the check.
+const SENT_PREFIX: &str = "_beat.sent.";
+
+/// Pushes each message unless its task id was pushed within the window, in
+/// one script so that the check and the push are one atomic step: a run
+/// published again (a crash or a failed commit between the push and the
+/// claim's commit, then the claim again) reaches its queues once.
+///
+/// KEYS: the n sent-markers, then each message's list keys in turn.
+/// ARGV: the window (s), n, then per message its envelope and its number of
+/// list keys. Returns per message 1 (pushed) or 0 (pushed before).
+const PUSH_ONCE: &str = r"
+local n = tonumber(ARGV[2])
+local k = n
+local pushed = {}
+for i = 1, n do
+    local envelope = ARGV[1 + 2 * i]
+    local targets = tonumber(ARGV[2 + 2 * i])
+    if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[1]) then
+        for t = 1, targets do
+            redis.call('LPUSH', KEYS[k + t], envelope)
+        end
+        pushed[i] = 1
+    else
+        pushed[i] = 0
+    end
+    k = k + targets
+end
+return pushed
+";
+
 /// Turns Celery's broker URL forms into the redis crate's.
 ///
 /// `redis://[user:password@]host[:port][/db]` and `rediss://…` pass through;
@@ -57,10 +88,27 @@ pub(crate) struct Publisher {
     /// Queues whose binding was declared on this connection (kombu declares
     /// once per connection).
     declared: HashSet<String>,
+    /// How long a pushed run is remembered (`broker_dedup_window`), in whole
+    /// seconds (at least one).
+    window: u64,
+}
+
+/// [`PUSH_ONCE`], with its hash (sent as `EVALSHA`, loaded on first use).
+static PUSH_ONCE_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(PUSH_ONCE));
+
+/// What became of one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    /// Pushed to this many lists (0: no queue is bound to its exchange).
+    To(usize),
+    /// Its task id was pushed within the window: not pushed again.
+    Before,
 }
 
 impl Publisher {
-    pub(crate) fn new(url: &str) -> Result<Self, BrokerError> {
+    /// A publisher to `url` that remembers each run it pushed for `window`.
+    pub(crate) fn new(url: &str, window: Duration) -> Result<Self, BrokerError> {
         let target = connection_url(url)?;
         let client = redis::Client::open(target.as_str()).map_err(|e| {
             BrokerError::Url(format!(
@@ -74,6 +122,7 @@ impl Publisher {
             url: url.to_owned(),
             connection: None,
             declared: HashSet::new(),
+            window: window.as_secs().max(1),
         })
     }
 
@@ -103,12 +152,13 @@ impl Publisher {
         ))
     }
 
-    /// Publishes `messages` in one pipeline: the queue declarations kombu
-    /// makes (`SADD _kombu.binding.<queue>`), then one `LPUSH` per message
-    /// and bound queue. Returns, per message, how many lists received it (a
-    /// message to an exchange with no matching binding reaches none, and is
-    /// dropped, as kombu drops it).
-    pub(crate) fn publish(&mut self, messages: &[&Message]) -> Result<Vec<usize>, BrokerError> {
+    /// Publishes `messages`: the queue declarations kombu makes (`SADD
+    /// _kombu.binding.<queue>`, once per connection), then one `LPUSH` per
+    /// message and bound queue, unless the message's task id was pushed
+    /// within the window. Returns what became of each message (one to an
+    /// exchange with no matching binding reaches no list, and is dropped,
+    /// as kombu drops it).
+    pub(crate) fn publish(&mut self, messages: &[&Message]) -> Result<Vec<Pushed>, BrokerError> {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
@@ -130,7 +180,7 @@ impl Publisher {
         result
     }
 
-    fn try_publish(&mut self, messages: &[&Message]) -> Result<Vec<usize>, BrokerError> {
+    fn try_publish(&mut self, messages: &[&Message]) -> Result<Vec<Pushed>, BrokerError> {
         let exchanges: HashSet<&str> = messages
             .iter()
             .filter_map(|m| match &m.destination {
@@ -155,13 +205,17 @@ impl Publisher {
             bindings.insert(exchange.to_owned(), table);
         }
 
-        let mut pipe = redis::pipe();
+        let mut declare = redis::pipe();
         let mut declaring = Vec::new();
-        let mut delivered = Vec::with_capacity(messages.len());
+        let mut push = PUSH_ONCE_SCRIPT.prepare_invoke();
+        push.arg(self.window).arg(messages.len());
+        let mut lists: Vec<String> = Vec::new();
+        let mut targets_of = Vec::with_capacity(messages.len());
         for message in messages {
             let queue = message.destination.declared_queue();
             if !self.declared.contains(queue) && !declaring.iter().any(|q| q == queue) {
-                pipe.cmd("SADD")
+                declare
+                    .cmd("SADD")
                     .arg(format!("_kombu.binding.{queue}"))
                     .arg(format!("{queue}{SEP}{SEP}{queue}"))
                     .ignore();
@@ -184,18 +238,34 @@ impl Publisher {
                     })
                     .unwrap_or_default(),
             };
-            for target in &targets {
-                pipe.cmd("LPUSH")
-                    .arg(message.list_key(target))
-                    .arg(&message.envelope)
-                    .ignore();
-            }
-            delivered.push(targets.len());
+            push.key(format!("{SENT_PREFIX}{}", message.id));
+            push.arg(&message.envelope).arg(targets.len());
+            lists.extend(targets.iter().map(|t| message.list_key(t)));
+            targets_of.push(targets.len());
         }
-        pipe.query::<()>(self.connection()?)
+        for list in &lists {
+            push.key(list);
+        }
+        if !declaring.is_empty() {
+            declare
+                .query::<()>(self.connection()?)
+                .map_err(|e| self.failed(&e))?;
+        }
+        let pushed: Vec<i64> = push
+            .invoke(self.connection()?)
             .map_err(|e| self.failed(&e))?;
         self.declared.extend(declaring);
-        Ok(delivered)
+        Ok(targets_of
+            .into_iter()
+            .zip(pushed)
+            .map(|(targets, pushed)| {
+                if pushed == 1 {
+                    Pushed::To(targets)
+                } else {
+                    Pushed::Before
+                }
+            })
+            .collect())
     }
 }
 
@@ -230,11 +300,11 @@ mod tests {
             "{err}"
         );
         assert!(
-            Publisher::new("redis://:hunter2@127.0.0.1:1/0").is_ok(),
+            Publisher::new("redis://:hunter2@127.0.0.1:1/0", Duration::from_secs(60)).is_ok(),
             "connects lazily"
         );
         assert!(
-            Publisher::new("rediss://127.0.0.1:1/0").is_ok(),
+            Publisher::new("rediss://127.0.0.1:1/0", Duration::from_secs(60)).is_ok(),
             "TLS is built in"
         );
     }

@@ -6,7 +6,7 @@
 //! waits on the database another builds and publishes messages.
 
 use super::Scheduler;
-use crate::dispatch::Fate;
+use crate::dispatch::{Fate, Outcome};
 use crate::error::Error;
 use crate::metrics::Counts;
 use crate::store::Plan;
@@ -122,25 +122,30 @@ impl Scheduler {
                 CLAIM_BATCH,
                 local_only.then_some(dispatcher.router.local_tasks.as_str()),
                 |rows| {
-                    let (plans, fates): (Vec<Plan>, Vec<Fate>) =
-                        rows.iter().map(|row| dispatcher.fire(row, now)).unzip();
-                    dispatcher.publish(claimer, &rows, &fates)?;
-                    Ok::<_, Error>((plans, fates))
+                    let (plans, outcomes): (Vec<Plan>, Vec<Outcome>) = rows
+                        .iter()
+                        .map(|row| {
+                            let fired = dispatcher.fire(row, now);
+                            (fired.plan, fired.outcome)
+                        })
+                        .unzip();
+                    dispatcher.publish(claimer, &outcomes)?;
+                    Ok::<_, Error>((plans, outcomes))
                 },
             );
-            let fates = match claimed {
-                Ok(fates) => fates,
+            let outcomes = match claimed {
+                Ok(outcomes) => outcomes,
                 Err(e) => {
                     out.error = Some(e);
                     return out;
                 }
             };
-            if fates.iter().any(|f| matches!(f, Fate::Sent(..))) {
+            if outcomes.iter().any(|o| matches!(o.fate, Fate::Sent(..))) {
                 self.broker.succeeded();
             }
             out.batches += 1;
-            out.more = fates.len() == CLAIM_BATCH;
-            out.counts.add(dispatcher.hand_over(fates));
+            out.more = outcomes.len() == CLAIM_BATCH;
+            out.counts.add(dispatcher.hand_over(outcomes));
             if !out.more {
                 break;
             }

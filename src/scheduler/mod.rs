@@ -68,6 +68,9 @@ pub(crate) struct Settings {
     pub(crate) sync_every: Duration,
 }
 
+/// The wait before a pass that lost a race (a deadlock) is tried again.
+const TRANSIENT_RETRY: Duration = Duration::from_millis(10);
+
 /// Claimers sharing a burst of due routines on PostgreSQL and MySQL (see
 /// `claim`); the pool has room for them and one more.
 const CLAIMERS: usize = 3;
@@ -185,15 +188,28 @@ impl Scheduler {
         tick.missed = counts.missed;
         tick.invalid = counts.invalid;
         tick.abandoned = counts.abandoned;
-        tick.next_due = self.store.earliest_due()?;
-        if let Some(retry_at) = self.broker.retry_at() {
-            // Wake for the broker retry even when nothing else is due sooner.
-            let retry = now
-                + TimeDelta::from_std(retry_at.saturating_duration_since(Instant::now()))
-                    .unwrap_or_default();
-            tick.next_due = Some(tick.next_due.map_or(retry, |due| due.min(retry)));
-        }
+        tick.next_due = self.next_due(now)?;
         Ok(tick)
+    }
+
+    /// When there is next something to claim: the earliest due run, or,
+    /// while the broker is out, the earliest in-process run or the broker's
+    /// retry. The routines held back for the broker are overdue; were they
+    /// counted, the thread would never sleep through an outage.
+    fn next_due(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, Error> {
+        let Some(retry_at) = self.broker.retry_at().filter(|_| self.broker.paused()) else {
+            return Ok(self.store.earliest_due(None)?);
+        };
+        let retry = now
+            + TimeDelta::from_std(retry_at.saturating_duration_since(Instant::now()))
+                .unwrap_or_default();
+        let local = match self.dispatcher.router.has_local_tasks() {
+            true => self
+                .store
+                .earliest_due(Some(&self.dispatcher.router.local_tasks))?,
+            false => None,
+        };
+        Ok(Some(local.map_or(retry, |due| due.min(retry))))
     }
 
     fn last_recheck(&self) -> Option<Instant> {
@@ -231,6 +247,7 @@ impl Scheduler {
     /// their rows apart. Errors are the main loop's to report.
     fn help(&self, claimer: usize) {
         let mut backoff = Backoff::default();
+        let mut contended = self.contended();
         while !self.shutdown.is_fired() {
             let now = self.clock.now().trunc_subsecs(6);
             let out = self.claim_batches(claimer, now, self.broker.paused(), CLAIMS_PER_TICK);
@@ -240,22 +257,32 @@ impl Scheduler {
                     self.broker.failed(&e);
                     Duration::ZERO
                 }
+                Some(Error::Store(e)) if e.is_transient() => {
+                    log::debug!("claimer {claimer}: {e}; trying again");
+                    TRANSIENT_RETRY
+                }
                 Some(e) => {
                     log::debug!("claimer {claimer}: {e}");
                     backoff.failed()
                 }
                 None if out.counts.any() => {
                     backoff.reset();
+                    contended.reset();
                     continue;
                 }
-                None => match self.store.earliest_due() {
+                None => match self.next_due(now) {
                     Ok(next) => {
                         let until = next.map_or(Duration::MAX, |due| {
                             (due - self.clock.now()).to_std().unwrap_or(Duration::ZERO)
                         });
-                        until
-                            .min(self.settings.watch_interval)
-                            .min(self.settings.max_interval)
+                        if until.is_zero() {
+                            contended.failed()
+                        } else {
+                            contended.reset();
+                            until
+                                .min(self.settings.watch_interval)
+                                .min(self.settings.max_interval)
+                        }
                     }
                     Err(_) => backoff.failed(),
                 },
@@ -269,6 +296,7 @@ impl Scheduler {
     /// The main loop: passes (edits, claims, checks) until shutdown.
     fn main_loop(&self, fork_bursts: bool) {
         let mut database = outage::Database::default();
+        let mut contended = self.contended();
         let mut looked_for_edits: Option<Instant> = None;
         while !self.shutdown.is_fired() {
             let look =
@@ -282,7 +310,18 @@ impl Scheduler {
                     database.succeeded();
                     let looked = looked_for_edits.map_or(Duration::ZERO, |at| at.elapsed());
                     let next_look = self.settings.watch_interval.saturating_sub(looked);
-                    self.sleep_after(&tick, self.clock.now(), next_look)
+                    let wait = self.sleep_after(&tick, self.clock.now(), next_look);
+                    let claimed = tick.fired + tick.skipped + tick.missed + tick.invalid > 0;
+                    if wait.is_zero() && !tick.more_due && !claimed {
+                        contended.failed()
+                    } else {
+                        contended.reset();
+                        wait
+                    }
+                }
+                Err(Error::Store(e)) if e.is_transient() => {
+                    log::debug!("scheduler: {e}; trying again");
+                    TRANSIENT_RETRY
                 }
                 Err(e) => database.failed(&e),
             };
@@ -290,6 +329,13 @@ impl Scheduler {
                 break;
             }
         }
+    }
+
+    /// Waits for rows that are due but held by another claimer (a helper,
+    /// another beat, one frozen mid-claim): nothing to claim until it lets
+    /// go, so looking again at once would only spin.
+    fn contended(&self) -> Backoff {
+        Backoff::new(Duration::from_millis(5), self.settings.watch_interval)
     }
 
     /// Until the next due run, the next look for edits, or the longest

@@ -12,28 +12,39 @@ use std::time::{Duration, Instant};
 pub(super) const BACKOFF: (Duration, Duration) =
     (Duration::from_millis(250), Duration::from_secs(5));
 
-/// Waits that double after each failure, up to [`BACKOFF`]'s cap.
+/// Waits that double after each failure, from a first wait up to a cap
+/// ([`BACKOFF`] by default).
 #[derive(Debug)]
 pub(super) struct Backoff {
+    first: Duration,
+    cap: Duration,
     next: Duration,
 }
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff { next: BACKOFF.0 }
+        Backoff::new(BACKOFF.0, BACKOFF.1)
     }
 }
 
 impl Backoff {
+    pub(super) fn new(first: Duration, cap: Duration) -> Self {
+        Backoff {
+            first,
+            cap: cap.max(first),
+            next: first,
+        }
+    }
+
     /// The wait after one more failure.
     pub(super) fn failed(&mut self) -> Duration {
         let wait = self.next;
-        self.next = (self.next * 2).min(BACKOFF.1);
+        self.next = (self.next * 2).min(self.cap);
         wait
     }
 
     pub(super) fn reset(&mut self) {
-        self.next = BACKOFF.0;
+        self.next = self.first;
     }
 }
 

@@ -2,6 +2,7 @@
 //! edit) are validated and given their next run, or their error.
 
 use super::Scheduler;
+use crate::dispatch::storable;
 use crate::error::Error;
 use crate::store::{Plan, RoutineRow};
 use chrono::{DateTime, Utc};
@@ -53,9 +54,11 @@ impl Scheduler {
                     );
                 }
                 let base = row.last_run_at_utc().unwrap_or(now);
-                row.next_run_at_utc()
-                    .or_else(|| checked.schedule.next_after(base))
-                    .ok_or_else(|| format!("schedule {} has no run after {base}", row.schedule))
+                storable(
+                    row.next_run_at_utc()
+                        .or_else(|| checked.schedule.next_after(base)),
+                )?
+                .ok_or_else(|| format!("schedule {} has no run after {base}", row.schedule))
             });
         match checked {
             Ok(next) => {

@@ -16,15 +16,16 @@ mod pool;
 mod sql;
 mod write;
 
+use models::RawRow;
 pub use models::RoutineRow;
-pub(crate) use models::{NewRoutine, Plan};
+pub(crate) use models::{NewRoutine, Plan, LATEST_STORABLE};
 pub use pool::Backend;
 
 use crate::config::redact_url;
 use crate::routine::Routine;
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
 use diesel::connection::SimpleConnection;
-use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamp};
+use diesel::sql_types::{BigInt, Bool, Nullable, Text};
 use diesel::{QueryableByName, RunQueryDsl};
 use pool::Pools;
 use sql::Sql;
@@ -66,6 +67,28 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the statement lost a race with another transaction (a
+    /// deadlock, a serialization failure): nothing is wrong, and trying
+    /// again at once will do. Not an outage.
+    pub(crate) fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Query {
+                source:
+                    diesel::result::Error::DatabaseError(
+                        diesel::result::DatabaseErrorKind::SerializationFailure,
+                        _,
+                    ),
+                ..
+            } => true,
+            // PostgreSQL's deadlock (40P01) has no kind of its own in Diesel.
+            StoreError::Query {
+                source: diesel::result::Error::DatabaseError(_, info),
+                ..
+            } => info.message().contains("deadlock detected"),
+            _ => false,
+        }
+    }
+
     fn checkout(e: r2d2::Error) -> Self {
         StoreError::Unavailable(e.to_string())
     }
@@ -96,8 +119,8 @@ struct NameRow {
 
 #[derive(QueryableByName)]
 struct TimeRow {
-    #[diesel(sql_type = Nullable<Timestamp>)]
-    at: Option<NaiveDateTime>,
+    #[diesel(sql_type = Nullable<Text>)]
+    at: Option<String>,
 }
 
 /// Runs `$body` with `$conn` bound to a pooled connection of whichever
@@ -129,9 +152,9 @@ macro_rules! with_conn {
 /// Inserts a row, unplanned (the beat plans it at its next look), on a
 /// connection of any backend.
 macro_rules! insert_row {
-    ($conn:expr, $sql:expr, $row:expr) => {{
+    ($conn:expr, $statement:expr, $row:expr) => {{
         let row: &NewRoutine = $row;
-        diesel::sql_query($sql.insert)
+        diesel::sql_query($statement)
             .bind::<Text, _>(row.id.to_string())
             .bind::<Text, _>(&row.name)
             .bind::<Text, _>(&row.task)
@@ -140,7 +163,6 @@ macro_rules! insert_row {
             .bind::<Text, _>(&row.options)
             .bind::<Bool, _>(row.active)
             .execute($conn)
-            .map(drop)
     }};
 }
 
@@ -150,6 +172,7 @@ pub struct RoutineStore {
     pools: Pools,
     sql: Sql,
     url: String,
+    timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for RoutineStore {
@@ -161,10 +184,17 @@ impl std::fmt::Debug for RoutineStore {
 }
 
 impl RoutineStore {
-    /// Connects to `scheduler_db_uri` (nothing is created yet).
+    /// Connects to `scheduler_db_uri` (nothing is created yet), with the
+    /// default `scheduler_db_timeout`.
     pub fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::open(url, crate::config::DEFAULT_DB_TIMEOUT)
+    }
+
+    /// Connects with every statement, lock wait and idle transaction of the
+    /// beat's sessions bounded by `timeout` (`scheduler_db_timeout`).
+    pub(crate) fn open(url: &str, timeout: std::time::Duration) -> Result<Self, StoreError> {
         let (backend, target) = pool::parse_url(url)?;
-        let pools = pool::open(backend, &target, url)?;
+        let pools = pool::open(backend, &target, url, timeout)?;
         let sql = match backend {
             Backend::Postgres => sql::postgres(),
             Backend::Sqlite => sql::sqlite(),
@@ -176,6 +206,7 @@ impl RoutineStore {
             pools,
             sql,
             url: redact_url(url),
+            timeout,
         })
     }
 
@@ -192,14 +223,14 @@ impl RoutineStore {
     /// Creates `routines`, or adopts the kit's table, and upgrades it to the
     /// current schema.
     pub fn migrate(&self) -> Result<(), StoreError> {
-        pool::migrate(&self.pools)
+        pool::migrate(&self.pools, self.timeout)
     }
 
     /// Checks that the table has the beat's columns (for `create_table = false`).
     pub fn check_schema(&self) -> Result<(), StoreError> {
         with_conn!(self, |conn, _sql| {
             conn.batch_execute(
-                "SELECT next_run_at, needs_sync, last_error FROM routines WHERE 1 = 0",
+                "SELECT next_run_at, needs_sync, last_error, name_unique FROM routines WHERE 1 = 0",
             )
             .map_err(|e| StoreError::NotMigrated(e.to_string()))
         })
@@ -208,20 +239,21 @@ impl RoutineStore {
     /// Every routine, ordered by name.
     pub fn routines(&self) -> Result<Vec<RoutineRow>, StoreError> {
         with_conn!(self, |conn, sql| {
-            diesel::sql_query(&sql.all)
+            let rows: Vec<RawRow> = diesel::sql_query(&sql.all)
                 .load(conn)
-                .map_err(|e| StoreError::query("all", e))
+                .map_err(|e| StoreError::query("all", e))?;
+            Ok(rows.into_iter().map(RoutineRow::from).collect())
         })
     }
 
     /// The routine called `name`, if any.
     pub fn routine(&self, name: &str) -> Result<Option<RoutineRow>, StoreError> {
         with_conn!(self, |conn, sql| {
-            let rows: Vec<RoutineRow> = diesel::sql_query(&sql.by_name)
+            let rows: Vec<RawRow> = diesel::sql_query(&sql.by_name)
                 .bind::<Text, _>(name)
                 .load(conn)
                 .map_err(|e| StoreError::query("by_name", e))?;
-            Ok(rows.into_iter().next())
+            Ok(rows.into_iter().next().map(RoutineRow::from))
         })
     }
 
@@ -259,7 +291,7 @@ impl RoutineStore {
                     if updated > 0 {
                         return Ok(false);
                     }
-                    insert_row!(conn, sql, &row)?;
+                    insert_row!(conn, sql.insert, &row)?;
                     Ok(true)
                 })
             })
@@ -294,9 +326,10 @@ impl RoutineStore {
     }
 
     /// The kit's source-of-truth rules for declared routines, in one
-    /// transaction: declared but missing → inserted; present → kept as the
-    /// table has it; not declared → deleted. Returns the names inserted and
-    /// the number deleted. With nothing declared, nothing is touched.
+    /// transaction that beats starting together take in turns: declared
+    /// but missing → inserted; present → kept as the table has it; not
+    /// declared → deleted. Returns the names inserted and the number
+    /// deleted. With nothing declared, nothing is touched.
     pub(crate) fn sync_declared(
         &self,
         declared: &[Routine],
@@ -306,17 +339,23 @@ impl RoutineStore {
         }
         let names: Vec<&str> = declared.iter().map(Routine::name).collect();
         let names_json = serde_json::Value::from(names).to_string();
+        // In name order, so that concurrent inserts of the same names (the
+        // kit's, or plain SQL's) cannot wait on each other in a circle.
+        let mut rows: Vec<NewRoutine> = declared.iter().map(NewRoutine::from).collect();
+        rows.sort_by(|a, b| a.name.cmp(&b.name));
         with_conn!(self, |conn, sql| {
-            conn.write_transaction(|conn| {
+            conn.one_at_a_time(|conn| {
                 let existing: Vec<NameRow> = diesel::sql_query(&sql.existing_names)
                     .bind::<Text, _>(&names_json)
                     .load(conn)?;
                 let existing: std::collections::HashSet<String> =
                     existing.into_iter().map(|r| r.name).collect();
                 let mut inserted = Vec::new();
-                for routine in declared.iter().filter(|r| !existing.contains(r.name())) {
-                    insert_row!(conn, sql, &NewRoutine::from(routine))?;
-                    inserted.push(routine.name().to_owned());
+                for row in rows.iter().filter(|r| !existing.contains(&r.name)) {
+                    // A name taken meanwhile (the unique index) is left out.
+                    if insert_row!(conn, sql.insert_if_absent, row)? > 0 {
+                        inserted.push(row.name.clone());
+                    }
                 }
                 let deleted = diesel::sql_query(&sql.delete_undeclared)
                     .bind::<Text, _>(&names_json)
@@ -362,9 +401,10 @@ impl RoutineStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let result = with_conn!(self, |conn, sql| {
             conn.write_transaction(|conn| {
-                let rows: Vec<RoutineRow> = diesel::sql_query(&sql.lock_edited)
+                let rows: Vec<RawRow> = diesel::sql_query(&sql.lock_edited)
                     .bind::<BigInt, _>(limit)
                     .load(conn)?;
+                let rows = rows.into_iter().map(RoutineRow::from).collect();
                 let plans = plan(rows).map_err(TxError::Caller)?;
                 if !plans.is_empty() {
                     conn.write_planned(sql.write_planned, &plans)?;
@@ -398,7 +438,7 @@ impl RoutineStore {
         let now = models::format_timestamp(now);
         let result = with_conn!(self, |conn, sql| {
             conn.write_transaction(|conn| {
-                let rows: Vec<RoutineRow> = match tasks {
+                let rows: Vec<RawRow> = match tasks {
                     None => diesel::sql_query(&sql.lock_due)
                         .bind::<Text, _>(&now)
                         .bind::<BigInt, _>(limit)
@@ -409,6 +449,7 @@ impl RoutineStore {
                         .bind::<BigInt, _>(limit)
                         .load(conn)?,
                 };
+                let rows = rows.into_iter().map(RoutineRow::from).collect();
                 let (plans, value) = fire(rows).map_err(TxError::Caller)?;
                 if !plans.is_empty() {
                     conn.write_fired(sql.write_fired, &plans)?;
@@ -422,16 +463,28 @@ impl RoutineStore {
         })
     }
 
-    /// The earliest next run of any schedulable routine.
-    pub(crate) fn earliest_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+    /// The earliest next run of any schedulable routine; with `tasks` (a
+    /// JSON array of task names), of the routines running those tasks.
+    pub(crate) fn earliest_due(
+        &self,
+        tasks: Option<&str>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
         with_conn!(self, |conn, sql| {
-            let rows: Vec<TimeRow> = diesel::sql_query(sql.earliest_due)
-                .load(conn)
-                .map_err(|e| StoreError::query("earliest_due", e))?;
+            let rows: Vec<TimeRow> = match tasks {
+                None => diesel::sql_query(sql.earliest_due).load(conn),
+                Some(tasks) => diesel::sql_query(&sql.earliest_due_of_tasks)
+                    .bind::<Text, _>(tasks)
+                    .load(conn),
+            }
+            .map_err(|e| StoreError::query("earliest_due", e))?;
+            // A value no time can be is nothing to wait for: one that sorts
+            // before now ('-infinity', MySQL's zero date) is claimed, and
+            // becomes its row's error, in the same pass.
             Ok(rows
                 .into_iter()
                 .next()
                 .and_then(|r| r.at)
+                .and_then(|text| models::parse_timestamp(&text))
                 .map(|t| t.and_utc()))
         })
     }

@@ -3,55 +3,48 @@
 
 use crate::routine::Routine;
 use chrono::{DateTime, NaiveDateTime, Utc};
-use diesel::sql_types::{Bool, Integer, Nullable, Text, Timestamp};
+use diesel::sql_types::{Bool, Integer, Nullable, Text};
 use diesel::QueryableByName;
 use serde::Serialize;
 
 /// One row of `routines`, every column as the beat sees it. JSON columns
 /// arrive as their text, so that a malformed value is the beat's error to
 /// report for that row, not a query failure for every row.
-#[derive(Debug, Clone, PartialEq, QueryableByName)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RoutineRow {
     /// The routine's uuid, as text.
-    #[diesel(sql_type = Text)]
     pub id: String,
-    /// The routine's name (unique in practice: the kit matches declared
-    /// routines by name).
-    #[diesel(sql_type = Text)]
+    /// The routine's name, unique among the rows that run (see
+    /// `duplicate_name`).
     pub name: String,
     /// The task it runs: a registered in-process task or a Celery task name.
-    #[diesel(sql_type = Text)]
     pub task: String,
     /// The schedule JSON, unparsed.
-    #[diesel(sql_type = Text)]
     pub schedule: String,
     /// The kwargs JSON, unparsed.
-    #[diesel(sql_type = Nullable<Text>)]
     pub kwargs: Option<String>,
     /// The options JSON, unparsed.
-    #[diesel(sql_type = Nullable<Text>)]
     pub options: Option<String>,
     /// Inactive routines are kept but never run.
-    #[diesel(sql_type = Bool)]
     pub active: bool,
-    /// The due time of the last fire (naive UTC).
-    #[diesel(sql_type = Nullable<Timestamp>)]
+    /// The due time of the last fire (naive UTC); `None` also when the
+    /// column holds what no time can be (the row is then in error).
     pub last_run_at: Option<NaiveDateTime>,
     /// How many times the routine has fired.
-    #[diesel(sql_type = Nullable<Integer>)]
     pub total_run_count: Option<i32>,
     /// When it is next due (naive UTC); `None` while not planned.
-    #[diesel(sql_type = Nullable<Timestamp>)]
     pub next_run_at: Option<NaiveDateTime>,
     /// Edited since the beat last planned it.
-    #[diesel(sql_type = Bool)]
     pub needs_sync: bool,
     /// Why the beat does not run it, if it does not.
-    #[diesel(sql_type = Nullable<Text>)]
     pub last_error: Option<String>,
+    /// Another row has the same name and runs in its stead: this one never
+    /// runs (rows adopted from a table that had duplicate names).
+    pub duplicate_name: bool,
+    /// A column the beat could not read (a timestamp out of range, say).
+    pub(crate) unreadable: Option<String>,
     /// Where the row is, for writes in the transaction that locked it:
     /// PostgreSQL's `ctid`, SQLite's `rowid`, else the id.
-    #[diesel(sql_type = Text)]
     pub(crate) locator: String,
 }
 
@@ -65,6 +58,95 @@ impl RoutineRow {
     pub fn next_run_at_utc(&self) -> Option<DateTime<Utc>> {
         self.next_run_at.map(|t| t.and_utc())
     }
+}
+
+/// A row as it comes off the wire: timestamps as text, so that a value no
+/// time can be ('infinity', year 300000, a word typed into SQLite) is that
+/// row's error and not a failed query for the whole batch.
+#[derive(QueryableByName)]
+pub(super) struct RawRow {
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Text)]
+    task: String,
+    #[diesel(sql_type = Text)]
+    schedule: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    kwargs: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    options: Option<String>,
+    #[diesel(sql_type = Bool)]
+    active: bool,
+    #[diesel(sql_type = Nullable<Text>)]
+    last_run_at: Option<String>,
+    #[diesel(sql_type = Nullable<Integer>)]
+    total_run_count: Option<i32>,
+    #[diesel(sql_type = Nullable<Text>)]
+    next_run_at: Option<String>,
+    #[diesel(sql_type = Bool)]
+    needs_sync: bool,
+    #[diesel(sql_type = Nullable<Text>)]
+    last_error: Option<String>,
+    #[diesel(sql_type = Bool)]
+    duplicate_name: bool,
+    #[diesel(sql_type = Text)]
+    locator: String,
+}
+
+impl From<RawRow> for RoutineRow {
+    fn from(raw: RawRow) -> Self {
+        let mut unreadable = None;
+        let mut time = |column: &str, text: Option<String>| {
+            let text = text?;
+            let parsed = parse_timestamp(&text);
+            if parsed.is_none() && unreadable.is_none() {
+                unreadable = Some(format!(
+                    "{column} holds {:?}, which is no time the beat can read",
+                    crate::schedule::truncated(text)
+                ));
+            }
+            parsed
+        };
+        let last_run_at = time("last_run_at", raw.last_run_at);
+        let next_run_at = time("next_run_at", raw.next_run_at);
+        RoutineRow {
+            id: raw.id,
+            name: raw.name,
+            task: raw.task,
+            schedule: raw.schedule,
+            kwargs: raw.kwargs,
+            options: raw.options,
+            active: raw.active,
+            last_run_at,
+            total_run_count: raw.total_run_count,
+            next_run_at,
+            needs_sync: raw.needs_sync,
+            last_error: raw.last_error,
+            duplicate_name: raw.duplicate_name,
+            unreadable,
+            locator: raw.locator,
+        }
+    }
+}
+
+/// A timestamp column's text, as each backend writes it:
+/// `YYYY-MM-DD HH:MM:SS[.ffffff]` (also with a `T`, and SQLite's values
+/// with a trailing `Z` or offset `+00:00`).
+pub(super) fn parse_timestamp(text: &str) -> Option<NaiveDateTime> {
+    let text = text.trim();
+    let text = text
+        .strip_suffix('Z')
+        .or_else(|| text.strip_suffix("+00:00"))
+        .unwrap_or(text);
+    [
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M",
+    ]
+    .iter()
+    .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
 }
 
 /// A row to insert: a [`Routine`]'s columns as the table holds them.
@@ -127,6 +209,15 @@ impl Plan {
         }
     }
 }
+
+/// The latest time every backend's timestamp column holds (MySQL's
+/// `DATETIME` ends here, and SQLite's text keeps its time order only with
+/// four-digit years).
+pub(crate) const LATEST_STORABLE: DateTime<Utc> =
+    match DateTime::from_timestamp_micros(253_402_300_799_999_999) {
+        Some(t) => t,
+        None => DateTime::<Utc>::MAX_UTC,
+    };
 
 /// Timestamps travel as `YYYY-MM-DD HH:MM:SS.ffffff` (naive UTC): every
 /// backend parses it, and SQLite, which stores it as text, compares it in

@@ -115,13 +115,81 @@ impl r2d2::HandleError<diesel::r2d2::Error> for QuietErrors {
     }
 }
 
+/// Bounds every PostgreSQL session by the database timeout: a statement,
+/// a wait for a lock, and a transaction left idle (a beat frozen or cut off
+/// mid-claim, whose locked rows every other beat skips) all end within it.
+#[derive(Debug)]
+struct PostgresSetup {
+    timeout_ms: u128,
+}
+
+impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for PostgresSetup {
+    fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
+        conn.batch_execute(&postgres_limits(self.timeout_ms))
+            .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+/// The session settings that bound a PostgreSQL connection (0: no bound).
+fn postgres_limits(timeout_ms: u128) -> String {
+    format!(
+        "SET statement_timeout = {timeout_ms}; SET lock_timeout = {timeout_ms}; \
+         SET idle_in_transaction_session_timeout = {timeout_ms};"
+    )
+}
+
+/// libpq's connection parameters for a beat: TCP keepalives and a
+/// user timeout, so that a connection whose peer vanished (the network cut,
+/// not closed) fails within the database timeout instead of the kernel's
+/// quarter of an hour; and `application_name`, so that `pg_stat_activity`
+/// says which beat a session is. Parameters the URL sets are kept.
+fn postgres_target(url: &str, timeout: Duration) -> String {
+    let seconds = timeout.as_secs().max(1);
+    let name = format!("celery-diesel-kit beat pid {}", std::process::id()).replace(' ', "%20");
+    let wanted = [
+        ("keepalives", "1".to_owned()),
+        ("keepalives_idle", seconds.div_ceil(3).to_string()),
+        (
+            "keepalives_interval",
+            seconds.div_ceil(6).max(1).to_string(),
+        ),
+        ("keepalives_count", "3".to_owned()),
+        ("tcp_user_timeout", (seconds * 1000).to_string()),
+        ("connect_timeout", seconds.min(10).to_string()),
+        ("application_name", name),
+    ];
+    let query_start = url.find('?');
+    let present = |key: &str| {
+        query_start.is_some_and(|q| {
+            url[q + 1..]
+                .split('&')
+                .any(|p| p.split('=').next() == Some(key))
+        })
+    };
+    let mut target = url.to_owned();
+    let mut separator = if query_start.is_some() { '&' } else { '?' };
+    for (key, value) in wanted.iter().filter(|(key, _)| !present(key)) {
+        target.push(separator);
+        target.push_str(key);
+        target.push('=');
+        target.push_str(value);
+        separator = '&';
+    }
+    target
+}
+
 /// Sets up every MySQL connection: READ COMMITTED, so that locking reads
 /// take no gap locks (two beats claiming side by side would otherwise
-/// deadlock), UTC for anything the server itself timestamps, and
-/// `@celery_beat`, which tells the edit trigger that the beat is writing.
+/// deadlock), UTC for anything the server itself timestamps,
+/// `@celery_beat`, which tells the edit trigger that the beat is writing,
+/// and the database timeout on lock waits, statements and idle
+/// transactions (MariaDB's `idle_transaction_timeout`; MySQL has none, so
+/// there the idle session's `wait_timeout` bounds a frozen beat).
 #[cfg(feature = "mysql")]
 #[derive(Debug)]
-struct MysqlSetup;
+struct MysqlSetup {
+    timeout_s: u64,
+}
 
 #[cfg(feature = "mysql")]
 impl CustomizeConnection<diesel::mysql::MysqlConnection, diesel::r2d2::Error> for MysqlSetup {
@@ -133,16 +201,56 @@ impl CustomizeConnection<diesel::mysql::MysqlConnection, diesel::r2d2::Error> fo
             "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED; SET time_zone = '+00:00'; \
              SET @celery_beat = 1;",
         )
-        .map_err(diesel::r2d2::Error::QueryError)
+        .map_err(diesel::r2d2::Error::QueryError)?;
+        let t = self.timeout_s;
+        conn.batch_execute(&mysql_limits(t, true))
+            .or_else(|_| conn.batch_execute(&mysql_limits(t, false)))
+            .map_err(diesel::r2d2::Error::QueryError)
     }
 }
 
-pub(super) fn open(backend: Backend, target: &str, url: &str) -> Result<Pools, StoreError> {
+/// The session settings that bound a MariaDB (or MySQL) connection.
+#[cfg(feature = "mysql")]
+fn mysql_limits(timeout_s: u64, mariadb: bool) -> String {
+    if mariadb {
+        format!(
+            "SET SESSION innodb_lock_wait_timeout = {t}, max_statement_time = {t}, \
+             idle_transaction_timeout = {t}",
+            t = timeout_s.max(1)
+        )
+    } else {
+        format!(
+            "SET SESSION innodb_lock_wait_timeout = {t}, max_execution_time = {ms}, \
+             wait_timeout = {t}",
+            t = timeout_s.max(1),
+            ms = timeout_s.max(1) * 1000
+        )
+    }
+}
+
+pub(super) fn open(
+    backend: Backend,
+    target: &str,
+    url: &str,
+    timeout: Duration,
+) -> Result<Pools, StoreError> {
     Ok(match backend {
-        Backend::Postgres => Pools::Postgres(pool::<PgConnection>(target, url, None)?),
+        Backend::Postgres => Pools::Postgres(pool::<PgConnection>(
+            &postgres_target(target, timeout),
+            url,
+            Some(Box::new(PostgresSetup {
+                timeout_ms: timeout.as_millis().max(1),
+            })),
+        )?),
         Backend::Sqlite => Pools::Sqlite(pool(target, url, Some(Box::new(SqliteSetup)))?),
         #[cfg(feature = "mysql")]
-        Backend::Mysql => Pools::Mysql(pool(target, url, Some(Box::new(MysqlSetup)))?),
+        Backend::Mysql => Pools::Mysql(pool(
+            target,
+            url,
+            Some(Box::new(MysqlSetup {
+                timeout_s: timeout.as_secs().max(1),
+            })),
+        )?),
     })
 }
 
@@ -184,11 +292,27 @@ where
     Ok(builder.build_unchecked(manager))
 }
 
-pub(super) fn migrate(pools: &Pools) -> Result<(), StoreError> {
+/// A migration run's failure inside a transaction of ours.
+enum Migrating {
+    Failed(Box<dyn std::error::Error + Send + Sync>),
+    Db(diesel::result::Error),
+}
+
+impl From<diesel::result::Error> for Migrating {
+    fn from(e: diesel::result::Error) -> Self {
+        Migrating::Db(e)
+    }
+}
+
+pub(super) fn migrate(pools: &Pools, timeout: Duration) -> Result<(), StoreError> {
     let failed = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Migration(e.to_string());
     match pools {
         Pools::Postgres(pool) => {
             let conn = &mut *pool.get().map_err(StoreError::checkout)?;
+            // A migration may rewrite a large table: no bound while it runs
+            // (the connection goes back to the pool with its bounds).
+            conn.batch_execute(&postgres_limits(0))
+                .map_err(|e| StoreError::query("migration settings", e))?;
             diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
                 .execute(conn)
                 .map_err(|e| StoreError::query("migration lock", e))?;
@@ -199,17 +323,37 @@ pub(super) fn migrate(pools: &Pools) -> Result<(), StoreError> {
             diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"))
                 .execute(conn)
                 .map_err(|e| StoreError::query("migration unlock", e))?;
+            conn.batch_execute(&postgres_limits(timeout.as_millis().max(1)))
+                .map_err(|e| StoreError::query("migration settings", e))?;
             result
         }
         Pools::Sqlite(pool) => {
+            // One writer at a time: beats starting together on one file take
+            // turns, and the later ones find nothing pending.
             let conn = &mut *pool.get().map_err(StoreError::checkout)?;
-            conn.run_pending_migrations(SQLITE_MIGRATIONS)
-                .map(drop)
-                .map_err(failed)
+            conn.immediate_transaction(|conn| {
+                conn.run_pending_migrations(SQLITE_MIGRATIONS)
+                    .map(drop)
+                    .map_err(Migrating::Failed)
+            })
+            .map_err(|e| match e {
+                Migrating::Failed(e) => failed(e),
+                Migrating::Db(e) => StoreError::Migration(e.to_string()),
+            })
         }
         #[cfg(feature = "mysql")]
         Pools::Mysql(pool) => {
             let conn = &mut *pool.get().map_err(StoreError::checkout)?;
+            // No statement bound while a migration rewrites the table.
+            conn.batch_execute(
+                "SET SESSION max_statement_time = 0, innodb_lock_wait_timeout = 3600",
+            )
+            .or_else(|_| {
+                conn.batch_execute(
+                    "SET SESSION max_execution_time = 0, innodb_lock_wait_timeout = 3600",
+                )
+            })
+            .map_err(|e| StoreError::query("migration settings", e))?;
             diesel::sql_query("SELECT GET_LOCK('celery_diesel_kit_migrations', 60)")
                 .execute(conn)
                 .map_err(|e| StoreError::query("migration lock", e))?;
@@ -220,6 +364,10 @@ pub(super) fn migrate(pools: &Pools) -> Result<(), StoreError> {
             diesel::sql_query("SELECT RELEASE_LOCK('celery_diesel_kit_migrations')")
                 .execute(conn)
                 .map_err(|e| StoreError::query("migration unlock", e))?;
+            let t = timeout.as_secs().max(1);
+            conn.batch_execute(&mysql_limits(t, true))
+                .or_else(|_| conn.batch_execute(&mysql_limits(t, false)))
+                .map_err(|e| StoreError::query("migration settings", e))?;
             result
         }
     }

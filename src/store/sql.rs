@@ -5,12 +5,15 @@
 //! one piece of Rust code drives every backend and only the SQL differs.
 
 /// The columns of a [`RoutineRow`](super::RoutineRow), as text where JSON.
+/// Timestamps come as text too (see `models::RawRow`).
 const PG_COLUMNS: &str = "id::text AS id, name::text AS name, task::text AS task, \
     schedule::text AS schedule, kwargs::text AS kwargs, options::text AS options, active, \
-    last_run_at, total_run_count, next_run_at, needs_sync, last_error, ctid::text AS locator";
+    last_run_at::text AS last_run_at, total_run_count, next_run_at::text AS next_run_at, \
+    needs_sync, last_error, (name_unique IS NULL) AS duplicate_name, ctid::text AS locator";
 const SQLITE_COLUMNS: &str = "id, name, task, schedule, kwargs, options, active, \
-    last_run_at, total_run_count, next_run_at, needs_sync, last_error, \
-    CAST(rowid AS TEXT) AS locator";
+    CAST(last_run_at AS TEXT) AS last_run_at, total_run_count, \
+    CAST(next_run_at AS TEXT) AS next_run_at, needs_sync, last_error, \
+    (name_unique IS NULL) AS duplicate_name, CAST(rowid AS TEXT) AS locator";
 
 /// One dialect's statements.
 pub(super) struct Sql {
@@ -22,6 +25,8 @@ pub(super) struct Sql {
     pub existing_names: String,
     /// Inserts a routine, unplanned: `$1` id … `$7` active.
     pub insert: &'static str,
+    /// As `insert`, but a routine whose name is taken is left out.
+    pub insert_if_absent: &'static str,
     /// Deletes every routine whose name is not in the JSON array `$1`.
     pub delete_undeclared: String,
     /// Replaces a routine's columns by name: `$1` task, `$2` schedule,
@@ -49,18 +54,24 @@ pub(super) struct Sql {
     pub write_fired: &'static str,
     /// The earliest next run of any schedulable row.
     pub earliest_due: &'static str,
+    /// As `earliest_due`, for rows whose task is in the JSON array `$1`.
+    pub earliest_due_of_tasks: String,
 }
 
 pub(super) fn postgres() -> Sql {
     Sql {
         all: format!("SELECT {PG_COLUMNS} FROM routines ORDER BY name, id"),
-        by_name: format!("SELECT {PG_COLUMNS} FROM routines WHERE name = $1 ORDER BY id LIMIT 1"),
+        by_name: format!("SELECT {PG_COLUMNS} FROM routines WHERE name = $1 ORDER BY name_unique IS NULL, id LIMIT 1"),
         existing_names: "SELECT name::text AS name FROM routines \
             WHERE name IN (SELECT json_array_elements_text($1::json))"
             .into(),
         insert: "INSERT INTO routines \
             (id, name, task, schedule, kwargs, options, active, total_run_count, needs_sync) \
             VALUES ($1::uuid, $2, $3, $4::json, $5::json, $6::json, $7, 0, true)",
+        insert_if_absent: "INSERT INTO routines \
+            (id, name, task, schedule, kwargs, options, active, total_run_count, needs_sync) \
+            VALUES ($1::uuid, $2, $3, $4::json, $5::json, $6::json, $7, 0, true) \
+            ON CONFLICT DO NOTHING",
         delete_undeclared: "DELETE FROM routines \
             WHERE name NOT IN (SELECT json_array_elements_text($1::json))"
             .into(),
@@ -101,9 +112,14 @@ pub(super) fn postgres() -> Sql {
             FROM unnest($1::text[]::tid[], $2::timestamp[], $3::int[], $4::timestamp[], $5::text[]) \
               AS v(t, last_run_at, fired, next_run_at, last_error) \
             WHERE r.ctid = v.t",
-        earliest_due: "SELECT next_run_at AS at FROM routines \
+        earliest_due: "SELECT CAST(next_run_at AS TEXT) AS at FROM routines \
             WHERE active AND NOT needs_sync AND next_run_at IS NOT NULL \
             ORDER BY next_run_at LIMIT 1",
+        earliest_due_of_tasks: "SELECT CAST(next_run_at AS TEXT) AS at FROM routines \
+            WHERE active AND NOT needs_sync AND next_run_at IS NOT NULL \
+              AND task IN (SELECT json_array_elements_text($1::json)) \
+            ORDER BY next_run_at LIMIT 1"
+            .into(),
     }
 }
 
@@ -113,7 +129,7 @@ pub(super) fn sqlite() -> Sql {
     Sql {
         all: format!("SELECT {SQLITE_COLUMNS} FROM routines ORDER BY name, id"),
         by_name: format!(
-            "SELECT {SQLITE_COLUMNS} FROM routines WHERE name = ? ORDER BY id LIMIT 1"
+            "SELECT {SQLITE_COLUMNS} FROM routines WHERE name = ? ORDER BY name_unique IS NULL, id LIMIT 1"
         ),
         existing_names: "SELECT name FROM routines \
             WHERE name IN (SELECT value FROM json_each(?))"
@@ -121,6 +137,9 @@ pub(super) fn sqlite() -> Sql {
         insert: "INSERT INTO routines \
             (id, name, task, schedule, kwargs, options, active, total_run_count, needs_sync) \
             VALUES (?, ?, ?, ?, ?, ?, ?, 0, 1)",
+        insert_if_absent: "INSERT INTO routines \
+            (id, name, task, schedule, kwargs, options, active, total_run_count, needs_sync) \
+            VALUES (?, ?, ?, ?, ?, ?, ?, 0, 1) ON CONFLICT DO NOTHING",
         delete_undeclared: "DELETE FROM routines \
             WHERE name NOT IN (SELECT value FROM json_each(?))"
             .into(),
@@ -157,17 +176,23 @@ pub(super) fn sqlite() -> Sql {
                          value ->> '$.fired' AS fired, value ->> '$.next_run_at' AS next_run_at, \
                          value ->> '$.last_error' AS last_error FROM json_each(?)) AS v \
             WHERE routines.rowid = v.id",
-        earliest_due: "SELECT next_run_at AS at FROM routines \
+        earliest_due: "SELECT CAST(next_run_at AS TEXT) AS at FROM routines \
             WHERE active AND NOT needs_sync AND next_run_at IS NOT NULL \
             ORDER BY next_run_at LIMIT 1",
+        earliest_due_of_tasks: "SELECT CAST(next_run_at AS TEXT) AS at FROM routines \
+            WHERE active AND NOT needs_sync AND next_run_at IS NOT NULL \
+              AND task IN (SELECT value FROM json_each(?)) \
+            ORDER BY next_run_at LIMIT 1"
+            .into(),
     }
 }
 
 #[cfg(feature = "mysql")]
 const MYSQL_COLUMNS: &str = "CAST(id AS CHAR) AS id, name, task, \
     CAST(schedule AS CHAR) AS schedule, CAST(kwargs AS CHAR) AS kwargs, \
-    CAST(options AS CHAR) AS options, active, last_run_at, total_run_count, next_run_at, \
-    needs_sync, last_error, CAST(id AS CHAR) AS locator";
+    CAST(options AS CHAR) AS options, active, CAST(last_run_at AS CHAR) AS last_run_at, \
+    total_run_count, CAST(next_run_at AS CHAR) AS next_run_at, needs_sync, last_error, \
+    (name_unique IS NULL) AS duplicate_name, CAST(id AS CHAR) AS locator";
 
 /// JSON arrays become rows through `JSON_TABLE` (MySQL 8, MariaDB 10.6).
 /// Locking reads use `SKIP LOCKED` (the same versions). Flags are compared
@@ -178,9 +203,14 @@ pub(super) fn mysql() -> Sql {
         "SELECT v FROM JSON_TABLE(?, '$[*]' COLUMNS (v VARCHAR(255) PATH '$')) AS t";
     Sql {
         all: format!("SELECT {MYSQL_COLUMNS} FROM routines ORDER BY name, id"),
-        by_name: format!("SELECT {MYSQL_COLUMNS} FROM routines WHERE name = ? ORDER BY id LIMIT 1"),
+        by_name: format!("SELECT {MYSQL_COLUMNS} FROM routines WHERE name = ? ORDER BY name_unique IS NULL, id LIMIT 1"),
         existing_names: format!("SELECT name FROM routines WHERE name IN ({NAMES})"),
         insert: "INSERT INTO routines \
+            (id, name, task, schedule, kwargs, options, active, total_run_count, needs_sync) \
+            VALUES (REPLACE(?, '-', ''), ?, ?, ?, ?, ?, ?, 0, 1)",
+        // Names are validated before (length, not empty): IGNORE leaves
+        // out only the taken ones.
+        insert_if_absent: "INSERT IGNORE INTO routines \
             (id, name, task, schedule, kwargs, options, active, total_run_count, needs_sync) \
             VALUES (REPLACE(?, '-', ''), ?, ?, ?, ?, ?, ?, 0, 1)",
         delete_undeclared: format!("DELETE FROM routines WHERE name NOT IN ({NAMES})"),
@@ -218,8 +248,14 @@ pub(super) fn mysql() -> Sql {
             SET r.last_run_at = COALESCE(v.last_run_at, r.last_run_at), \
                 r.total_run_count = COALESCE(r.total_run_count, 0) + v.fired, \
                 r.next_run_at = v.next_run_at, r.last_error = v.last_error",
-        earliest_due: "SELECT next_run_at AS at FROM routines \
+        earliest_due: "SELECT CAST(next_run_at AS CHAR) AS at FROM routines \
             WHERE active = 1 AND needs_sync = 0 AND next_run_at IS NOT NULL \
             ORDER BY next_run_at LIMIT 1",
+        earliest_due_of_tasks: format!(
+            "SELECT CAST(next_run_at AS CHAR) AS at FROM routines \
+             WHERE active = 1 AND needs_sync = 0 AND next_run_at IS NOT NULL \
+               AND task IN ({NAMES}) \
+             ORDER BY next_run_at LIMIT 1"
+        ),
     }
 }

@@ -27,6 +27,12 @@ pub(super) trait WriteTransaction: Connection {
     /// Writes fired rows with `statement` (`Sql::write_fired`).
     fn write_fired(&mut self, statement: &str, plans: &[Plan]) -> QueryResult<()>;
 
+    /// Runs `f` in a write transaction that no other beat runs at the same
+    /// time (the start-up sync of declared routines: two beats starting
+    /// together take turns, instead of racing or deadlocking on the unique
+    /// names).
+    fn one_at_a_time<T>(&mut self, f: impl FnOnce(&mut Self) -> QueryResult<T>) -> QueryResult<T>;
+
     /// Runs `f` as an operator's edit: one the edit triggers see. Only
     /// MySQL needs to say so (see `MysqlSetup`).
     fn as_operator<T>(&mut self, f: impl FnOnce(&mut Self) -> QueryResult<T>) -> QueryResult<T> {
@@ -53,6 +59,10 @@ macro_rules! json_plan_writes {
     };
 }
 
+/// The key of the advisory lock (PostgreSQL) or named lock (MySQL) that
+/// makes beats take turns at their start-up sync.
+const SYNC_LOCK: i64 = 0x0063_646b_5f73_796e;
+
 impl WriteTransaction for PgConnection {
     fn write_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
     where
@@ -60,6 +70,14 @@ impl WriteTransaction for PgConnection {
         E: From<diesel::result::Error>,
     {
         self.transaction(f)
+    }
+
+    fn one_at_a_time<T>(&mut self, f: impl FnOnce(&mut Self) -> QueryResult<T>) -> QueryResult<T> {
+        self.transaction(|conn| {
+            diesel::sql_query(format!("SELECT pg_advisory_xact_lock({SYNC_LOCK})"))
+                .execute(conn)?;
+            f(conn)
+        })
     }
 
     // PostgreSQL takes the batch as arrays, in its binary protocol: parsing
@@ -126,6 +144,18 @@ impl WriteTransaction for diesel::mysql::MysqlConnection {
 
     json_plan_writes!();
 
+    /// MySQL's named locks belong to the session, not the transaction: it
+    /// is released after the commit, whatever happened.
+    fn one_at_a_time<T>(&mut self, f: impl FnOnce(&mut Self) -> QueryResult<T>) -> QueryResult<T> {
+        self.batch_execute(&format!("DO GET_LOCK('celery_diesel_kit_{SYNC_LOCK}', 60)"))?;
+        let result = self.transaction(f);
+        let released =
+            self.batch_execute(&format!("DO RELEASE_LOCK('celery_diesel_kit_{SYNC_LOCK}')"));
+        let value = result?;
+        released?;
+        Ok(value)
+    }
+
     /// The beat's connections carry `@celery_beat`, which the edit trigger
     /// skips; an operator's edit clears it for its own statements, and
     /// restores it whatever they did, so that the connection goes back to
@@ -146,6 +176,11 @@ impl WriteTransaction for SqliteConnection {
         F: FnOnce(&mut Self) -> Result<T, E>,
         E: From<diesel::result::Error>,
     {
+        self.immediate_transaction(f)
+    }
+
+    /// `BEGIN IMMEDIATE` already lets one writer in at a time.
+    fn one_at_a_time<T>(&mut self, f: impl FnOnce(&mut Self) -> QueryResult<T>) -> QueryResult<T> {
         self.immediate_transaction(f)
     }
 

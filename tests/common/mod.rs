@@ -575,6 +575,33 @@ pub const BEAT_VARS: [&str; 15] = [
     "RUST_LOG",
 ];
 
+/// CPU time (user and system) a process has used so far, in seconds.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i).and_then(|t| t.parse::<u64>().ok()))
+        .sum();
+    let per_second = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or(100);
+    ticks as f64 / per_second as f64
+}
+
 /// A `beat` process; its stderr is collected line by line. Killed when
 /// dropped.
 pub struct BeatProcess {
@@ -585,8 +612,18 @@ pub struct BeatProcess {
 impl BeatProcess {
     /// Starts the `beat` binary with `env` (and nothing of the host's beat
     /// settings).
+    /// (`CDK_BEAT_BIN` names another build of the binary, to measure an
+    /// older version with today's tests.)
     pub fn start(env: &[(&str, &str)]) -> BeatProcess {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_beat"));
+        BeatProcess::start_with(&[], env)
+    }
+
+    /// As [`BeatProcess::start`], with command-line arguments.
+    pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> BeatProcess {
+        let binary =
+            std::env::var("CDK_BEAT_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_beat").to_owned());
+        let mut cmd = std::process::Command::new(binary);
+        cmd.args(args);
         for var in BEAT_VARS {
             cmd.env_remove(var);
         }
@@ -725,4 +762,97 @@ impl Rng {
     pub fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
         items[self.below(items.len() as u64) as usize]
     }
+}
+
+/// A clock the test sets (and moves) by hand.
+#[derive(Clone)]
+pub struct TestClock(Arc<Mutex<DateTime<Utc>>>);
+
+impl TestClock {
+    pub fn at(t: DateTime<Utc>) -> TestClock {
+        TestClock(Arc::new(Mutex::new(t)))
+    }
+
+    pub fn set(&self, t: DateTime<Utc>) {
+        *self.0.lock().unwrap() = t;
+    }
+}
+
+impl celery_diesel_kit::Clock for TestClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.0.lock().unwrap()
+    }
+}
+
+/// Every log line of this test process, from the first call on (a logger
+/// can be installed once per process; tests filter by their own routines).
+pub fn captured_log() -> &'static Mutex<Vec<String>> {
+    struct Capture;
+    static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    impl log::Log for Capture {
+        fn enabled(&self, metadata: &log::Metadata) -> bool {
+            metadata.level() <= log::Level::Info
+        }
+        fn log(&self, record: &log::Record) {
+            if self.enabled(record.metadata()) {
+                LINES
+                    .lock()
+                    .unwrap()
+                    .push(format!("{} {}", record.level(), record.args()));
+            }
+        }
+        fn flush(&self) {}
+    }
+    static CAPTURE: Capture = Capture;
+    INSTALL.call_once(|| {
+        if log::set_logger(&CAPTURE).is_ok() {
+            log::set_max_level(log::LevelFilter::Info);
+        }
+    });
+    &LINES
+}
+
+/// The local TCP ports of a process's sockets (to tell its database
+/// sessions from another process's, by their client port).
+pub fn tcp_ports(pid: u32) -> Vec<u16> {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter_map(|link| {
+                    let link = link.to_string_lossy().into_owned();
+                    Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut ports = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(inode)) = (fields.get(1), fields.get(9)) else {
+                continue;
+            };
+            if inodes.contains(*inode) {
+                if let Some(port) = local
+                    .rsplit(':')
+                    .next()
+                    .and_then(|hex| u16::from_str_radix(hex, 16).ok())
+                {
+                    ports.push(port);
+                }
+            }
+        }
+    }
+    ports
+}
+
+/// Sends `signal` (`STOP`, `CONT`, ...) to a process.
+pub fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{signal} {pid}");
 }

@@ -40,3 +40,56 @@ fn mysql(url: &str, sql: &str) -> Result<(), String> {
 fn mysql(_url: &str, _sql: &str) -> Result<(), String> {
     Err("this build has no MySQL/MariaDB support (the `mysql` feature)".into())
 }
+
+#[derive(diesel::QueryableByName)]
+struct Number {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+/// The number `query` returns (one row, one BIGINT column named `n`).
+pub fn number(url: &str, query: &str) -> Result<i64, String> {
+    use diesel::RunQueryDsl;
+    let lower = url.to_ascii_lowercase();
+    let rows: Vec<Number> = if lower.starts_with("postgres") {
+        let mut conn = diesel::pg::PgConnection::establish(url).map_err(|e| e.to_string())?;
+        diesel::sql_query(query)
+            .load(&mut conn)
+            .map_err(|e| e.to_string())?
+    } else if lower.starts_with("mysql") || lower.starts_with("mariadb") {
+        return mysql_number(url, query);
+    } else {
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
+        let mut conn =
+            diesel::sqlite::SqliteConnection::establish(path).map_err(|e| e.to_string())?;
+        conn.batch_execute("PRAGMA busy_timeout = 10000")
+            .map_err(|e| e.to_string())?;
+        diesel::sql_query(query)
+            .load(&mut conn)
+            .map_err(|e| e.to_string())?
+    };
+    rows.first()
+        .map(|r| r.n)
+        .ok_or_else(|| format!("no row from {query}"))
+}
+
+#[cfg(feature = "mysql")]
+fn mysql_number(url: &str, query: &str) -> Result<i64, String> {
+    use diesel::RunQueryDsl;
+    let url = format!("mysql://{}", &url[url.find("://").map_or(0, |i| i + 3)..]);
+    let mut conn = diesel::mysql::MysqlConnection::establish(&url).map_err(|e| e.to_string())?;
+    let rows: Vec<Number> = diesel::sql_query(query)
+        .load(&mut conn)
+        .map_err(|e| e.to_string())?;
+    rows.first()
+        .map(|r| r.n)
+        .ok_or_else(|| format!("no row from {query}"))
+}
+
+#[cfg(not(feature = "mysql"))]
+fn mysql_number(_url: &str, _query: &str) -> Result<i64, String> {
+    Err("this build has no MySQL/MariaDB support (the `mysql` feature)".into())
+}

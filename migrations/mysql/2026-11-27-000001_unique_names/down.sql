@@ -1,0 +1,2 @@
+DROP INDEX routines_name_unique_idx ON routines;
+ALTER TABLE routines DROP COLUMN name_unique;
