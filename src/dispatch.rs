@@ -446,7 +446,7 @@ impl Router {
                 id,
                 &checked.kwargs,
                 options,
-                now,
+                (scheduled_at, now),
                 &self.sender,
             )),
         }

@@ -335,13 +335,14 @@ fn a_run_claimed_again_is_pushed_once_within_the_window_and_with_its_id_after() 
         "the same run is not pushed twice within the window"
     );
     // Beyond the window Redis has forgotten the run: pushed again, with its id.
-    let marker = format!("_beat.sent.{}", first[0]);
+    let marker = format!("_beat.sent.{}", at(10).timestamp());
     assert!(wait_until(Duration::from_secs(5), || {
-        let exists: bool = redis::cmd("EXISTS")
+        let remembered: bool = redis::cmd("HEXISTS")
             .arg(&marker)
+            .arg(&first[0])
             .query(&mut common::redis_conn(&broker))
             .unwrap();
-        !exists
+        !remembered
     }));
     rewind();
     assert_eq!(beat.tick(at(12)).unwrap().fired, 1);

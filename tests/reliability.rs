@@ -617,10 +617,22 @@ fn overdue(kind: Kind, url: &str, seconds: f64) -> i64 {
     common::sql::number(url, &query).unwrap()
 }
 
+/// What becomes of the frozen beat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    /// SIGCONT once the other beat has taken its rows over.
+    Resumed,
+    /// SIGKILL at once: a kill at a known point of a claim (often after
+    /// its push, before its commit).
+    Killed,
+}
+
 /// Two beats; one is frozen (SIGSTOP) in the middle of a claim. The other
 /// must take its rows over once the database timeout ends the frozen
-/// session, and after SIGCONT the frozen one must not fire them again.
-fn a_frozen_beat(kind: Kind) {
+/// session (or at once, when it is killed), and the frozen one's rows must
+/// reach Redis once: not again after SIGCONT, nor again from the other
+/// beat after a kill between push and commit.
+fn a_frozen_beat(kind: Kind, then: Then) {
     let test = "reliability_frozen";
     let Some((broker, queue)) = redis_queue(test) else {
         return;
@@ -676,6 +688,9 @@ fn a_frozen_beat(kind: Kind) {
     let Some(((stopped, stopped_at), held)) = caught else {
         panic!("never caught the beat holding due rows in a claim");
     };
+    if then == Then::Killed {
+        frozen.kill();
+    }
     assert!(
         wait_until(Duration::from_secs(BOUND + 10), || overdue(
             kind, &db.url, 1.2
@@ -686,17 +701,22 @@ fn a_frozen_beat(kind: Kind) {
     let took_over = stopped.elapsed();
     let held = held.len();
     let taken_at = Utc::now();
-    common::signal(pid, "CONT");
-    std::thread::sleep(Duration::from_secs(3));
-    for beat in [&mut frozen, &mut other] {
-        assert!(beat.terminate(Duration::from_secs(30)), "{}", beat.log());
+    if then == Then::Resumed {
+        common::signal(pid, "CONT");
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(
+            frozen.terminate(Duration::from_secs(30)),
+            "{}",
+            frozen.log()
+        );
     }
+    assert!(other.terminate(Duration::from_secs(30)), "{}", other.log());
     let audit = audit(&store.routines().unwrap(), &published(&broker, &queue));
     let _ = std::io::Write::write_all(
         &mut std::io::stderr(),
         format!(
-            "{kind:?}: a beat frozen mid-claim held {held} rows; the other took them over {took_over:.1?} \
-             after the freeze (bound {BOUND} s); {} runs, {} repeated, {} missed while frozen\n",
+            "{kind:?}: a beat frozen mid-claim ({then:?}) held {held} rows; the other took them over \
+             {took_over:.1?} after the freeze (bound {BOUND} s); {} runs, {} repeated, {} missed while frozen\n",
             audit.runs,
             audit.repeats,
             audit.missed.len()
@@ -707,7 +727,7 @@ fn a_frozen_beat(kind: Kind) {
         took_over <= Duration::from_secs(BOUND + 2),
         "took {took_over:?} with scheduler_db_timeout = {BOUND} s"
     );
-    assert_eq!(audit.repeats, 0, "the resumed beat fired its rows again");
+    assert_eq!(audit.repeats, 0, "a held run reached Redis twice");
     assert_eq!(audit.strays, 0);
     assert!(
         audit.miscounted.is_empty(),
@@ -737,13 +757,18 @@ fn a_frozen_beat(kind: Kind) {
 
 #[test]
 fn a_beat_frozen_mid_claim_on_postgres_holds_its_rows_no_longer_than_the_timeout() {
-    a_frozen_beat(Kind::Postgres);
+    a_frozen_beat(Kind::Postgres, Then::Resumed);
 }
 
 #[cfg(feature = "mysql")]
 #[test]
 fn a_beat_frozen_mid_claim_on_mysql_holds_its_rows_no_longer_than_the_timeout() {
-    a_frozen_beat(Kind::Mysql);
+    a_frozen_beat(Kind::Mysql, Then::Resumed);
+}
+
+#[test]
+fn a_beat_killed_between_push_and_commit_pushes_nothing_twice() {
+    a_frozen_beat(Kind::Postgres, Then::Killed);
 }
 
 #[test]

@@ -191,6 +191,9 @@ pub(crate) struct Message {
     pub(crate) priority_step: i64,
     /// The envelope JSON, as LPUSHed.
     pub(crate) envelope: String,
+    /// The time the run stands for: its due time (now, for a run on
+    /// demand). Redis remembers pushed runs by it.
+    pub(crate) run_at: DateTime<Utc>,
 }
 
 impl Message {
@@ -248,13 +251,14 @@ pub fn task_id(routine_id: &str, scheduled_at: DateTime<Utc>) -> String {
 }
 
 /// Builds the message Celery's `send_task(task, args=[], kwargs=kwargs,
-/// task_id=id, **options)` would send at time `now`.
+/// task_id=id, **options)` would send at time `now`, for the run due at
+/// `run_at`.
 pub(crate) fn build(
     task: &str,
     id: &str,
     kwargs: &Map<String, Value>,
     options: &SendOptions,
-    now: DateTime<Utc>,
+    (run_at, now): (DateTime<Utc>, DateTime<Utc>),
     sender: &Sender,
 ) -> Message {
     let eta = options
@@ -395,6 +399,7 @@ pub(crate) fn build(
         destination,
         priority_step: priority_step(priority),
         envelope,
+        run_at,
     }
 }
 

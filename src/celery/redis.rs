@@ -10,25 +10,31 @@ use std::time::Duration;
 /// counts as unreachable.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The key that remembers a run was pushed: `SET NX EX` on it is the check.
+/// The hashes that remember which runs were pushed: one per due second,
+/// `_beat.sent.<unix second>`, with a field per task id.
 const SENT_PREFIX: &str = "_beat.sent.";
 
 /// Pushes each message unless its task id was pushed within the window, in
 /// one script so that the check and the push are one atomic step: a run
-/// published again (a crash or a failed commit between the push and the
-/// claim's commit, then the claim again) reaches its queues once.
+/// claimed again (after a crash or a failed commit between the push and the
+/// claim's commit) reaches its queues once. A run is remembered as a field
+/// of its due second's hash (`HSETNX`): cheaper in time and memory than a
+/// key of its own, and each hash expires a window after its last push.
 ///
-/// KEYS: the n sent-markers, then each message's list keys in turn.
-/// ARGV: the window (s), n, then per message its envelope and its number of
-/// list keys. Returns per message 1 (pushed) or 0 (pushed before).
+/// KEYS: the due seconds' hashes, then each message's list keys in turn.
+/// ARGV: the window (s), the number of messages, the number of hashes, then
+/// per message its hash's index in KEYS, its task id, its envelope and its
+/// number of list keys. Returns per message 1 (pushed) or 0 (pushed before).
 const PUSH_ONCE: &str = r"
 local n = tonumber(ARGV[2])
-local k = n
+local hashes = tonumber(ARGV[3])
+local k = hashes
+local a = 4
 local pushed = {}
 for i = 1, n do
-    local envelope = ARGV[1 + 2 * i]
-    local targets = tonumber(ARGV[2 + 2 * i])
-    if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[1]) then
+    local envelope = ARGV[a + 2]
+    local targets = tonumber(ARGV[a + 3])
+    if redis.call('HSETNX', KEYS[tonumber(ARGV[a])], ARGV[a + 1], 1) == 1 then
         for t = 1, targets do
             redis.call('LPUSH', KEYS[k + t], envelope)
         end
@@ -37,6 +43,10 @@ for i = 1, n do
         pushed[i] = 0
     end
     k = k + targets
+    a = a + 4
+end
+for h = 1, hashes do
+    redis.call('EXPIRE', KEYS[h], ARGV[1])
 end
 return pushed
 ";
@@ -89,7 +99,7 @@ pub(crate) struct Publisher {
     /// once per connection).
     declared: HashSet<String>,
     /// How long a pushed run is remembered (`broker_dedup_window`), in whole
-    /// seconds (at least one).
+    /// seconds (at least one), after the last push due in the same second.
     window: u64,
 }
 
@@ -207,8 +217,8 @@ impl Publisher {
 
         let mut declare = redis::pipe();
         let mut declaring = Vec::new();
-        let mut push = PUSH_ONCE_SCRIPT.prepare_invoke();
-        push.arg(self.window).arg(messages.len());
+        let mut hashes: Vec<i64> = Vec::new();
+        let mut per_message = Vec::with_capacity(messages.len());
         let mut lists: Vec<String> = Vec::new();
         let mut targets_of = Vec::with_capacity(messages.len());
         for message in messages {
@@ -238,10 +248,28 @@ impl Publisher {
                     })
                     .unwrap_or_default(),
             };
-            push.key(format!("{SENT_PREFIX}{}", message.id));
-            push.arg(&message.envelope).arg(targets.len());
+            let second = message.run_at.timestamp();
+            let hash = match hashes.iter().position(|h| *h == second) {
+                Some(index) => index,
+                None => {
+                    hashes.push(second);
+                    hashes.len() - 1
+                }
+            };
+            per_message.push((hash + 1, targets.len()));
             lists.extend(targets.iter().map(|t| message.list_key(t)));
             targets_of.push(targets.len());
+        }
+        let mut push = PUSH_ONCE_SCRIPT.prepare_invoke();
+        push.arg(self.window).arg(messages.len()).arg(hashes.len());
+        for ((hash, targets), message) in per_message.iter().zip(messages) {
+            push.arg(*hash)
+                .arg(&message.id)
+                .arg(&message.envelope)
+                .arg(*targets);
+        }
+        for second in &hashes {
+            push.key(format!("{SENT_PREFIX}{second}"));
         }
         for list in &lists {
             push.key(list);

@@ -133,20 +133,55 @@ impl From<RawRow> for RoutineRow {
 
 /// A timestamp column's text, as each backend writes it:
 /// `YYYY-MM-DD HH:MM:SS[.ffffff]` (also with a `T`, and SQLite's values
-/// with a trailing `Z` or offset `+00:00`).
+/// with a trailing `Z` or offset `+00:00`). The common form is read by hand
+/// (a claim reads two per row); anything else goes to chrono.
 pub(super) fn parse_timestamp(text: &str) -> Option<NaiveDateTime> {
     let text = text.trim();
     let text = text
         .strip_suffix('Z')
         .or_else(|| text.strip_suffix("+00:00"))
         .unwrap_or(text);
-    [
-        "%Y-%m-%d %H:%M:%S%.f",
-        "%Y-%m-%dT%H:%M:%S%.f",
-        "%Y-%m-%d %H:%M",
-    ]
-    .iter()
-    .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
+    parse_common(text.as_bytes()).or_else(|| {
+        [
+            "%Y-%m-%d %H:%M:%S%.f",
+            "%Y-%m-%dT%H:%M:%S%.f",
+            "%Y-%m-%d %H:%M",
+        ]
+        .iter()
+        .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
+    })
+}
+
+/// `YYYY-MM-DD HH:MM:SS` with an optional fraction of up to nine digits.
+fn parse_common(b: &[u8]) -> Option<NaiveDateTime> {
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b' ' | b'T') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let number = |range: std::ops::Range<usize>| -> Option<u32> {
+        b.get(range)?.iter().try_fold(0u32, |n, d| {
+            d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0'))
+        })
+    };
+    let date = chrono::NaiveDate::from_ymd_opt(
+        i32::try_from(number(0..4)?).ok()?,
+        number(5..7)?,
+        number(8..10)?,
+    )?;
+    let nanos = match b.get(19) {
+        None => 0,
+        Some(b'.') => {
+            let digits = b.get(20..)?;
+            if digits.is_empty() || digits.len() > 9 {
+                return None;
+            }
+            number(20..b.len())? * 10u32.pow(9 - digits.len() as u32)
+        }
+        Some(_) => return None,
+    };
+    date.and_hms_nano_opt(number(11..13)?, number(14..16)?, number(17..19)?, nanos)
 }
 
 /// A row to insert: a [`Routine`]'s columns as the table holds them.
@@ -230,5 +265,49 @@ fn timestamp<S: serde::Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S:
     match t {
         Some(t) => s.serialize_str(&format_timestamp(*t)),
         None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_timestamp;
+
+    #[test]
+    fn timestamps_are_read_as_every_backend_writes_them() {
+        for (text, expected) in [
+            ("2030-01-02 03:04:05", Some("2030-01-02T03:04:05")),
+            (
+                "2030-01-02 03:04:05.000006",
+                Some("2030-01-02T03:04:05.000006"),
+            ),
+            ("2030-01-02 03:04:05.5", Some("2030-01-02T03:04:05.500")),
+            (
+                "2030-01-02T03:04:05.123456Z",
+                Some("2030-01-02T03:04:05.123456"),
+            ),
+            ("2030-01-02 03:04:05+00:00", Some("2030-01-02T03:04:05")),
+            ("2030-01-02 03:04", Some("2030-01-02T03:04:00")),
+            (
+                "9999-12-31 23:59:59.999999",
+                Some("9999-12-31T23:59:59.999999"),
+            ),
+            ("2030-02-30 00:00:00", None),
+            ("2030-01-02 25:00:00", None),
+            ("infinity", None),
+            ("290000-01-01 00:00:00", None),
+            ("0001-01-01 00:00:00 BC", None),
+            ("yesterday", None),
+            ("", None),
+        ] {
+            let parsed =
+                parse_timestamp(text).map(|t| t.format("%Y-%m-%dT%H:%M:%S%.f").to_string());
+            let expected = expected.map(|e| {
+                chrono::NaiveDateTime::parse_from_str(e, "%Y-%m-%dT%H:%M:%S%.f")
+                    .unwrap()
+                    .format("%Y-%m-%dT%H:%M:%S%.f")
+                    .to_string()
+            });
+            assert_eq!(parsed, expected, "{text:?}");
+        }
     }
 }

@@ -5,7 +5,9 @@
 //! one piece of Rust code drives every backend and only the SQL differs.
 
 /// The columns of a [`RoutineRow`](super::RoutineRow), as text where JSON.
-/// Timestamps come as text too (see `models::RawRow`).
+/// Timestamps come as text too (see `models::RawRow`). The aliases shadow
+/// the columns in ORDER BY, so statements order by `routines.next_run_at`
+/// (the indexed column), never by its text.
 const PG_COLUMNS: &str = "id::text AS id, name::text AS name, task::text AS task, \
     schedule::text AS schedule, kwargs::text AS kwargs, options::text AS options, active, \
     last_run_at::text AS last_run_at, total_run_count, next_run_at::text AS next_run_at, \
@@ -90,13 +92,13 @@ pub(super) fn postgres() -> Sql {
         lock_due: format!(
             "SELECT {PG_COLUMNS} FROM routines \
              WHERE active AND NOT needs_sync AND next_run_at <= $1::timestamp \
-             ORDER BY next_run_at LIMIT $2 FOR UPDATE SKIP LOCKED"
+             ORDER BY routines.next_run_at LIMIT $2 FOR UPDATE SKIP LOCKED"
         ),
         lock_due_of_tasks: format!(
             "SELECT {PG_COLUMNS} FROM routines \
              WHERE active AND NOT needs_sync AND next_run_at <= $1::timestamp \
                AND task IN (SELECT json_array_elements_text($2::json)) \
-             ORDER BY next_run_at LIMIT $3 FOR UPDATE SKIP LOCKED"
+             ORDER BY routines.next_run_at LIMIT $3 FOR UPDATE SKIP LOCKED"
         ),
         // Arrays bound as such, rows found by ctid: no JSON to parse and no
         // index to search (see `Plans`).
@@ -114,11 +116,11 @@ pub(super) fn postgres() -> Sql {
             WHERE r.ctid = v.t",
         earliest_due: "SELECT CAST(next_run_at AS TEXT) AS at FROM routines \
             WHERE active AND NOT needs_sync AND next_run_at IS NOT NULL \
-            ORDER BY next_run_at LIMIT 1",
+            ORDER BY routines.next_run_at LIMIT 1",
         earliest_due_of_tasks: "SELECT CAST(next_run_at AS TEXT) AS at FROM routines \
             WHERE active AND NOT needs_sync AND next_run_at IS NOT NULL \
               AND task IN (SELECT json_array_elements_text($1::json)) \
-            ORDER BY next_run_at LIMIT 1"
+            ORDER BY routines.next_run_at LIMIT 1"
             .into(),
     }
 }
@@ -155,13 +157,13 @@ pub(super) fn sqlite() -> Sql {
         lock_due: format!(
             "SELECT {SQLITE_COLUMNS} FROM routines \
              WHERE active AND NOT needs_sync AND next_run_at <= ? \
-             ORDER BY next_run_at LIMIT ?"
+             ORDER BY routines.next_run_at LIMIT ?"
         ),
         lock_due_of_tasks: format!(
             "SELECT {SQLITE_COLUMNS} FROM routines \
              WHERE active AND NOT needs_sync AND next_run_at <= ? \
                AND task IN (SELECT value FROM json_each(?)) \
-             ORDER BY next_run_at LIMIT ?"
+             ORDER BY routines.next_run_at LIMIT ?"
         ),
         write_planned: "UPDATE routines SET \
             next_run_at = v.next_run_at, needs_sync = 0, last_error = v.last_error \
@@ -178,11 +180,11 @@ pub(super) fn sqlite() -> Sql {
             WHERE routines.rowid = v.id",
         earliest_due: "SELECT CAST(next_run_at AS TEXT) AS at FROM routines \
             WHERE active AND NOT needs_sync AND next_run_at IS NOT NULL \
-            ORDER BY next_run_at LIMIT 1",
+            ORDER BY routines.next_run_at LIMIT 1",
         earliest_due_of_tasks: "SELECT CAST(next_run_at AS TEXT) AS at FROM routines \
             WHERE active AND NOT needs_sync AND next_run_at IS NOT NULL \
               AND task IN (SELECT value FROM json_each(?)) \
-            ORDER BY next_run_at LIMIT 1"
+            ORDER BY routines.next_run_at LIMIT 1"
             .into(),
     }
 }
@@ -229,13 +231,13 @@ pub(super) fn mysql() -> Sql {
         lock_due: format!(
             "SELECT {MYSQL_COLUMNS} FROM routines \
              WHERE active = 1 AND needs_sync = 0 AND next_run_at <= ? \
-             ORDER BY next_run_at LIMIT ? FOR UPDATE SKIP LOCKED"
+             ORDER BY routines.next_run_at LIMIT ? FOR UPDATE SKIP LOCKED"
         ),
         lock_due_of_tasks: format!(
             "SELECT {MYSQL_COLUMNS} FROM routines \
              WHERE active = 1 AND needs_sync = 0 AND next_run_at <= ? \
                AND task IN ({NAMES}) \
-             ORDER BY next_run_at LIMIT ? FOR UPDATE SKIP LOCKED"
+             ORDER BY routines.next_run_at LIMIT ? FOR UPDATE SKIP LOCKED"
         ),
         write_planned: "UPDATE routines AS r JOIN JSON_TABLE(?, '$[*]' COLUMNS ( \
                 id VARCHAR(64) PATH '$.id', next_run_at VARCHAR(32) PATH '$.next_run_at', \
@@ -250,12 +252,12 @@ pub(super) fn mysql() -> Sql {
                 r.next_run_at = v.next_run_at, r.last_error = v.last_error",
         earliest_due: "SELECT CAST(next_run_at AS CHAR) AS at FROM routines \
             WHERE active = 1 AND needs_sync = 0 AND next_run_at IS NOT NULL \
-            ORDER BY next_run_at LIMIT 1",
+            ORDER BY routines.next_run_at LIMIT 1",
         earliest_due_of_tasks: format!(
             "SELECT CAST(next_run_at AS CHAR) AS at FROM routines \
              WHERE active = 1 AND needs_sync = 0 AND next_run_at IS NOT NULL \
                AND task IN ({NAMES}) \
-             ORDER BY next_run_at LIMIT 1"
+             ORDER BY routines.next_run_at LIMIT 1"
         ),
     }
 }

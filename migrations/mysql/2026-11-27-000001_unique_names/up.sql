@@ -19,3 +19,9 @@ SET @sql := IF((SELECT COUNT(*) FROM information_schema.statistics WHERE table_s
                 AND table_name = 'routines' AND index_name = 'routines_name_unique_idx') = 0,
     'CREATE UNIQUE INDEX routines_name_unique_idx ON routines (name, name_unique)', 'DO 0');
 PREPARE stmt FROM @sql; EXECUTE stmt; DEALLOCATE PREPARE stmt;
+
+-- It serves the kit's lookups by name (see the PostgreSQL migration).
+SET @sql := IF((SELECT COUNT(*) FROM information_schema.statistics WHERE table_schema = DATABASE()
+                AND table_name = 'routines' AND index_name = 'ix_routines_name') > 0,
+    'DROP INDEX ix_routines_name ON routines', 'DO 0');
+PREPARE stmt FROM @sql; EXECUTE stmt; DEALLOCATE PREPARE stmt;

@@ -18,3 +18,8 @@ WHERE id IN (
     WHERE n > 1);
 
 CREATE UNIQUE INDEX IF NOT EXISTS routines_name_unique_idx ON routines (name, name_unique);
+
+-- It serves every lookup by name the kit's own index served, so that one
+-- goes: a claim writes one index entry fewer per row (measured: the claim's
+-- UPDATE of 1,000 rows costs as much as before the unique index came).
+DROP INDEX IF EXISTS ix_routines_name;

@@ -10,3 +10,5 @@ WHERE id IN (
     WHERE n > 1);
 
 CREATE UNIQUE INDEX IF NOT EXISTS routines_name_unique_idx ON routines (name, name_unique);
+-- It serves the kit's lookups by name (see the PostgreSQL migration).
+DROP INDEX IF EXISTS ix_routines_name;
