@@ -108,7 +108,7 @@ pub struct Config {
     pub broker_url: Option<String>,
     /// `broker_dedup_window`: how long Redis remembers the task id of each
     /// run pushed to it, so that a run claimed again (after a crash or a
-    /// failed commit) is not pushed twice. Costs about 150 bytes of Redis
+    /// failed commit) is not pushed twice. Costs 100 to 120 bytes of Redis
     /// memory per run within the window.
     pub broker_dedup_window: Duration,
     /// `worker_concurrency`: worker pool threads (default: CPU count).

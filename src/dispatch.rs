@@ -245,7 +245,7 @@ impl Dispatcher {
                     message.id
                 ),
                 Pushed::Before => log::info!(
-                    "routine {routine}: task {} was already pushed to Redis (claimed again after a crash or a failed commit); not pushed twice",
+                    "routine {routine}: task {} was already pushed to Redis (by an earlier attempt at this run); not pushed twice",
                     message.id
                 ),
             }

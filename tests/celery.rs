@@ -337,7 +337,7 @@ fn a_run_claimed_again_is_pushed_once_within_the_window_and_with_its_id_after() 
     // Beyond the window Redis has forgotten the run: pushed again, with its id.
     let marker = format!("_beat.sent.{}", at(10).timestamp());
     assert!(wait_until(Duration::from_secs(5), || {
-        let remembered: bool = redis::cmd("HEXISTS")
+        let remembered: bool = redis::cmd("SISMEMBER")
             .arg(&marker)
             .arg(&first[0])
             .query(&mut common::redis_conn(&broker))

@@ -125,9 +125,15 @@ backend_tests! {
         }
         assert_eq!(ran(), 9);
         assert_eq!((rec.count(), twin.count(), single.count()), (3, 3, 3));
-        // The unique index keeps it so: a plain insert of a taken name fails.
-        let taken = std::panic::catch_unwind(|| db.exec(&kit_insert(db.kind, "single", every)));
-        assert!(taken.is_err(), "a second runnable row named 'single' was accepted");
+        // And it stays so: an insert or a rename to a name a running row
+        // has fails; a name whose row is gone is free.
+        let refused = |sql: String| common::sql::execute(&db.url, &sql).is_err();
+        assert!(refused(kit_insert(db.kind, "single", every)), "a second row named 'single' was accepted");
+        assert!(refused("UPDATE routines SET name = 'single' WHERE name = 'twin' AND name_unique".into()));
+        db.exec("DELETE FROM routines WHERE name = 'single'");
+        db.exec(&kit_insert(db.kind, "single", every));
+        db.exec("UPDATE routines SET name = 'renamed' WHERE name = 'single'");
+        db.exec(&kit_insert(db.kind, "single", every));
     }
 
     fn edits_mark_rows_for_the_beat_and_the_beats_own_writes_do_not(db) {

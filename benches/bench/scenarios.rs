@@ -48,6 +48,20 @@ fn cpu_time(stat: &str) -> Duration {
     Duration::from_millis(ticks * 1000 / clock_ticks())
 }
 
+/// CPU time of every process called `name` on this machine (the database
+/// server's backends, Redis): where a claim's time goes, besides the beat.
+fn cpu_of(name: &str) -> Duration {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            let comm = std::fs::read_to_string(path.join("comm")).ok()?;
+            (comm.trim() == name).then(|| cpu_time(&path.join("stat").to_string_lossy()))
+        })
+        .sum()
+}
+
 fn clock_ticks() -> u64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
@@ -142,11 +156,18 @@ pub(crate) fn burst(backend: Backend, n: usize, o: &Options) -> anyhow::Result<(
     let beat = Beat::builder(config(&db, o)).start()?;
     let wait = (due - Utc::now()).to_std().unwrap_or_default();
     std::thread::sleep(wait);
+    let server = if backend == Backend::Mysql { "mariadbd" } else { "postgres" };
+    let cpu0 = (cpu_time("/proc/self/stat"), cpu_of(server), cpu_of("redis-server"));
     let t0 = Instant::now();
     let all = wait_for(Duration::from_secs(120), || {
         Ok(llen(&mut conn, &queue)? >= n)
     })?;
     let took = t0.elapsed();
+    let cpu = (
+        cpu_time("/proc/self/stat").saturating_sub(cpu0.0),
+        cpu_of(server).saturating_sub(cpu0.1),
+        cpu_of("redis-server").saturating_sub(cpu0.2),
+    );
     let stats = beat.stop().stats;
     if !all {
         bail!(
@@ -194,6 +215,8 @@ pub(crate) fn burst(backend: Backend, n: usize, o: &Options) -> anyhow::Result<(
         "speed_vs_plain_lpush": round(lpush.as_secs_f64() / took.as_secs_f64(), 3),
         "distinct_ids": ids.len(), "repeats": messages.len() - ids.len(),
         "rows_advanced": advanced, "lateness_p50_ms": round(stats.lateness.p50.as_secs_f64() * 1e3, 1),
+        "beat_cpu_s": round(cpu.0.as_secs_f64(), 2), "database_cpu_s": round(cpu.1.as_secs_f64(), 2),
+        "redis_cpu_s": round(cpu.2.as_secs_f64(), 2),
         "lateness_max_ms": round(stats.lateness.max.as_secs_f64() * 1e3, 1),
     }));
     del(&mut conn, &[&queue, &copy]);

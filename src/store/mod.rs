@@ -343,27 +343,37 @@ impl RoutineStore {
         // kit's, or plain SQL's) cannot wait on each other in a circle.
         let mut rows: Vec<NewRoutine> = declared.iter().map(NewRoutine::from).collect();
         rows.sort_by(|a, b| a.name.cmp(&b.name));
-        with_conn!(self, |conn, sql| {
-            conn.one_at_a_time(|conn| {
-                let existing: Vec<NameRow> = diesel::sql_query(&sql.existing_names)
-                    .bind::<Text, _>(&names_json)
-                    .load(conn)?;
-                let existing: std::collections::HashSet<String> =
-                    existing.into_iter().map(|r| r.name).collect();
-                let mut inserted = Vec::new();
-                for row in rows.iter().filter(|r| !existing.contains(&r.name)) {
-                    // A name taken meanwhile (the unique index) is left out.
-                    if insert_row!(conn, sql.insert_if_absent, row)? > 0 {
+        // Beats take turns here; someone else (the kit, plain SQL) may still
+        // take a name between our look and our insert: look again, twice.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = with_conn!(self, |conn, sql| {
+                conn.one_at_a_time(|conn| {
+                    let existing: Vec<NameRow> = diesel::sql_query(&sql.existing_names)
+                        .bind::<Text, _>(&names_json)
+                        .load(conn)?;
+                    let existing: std::collections::HashSet<String> =
+                        existing.into_iter().map(|r| r.name).collect();
+                    let mut inserted = Vec::new();
+                    for row in rows.iter().filter(|r| !existing.contains(&r.name)) {
+                        insert_row!(conn, sql.insert, row)?;
                         inserted.push(row.name.clone());
                     }
-                }
-                let deleted = diesel::sql_query(&sql.delete_undeclared)
-                    .bind::<Text, _>(&names_json)
-                    .execute(conn)?;
-                Ok((inserted, deleted))
-            })
-            .map_err(|e| StoreError::query("sync_declared", e))
-        })
+                    let deleted = diesel::sql_query(&sql.delete_undeclared)
+                        .bind::<Text, _>(&names_json)
+                        .execute(conn)?;
+                    Ok((inserted, deleted))
+                })
+            });
+            match result {
+                Err(diesel::result::Error::DatabaseError(
+                    diesel::result::DatabaseErrorKind::UniqueViolation,
+                    _,
+                )) if attempt < 3 => continue,
+                other => return other.map_err(|e| StoreError::query("sync_declared", e)),
+            }
+        }
     }
 
     /// Marks rows with a recorded error for another look: code deployed

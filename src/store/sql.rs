@@ -27,8 +27,6 @@ pub(super) struct Sql {
     pub existing_names: String,
     /// Inserts a routine, unplanned: `$1` id … `$7` active.
     pub insert: &'static str,
-    /// As `insert`, but a routine whose name is taken is left out.
-    pub insert_if_absent: &'static str,
     /// Deletes every routine whose name is not in the JSON array `$1`.
     pub delete_undeclared: String,
     /// Replaces a routine's columns by name: `$1` task, `$2` schedule,
@@ -70,10 +68,6 @@ pub(super) fn postgres() -> Sql {
         insert: "INSERT INTO routines \
             (id, name, task, schedule, kwargs, options, active, total_run_count, needs_sync) \
             VALUES ($1::uuid, $2, $3, $4::json, $5::json, $6::json, $7, 0, true)",
-        insert_if_absent: "INSERT INTO routines \
-            (id, name, task, schedule, kwargs, options, active, total_run_count, needs_sync) \
-            VALUES ($1::uuid, $2, $3, $4::json, $5::json, $6::json, $7, 0, true) \
-            ON CONFLICT DO NOTHING",
         delete_undeclared: "DELETE FROM routines \
             WHERE name NOT IN (SELECT json_array_elements_text($1::json))"
             .into(),
@@ -139,9 +133,6 @@ pub(super) fn sqlite() -> Sql {
         insert: "INSERT INTO routines \
             (id, name, task, schedule, kwargs, options, active, total_run_count, needs_sync) \
             VALUES (?, ?, ?, ?, ?, ?, ?, 0, 1)",
-        insert_if_absent: "INSERT INTO routines \
-            (id, name, task, schedule, kwargs, options, active, total_run_count, needs_sync) \
-            VALUES (?, ?, ?, ?, ?, ?, ?, 0, 1) ON CONFLICT DO NOTHING",
         delete_undeclared: "DELETE FROM routines \
             WHERE name NOT IN (SELECT value FROM json_each(?))"
             .into(),
@@ -208,11 +199,6 @@ pub(super) fn mysql() -> Sql {
         by_name: format!("SELECT {MYSQL_COLUMNS} FROM routines WHERE name = ? ORDER BY name_unique IS NULL, id LIMIT 1"),
         existing_names: format!("SELECT name FROM routines WHERE name IN ({NAMES})"),
         insert: "INSERT INTO routines \
-            (id, name, task, schedule, kwargs, options, active, total_run_count, needs_sync) \
-            VALUES (REPLACE(?, '-', ''), ?, ?, ?, ?, ?, ?, 0, 1)",
-        // Names are validated before (length, not empty): IGNORE leaves
-        // out only the taken ones.
-        insert_if_absent: "INSERT IGNORE INTO routines \
             (id, name, task, schedule, kwargs, options, active, total_run_count, needs_sync) \
             VALUES (REPLACE(?, '-', ''), ?, ?, ?, ?, ?, ?, 0, 1)",
         delete_undeclared: format!("DELETE FROM routines WHERE name NOT IN ({NAMES})"),

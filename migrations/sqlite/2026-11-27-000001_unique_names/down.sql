@@ -1,3 +1,5 @@
-CREATE INDEX IF NOT EXISTS ix_routines_name ON routines (name);
-DROP INDEX IF EXISTS routines_name_unique_idx;
+DROP TRIGGER IF EXISTS routines_own_name_delete;
+DROP TRIGGER IF EXISTS routines_own_name_update;
+DROP TRIGGER IF EXISTS routines_own_name_insert;
+DROP TABLE IF EXISTS routine_names;
 ALTER TABLE routines DROP COLUMN name_unique;
