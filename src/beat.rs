@@ -179,7 +179,17 @@ impl BeatBuilder {
         })?;
         let (trigger, shutdown) = shutdown::channel();
         let dispatcher = Arc::new(Dispatcher {
-            router: Router::new(registry, !publishers.is_empty()),
+            router: Router::new(
+                registry,
+                !publishers.is_empty(),
+                crate::schedule::zone(&config.timezone).map_err(|_| {
+                    crate::config::ConfigError::Invalid {
+                        key: "timezone",
+                        value: config.timezone.clone(),
+                        reason: "expected an IANA time zone name such as Europe/Berlin",
+                    }
+                })?,
+            ),
             publishers,
             on_demand,
             queue: pool.queue(),

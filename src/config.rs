@@ -121,6 +121,10 @@ pub struct Config {
     /// `scheduler_misfire_grace_time`: how late a run may start before it
     /// counts as missed.
     pub scheduler_misfire_grace_time: Duration,
+    /// `timezone`: the IANA zone whose wall clock crontabs match when their
+    /// schedule JSON names none (`TIMEZONE`, else Celery's
+    /// `CELERY_TIMEZONE`). Intervals are elapsed time and ignore it.
+    pub timezone: String,
 }
 
 impl Default for Config {
@@ -140,12 +144,13 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(30),
             scheduler_misfire_policy: MisfirePolicy::FireOnce,
             scheduler_misfire_grace_time: Duration::from_secs(1),
+            timezone: "UTC".to_owned(),
         }
     }
 }
 
 /// Every key, with its environment variable.
-const KEYS: [(&str, &str); 14] = [
+const KEYS: [(&str, &str); 15] = [
     ("scheduler_db_uri", "SCHEDULER_DB_URI"),
     ("scheduler_max_interval", "SCHEDULER_MAX_INTERVAL"),
     ("scheduler_sync_every", "SCHEDULER_SYNC_EVERY"),
@@ -163,6 +168,7 @@ const KEYS: [(&str, &str); 14] = [
         "scheduler_misfire_grace_time",
         "SCHEDULER_MISFIRE_GRACE_TIME",
     ),
+    ("timezone", "TIMEZONE"),
 ];
 
 impl Config {
@@ -211,12 +217,12 @@ impl Config {
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<(), ConfigError> {
         for (key, var) in KEYS {
-            // The kit reads its retry settings from DEFAULT_-prefixed names.
-            let value = lookup(var).or_else(|| {
-                ["CELERY_MAX_RETRY", "CELERY_RETRY_DELAY"]
-                    .contains(&var)
-                    .then(|| lookup(&format!("DEFAULT_{var}")))
-                    .flatten()
+            // The kit reads its retry settings from DEFAULT_-prefixed names;
+            // Celery names the zone CELERY_TIMEZONE.
+            let value = lookup(var).or_else(|| match var {
+                "CELERY_MAX_RETRY" | "CELERY_RETRY_DELAY" => lookup(&format!("DEFAULT_{var}")),
+                "TIMEZONE" => lookup("CELERY_TIMEZONE"),
+                _ => None,
             });
             if let Some(value) = value.filter(|v| !v.trim().is_empty()) {
                 self.set(key, value.trim())?;
@@ -282,6 +288,14 @@ impl Config {
                 self.scheduler_misfire_grace_time =
                     non_negative_seconds("scheduler_misfire_grace_time", value)?
             }
+            "timezone" => {
+                crate::schedule::zone(value).map_err(|_| ConfigError::Invalid {
+                    key: "timezone",
+                    value: value.to_owned(),
+                    reason: "expected an IANA time zone name such as Europe/Berlin",
+                })?;
+                self.timezone = value.to_owned();
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -308,6 +322,7 @@ impl fmt::Debug for Config {
                 "scheduler_misfire_grace_time",
                 &self.scheduler_misfire_grace_time,
             )
+            .field("timezone", &self.timezone)
             .finish()
     }
 }
@@ -473,6 +488,7 @@ mod tests {
             ("SHUTDOWN_TIMEOUT", "9"),
             ("SCHEDULER_MISFIRE_POLICY", "skip"),
             ("SCHEDULER_MISFIRE_GRACE_TIME", "2.5"),
+            ("TIMEZONE", "Europe/Berlin"),
         ]))
         .unwrap();
         assert_eq!(c.scheduler_db_uri, "postgres://u:p@h/db");
@@ -489,6 +505,30 @@ mod tests {
         assert_eq!(c.shutdown_timeout, Duration::from_secs(9));
         assert_eq!(c.scheduler_misfire_policy, MisfirePolicy::Skip);
         assert_eq!(c.scheduler_misfire_grace_time, Duration::from_millis(2500));
+        assert_eq!(c.timezone, "Europe/Berlin");
+    }
+
+    #[test]
+    fn the_zone_is_read_from_timezone_then_celerys_name_and_checked() {
+        let mut c = Config::default();
+        assert_eq!(c.timezone, "UTC");
+        c.apply_env(env(&[("CELERY_TIMEZONE", "Asia/Kathmandu")]))
+            .unwrap();
+        assert_eq!(c.timezone, "Asia/Kathmandu");
+        c.apply_env(env(&[
+            ("TIMEZONE", "Pacific/Chatham"),
+            ("CELERY_TIMEZONE", "Asia/Kathmandu"),
+        ]))
+        .unwrap();
+        assert_eq!(c.timezone, "Pacific/Chatham", "TIMEZONE wins");
+        let err = Config::default()
+            .apply_env(env(&[("TIMEZONE", "Mars/Olympus_Mons")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("timezone") && err.contains("Mars/Olympus_Mons"),
+            "{err}"
+        );
     }
 
     #[test]

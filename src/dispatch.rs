@@ -28,6 +28,7 @@ use crate::store::{Plan, RoutineRow, LATEST_STORABLE};
 use crate::task::{TaskContext, TaskRegistry};
 use crate::worker::{InFlight, Job, JobQueue};
 use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -359,13 +360,18 @@ pub(crate) struct Router {
 }
 
 impl Router {
-    pub(crate) fn new(registry: Arc<TaskRegistry>, has_broker: bool) -> Self {
+    /// A router for `registry`'s tasks, sending the rest to Celery if
+    /// `has_broker`; crontabs without a zone of their own match `zone`.
+    pub(crate) fn new(registry: Arc<TaskRegistry>, has_broker: bool, zone: Tz) -> Self {
         Router {
             local_tasks: registry.names_json(),
             registry,
             has_broker,
             sender: CelerySender::this_process(),
-            parsed: Parsed::default(),
+            parsed: Parsed {
+                zone,
+                ..Parsed::default()
+            },
         }
     }
 
@@ -457,6 +463,8 @@ impl Router {
 /// distinct schedules, and a crontab is costly to parse at every run.
 #[derive(Default)]
 struct Parsed {
+    /// The `timezone` setting: crontabs without a zone of their own.
+    zone: Tz,
     schedules: Cache<(Arc<Schedule>, Misfire)>,
     options: Cache<(Arc<SendOptions>, Vec<String>)>,
 }
@@ -472,7 +480,7 @@ impl Parsed {
         cached(&self.schedules, text, || {
             let json: Value = serde_json::from_str(text)
                 .map_err(|e| ScheduleError::NotJson(e.to_string()).to_string())?;
-            let schedule = Schedule::from_json(&json).map_err(|e| e.to_string())?;
+            let schedule = Schedule::from_json_in(&json, self.zone).map_err(|e| e.to_string())?;
             let misfire = Misfire::from_json(&json).map_err(|e| e.to_string())?;
             Ok((Arc::new(schedule), misfire))
         })

@@ -357,6 +357,40 @@ fn a_run_claimed_again_is_pushed_once_within_the_window_and_with_its_id_after() 
 }
 
 #[test]
+fn a_zoned_routines_message_carries_utc_times_as_celerys_own() {
+    let test = "celery_zoned_eta";
+    let Some(broker) = redis_db(test, 11) else {
+        return;
+    };
+    let db = TestDb::sqlite(test);
+    // 03:00 on the Chatham Islands (+13:45 in their summer) is 13:15 UTC
+    // the day before; the message's eta and expires are UTC, as Celery's
+    // beat writes them whatever the app's timezone.
+    let chatham = Schedule::crontab("0", "3", "*", "*", "*")
+        .unwrap()
+        .in_timezone("Pacific/Chatham")
+        .unwrap();
+    let mut beat = manual(
+        &db,
+        &broker,
+        vec![Routine::new("chatham", "tasks.record", chatham)
+            .options(json!({"countdown": 30, "expires": 60}))],
+    );
+    beat.tick(utc("2030-01-01 00:00:00")).unwrap();
+    let due = utc("2030-01-01 13:15:00");
+    assert_eq!(beat.tick(due).unwrap().fired, 1);
+    let sent = envelopes(&broker, "celery");
+    assert_eq!(sent.len(), 1);
+    let headers = &sent[0]["headers"];
+    assert_eq!(headers["eta"], "2030-01-01T13:15:30+00:00");
+    assert_eq!(headers["expires"], "2030-01-01T13:16:00+00:00");
+    assert_eq!(
+        headers["id"],
+        celery_diesel_kit::task_id(&beat.store().routine("chatham").unwrap().unwrap().id, due)
+    );
+}
+
+#[test]
 fn a_broker_outage_loses_no_routine_and_doubles_none() {
     let test = "celery_broker_outage";
     let Some(direct) = redis_db(test, 7) else {

@@ -156,8 +156,16 @@ pub(crate) fn burst(backend: Backend, n: usize, o: &Options) -> anyhow::Result<(
     let beat = Beat::builder(config(&db, o)).start()?;
     let wait = (due - Utc::now()).to_std().unwrap_or_default();
     std::thread::sleep(wait);
-    let server = if backend == Backend::Mysql { "mariadbd" } else { "postgres" };
-    let cpu0 = (cpu_time("/proc/self/stat"), cpu_of(server), cpu_of("redis-server"));
+    let server = if backend == Backend::Mysql {
+        "mariadbd"
+    } else {
+        "postgres"
+    };
+    let cpu0 = (
+        cpu_time("/proc/self/stat"),
+        cpu_of(server),
+        cpu_of("redis-server"),
+    );
     let t0 = Instant::now();
     let all = wait_for(Duration::from_secs(120), || {
         Ok(llen(&mut conn, &queue)? >= n)

@@ -1,4 +1,4 @@
-//! Celery's crontab: field syntax and next-run math.
+//! Celery's crontab: field syntax and next-run math, in a time zone.
 //!
 //! Field strings follow `celery.schedules.crontab_parser` to the letter,
 //! quirks included (prefix matching, wrapped ranges such as `fri-mon`,
@@ -9,10 +9,15 @@
 //! * saffron numbers Sunday 1..Saturday 7, Celery 0..6: we renumber;
 //! * when both day-of-month and day-of-week are restricted, saffron fires on
 //!   either (Vixie cron's OR), Celery only when both match: we give saffron
-//!   the day-of-month alone and filter its candidates by weekday.
+//!   the day-of-month alone and filter its candidates by weekday;
+//! * saffron computes in UTC only: we give it the zone's wall-clock time as
+//!   if it were UTC (calendar math, where it is right), and turn each match
+//!   into instants with the zone database, by the rules for the changes of
+//!   offset (see [`Crontab::next_after`]).
 
 use super::{truncated, ScheduleError};
-use chrono::{DateTime, Datelike, TimeDelta, Utc};
+use chrono::{DateTime, Datelike, LocalResult, NaiveDateTime, Offset, TimeDelta, TimeZone, Utc};
+use chrono_tz::Tz;
 use serde_json::{Map, Value};
 use std::collections::BTreeSet;
 
@@ -63,6 +68,11 @@ const MONTHS: [&str; 12] = [
 /// that finds nothing in that span never will.
 const HORIZON_DAYS: i64 = 146_097;
 
+/// More than a zone's clock ever moves at one change of offset (two hours,
+/// in the tz database): near a change, matches this far either side of the
+/// answer are looked at.
+const REACH: TimeDelta = TimeDelta::hours(3);
+
 pub(super) fn is_field(key: &str) -> bool {
     FIELDS.iter().any(|f| f.name == key)
 }
@@ -80,10 +90,18 @@ pub struct Crontab {
     cron: saffron::Cron,
     /// saffron was given `*` for day-of-week; candidates must be filtered.
     filter_weekday: bool,
+    /// The zone whose wall clock the fields match.
+    zone: Tz,
 }
 
 impl Crontab {
-    pub(super) fn from_json(map: &Map<String, Value>) -> Result<Self, ScheduleError> {
+    /// The crontab of `map` (its fields only), matched on `zone`'s wall
+    /// clock; `source` is what `to_json` writes back.
+    pub(super) fn from_json(
+        map: &Map<String, Value>,
+        zone: Tz,
+        source: Map<String, Value>,
+    ) -> Result<Self, ScheduleError> {
         if let Some(unknown) = map.keys().find(|k| !is_field(k)) {
             return Err(ScheduleError::UnknownKey(truncated(unknown.clone())));
         }
@@ -154,7 +172,8 @@ impl Crontab {
             ScheduleError::NeverFires(format!("internal cron expression {expr:?}: {e:?}"))
         })?;
         Ok(Crontab {
-            source: map.clone(),
+            source,
+            zone,
             minutes,
             hours,
             days_of_week,
@@ -169,8 +188,107 @@ impl Crontab {
         Value::Object(self.source.clone())
     }
 
-    /// The first matching minute strictly after `t`.
+    /// The first fire time strictly after `t`.
+    ///
+    /// The fields match the zone's wall-clock time. Where the zone's clock
+    /// changes: a match time that does not exist (skipped by a spring
+    /// change) fires once, at the first instant after the gap (several
+    /// such matches fire once together); a match time that occurs twice
+    /// (a fall change) fires at its first occurrence only, unless the hour
+    /// field is every hour, which fires at both.
     pub(super) fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        if self.zone == Tz::UTC {
+            return self.next_local_after(t.naive_utc()).map(|l| l.and_utc());
+        }
+        let local_t = t.with_timezone(&self.zone).naive_local();
+        let candidate = self.next_local_after(local_t)?;
+        // Away from a change of offset the wall clock is UTC shifted: the
+        // first match's one instant is the answer.
+        if let LocalResult::Single(at) = self.zone.from_local_datetime(&candidate) {
+            let at = at.with_timezone(&Utc);
+            let before = t.checked_sub_signed(REACH).map(|u| self.offset(u));
+            let after = at.checked_add_signed(REACH).map(|u| self.offset(u));
+            if at > t && before.is_some() && before == after {
+                return Some(at);
+            }
+        }
+        self.next_after_near_a_change(t, local_t)
+    }
+
+    /// `next_after` where the offset changes: every match from `REACH`
+    /// before `t`'s wall-clock time on, each turned into its instants, until
+    /// no later match can come earlier than the best so far.
+    fn next_after_near_a_change(
+        &self,
+        t: DateTime<Utc>,
+        local_t: NaiveDateTime,
+    ) -> Option<DateTime<Utc>> {
+        let mut from = local_t.checked_sub_signed(REACH)?;
+        let mut best: Option<DateTime<Utc>> = None;
+        while let Some(local) = self.next_local_after(from) {
+            if let Some(best) = best {
+                let best_local = best.with_timezone(&self.zone).naive_local();
+                if best_local
+                    .checked_add_signed(REACH)
+                    .is_none_or(|limit| local > limit)
+                {
+                    break;
+                }
+            }
+            for at in self.instants(local).into_iter().flatten() {
+                if at > t && best.is_none_or(|b| at < b) {
+                    best = Some(at);
+                }
+            }
+            from = local;
+        }
+        best
+    }
+
+    /// The instants a matching wall-clock time fires at (see `next_after`).
+    fn instants(&self, local: NaiveDateTime) -> [Option<DateTime<Utc>>; 2] {
+        match self.zone.from_local_datetime(&local) {
+            LocalResult::Single(at) => [Some(at.with_timezone(&Utc)), None],
+            LocalResult::Ambiguous(a, b) => {
+                let (first, second) = if a <= b { (a, b) } else { (b, a) };
+                let every_hour = self.hours == full(&HOUR);
+                [
+                    Some(first.with_timezone(&Utc)),
+                    every_hour.then(|| second.with_timezone(&Utc)),
+                ]
+            }
+            LocalResult::None => [self.end_of_gap(local), None],
+        }
+    }
+
+    /// The first instant after the gap that holds `local`: the first whole
+    /// minute of wall-clock time that exists again.
+    fn end_of_gap(&self, local: NaiveDateTime) -> Option<DateTime<Utc>> {
+        let mut next = local;
+        for _ in 0..REACH.num_minutes() {
+            next = next.checked_add_signed(TimeDelta::minutes(1))?;
+            match self.zone.from_local_datetime(&next) {
+                LocalResult::Single(at) | LocalResult::Ambiguous(at, _) => {
+                    return Some(at.with_timezone(&Utc))
+                }
+                LocalResult::None => {}
+            }
+        }
+        None
+    }
+
+    /// The zone's offset from UTC at `t`, in seconds.
+    fn offset(&self, t: DateTime<Utc>) -> i32 {
+        self.zone
+            .offset_from_utc_datetime(&t.naive_utc())
+            .fix()
+            .local_minus_utc()
+    }
+
+    /// The first matching wall-clock minute strictly after `t`: calendar
+    /// math on the fields alone (saffron, bridged), with no zone.
+    fn next_local_after(&self, t: NaiveDateTime) -> Option<NaiveDateTime> {
+        let t = t.and_utc();
         let horizon = t.checked_add_signed(TimeDelta::days(HORIZON_DAYS))?;
         let mut from = t;
         loop {
@@ -180,11 +298,16 @@ impl Crontab {
             }
             let weekday = candidate.weekday().num_days_from_sunday();
             if !self.filter_weekday || self.days_of_week.contains(&weekday) {
-                return Some(candidate);
+                return Some(candidate.naive_utc());
             }
             // Skip the rest of that day: saffron continues after 23:59.
             from = candidate.date_naive().and_hms_opt(23, 59, 0)?.and_utc();
         }
+    }
+
+    /// The IANA name of the zone its fields are read in.
+    pub fn timezone(&self) -> &'static str {
+        self.zone.name()
     }
 
     /// The minutes this crontab fires at, ascending (Celery's `crontab.minute`).

@@ -8,15 +8,18 @@
 //!   crontab string; missing fields mean `"*"`.
 //!
 //! [`Schedule::parse`] validates the JSON, [`Schedule::next_after`] gives the
-//! next due time. Two optional keys extend the kit's JSON without changing
-//! it: `misfire_policy` and `misfire_grace_time` (see [`Misfire`]). This module knows nothing of databases or time sources: it
-//! is pure calendar math on UTC instants, so it is tested without a clock.
+//! next due time. Optional keys extend the kit's JSON without changing it:
+//! `misfire_policy` and `misfire_grace_time` (see [`Misfire`]), and a
+//! crontab's `timezone` (an IANA name: its fields match that zone's wall
+//! clock). This module knows nothing of databases or time sources: it is
+//! pure calendar math on UTC instants, so it is tested without a clock.
 
 mod crontab;
 
 pub use crontab::Crontab;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use chrono_tz::Tz;
 use serde_json::{Map, Value};
 use std::fmt;
 use std::time::Duration;
@@ -25,7 +28,16 @@ use std::time::Duration;
 const TIMEDELTA: &str = "timedelta";
 /// Keys this beat adds to the kit's schedule JSON. The kit ignores them
 /// (it reads only `timedelta` or the five crontab fields).
-const EXTENSIONS: [&str; 2] = ["misfire_policy", "misfire_grace_time"];
+const EXTENSIONS: [&str; 3] = ["misfire_policy", "misfire_grace_time", TIMEZONE];
+/// The key of a crontab's own time zone.
+const TIMEZONE: &str = "timezone";
+
+/// The IANA time zone called `name` (from the zone database compiled into
+/// the crate).
+pub(crate) fn zone(name: &str) -> Result<Tz, ScheduleError> {
+    name.parse()
+        .map_err(|_| ScheduleError::UnknownTimezone(truncated(name.to_owned())))
+}
 
 /// What the beat does with a run it missed by more than the misfire grace
 /// time (the beat was stopped, the database was away).
@@ -153,6 +165,9 @@ pub enum ScheduleError {
     /// A crontab whose fields can never all match a real date (e.g. 31 February).
     #[error("crontab never fires: {0}")]
     NeverFires(String),
+    /// A `timezone` that is not an IANA time zone name.
+    #[error("unknown time zone {0:?} (expected an IANA name such as \"Europe/Berlin\")")]
+    UnknownTimezone(String),
 }
 
 /// When a routine runs: every so often, or on a Celery crontab.
@@ -203,7 +218,25 @@ impl Schedule {
                 map.insert(key.to_owned(), Value::String(spec.to_owned()));
             }
         }
-        Crontab::from_json(&map).map(|c| Schedule::Crontab(Box::new(c)))
+        Crontab::from_json(&map, Tz::UTC, map.clone()).map(|c| Schedule::Crontab(Box::new(c)))
+    }
+
+    /// This crontab with its fields read on the wall clock of `timezone`
+    /// (an IANA name), written into its JSON as the `timezone` key.
+    /// Intervals are elapsed time: a zone is an error for them.
+    ///
+    /// ```
+    /// use celery_diesel_kit::Schedule;
+    /// let nine = Schedule::crontab("0", "9", "mon-fri", "*", "*")?.in_timezone("Europe/Berlin")?;
+    /// assert_eq!(nine.to_json()["timezone"], "Europe/Berlin");
+    /// # Ok::<(), celery_diesel_kit::ScheduleError>(())
+    /// ```
+    pub fn in_timezone(self, timezone: &str) -> Result<Self, ScheduleError> {
+        let mut json = self.to_json();
+        if let Some(map) = json.as_object_mut() {
+            map.insert(TIMEZONE.to_owned(), Value::String(timezone.to_owned()));
+        }
+        Self::from_json(&json)
     }
 
     /// Parses the text of a `schedule` column.
@@ -213,21 +246,48 @@ impl Schedule {
         Self::from_json(&value)
     }
 
-    /// Reads the kit's schedule JSON.
+    /// Reads the kit's schedule JSON; a crontab without a `timezone` key
+    /// matches UTC.
     pub fn from_json(value: &Value) -> Result<Self, ScheduleError> {
+        Self::from_json_in(value, Tz::UTC)
+    }
+
+    /// Reads the kit's schedule JSON; a crontab without a `timezone` key
+    /// matches `default_timezone`'s wall clock (the `timezone` setting).
+    pub fn from_json_in_timezone(
+        value: &Value,
+        default_timezone: &str,
+    ) -> Result<Self, ScheduleError> {
+        Self::from_json_in(value, zone(default_timezone)?)
+    }
+
+    pub(crate) fn from_json_in(value: &Value, default_zone: Tz) -> Result<Self, ScheduleError> {
         let map = value
             .as_object()
             .ok_or_else(|| ScheduleError::NotAnObject(truncated(value.to_string())))?;
         // Extension keys (see `Misfire`) are read elsewhere.
-        let map: Map<String, Value> = map
+        let fields: Map<String, Value> = map
             .iter()
             .filter(|(k, _)| !EXTENSIONS.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        match map.get(TIMEDELTA) {
-            Some(seconds) if map.len() == 1 => interval_from_json(seconds),
+        let own_zone = match map.get(TIMEZONE) {
+            None => None,
+            Some(Value::String(name)) => Some(zone(name)?),
+            Some(other) => {
+                return Err(ScheduleError::BadExtension(format!(
+                    "timezone must be an IANA name such as \"Europe/Berlin\", got {}",
+                    truncated(other.to_string())
+                )))
+            }
+        };
+        match fields.get(TIMEDELTA) {
+            Some(_) if own_zone.is_some() => Err(ScheduleError::BadExtension(
+                "timezone applies to crontab schedules only (an interval is elapsed time)".into(),
+            )),
+            Some(seconds) if fields.len() == 1 => interval_from_json(seconds),
             Some(_) => Err(
-                match map
+                match fields
                     .keys()
                     .find(|k| !crontab::is_field(k) && *k != TIMEDELTA)
                 {
@@ -235,8 +295,51 @@ impl Schedule {
                     None => ScheduleError::Mixed,
                 },
             ),
-            None => Crontab::from_json(&map).map(|c| Schedule::Crontab(Box::new(c))),
+            None => {
+                let mut source = fields.clone();
+                if let Some(name) = map.get(TIMEZONE) {
+                    source.insert(TIMEZONE.to_owned(), name.clone());
+                }
+                Crontab::from_json(&fields, own_zone.unwrap_or(default_zone), source)
+                    .map(|c| Schedule::Crontab(Box::new(c)))
+            }
         }
+    }
+
+    /// The IANA name of the zone a crontab's fields are read in (`None`
+    /// for an interval, which is elapsed time).
+    pub fn timezone(&self) -> Option<&'static str> {
+        match self {
+            Schedule::Interval(_) => None,
+            Schedule::Crontab(cron) => Some(cron.timezone()),
+        }
+    }
+
+    /// The next `n` fire times after `t`, in order (fewer if the schedule
+    /// ends).
+    ///
+    /// ```
+    /// use celery_diesel_kit::Schedule;
+    /// use chrono::{TimeZone, Utc};
+    /// let quarter = Schedule::crontab("*/15", "*", "*", "*", "*")?;
+    /// let t = Utc.with_ymd_and_hms(2030, 1, 1, 10, 7, 0).unwrap();
+    /// let next: Vec<String> = quarter.next_runs(t, 3).iter().map(|t| t.format("%H:%M").to_string()).collect();
+    /// assert_eq!(next, ["10:15", "10:30", "10:45"]);
+    /// # Ok::<(), celery_diesel_kit::ScheduleError>(())
+    /// ```
+    pub fn next_runs(&self, t: DateTime<Utc>, n: usize) -> Vec<DateTime<Utc>> {
+        let mut runs = Vec::with_capacity(n);
+        let mut after = t;
+        while runs.len() < n {
+            match self.next_after(after) {
+                Some(next) => {
+                    runs.push(next);
+                    after = next;
+                }
+                None => break,
+            }
+        }
+        runs
     }
 
     /// The kit's JSON for this schedule (what is stored in the `schedule` column).
