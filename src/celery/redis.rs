@@ -129,6 +129,10 @@ pub(crate) struct Publisher {
 static PUSH_ONCE_SCRIPT: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(PUSH_ONCE));
 
+/// Messages pushed by one script call: their due second and list keys, and
+/// their indexes in the batch.
+type Group = ((i64, Vec<String>), Vec<usize>);
+
 /// What became of one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Pushed {
@@ -241,7 +245,7 @@ impl Publisher {
         let mut declaring = Vec::new();
         // Messages grouped by due second and lists, in order: one script
         // call each (a batch is usually one group).
-        let mut groups: Vec<((i64, Vec<String>), Vec<usize>)> = Vec::new();
+        let mut groups: Vec<Group> = Vec::new();
         for (index, message) in messages.iter().enumerate() {
             let queue = message.destination.declared_queue();
             if !self.declared.contains(queue) && !declaring.iter().any(|q| q == queue) {
