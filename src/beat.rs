@@ -3,16 +3,19 @@
 use crate::celery::Publisher;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{redact_url, Config};
+use crate::dispatch::Touched;
 use crate::dispatch::{Dispatcher, Router};
 use crate::error::Error;
 use crate::metrics::{Metrics, Stats};
 use crate::routine::{Routine, RoutineError};
+use crate::scheduler::housekeeping::{HistorySettings, Housekeeper};
 use crate::scheduler::{self, Scheduler, Settings, Tick};
 use crate::shutdown::{self, Trigger};
-use crate::store::RoutineStore;
+use crate::store::{BeatInfo, Claimant, RoutineStore};
 use crate::task::{AsyncTask, SyncTask, TaskRegistry};
-use crate::worker::{RetryPolicy, WorkerPool};
+use crate::worker::{Reporter, RetryPolicy, WorkerPool};
 use chrono::{DateTime, Utc};
+use crossbeam_channel::Sender;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -130,11 +133,25 @@ impl BeatBuilder {
             routine.validate()?;
         }
         let config = self.config;
+        if config.scheduler_dead_after < config.scheduler_heartbeat_interval * 2 {
+            // A live beat would look dead between its heartbeats, and its
+            // routines would run twice at once.
+            return Err(crate::config::ConfigError::Invalid {
+                key: "scheduler_dead_after",
+                value: format!("{:?}", config.scheduler_dead_after),
+                reason: "must be at least twice scheduler_heartbeat_interval",
+            }
+            .into());
+        }
         log::info!("beat: database {}", redact_url(&config.scheduler_db_uri));
-        let store = Arc::new(RoutineStore::open(
-            &config.scheduler_db_uri,
-            config.scheduler_db_timeout,
-        )?);
+        let beat_id = uuid::Uuid::new_v4().to_string();
+        let store = Arc::new(
+            RoutineStore::open(&config.scheduler_db_uri, config.scheduler_db_timeout)?
+                .claiming_for(Claimant {
+                    beat_id: beat_id.clone(),
+                    dead_after: config.scheduler_dead_after,
+                }),
+        );
         if config.create_table {
             store.migrate()?;
         } else {
@@ -163,7 +180,21 @@ impl BeatBuilder {
             None => None,
         };
         let registry = Arc::new(self.registry);
+        let beat = BeatInfo {
+            id: beat_id.clone(),
+            host: hostname(),
+            pid: i32::try_from(std::process::id()).unwrap_or(i32::MAX),
+            tasks: {
+                let mut names: Vec<&str> = registry.names().collect();
+                names.sort_unstable();
+                serde_json::Value::from(names).to_string()
+            },
+            broker: !publishers.is_empty(),
+        };
+        store.register_beat(&beat)?;
+        log::info!("beat: registered as {beat_id} in the beats table");
         let metrics = Arc::new(Metrics::default());
+        let (events, events_rx) = crossbeam_channel::unbounded();
         let pool = WorkerPool::start(
             config.worker_concurrency,
             Arc::clone(&registry),
@@ -172,15 +203,42 @@ impl BeatBuilder {
                 delay: config.celery_retry_delay,
             },
             Arc::clone(&metrics),
+            Reporter {
+                events: events.clone(),
+                clock: Arc::clone(&self.clock),
+            },
         )
         .map_err(|source| Error::Thread {
             what: "worker",
             source,
         })?;
+        let touched = Arc::new(Touched::default());
+        let (housekeeper_stop, housekeeper_stopped) = crossbeam_channel::bounded::<()>(0);
+        let housekeeper = Housekeeper {
+            store: Arc::clone(&store),
+            beat,
+            settings: HistorySettings {
+                history: config.history,
+                max_age: config.history_max_age,
+                max_runs: config.history_max_runs,
+                heartbeat: config.scheduler_heartbeat_interval,
+                dead_after: config.scheduler_dead_after,
+            },
+            events: events_rx,
+            touched: Arc::clone(&touched),
+            clock: Arc::clone(&self.clock),
+        };
+        let housekeeper = std::thread::Builder::new()
+            .name("beat-housekeeper".into())
+            .spawn(move || housekeeper.run(housekeeper_stopped))
+            .map_err(|source| Error::Thread {
+                what: "housekeeper",
+                source,
+            })?;
         let (trigger, shutdown) = shutdown::channel();
         let dispatcher = Arc::new(Dispatcher {
             router: Router::new(
-                registry,
+                &registry,
                 !publishers.is_empty(),
                 crate::schedule::zone(&config.timezone).map_err(|_| {
                     crate::config::ConfigError::Invalid {
@@ -201,6 +259,9 @@ impl BeatBuilder {
                 config.scheduler_misfire_grace_time,
             ),
             shutdown: shutdown.clone(),
+            history: config.history,
+            events,
+            touched,
         });
         let scheduler = Scheduler::new(
             Arc::clone(&store),
@@ -216,8 +277,10 @@ impl BeatBuilder {
         );
         let parts = Parts {
             store,
+            beat_id,
             dispatcher: Some(dispatcher),
             pool: Some(pool),
+            housekeeper: Some((housekeeper_stop, housekeeper)),
             metrics,
             trigger: Some(trigger),
             shutdown_timeout: config.shutdown_timeout,
@@ -226,12 +289,32 @@ impl BeatBuilder {
     }
 }
 
+/// This machine's name, for the `beats` table.
+fn hostname() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(|| std::env::var("COMPUTERNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned());
+    name.chars().take(255).collect()
+}
+
+/// How long a stop waits for the housekeeper's last writes beyond the
+/// stop's deadline (it marks the beat stopped: worth a moment).
+const HOUSEKEEPER_GRACE: Duration = Duration::from_secs(2);
+
 /// What a running beat owns besides its scheduler.
 struct Parts {
     store: Arc<RoutineStore>,
+    /// This beat's id in the `beats` table.
+    beat_id: String,
     /// For on-demand runs; dropped at stop, as it holds the job queue open.
     dispatcher: Option<Arc<Dispatcher>>,
     pool: Option<WorkerPool>,
+    /// Its stop (dropping the sender) and its thread.
+    housekeeper: Option<(Sender<()>, JoinHandle<()>)>,
     metrics: Arc<Metrics>,
     trigger: Option<Trigger>,
     shutdown_timeout: Duration,
@@ -247,7 +330,7 @@ impl Parts {
             .dispatcher
             .as_ref()
             .ok_or_else(|| RoutineError::new(name, "the beat is stopping"))?;
-        dispatcher.send_now(&row)
+        dispatcher.send_now(&row, &self.store, &self.beat_id)
     }
 
     /// Stops claiming, then gives running and queued tasks until the
@@ -272,6 +355,18 @@ impl Parts {
         }
         drop(self.dispatcher.take());
         let busy_workers = self.pool.take().map_or(0, |pool| pool.stop(deadline));
+        if let Some((stop, thread)) = self.housekeeper.take() {
+            drop(stop);
+            let until = deadline.max(Instant::now()) + HOUSEKEEPER_GRACE;
+            while !thread.is_finished() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            } else {
+                log::warn!("beat: the housekeeper is still writing to the database at the stop deadline; not waiting for it");
+            }
+        }
         let report = StopReport {
             stats: self.metrics.stats(),
             busy_workers,
@@ -309,6 +404,11 @@ impl BeatHandle {
     /// The beat's store, for operator actions and inspection.
     pub fn store(&self) -> &RoutineStore {
         &self.parts.store
+    }
+
+    /// This beat's id in the `beats` table (and in the history's `beat_id`).
+    pub fn id(&self) -> &str {
+        &self.parts.beat_id
     }
 
     /// Counts so far.
@@ -363,6 +463,11 @@ impl ManualBeat {
     /// The beat's store.
     pub fn store(&self) -> &RoutineStore {
         &self.parts.store
+    }
+
+    /// This beat's id in the `beats` table (and in the history's `beat_id`).
+    pub fn id(&self) -> &str {
+        &self.parts.beat_id
     }
 
     /// Counts so far.

@@ -125,6 +125,22 @@ pub struct Config {
     /// schedule JSON names none (`TIMEZONE`, else Celery's
     /// `CELERY_TIMEZONE`). Intervals are elapsed time and ignore it.
     pub timezone: String,
+    /// `history`: record every dispatch in `routine_runs`. Off, only
+    /// in-process runs are recorded, while they last (so that no other beat
+    /// overlaps them), and nothing is kept.
+    pub history: bool,
+    /// `history_max_age`: runs older than this are pruned.
+    pub history_max_age: Duration,
+    /// `history_max_runs`: the runs kept per routine, newest first.
+    pub history_max_runs: usize,
+    /// `scheduler_heartbeat_interval`: how often the beat says it is alive
+    /// in the `beats` table (and prunes the history, and looks for dead
+    /// beats).
+    pub scheduler_heartbeat_interval: Duration,
+    /// `scheduler_dead_after`: a beat silent for longer is dead: its
+    /// unfinished in-process runs are marked lost, and their routines may
+    /// run on another beat.
+    pub scheduler_dead_after: Duration,
 }
 
 impl Default for Config {
@@ -145,12 +161,17 @@ impl Default for Config {
             scheduler_misfire_policy: MisfirePolicy::FireOnce,
             scheduler_misfire_grace_time: Duration::from_secs(1),
             timezone: "UTC".to_owned(),
+            history: true,
+            history_max_age: Duration::from_secs(7 * 86_400),
+            history_max_runs: 100,
+            scheduler_heartbeat_interval: Duration::from_secs(2),
+            scheduler_dead_after: Duration::from_secs(10),
         }
     }
 }
 
 /// Every key, with its environment variable.
-const KEYS: [(&str, &str); 15] = [
+const KEYS: [(&str, &str); 20] = [
     ("scheduler_db_uri", "SCHEDULER_DB_URI"),
     ("scheduler_max_interval", "SCHEDULER_MAX_INTERVAL"),
     ("scheduler_sync_every", "SCHEDULER_SYNC_EVERY"),
@@ -169,6 +190,14 @@ const KEYS: [(&str, &str); 15] = [
         "SCHEDULER_MISFIRE_GRACE_TIME",
     ),
     ("timezone", "TIMEZONE"),
+    ("history", "HISTORY"),
+    ("history_max_age", "HISTORY_MAX_AGE"),
+    ("history_max_runs", "HISTORY_MAX_RUNS"),
+    (
+        "scheduler_heartbeat_interval",
+        "SCHEDULER_HEARTBEAT_INTERVAL",
+    ),
+    ("scheduler_dead_after", "SCHEDULER_DEAD_AFTER"),
 ];
 
 impl Config {
@@ -296,6 +325,27 @@ impl Config {
                 })?;
                 self.timezone = value.to_owned();
             }
+            "history" => self.history = boolean("history", value)?,
+            "history_max_age" => self.history_max_age = positive_seconds("history_max_age", value)?,
+            "history_max_runs" => {
+                self.history_max_runs =
+                    value
+                        .parse()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| ConfigError::Invalid {
+                            key: "history_max_runs",
+                            value: value.to_owned(),
+                            reason: "expected a whole number ≥ 1",
+                        })?
+            }
+            "scheduler_heartbeat_interval" => {
+                self.scheduler_heartbeat_interval =
+                    positive_seconds("scheduler_heartbeat_interval", value)?
+            }
+            "scheduler_dead_after" => {
+                self.scheduler_dead_after = positive_seconds("scheduler_dead_after", value)?
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -323,6 +373,14 @@ impl fmt::Debug for Config {
                 &self.scheduler_misfire_grace_time,
             )
             .field("timezone", &self.timezone)
+            .field("history", &self.history)
+            .field("history_max_age", &self.history_max_age)
+            .field("history_max_runs", &self.history_max_runs)
+            .field(
+                "scheduler_heartbeat_interval",
+                &self.scheduler_heartbeat_interval,
+            )
+            .field("scheduler_dead_after", &self.scheduler_dead_after)
             .finish()
     }
 }

@@ -24,13 +24,14 @@ use crate::metrics::{Counts, Metrics};
 use crate::routine::RoutineError;
 use crate::schedule::{truncated, Misfire, MisfirePolicy, Schedule, ScheduleError};
 use crate::shutdown::Shutdown;
-use crate::store::{Plan, RoutineRow, LATEST_STORABLE};
+use crate::store::{NewRun, Plan, RoutineRow, RoutineStore, LATEST_STORABLE};
 use crate::task::{TaskContext, TaskRegistry};
-use crate::worker::{InFlight, Job, JobQueue};
+use crate::worker::{InFlight, Job, JobQueue, RunEvent};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
+use crossbeam_channel::Sender;
 use serde_json::{Map, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -55,6 +56,8 @@ pub(crate) enum Fate {
 pub(crate) struct Fired {
     pub(crate) plan: Plan,
     pub(crate) outcome: Outcome,
+    /// Its record in `routine_runs`, written in the same transaction.
+    pub(crate) run: Option<NewRun>,
 }
 
 /// What a claimed row comes to, carried out of its claim.
@@ -77,7 +80,8 @@ enum Note {
         due: DateTime<Utc>,
         next: Option<DateTime<Utc>>,
     },
-    Overlap(DateTime<Utc>),
+    /// The previous run is still going: here, or (`true`) on another beat.
+    Overlap(DateTime<Utc>, bool),
     Last(DateTime<Utc>),
     /// The next run is later than the table can hold.
     Unstorable(String),
@@ -103,8 +107,11 @@ impl Note {
                 "routine {routine}: was due at {due}, missed later due times; firing once now, next at {}",
                 next(n)
             ),
-            Note::Overlap(due) => log::warn!(
+            Note::Overlap(due, false) => log::warn!(
                 "routine {routine}: previous run still queued or running; skipping the run due {due}"
+            ),
+            Note::Overlap(due, true) => log::warn!(
+                "routine {routine}: previous run still going on another beat; skipping the run due {due}"
             ),
             Note::Last(now) => log::warn!(
                 "routine {routine}: schedule has no run after {now}; this was its last"
@@ -128,7 +135,52 @@ pub(crate) struct Dispatcher {
     /// The configured misfire policy and grace time (a routine may set its own).
     pub(crate) misfire: (MisfirePolicy, Duration),
     pub(crate) shutdown: Shutdown,
+    /// Whether every dispatch is recorded (`history`); without it only
+    /// in-process runs are, while they last, so that no beat overlaps them.
+    pub(crate) history: bool,
+    /// Where the ends of runs that never reached a worker are reported.
+    pub(crate) events: Sender<RunEvent>,
+    /// Routines with new records, for the pruning by count.
+    pub(crate) touched: Arc<Touched>,
 }
+
+/// Routines with runs recorded since the pruning last looked at them.
+/// Bounded: past `TOUCHED_CAPACITY` ids, more are not noted (the pruning by
+/// age still bounds their history).
+#[derive(Debug, Default)]
+pub(crate) struct Touched {
+    ids: Mutex<HashSet<String>>,
+}
+
+const TOUCHED_CAPACITY: usize = 100_000;
+
+impl Touched {
+    pub(crate) fn note<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        let mut set = self.ids.lock().unwrap_or_else(PoisonError::into_inner);
+        for id in ids {
+            if set.len() >= TOUCHED_CAPACITY {
+                break;
+            }
+            if !set.contains(id) {
+                set.insert(id.to_owned());
+            }
+        }
+    }
+
+    /// Up to `n` of the noted ids, forgetting them.
+    pub(crate) fn take(&self, n: usize) -> Vec<String> {
+        let mut set = self.ids.lock().unwrap_or_else(PoisonError::into_inner);
+        let taken: Vec<String> = set.iter().take(n).cloned().collect();
+        for id in &taken {
+            set.remove(id);
+        }
+        taken
+    }
+}
+
+/// Where a run goes, as `routine_runs.target` says.
+const LOCAL: &str = "local";
+const CELERY: &str = "celery";
 
 impl Dispatcher {
     /// Decides a claimed row's run at `now`, and its advance.
@@ -138,7 +190,13 @@ impl Dispatcher {
     /// first one after `now`, skipping the missed ones, as Celery's beat
     /// does. `last_run_at` records the due time, or `now` when due times
     /// were skipped (so that it says when the routine really last ran).
-    pub(crate) fn fire(&self, row: &RoutineRow, now: DateTime<Utc>) -> Fired {
+    /// A routine in `busy` has a run going on another beat.
+    pub(crate) fn fire(
+        &self,
+        row: &RoutineRow,
+        now: DateTime<Utc>,
+        busy: &HashSet<String>,
+    ) -> Fired {
         let mut plan = Plan::keep(row);
         let mut out = Outcome {
             routine: row.name.clone(),
@@ -152,8 +210,24 @@ impl Dispatcher {
             Err(reason) => {
                 out.notes.push(Note::Invalid(reason.clone()));
                 plan.last_error = Some(reason);
-                return Fired { plan, outcome: out };
+                return Fired {
+                    plan,
+                    outcome: out,
+                    run: None,
+                };
             }
+        };
+        let local = checked.send.is_none();
+        let id = celery::message::task_id(&row.id, due);
+        let record = |outcome: &'static str, error: Option<String>| {
+            NewRun::of(
+                row,
+                due,
+                &id,
+                if local { LOCAL } else { CELERY },
+                outcome,
+                error,
+            )
         };
         let on_time = checked
             .schedule
@@ -179,7 +253,13 @@ impl Dispatcher {
                 next,
             });
             out.fate = Fate::Missed;
-            return Fired { plan, outcome: out };
+            let why = format!("{late:.1?} late (misfire grace time {grace:?}, policy skip)");
+            let run = self.history.then(|| record("missed", Some(why)));
+            return Fired {
+                plan,
+                outcome: out,
+                run,
+            };
         }
         if next.is_none() && plan.last_error.is_none() {
             out.notes.push(Note::Last(now));
@@ -187,20 +267,72 @@ impl Dispatcher {
         if !on_time {
             out.notes.push(Note::CaughtUp { due, next });
         }
-        let local = checked.send.is_none();
-        if local && self.in_flight.contains(&row.id) {
-            out.notes.push(Note::Overlap(due));
+        if local && (self.in_flight.contains(&row.id) || busy.contains(&row.id)) {
+            let elsewhere = !self.in_flight.contains(&row.id);
+            out.notes.push(Note::Overlap(due, elsewhere));
             out.fate = Fate::Skip;
-            return Fired { plan, outcome: out };
+            let why = match elsewhere {
+                true => "its previous run was still going on another beat",
+                false => "its previous run was still queued or running",
+            };
+            let run = self
+                .history
+                .then(|| record("skipped", Some(why.to_owned())));
+            return Fired {
+                plan,
+                outcome: out,
+                run,
+            };
         }
         plan.fired = 1;
         plan.last_run_at = Some(if on_time { due } else { now });
-        let id = celery::message::task_id(&row.id, due);
-        out.fate = match self.router.outgoing(row, &checked, due, &id, now) {
-            Outgoing::Local(job) => Fate::Run(job),
-            Outgoing::Celery(message) => Fate::Sent(message, due),
+        let (fate, run) = match self.router.outgoing(row, &checked, due, &id, now) {
+            Outgoing::Local(job) => (Fate::Run(job), Some(record("queued", None))),
+            Outgoing::Celery(message) => (
+                Fate::Sent(message, due),
+                self.history.then(|| record("published", None)),
+            ),
         };
-        Fired { plan, outcome: out }
+        out.fate = fate;
+        Fired {
+            plan,
+            outcome: out,
+            run,
+        }
+    }
+
+    /// Decides the run `beat send` asked for (`run_requested_at`), in the
+    /// transaction that plans its row: it runs now, outside its schedule,
+    /// with a fresh task id. Its record is returned whatever happens (a
+    /// routine that cannot run records a failed run, so that the operator
+    /// who asked sees why).
+    pub(crate) fn requested(&self, row: &RoutineRow, now: DateTime<Utc>) -> (Outcome, NewRun) {
+        let mut out = Outcome {
+            routine: row.name.clone(),
+            fate: Fate::Invalid,
+            notes: Vec::new(),
+        };
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut run = NewRun::of(row, now, &id, LOCAL, "failed", None);
+        run.on_demand = 1;
+        match self.router.check(row) {
+            Err(reason) => run.error = Some(format!("cannot run: {reason}")),
+            Ok((checked, _)) => match self.router.outgoing(row, &checked, now, &id, now) {
+                Outgoing::Local(mut job) => {
+                    job.scheduled = false;
+                    job.recorded = self.history;
+                    out.fate = Fate::Run(job);
+                    run.outcome = "queued";
+                }
+                Outgoing::Celery(message) => {
+                    out.fate = Fate::Sent(message, now);
+                    run.target = CELERY;
+                    run.outcome = "published";
+                }
+            },
+        }
+        log::info!("routine {}: run requested; task {id}", row.name);
+        (out, run)
     }
 
     /// Publishes the claimed rows' Celery messages, inside the claim
@@ -279,14 +411,29 @@ impl Dispatcher {
         counts
     }
 
+    /// After the plan that dispatched them committed: queues the runs
+    /// `beat send` asked for.
+    pub(crate) fn hand_over_requested(&self, outcomes: Vec<Outcome>) {
+        for outcome in outcomes {
+            if let Fate::Run(job) = outcome.fate {
+                self.queue(job);
+            }
+        }
+    }
+
     /// Queues a claimed run for the workers; returns whether it was queued.
     fn queue(&self, job: Job) -> bool {
-        self.in_flight.try_mark(&job.ctx.routine_id);
+        let scheduled = job.scheduled;
+        if scheduled {
+            self.in_flight.try_mark(&job.ctx.routine_id);
+        }
         let due = job.ctx.scheduled_at;
         match self.queue.push(job, &self.shutdown) {
             Ok(()) => {
-                let lateness = (self.clock.now() - due).to_std().unwrap_or_default();
-                self.metrics.record_lateness(lateness);
+                if scheduled {
+                    let lateness = (self.clock.now() - due).to_std().unwrap_or_default();
+                    self.metrics.record_lateness(lateness);
+                }
                 true
             }
             Err(job) => {
@@ -295,15 +442,28 @@ impl Dispatcher {
                     job.ctx.routine,
                     job.ctx.scheduled_at
                 );
-                self.in_flight.release(&job.ctx.routine_id);
+                if job.scheduled {
+                    self.in_flight.release(&job.ctx.routine_id);
+                }
+                if job.recorded {
+                    let _ = self
+                        .events
+                        .send(RunEvent::abandoned(&job, self.clock.now()));
+                }
                 false
             }
         }
     }
 
     /// Runs `row`'s task now, outside its schedule, with a fresh task id:
-    /// in-process, or as a Celery message. The row is not advanced.
-    pub(crate) fn send_now(&self, row: &RoutineRow) -> Result<String, Error> {
+    /// in-process, or as a Celery message. The row is not advanced; the run
+    /// is recorded in `store` (with `history`) under `beat_id`.
+    pub(crate) fn send_now(
+        &self,
+        row: &RoutineRow,
+        store: &RoutineStore,
+        beat_id: &str,
+    ) -> Result<String, Error> {
         let name = row.name.as_str();
         let (checked, _) = self
             .router
@@ -311,20 +471,38 @@ impl Dispatcher {
             .map_err(|reason| RoutineError::new(name, reason))?;
         let now = self.clock.now();
         let id = uuid::Uuid::new_v4().to_string();
+        let mut run = NewRun::of(row, now, &id, LOCAL, "queued", None);
+        run.on_demand = 1;
         match self.router.outgoing(row, &checked, now, &id, now) {
             Outgoing::Local(mut job) => {
                 job.scheduled = false;
-                self.queue
-                    .push(job, &self.shutdown)
-                    .map_err(|_| RoutineError::new(name, "the beat is stopping"))?;
+                job.recorded = self.history;
+                if self.history {
+                    store.record_runs(&[run], now, Some(beat_id))?;
+                    self.touched.note([row.id.as_str()]);
+                }
+                self.queue.push(job, &self.shutdown).map_err(|job| {
+                    if job.recorded {
+                        let _ = self.events.send(RunEvent::abandoned(&job, now));
+                    }
+                    RoutineError::new(name, "the beat is stopping")
+                })?;
             }
             Outgoing::Celery(message) => {
                 let publisher = self
                     .on_demand
                     .as_ref()
                     .ok_or_else(|| RoutineError::new(name, "no broker configured"))?;
-                let mut publisher = publisher.lock().unwrap_or_else(PoisonError::into_inner);
-                publisher.publish(&[&message])?;
+                publisher
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .publish(&[&message])?;
+                if self.history {
+                    run.target = CELERY;
+                    run.outcome = "published";
+                    store.record_runs(&[run], now, Some(beat_id))?;
+                    self.touched.note([row.id.as_str()]);
+                }
             }
         }
         log::info!("routine {name}: sent on demand as task {id}");
@@ -350,7 +528,8 @@ enum Outgoing {
 /// Decides where a routine's task runs: in-process when it is registered,
 /// else on a Celery worker when a broker is configured.
 pub(crate) struct Router {
-    registry: Arc<TaskRegistry>,
+    /// The tasks run in-process.
+    local: HashSet<String>,
     has_broker: bool,
     sender: CelerySender,
     /// The registered task names as a JSON array, for claims that must
@@ -362,10 +541,24 @@ pub(crate) struct Router {
 impl Router {
     /// A router for `registry`'s tasks, sending the rest to Celery if
     /// `has_broker`; crontabs without a zone of their own match `zone`.
-    pub(crate) fn new(registry: Arc<TaskRegistry>, has_broker: bool, zone: Tz) -> Self {
+    pub(crate) fn new(registry: &TaskRegistry, has_broker: bool, zone: Tz) -> Self {
+        Self::for_tasks(registry.names(), has_broker, zone)
+    }
+
+    /// A router for tasks of these names (the command line checks rows as
+    /// the live beats would, knowing only their task names).
+    pub(crate) fn for_tasks<S: Into<String>>(
+        tasks: impl IntoIterator<Item = S>,
+        has_broker: bool,
+        zone: Tz,
+    ) -> Self {
+        let local: HashSet<String> = tasks.into_iter().map(Into::into).collect();
+        let mut sorted: Vec<&String> = local.iter().collect();
+        sorted.sort();
         Router {
-            local_tasks: registry.names_json(),
-            registry,
+            local_tasks: serde_json::Value::from(sorted.into_iter().cloned().collect::<Vec<_>>())
+                .to_string(),
+            local,
             has_broker,
             sender: CelerySender::this_process(),
             parsed: Parsed {
@@ -377,7 +570,12 @@ impl Router {
 
     /// Whether any task runs in-process here.
     pub(crate) fn has_local_tasks(&self) -> bool {
-        !self.registry.is_empty()
+        !self.local.is_empty()
+    }
+
+    /// Whether `task` runs in-process here.
+    pub(crate) fn is_local(&self, task: &str) -> bool {
+        self.local.contains(task)
     }
 
     /// Everything that makes a row runnable: its schedule, its kwargs and
@@ -396,7 +594,7 @@ impl Router {
         }
         let (schedule, misfire) = self.parsed.schedule(&row.schedule)?;
         let kwargs = json_object("kwargs", row.kwargs.as_deref())?;
-        if self.registry.contains(&row.task) {
+        if self.local.contains(&row.task) {
             json_object("options", row.options.as_deref())?;
             return Ok((
                 Checked {
@@ -426,6 +624,22 @@ impl Router {
         ))
     }
 
+    /// The Celery message of a run of `row` now with task id `id`, if its
+    /// task goes to Celery (`beat send` publishing itself); `None` if it
+    /// runs in-process.
+    pub(crate) fn celery_message(
+        &self,
+        row: &RoutineRow,
+        now: DateTime<Utc>,
+        id: &str,
+    ) -> Result<Option<Message>, String> {
+        let (checked, _) = self.check(row)?;
+        Ok(match self.outgoing(row, &checked, now, id, now) {
+            Outgoing::Celery(message) => Some(message),
+            Outgoing::Local(_) => None,
+        })
+    }
+
     /// The run of `row` due at `scheduled_at`, with Celery task id `id`.
     fn outgoing(
         &self,
@@ -445,7 +659,9 @@ impl Router {
                     attempt: 0,
                     kwargs: Value::Object(checked.kwargs.clone()),
                 },
+                task_id: id.to_owned(),
                 scheduled: true,
+                recorded: true,
             }),
             Some(options) => Outgoing::Celery(celery::message::build(
                 &row.task,

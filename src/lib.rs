@@ -4,18 +4,25 @@
 //!
 //! From the top down; each module uses only those below it.
 //!
+//! - [`ops`]: what operators do (list, show, add, edit, enable, disable,
+//!   remove, send, check, history, beats, migrate), for the `beat` command
+//!   line; it calls only the library below.
 //! - `beat`: [`Beat`], its builder, and the [`BeatHandle`] and
 //!   [`ManualBeat`] that run and stop it.
 //! - `scheduler`: the blocking scheduler thread: the loop (`mod.rs`),
 //!   planning edited rows (`plan`), claiming due ones (`claim`), outages of
-//!   the database and the broker (`outage`).
+//!   the database and the broker (`outage`); and the housekeeper thread
+//!   beside it (`housekeeping`: heartbeats, run outcomes, dead beats,
+//!   pruning the history).
 //! - `dispatch`: one due run, from the claim to its hand-over: route
 //!   (in-process or Celery), decide (misfire, overlap, advance), publish or
 //!   queue.
 //! - `worker`: the worker pool running in-process tasks, with retries.
 //! - `celery`: Celery protocol v2 messages and their Redis publisher.
-//! - `store`: the `routines` table: migrations, pools, and every statement
-//!   the beat issues ([`RoutineStore`]).
+//! - `store`: the `routines`, `routine_runs` and `beats` tables
+//!   ([`RoutineStore`]): migrations, pools, the rows (`models`, `history`),
+//!   the backends' batch writes (`write`), and every statement the beat
+//!   issues, in each dialect (`sql`, `sql/history`).
 //! - `routine`: a [`Routine`] as code declares it.
 //! - `metrics`: what the beat counts ([`Stats`]).
 //! - `config`: the kit's configuration keys ([`Config`]).
@@ -35,6 +42,7 @@ mod config;
 mod dispatch;
 mod error;
 mod metrics;
+pub mod ops;
 mod routine;
 mod schedule;
 mod scheduler;
@@ -53,5 +61,5 @@ pub use metrics::{Lateness, Stats};
 pub use routine::{Routine, RoutineError};
 pub use schedule::{Crontab, Misfire, MisfirePolicy, Schedule, ScheduleError};
 pub use scheduler::Tick;
-pub use store::{Backend, RoutineRow, RoutineStore, StoreError};
+pub use store::{Backend, BeatRow, RoutineRow, RoutineStore, RunFilter, RunRow, StoreError};
 pub use task::{AsyncTask, SyncTask, TaskContext, TaskError, TaskResult};

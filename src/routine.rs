@@ -154,14 +154,7 @@ impl Routine {
     pub fn validate(&self) -> Result<(), RoutineError> {
         let invalid = |reason: String| RoutineError::new(self.name.clone(), reason);
         for (what, value) in [("name", &self.name), ("task", &self.task)] {
-            if value.trim().is_empty() {
-                return Err(invalid(format!("{what} must not be empty")));
-            }
-            if value.chars().count() > MAX_NAME_LEN {
-                return Err(invalid(format!(
-                    "{what} is longer than {MAX_NAME_LEN} characters"
-                )));
-            }
+            check_name(what, value).map_err(invalid)?;
         }
         for (what, value) in [("kwargs", &self.kwargs), ("options", &self.options)] {
             if !value.is_object() {
@@ -190,4 +183,16 @@ impl Routine {
     pub(crate) fn is_active(&self) -> bool {
         self.active
     }
+}
+
+/// A name or task the table holds: not empty, at most the kit's 50
+/// characters.
+pub(crate) fn check_name(what: &str, value: &str) -> Result<(), String> {
+    if value.trim().is_empty() {
+        return Err(format!("{what} must not be empty"));
+    }
+    if value.chars().count() > MAX_NAME_LEN {
+        return Err(format!("{what} is longer than {MAX_NAME_LEN} characters"));
+    }
+    Ok(())
 }

@@ -150,16 +150,8 @@ impl TaskRegistry {
         self.tasks.get(name)
     }
 
-    pub(crate) fn contains(&self, name: &str) -> bool {
-        self.tasks.contains_key(name)
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.tasks.is_empty()
-    }
-
-    /// The task names, as a JSON array.
-    pub(crate) fn names_json(&self) -> String {
-        serde_json::Value::from(self.tasks.keys().cloned().collect::<Vec<_>>()).to_string()
+    /// The task names.
+    pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
+        self.tasks.keys().map(String::as_str)
     }
 }

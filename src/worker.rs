@@ -8,6 +8,7 @@
 //! sleeping on it; the routine leaves the in-flight set when its run has
 //! succeeded or used up its retries.
 
+use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::task::{Registered, TaskContext, TaskRegistry};
@@ -27,9 +28,72 @@ const QUEUE_PER_WORKER: usize = 64;
 #[derive(Debug, Clone)]
 pub(crate) struct Job {
     pub(crate) ctx: TaskContext,
+    /// Its id (as a Celery task's would be), which its record carries.
+    pub(crate) task_id: String,
     /// A scheduled run holds its routine's in-flight mark; an on-demand run
     /// does not.
     pub(crate) scheduled: bool,
+    /// It has a record in `routine_runs` to keep up to date.
+    pub(crate) recorded: bool,
+}
+
+/// What became of a recorded run, for its record (see
+/// `scheduler::housekeeping`).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RunEvent {
+    pub(crate) routine_id: String,
+    pub(crate) task_id: String,
+    pub(crate) at: chrono::DateTime<chrono::Utc>,
+    /// Attempts made so far.
+    pub(crate) attempts: u32,
+    pub(crate) what: Happened,
+}
+
+/// A step in a run's life.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Happened {
+    Started,
+    /// Failed; a retry is waiting.
+    Retrying(String),
+    Succeeded,
+    /// Failed for good.
+    Failed(String),
+    /// Never (again) started: the beat stopped first.
+    Abandoned,
+}
+
+impl RunEvent {
+    fn of(job: &Job, at: chrono::DateTime<chrono::Utc>, what: Happened) -> Self {
+        RunEvent {
+            routine_id: job.ctx.routine_id.clone(),
+            task_id: job.task_id.clone(),
+            at,
+            attempts: job.ctx.attempt,
+            what,
+        }
+    }
+
+    /// `job` will not run: the beat is stopping.
+    pub(crate) fn abandoned(job: &Job, at: chrono::DateTime<chrono::Utc>) -> Self {
+        Self::of(job, at, Happened::Abandoned)
+    }
+}
+
+/// Reports the steps of recorded runs.
+#[derive(Clone)]
+pub(crate) struct Reporter {
+    pub(crate) events: Sender<RunEvent>,
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+impl Reporter {
+    fn report(&self, job: &Job, what: Happened) {
+        if job.recorded {
+            // The housekeeper outlives the workers; if it has gone, there is
+            // no database left to tell.
+            let _ = self.events.send(RunEvent::of(job, self.clock.now(), what));
+        }
+    }
 }
 
 /// Routines with a run queued, running or waiting for a retry: such a
@@ -63,7 +127,7 @@ impl InFlight {
         }
     }
 
-    /// The run of `id` has ended.
+    /// The run of `id` has ended (or never started).
     pub(crate) fn release(&self, id: &str) {
         self.ids
             .lock()
@@ -83,13 +147,11 @@ pub(crate) struct RetryPolicy {
 pub(crate) struct WorkerPool {
     jobs: Sender<Job>,
     /// The queue's other end, for the stop to take what no worker took.
-    queued: Receiver<Job>,
     in_flight: Arc<InFlight>,
     metrics: Arc<Metrics>,
     /// What each worker is running (routine, due time), for the stop's log.
     running: Arc<Running>,
-    /// Set when a stop's deadline passed: workers drop queued jobs.
-    abandon: Arc<AtomicBool>,
+    abandon: Arc<Abandon>,
     workers: Vec<JoinHandle<()>>,
     /// The timer thread; it returns the retries it dropped.
     timer: Option<JoinHandle<usize>>,
@@ -106,6 +168,7 @@ impl WorkerPool {
         registry: Arc<TaskRegistry>,
         retry: RetryPolicy,
         metrics: Arc<Metrics>,
+        reporter: Reporter,
     ) -> std::io::Result<Self> {
         let threads = threads.max(1);
         let (jobs_tx, jobs_rx) = bounded::<Job>(threads * QUEUE_PER_WORKER);
@@ -113,7 +176,13 @@ impl WorkerPool {
         let (exited_tx, exited) = crossbeam_channel::unbounded();
         let (timer_stop, timer_stop_rx) = bounded::<()>(0);
         let in_flight = Arc::new(InFlight::default());
-        let abandon = Arc::new(AtomicBool::new(false));
+        let abandon = Arc::new(Abandon {
+            started: AtomicBool::new(false),
+            queued: jobs_rx.clone(),
+            in_flight: Arc::clone(&in_flight),
+            metrics: Arc::clone(&metrics),
+            reporter: reporter.clone(),
+        });
         let running: Arc<Running> = Arc::new(Mutex::new(vec![None; threads]));
 
         let mut workers = Vec::with_capacity(threads);
@@ -129,6 +198,7 @@ impl WorkerPool {
                 metrics: Arc::clone(&metrics),
                 abandon: Arc::clone(&abandon),
                 exited: exited_tx.clone(),
+                reporter: reporter.clone(),
             };
             workers.push(
                 std::thread::Builder::new()
@@ -139,13 +209,13 @@ impl WorkerPool {
         let timer = {
             let jobs = jobs_tx.clone();
             let in_flight = Arc::clone(&in_flight);
+            let reporter = reporter.clone();
             std::thread::Builder::new()
                 .name("beat-retry-timer".into())
-                .spawn(move || retry_timer(retry_rx, timer_stop_rx, jobs, in_flight))?
+                .spawn(move || retry_timer(retry_rx, timer_stop_rx, jobs, in_flight, reporter))?
         };
         Ok(WorkerPool {
             jobs: jobs_tx,
-            queued: jobs_rx,
             in_flight,
             metrics,
             running,
@@ -165,6 +235,7 @@ impl WorkerPool {
     pub(crate) fn queue(&self) -> JobQueue {
         JobQueue {
             jobs: self.jobs.clone(),
+            abandon: Arc::clone(&self.abandon),
         }
     }
 
@@ -197,10 +268,7 @@ impl WorkerPool {
         }
         let busy = total - exited;
         if busy > 0 {
-            self.abandon.store(true, Ordering::SeqCst);
-            for job in self.queued.try_iter() {
-                abandoned(&job, &self.in_flight, &self.metrics);
-            }
+            self.abandon.start();
             let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
             for (routine, due) in running.iter().flatten() {
                 log::warn!(
@@ -217,21 +285,54 @@ impl WorkerPool {
     }
 }
 
-/// A run that will not start: the stop came first.
-fn abandoned(job: &Job, in_flight: &InFlight, metrics: &Metrics) {
-    log::warn!(
-        "routine {}: run due {} abandoned at stop",
-        job.ctx.routine,
-        job.ctx.scheduled_at
-    );
-    in_flight.end(job);
-    Metrics::bump(&metrics.abandoned);
+/// Abandoning the queue once a stop's deadline has passed with workers
+/// still busy: every job queued then, or queued later by a push that was
+/// already under way, is abandoned (counted, logged, recorded) exactly once.
+struct Abandon {
+    /// Set when the deadline passed: workers drop queued jobs.
+    started: AtomicBool,
+    queued: Receiver<Job>,
+    in_flight: Arc<InFlight>,
+    metrics: Arc<Metrics>,
+    reporter: Reporter,
+}
+
+impl Abandon {
+    fn started(&self) -> bool {
+        self.started.load(Ordering::SeqCst)
+    }
+
+    /// Sets the flag, then drains the queue. A push that lands after the
+    /// drain sees the flag (it checks after sending) and drains itself.
+    fn start(&self) {
+        self.started.store(true, Ordering::SeqCst);
+        self.drain();
+    }
+
+    fn drain(&self) {
+        for job in self.queued.try_iter() {
+            self.job(&job);
+        }
+    }
+
+    /// A run that will not start: the stop came first.
+    fn job(&self, job: &Job) {
+        log::warn!(
+            "routine {}: run due {} abandoned at stop",
+            job.ctx.routine,
+            job.ctx.scheduled_at
+        );
+        self.in_flight.end(job);
+        self.reporter.report(job, Happened::Abandoned);
+        Metrics::bump(&self.metrics.abandoned);
+    }
 }
 
 /// Queues jobs for the workers.
 #[derive(Clone)]
 pub(crate) struct JobQueue {
     jobs: Sender<Job>,
+    abandon: Arc<Abandon>,
 }
 
 impl JobQueue {
@@ -240,6 +341,22 @@ impl JobQueue {
     /// claimed run, and the workers keep draining the queue while the beat
     /// stops. Returns the job if it could not be queued.
     pub(crate) fn push(&self, job: Job, shutdown: &Shutdown) -> Result<(), Box<Job>> {
+        // Past the deadline the stop drains the queue: a job queued then
+        // would be neither run nor counted.
+        if shutdown.deadline().is_some_and(|d| Instant::now() >= d) {
+            return Err(Box::new(job));
+        }
+        let pushed = self.send(job, shutdown);
+        // A send that ended as the stop drained the queue: the job is
+        // abandoned here (the flag is set before the stop's drain, and read
+        // after this send, so one of the two drains sees it).
+        if pushed.is_ok() && self.abandon.started() {
+            self.abandon.drain();
+        }
+        pushed
+    }
+
+    fn send(&self, job: Job, shutdown: &Shutdown) -> Result<(), Box<Job>> {
         let job = match self.jobs.try_send(job) {
             Ok(()) => return Ok(()),
             Err(TrySendError::Disconnected(job)) => return Err(Box::new(job)),
@@ -269,16 +386,17 @@ struct Worker {
     retry: RetryPolicy,
     in_flight: Arc<InFlight>,
     metrics: Arc<Metrics>,
-    abandon: Arc<AtomicBool>,
+    abandon: Arc<Abandon>,
     exited: Sender<()>,
+    reporter: Reporter,
 }
 
 impl Worker {
     fn run(self) {
         let mut runtime = None;
         for job in self.jobs.iter() {
-            if self.abandon.load(Ordering::SeqCst) {
-                abandoned(&job, &self.in_flight, &self.metrics);
+            if self.abandon.started() {
+                self.abandon.job(&job);
                 continue;
             }
             self.set_running(Some((job.ctx.routine.clone(), job.ctx.scheduled_at)));
@@ -300,6 +418,7 @@ impl Worker {
     }
 
     fn run_job(&self, job: Job, runtime: &mut Option<tokio::runtime::Runtime>) {
+        self.reporter.report(&job, Happened::Started);
         let ctx = &job.ctx;
         let outcome = match self.registry.get(&ctx.task) {
             None => Err(format!("task {} is not registered", ctx.task)),
@@ -332,7 +451,10 @@ impl Worker {
         match outcome {
             Ok(()) => {
                 log::debug!("routine {}: task {} succeeded", ctx.routine, ctx.task);
-                // Released before counted: whoever sees the count may fire again.
+                // Released before counted: whoever sees the count may fire
+                // again. Recorded before released: another beat learns of
+                // the end from the record.
+                self.reporter.report(&job, Happened::Succeeded);
                 self.in_flight.end(&job);
                 Metrics::bump(&self.metrics.succeeded);
             }
@@ -352,6 +474,7 @@ impl Worker {
                 ctx.attempt + 1,
                 self.retry.max_retries + 1
             );
+            self.reporter.report(&job, Happened::Failed(reason));
             self.in_flight.end(&job);
             return;
         }
@@ -363,10 +486,13 @@ impl Worker {
             self.retry.max_retries + 1,
             self.retry.delay
         );
+        self.reporter.report(&job, Happened::Retrying(reason));
         job.ctx.attempt += 1;
         if let Err(e) = self.retries.send((Instant::now() + self.retry.delay, job)) {
             // The timer is gone: the beat is stopping.
-            self.in_flight.end(&e.into_inner().1);
+            let job = e.into_inner().1;
+            self.reporter.report(&job, Happened::Abandoned);
+            self.in_flight.end(&job);
         }
     }
 }
@@ -422,6 +548,7 @@ fn retry_timer(
     stop: Receiver<()>,
     jobs: Sender<Job>,
     in_flight: Arc<InFlight>,
+    reporter: Reporter,
 ) -> usize {
     let mut pending = BinaryHeap::new();
     'serve: loop {
@@ -448,7 +575,9 @@ fn retry_timer(
             // must not hold the timer past a stop.
             select! {
                 send(jobs, job.clone()) -> sent => if let Err(e) = sent {
-                    in_flight.end(&e.into_inner());
+                    let job = e.into_inner();
+                    reporter.report(&job, Happened::Abandoned);
+                    in_flight.end(&job);
                     break 'serve;
                 },
                 recv(stop) -> _ => {
@@ -466,6 +595,7 @@ fn retry_timer(
             job.ctx.attempt,
             job.ctx.scheduled_at
         );
+        reporter.report(&job, Happened::Abandoned);
         in_flight.end(&job);
     }
     dropped

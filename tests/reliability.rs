@@ -6,13 +6,14 @@
 
 mod common;
 
+use celery_diesel_kit::ops::Operator;
 use celery_diesel_kit::{task_id, RoutineRow, RoutineStore};
 use chrono::{DateTime, Duration as TimeDelta, Utc};
 use common::{
     published, published_count, redis_queue, wait_until, BeatProcess, Kind, Proxy, Published,
     TestDb,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 /// Inserts `n` routines by SQL, as an operator would: every `period`
@@ -118,6 +119,53 @@ fn audit(rows: &[RoutineRow], messages: &[Published]) -> Audit {
     audit
 }
 
+/// The history is the runs, whatever was killed when: every message
+/// reached Redis has exactly one `published` record, and every record has
+/// its message (the record is written in the claim's transaction, the push
+/// is part of it).
+fn assert_history_is_the_runs(db: &TestDb, messages: &[Published]) -> usize {
+    let op = Operator::connect(db.config()).expect("connect");
+    let runs = op.history(None, false, None, 10_000_000).expect("history");
+    let mut recorded: HashMap<&str, usize> = HashMap::new();
+    for run in runs.iter().filter(|r| r.outcome == "published") {
+        *recorded.entry(run.task_id.as_str()).or_default() += 1;
+    }
+    let sent: HashSet<&str> = messages.iter().map(|m| m.id.as_str()).collect();
+    let unrecorded: Vec<&&str> = sent
+        .iter()
+        .filter(|id| !recorded.contains_key(**id))
+        .collect();
+    let phantom: Vec<&&str> = recorded.keys().filter(|id| !sent.contains(**id)).collect();
+    let doubled: Vec<(&&str, &usize)> = recorded.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        unrecorded.is_empty(),
+        "{} runs without a record: {:?}",
+        unrecorded.len(),
+        &unrecorded[..unrecorded.len().min(5)]
+    );
+    assert!(
+        phantom.is_empty(),
+        "{} records without a run: {:?}",
+        phantom.len(),
+        &phantom[..phantom.len().min(5)]
+    );
+    assert!(
+        doubled.is_empty(),
+        "runs recorded twice: {:?}",
+        &doubled[..doubled.len().min(5)]
+    );
+    let others: Vec<&str> = runs
+        .iter()
+        .filter(|r| r.outcome != "published")
+        .map(|r| r.outcome.as_str())
+        .collect();
+    assert!(
+        others.is_empty(),
+        "Celery runs are published, nothing else: {others:?}"
+    );
+    recorded.len()
+}
+
 /// An outage as the tests saw it: the cut, the restore, and the first run
 /// seen after it.
 type Window = (DateTime<Utc>, DateTime<Utc>, DateTime<Utc>);
@@ -201,10 +249,11 @@ fn several_beats_one_killed(seconds: u64) {
     let rows = store.routines().unwrap();
     let messages = published(&broker, &queue);
     let audit = audit(&rows, &messages);
+    let recorded = assert_history_is_the_runs(&db, &messages);
     let _ = std::io::Write::write_all(
         &mut std::io::stderr(),
         format!(
-            "three beats, {seconds} s, one SIGKILLed: {} runs dispatched, {} repeated (same id), {} missed, {} strays\n",
+            "three beats, {seconds} s, one SIGKILLed: {} runs dispatched, {} repeated (same id), {} missed, {} strays, {recorded} recorded\n",
             audit.runs, audit.repeats, audit.missed.len(), audit.strays
         )
         .as_bytes(),
@@ -279,11 +328,13 @@ fn a_beat_killed_at_any_moment_loses_no_run_and_pushes_none_twice() {
     std::thread::sleep(Duration::from_secs(4));
     assert!(last.terminate(Duration::from_secs(30)), "{}", last.log());
     alive.push((started, Utc::now()));
-    let audit = audit(&store.routines().unwrap(), &published(&broker, &queue));
+    let messages = published(&broker, &queue);
+    let audit = audit(&store.routines().unwrap(), &messages);
+    let recorded = assert_history_is_the_runs(&db, &messages);
     let _ = std::io::Write::write_all(
         &mut std::io::stderr(),
         format!(
-            "15 SIGKILLs: {} runs, {} repeated with the same id, {} missed\n",
+            "15 SIGKILLs: {} runs, {} repeated with the same id, {} missed, {recorded} recorded\n",
             audit.runs,
             audit.repeats,
             audit.missed.len()
@@ -711,7 +762,9 @@ fn a_frozen_beat(kind: Kind, then: Then) {
         );
     }
     assert!(other.terminate(Duration::from_secs(30)), "{}", other.log());
-    let audit = audit(&store.routines().unwrap(), &published(&broker, &queue));
+    let messages = published(&broker, &queue);
+    let audit = audit(&store.routines().unwrap(), &messages);
+    assert_history_is_the_runs(&db, &messages);
     let _ = std::io::Write::write_all(
         &mut std::io::stderr(),
         format!(

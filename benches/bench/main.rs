@@ -64,6 +64,8 @@ pub(crate) struct Options {
     pub(crate) postgres: String,
     pub(crate) mysql: String,
     pub(crate) redis: String,
+    /// `history` (the run records) on or off.
+    pub(crate) history: bool,
 }
 
 fn parse_args(args: Vec<String>) -> anyhow::Result<Options> {
@@ -85,6 +87,7 @@ fn parse_args(args: Vec<String>) -> anyhow::Result<Options> {
         postgres: common::postgres_admin_url(),
         mysql: common::mysql_admin_url(),
         redis: "redis://127.0.0.1:6379/14".into(),
+        history: true,
     };
     let mut args = args.into_iter();
     let list = |v: String| v.split(',').map(str::to_owned).collect::<Vec<_>>();
@@ -117,6 +120,13 @@ fn parse_args(args: Vec<String>) -> anyhow::Result<Options> {
             "--postgres-url" => o.postgres = value()?,
             "--mysql-url" => o.mysql = value()?,
             "--redis-url" => o.redis = value()?,
+            "--history" => {
+                o.history = match value()?.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    other => bail!("--history takes on or off, not {other:?}"),
+                }
+            }
             // `cargo bench` says so; it changes nothing here.
             "--bench" => {}
             "--smoke" => {
@@ -132,7 +142,8 @@ fn parse_args(args: Vec<String>) -> anyhow::Result<Options> {
                     "usage: bench [--smoke] [--db postgres,sqlite,mysql] [--scenario scale,burst,steady,edit]\n\
                      \x20            [--scale 10000,100000,1000000] [--burst N] [--steady-routines N]\n\
                      \x20            [--steady-seconds S] [--edits N] [--idle-seconds S]\n\
-                     \x20            [--postgres-url URL] [--mysql-url URL] [--redis-url URL]"
+                     \x20            [--postgres-url URL] [--mysql-url URL] [--redis-url URL]\n\
+                     \x20            [--history on|off]"
                 );
                 std::process::exit(0);
             }

@@ -17,6 +17,7 @@ fn config(db: &Database, o: &Options) -> Config {
     config.scheduler_db_uri = db.url.clone();
     config.broker_url = Some(o.redis.clone());
     config.shutdown_timeout = Duration::from_secs(10);
+    config.history = o.history;
     config
 }
 

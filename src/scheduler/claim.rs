@@ -9,7 +9,7 @@ use super::Scheduler;
 use crate::dispatch::{Fate, Outcome};
 use crate::error::Error;
 use crate::metrics::Counts;
-use crate::store::Plan;
+use crate::store::{Claim, NewRun, Plan};
 use chrono::{DateTime, Utc};
 
 /// Rows claimed per transaction.
@@ -121,25 +121,38 @@ impl Scheduler {
                 now,
                 CLAIM_BATCH,
                 local_only.then_some(dispatcher.router.local_tasks.as_str()),
-                |rows| {
-                    let (plans, outcomes): (Vec<Plan>, Vec<Outcome>) = rows
-                        .iter()
-                        .map(|row| {
-                            let fired = dispatcher.fire(row, now);
-                            (fired.plan, fired.outcome)
-                        })
-                        .unzip();
+                |task| dispatcher.router.is_local(task),
+                |rows, busy| {
+                    let mut plans: Vec<Plan> = Vec::with_capacity(rows.len());
+                    let mut outcomes: Vec<Outcome> = Vec::with_capacity(rows.len());
+                    let mut runs: Vec<NewRun> = Vec::with_capacity(rows.len());
+                    for row in &rows {
+                        let fired = dispatcher.fire(row, now, busy);
+                        plans.push(fired.plan);
+                        outcomes.push(fired.outcome);
+                        runs.extend(fired.run);
+                    }
                     dispatcher.publish(claimer, &outcomes)?;
-                    Ok::<_, Error>((plans, outcomes))
+                    Ok::<_, Error>(Claim {
+                        plans,
+                        value: (
+                            outcomes,
+                            runs.iter().map(|r| r.routine_id.clone()).collect(),
+                        ),
+                        runs,
+                    })
                 },
             );
-            let outcomes = match claimed {
-                Ok(outcomes) => outcomes,
+            let (outcomes, recorded): (Vec<Outcome>, Vec<String>) = match claimed {
+                Ok(claimed) => claimed,
                 Err(e) => {
                     out.error = Some(e);
                     return out;
                 }
             };
+            if dispatcher.history {
+                dispatcher.touched.note(recorded.iter().map(String::as_str));
+            }
             if outcomes.iter().any(|o| matches!(o.fate, Fate::Sent(..))) {
                 self.broker.succeeded();
             }

@@ -21,6 +21,7 @@
 //! `outage`.
 
 mod claim;
+pub(crate) mod housekeeping;
 mod outage;
 mod plan;
 

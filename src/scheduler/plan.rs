@@ -2,26 +2,44 @@
 //! edit) are validated and given their next run, or their error.
 
 use super::Scheduler;
-use crate::dispatch::storable;
+use crate::dispatch::{storable, Outcome};
 use crate::error::Error;
-use crate::store::{Plan, RoutineRow};
+use crate::store::{Claim, Plan, RoutineRow};
 use chrono::{DateTime, Utc};
 
 /// Rows planned per transaction.
 const PLAN_BATCH: usize = 500;
 
 impl Scheduler {
-    /// Plans every edited row, a batch per transaction. Returns how many
-    /// rows were planned, and how many of them were found invalid.
+    /// Plans every edited row, a batch per transaction; runs asked for by
+    /// `beat send` (`run_requested_at`) are dispatched and recorded in the
+    /// same transaction. Returns how many rows were planned, and how many
+    /// of them were found invalid.
     pub(super) fn plan_edited(&self, now: DateTime<Utc>) -> Result<(usize, usize), Error> {
+        let dispatcher = &self.dispatcher;
         let (mut total, mut total_invalid) = (0, 0);
         loop {
-            let mut invalid = 0;
-            let planned = self.store.plan_edited(PLAN_BATCH, |rows| {
-                let plans: Vec<Plan> = rows.iter().map(|row| self.plan(row, now)).collect();
-                invalid = plans.iter().filter(|p| p.last_error.is_some()).count();
-                Ok::<_, Error>(plans)
-            })?;
+            let (planned, (invalid, requested)) =
+                self.store.plan_edited(PLAN_BATCH, now, |rows| {
+                    let plans: Vec<Plan> = rows.iter().map(|row| self.plan(row, now)).collect();
+                    let invalid = plans.iter().filter(|p| p.last_error.is_some()).count();
+                    let (requested, runs): (Vec<Outcome>, Vec<_>) = rows
+                        .iter()
+                        .filter(|row| row.run_requested_at.is_some())
+                        .map(|row| dispatcher.requested(row, now))
+                        .unzip();
+                    dispatcher.publish(0, &requested)?;
+                    let runs = match dispatcher.history {
+                        true => runs,
+                        false => Vec::new(),
+                    };
+                    Ok::<_, Error>(Claim {
+                        plans,
+                        runs,
+                        value: (invalid, requested),
+                    })
+                })?;
+            dispatcher.hand_over_requested(requested);
             total += planned;
             total_invalid += invalid;
             if planned < PLAN_BATCH {

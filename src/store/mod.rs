@@ -16,9 +16,12 @@ mod pool;
 mod sql;
 mod write;
 
+use history::TextRow;
+pub(crate) use history::{BeatInfo, RunUpdate};
+pub use history::{BeatRow, RunFilter, RunRow};
 use models::RawRow;
 pub use models::RoutineRow;
-pub(crate) use models::{NewRoutine, Plan, LATEST_STORABLE};
+pub(crate) use models::{NewRoutine, NewRun, Plan, LATEST_STORABLE};
 pub use pool::Backend;
 
 use crate::config::redact_url;
@@ -29,6 +32,7 @@ use diesel::sql_types::{BigInt, Bool, Nullable, Text};
 use diesel::{QueryableByName, RunQueryDsl};
 use pool::Pools;
 use sql::Sql;
+use std::collections::HashSet;
 use write::WriteTransaction;
 
 /// A failure to talk to the database.
@@ -61,8 +65,9 @@ pub enum StoreError {
     /// The schema could not be created or upgraded.
     #[error("migrating the routines table failed: {0}")]
     Migration(String),
-    /// The table exists without the beat's columns and `create_table` is off.
-    #[error("table routines is missing the beat's columns ({0}); run `diesel migration run` or set create_table = true")]
+    /// The tables lack what this version needs (not created, or created by
+    /// an older version) and `create_table` is off.
+    #[error("the tables are missing or older than this version ({0}); run `beat migrate` or `diesel migration run`, or set create_table = true")]
     NotMigrated(String),
 }
 
@@ -166,13 +171,35 @@ macro_rules! insert_row {
     }};
 }
 
+mod history;
+
+/// What a claim (or a plan) writes besides the rows' plans, and what it
+/// hands back.
+pub(crate) struct Claim<T> {
+    pub(crate) plans: Vec<Plan>,
+    /// Runs to record in the same transaction.
+    pub(crate) runs: Vec<NewRun>,
+    pub(crate) value: T,
+}
+
+/// The beat a store claims for: its runs are recorded under its id, and a
+/// routine with an in-process run going on another live beat is busy.
+#[derive(Debug, Clone)]
+pub(crate) struct Claimant {
+    pub(crate) beat_id: String,
+    /// A beat silent for longer is dead.
+    pub(crate) dead_after: std::time::Duration,
+}
+
 /// The `routines` table in one database.
 pub struct RoutineStore {
     backend: Backend,
     pools: Pools,
     sql: Sql,
+    history: sql::history::HistorySql,
     url: String,
     timeout: std::time::Duration,
+    claimant: Option<Claimant>,
 }
 
 impl std::fmt::Debug for RoutineStore {
@@ -193,21 +220,46 @@ impl RoutineStore {
     /// Connects with every statement, lock wait and idle transaction of the
     /// beat's sessions bounded by `timeout` (`scheduler_db_timeout`).
     pub(crate) fn open(url: &str, timeout: std::time::Duration) -> Result<Self, StoreError> {
+        Self::open_with(url, timeout, pool::Idle::One)
+    }
+
+    /// As [`Self::open`], for a short-lived process (a command): no
+    /// connection is kept open, or opened, in the background.
+    pub(crate) fn open_briefly(
+        url: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Self, StoreError> {
+        Self::open_with(url, timeout, pool::Idle::None)
+    }
+
+    fn open_with(
+        url: &str,
+        timeout: std::time::Duration,
+        idle: pool::Idle,
+    ) -> Result<Self, StoreError> {
         let (backend, target) = pool::parse_url(url)?;
-        let pools = pool::open(backend, &target, url, timeout)?;
-        let sql = match backend {
-            Backend::Postgres => sql::postgres(),
-            Backend::Sqlite => sql::sqlite(),
+        let pools = pool::open(backend, &target, url, timeout, idle)?;
+        let (sql, history) = match backend {
+            Backend::Postgres => (sql::postgres(), sql::history::postgres()),
+            Backend::Sqlite => (sql::sqlite(), sql::history::sqlite()),
             #[cfg(feature = "mysql")]
-            Backend::Mysql => sql::mysql(),
+            Backend::Mysql => (sql::mysql(), sql::history::mysql()),
         };
         Ok(RoutineStore {
             backend,
             pools,
             sql,
+            history,
             url: redact_url(url),
             timeout,
+            claimant: None,
         })
+    }
+
+    /// This store claims for the beat `claimant`.
+    pub(crate) fn claiming_for(mut self, claimant: Claimant) -> Self {
+        self.claimant = Some(claimant);
+        self
     }
 
     /// Which database this is.
@@ -230,7 +282,10 @@ impl RoutineStore {
     pub fn check_schema(&self) -> Result<(), StoreError> {
         with_conn!(self, |conn, _sql| {
             conn.batch_execute(
-                "SELECT next_run_at, needs_sync, last_error, name_unique FROM routines WHERE 1 = 0",
+                "SELECT next_run_at, needs_sync, last_error, name_unique, run_requested_at \
+                 FROM routines WHERE 1 = 0; \
+                 SELECT outcome, finished_at FROM routine_runs WHERE 1 = 0; \
+                 SELECT heartbeat_at FROM beats WHERE 1 = 0",
             )
             .map_err(|e| StoreError::NotMigrated(e.to_string()))
         })
@@ -254,6 +309,79 @@ impl RoutineStore {
                 .load(conn)
                 .map_err(|e| StoreError::query("by_name", e))?;
             Ok(rows.into_iter().next().map(RoutineRow::from))
+        })
+    }
+
+    /// Up to `limit` routines after the one named `after` (name, id), in
+    /// name and id order: a page of the table, read by its name index, so
+    /// that listing a million routines never holds them all.
+    pub fn routines_after(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<RoutineRow>, StoreError> {
+        let (name, id) = after.unwrap_or(("", ""));
+        let id = match (self.backend, id) {
+            (Backend::Postgres, "") => "00000000-0000-0000-0000-000000000000",
+            (_, id) => id,
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        with_conn!(self, |conn, sql| {
+            let query = diesel::sql_query(&sql.page).bind::<Text, _>(name);
+            #[cfg(feature = "mysql")]
+            let query = query.into_boxed();
+            #[cfg(feature = "mysql")]
+            let query = match self.backend {
+                Backend::Mysql => query.bind::<Text, _>(name),
+                _ => query,
+            };
+            let rows: Vec<RawRow> = query
+                .bind::<Text, _>(id)
+                .bind::<BigInt, _>(limit)
+                .load(conn)
+                .map_err(|e| StoreError::query("page", e))?;
+            Ok(rows.into_iter().map(RoutineRow::from).collect())
+        })
+    }
+
+    /// Inserts `row` unless its name is taken. Returns whether it was.
+    pub(crate) fn insert_new(&self, row: &NewRoutine) -> Result<bool, StoreError> {
+        let result = with_conn!(self, |conn, sql| {
+            conn.as_operator(|conn| insert_row!(conn, sql.insert, row))
+        });
+        match result {
+            Ok(_) => Ok(true),
+            Err(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UniqueViolation,
+                _,
+            )) => Ok(false),
+            Err(e) => Err(StoreError::query("insert", e)),
+        }
+    }
+
+    /// Replaces the given columns of the routine called `name` (an edit the
+    /// serving beats see within their watch interval). Returns whether it
+    /// exists.
+    pub(crate) fn edit(
+        &self,
+        name: &str,
+        task: Option<&str>,
+        schedule: Option<&str>,
+        kwargs: Option<&str>,
+        options: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        with_conn!(self, |conn, sql| {
+            conn.as_operator(|conn| {
+                diesel::sql_query(sql.edit)
+                    .bind::<Nullable<Text>, _>(task)
+                    .bind::<Nullable<Text>, _>(schedule)
+                    .bind::<Nullable<Text>, _>(kwargs)
+                    .bind::<Nullable<Text>, _>(options)
+                    .bind::<Text, _>(name)
+                    .execute(conn)
+            })
+            .map(|n| n > 0)
+            .map_err(|e| StoreError::query("edit", e))
         })
     }
 
@@ -400,26 +528,31 @@ impl RoutineStore {
     /// Locks up to `limit` edited (or new) rows, has `plan` decide each
     /// one's next run or error, and writes the plans. Returns how many rows
     /// were planned. Rows another beat is planning are skipped.
-    pub(crate) fn plan_edited<E>(
+    pub(crate) fn plan_edited<T, E>(
         &self,
         limit: usize,
-        plan: impl FnOnce(Vec<RoutineRow>) -> Result<Vec<Plan>, E>,
-    ) -> Result<usize, E>
+        now: DateTime<Utc>,
+        plan: impl FnOnce(Vec<RoutineRow>) -> Result<Claim<T>, E>,
+    ) -> Result<(usize, T), E>
     where
         E: From<StoreError>,
     {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let beat_id = self.claimant.as_ref().map(|c| c.beat_id.as_str());
         let result = with_conn!(self, |conn, sql| {
             conn.write_transaction(|conn| {
                 let rows: Vec<RawRow> = diesel::sql_query(&sql.lock_edited)
                     .bind::<BigInt, _>(limit)
                     .load(conn)?;
                 let rows = rows.into_iter().map(RoutineRow::from).collect();
-                let plans = plan(rows).map_err(TxError::Caller)?;
-                if !plans.is_empty() {
-                    conn.write_planned(sql.write_planned, &plans)?;
+                let claim = plan(rows).map_err(TxError::Caller)?;
+                if !claim.plans.is_empty() {
+                    conn.write_planned(sql.write_planned, &claim.plans)?;
                 }
-                Ok(plans.len())
+                if !claim.runs.is_empty() {
+                    conn.write_runs(self.history.insert_runs, &claim.runs, now, beat_id)?;
+                }
+                Ok((claim.plans.len(), claim.value))
             })
         });
         result.map_err(|e| match e {
@@ -432,19 +565,23 @@ impl RoutineStore {
     /// dispatch them and decide their next runs, and writes the outcome in
     /// the same transaction. If `fire` fails, nothing is written: the rows
     /// stay due and are claimed again later. With `tasks` (a JSON array of
-    /// task names) only rows running those tasks are claimed. Returns
-    /// `fire`'s value.
+    /// task names) only rows running those tasks are claimed. `fire` is
+    /// also told which of the rows whose task `is_local` have a run going
+    /// on another live beat; the runs it returns are recorded in the
+    /// transaction. Returns `fire`'s value.
     pub(crate) fn claim_due<T, E>(
         &self,
         now: DateTime<Utc>,
         limit: usize,
         tasks: Option<&str>,
-        fire: impl FnOnce(Vec<RoutineRow>) -> Result<(Vec<Plan>, T), E>,
+        is_local: impl Fn(&str) -> bool,
+        fire: impl FnOnce(Vec<RoutineRow>, &HashSet<String>) -> Result<Claim<T>, E>,
     ) -> Result<T, E>
     where
         E: From<StoreError>,
     {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let dispatched_at = now;
         let now = models::format_timestamp(now);
         let result = with_conn!(self, |conn, sql| {
             conn.write_transaction(|conn| {
@@ -459,12 +596,44 @@ impl RoutineStore {
                         .bind::<BigInt, _>(limit)
                         .load(conn)?,
                 };
-                let rows = rows.into_iter().map(RoutineRow::from).collect();
-                let (plans, value) = fire(rows).map_err(TxError::Caller)?;
-                if !plans.is_empty() {
-                    conn.write_fired(sql.write_fired, &plans)?;
+                let rows: Vec<RoutineRow> = rows.into_iter().map(RoutineRow::from).collect();
+                let busy = match &self.claimant {
+                    Some(claimant) => {
+                        let local: Vec<&str> = rows
+                            .iter()
+                            .filter(|r| is_local(&r.task))
+                            .map(|r| r.id.as_str())
+                            .collect();
+                        if local.is_empty() {
+                            HashSet::new()
+                        } else {
+                            let busy: Vec<TextRow> = diesel::sql_query(&self.history.busy)
+                                .bind::<Text, _>(serde_json::Value::from(local).to_string())
+                                .bind::<Text, _>(&claimant.beat_id)
+                                .bind::<BigInt, _>(
+                                    i64::try_from(claimant.dead_after.as_millis())
+                                        .unwrap_or(i64::MAX),
+                                )
+                                .load(conn)?;
+                            busy.into_iter().map(|r| r.value).collect()
+                        }
+                    }
+                    None => HashSet::new(),
+                };
+                let claim = fire(rows, &busy).map_err(TxError::Caller)?;
+                if !claim.plans.is_empty() {
+                    conn.write_fired(sql.write_fired, &claim.plans)?;
                 }
-                Ok(value)
+                if !claim.runs.is_empty() {
+                    let beat_id = self.claimant.as_ref().map(|c| c.beat_id.as_str());
+                    conn.write_runs(
+                        self.history.insert_runs,
+                        &claim.runs,
+                        dispatched_at,
+                        beat_id,
+                    )?;
+                }
+                Ok(claim.value)
             })
         });
         result.map_err(|e| match e {

@@ -41,6 +41,9 @@ pub struct RoutineRow {
     /// Another row has the same name and runs in its stead: this one never
     /// runs (rows adopted from a table that had duplicate names).
     pub duplicate_name: bool,
+    /// When `beat send` (or an `UPDATE`) asked for a run now; the beat that
+    /// plans the row runs it and clears this.
+    pub run_requested_at: Option<NaiveDateTime>,
     /// A column the beat could not read (a timestamp out of range, say).
     pub(crate) unreadable: Option<String>,
     /// Where the row is, for writes in the transaction that locked it:
@@ -49,6 +52,34 @@ pub struct RoutineRow {
 }
 
 impl RoutineRow {
+    /// A row not yet written, for checking it as the beat would.
+    pub(crate) fn draft(
+        name: &str,
+        task: &str,
+        schedule: &str,
+        kwargs: &str,
+        options: &str,
+    ) -> Self {
+        RoutineRow {
+            id: String::new(),
+            name: name.to_owned(),
+            task: task.to_owned(),
+            schedule: schedule.to_owned(),
+            kwargs: Some(kwargs.to_owned()),
+            options: Some(options.to_owned()),
+            active: true,
+            last_run_at: None,
+            total_run_count: None,
+            next_run_at: None,
+            needs_sync: true,
+            last_error: None,
+            duplicate_name: false,
+            run_requested_at: None,
+            unreadable: None,
+            locator: String::new(),
+        }
+    }
+
     /// `last_run_at` as a UTC instant.
     pub fn last_run_at_utc(&self) -> Option<DateTime<Utc>> {
         self.last_run_at.map(|t| t.and_utc())
@@ -91,6 +122,8 @@ pub(super) struct RawRow {
     last_error: Option<String>,
     #[diesel(sql_type = Bool)]
     duplicate_name: bool,
+    #[diesel(sql_type = Nullable<Text>)]
+    run_requested_at: Option<String>,
     #[diesel(sql_type = Text)]
     locator: String,
 }
@@ -111,6 +144,7 @@ impl From<RawRow> for RoutineRow {
         };
         let last_run_at = time("last_run_at", raw.last_run_at);
         let next_run_at = time("next_run_at", raw.next_run_at);
+        let run_requested_at = time("run_requested_at", raw.run_requested_at);
         RoutineRow {
             id: raw.id,
             name: raw.name,
@@ -125,6 +159,7 @@ impl From<RawRow> for RoutineRow {
             needs_sync: raw.needs_sync,
             last_error: raw.last_error,
             duplicate_name: raw.duplicate_name,
+            run_requested_at,
             unreadable,
             locator: raw.locator,
         }
@@ -310,4 +345,56 @@ mod tests {
             assert_eq!(parsed, expected, "{text:?}");
         }
     }
+}
+
+/// A run to record, in the transaction that dispatches it. Travels as JSON
+/// on SQLite and MySQL (short keys: a burst writes thousands).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct NewRun {
+    #[serde(rename = "r")]
+    pub(crate) routine_id: String,
+    #[serde(rename = "n")]
+    pub(crate) routine: String,
+    #[serde(rename = "t")]
+    pub(crate) task: String,
+    #[serde(rename = "d", serialize_with = "instant")]
+    pub(crate) due_at: DateTime<Utc>,
+    #[serde(rename = "i")]
+    pub(crate) task_id: String,
+    #[serde(rename = "g")]
+    pub(crate) target: &'static str,
+    #[serde(rename = "o")]
+    pub(crate) on_demand: u8,
+    #[serde(rename = "x")]
+    pub(crate) outcome: &'static str,
+    #[serde(rename = "e", skip_serializing_if = "Option::is_none")]
+    pub(crate) error: Option<String>,
+}
+
+impl NewRun {
+    /// A record of `row`'s run due at `due`.
+    pub(crate) fn of(
+        row: &RoutineRow,
+        due: DateTime<Utc>,
+        task_id: &str,
+        target: &'static str,
+        outcome: &'static str,
+        error: Option<String>,
+    ) -> Self {
+        NewRun {
+            routine_id: row.id.clone(),
+            routine: row.name.clone(),
+            task: row.task.clone(),
+            due_at: due,
+            task_id: task_id.to_owned(),
+            target,
+            on_demand: 0,
+            outcome,
+            error,
+        }
+    }
+}
+
+fn instant<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_timestamp(*t))
 }

@@ -228,11 +228,22 @@ fn mysql_limits(timeout_s: u64, mariadb: bool) -> String {
     }
 }
 
+/// How many connections a pool keeps open while idle: a beat keeps one; a
+/// short-lived command keeps none, so that no connection is being opened
+/// in the background when it exits (OpenSSL's exit handler and a libpq
+/// connection attempt on another thread crash the process together).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Idle {
+    One,
+    None,
+}
+
 pub(super) fn open(
     backend: Backend,
     target: &str,
     url: &str,
     timeout: Duration,
+    idle: Idle,
 ) -> Result<Pools, StoreError> {
     Ok(match backend {
         Backend::Postgres => Pools::Postgres(pool::<PgConnection>(
@@ -241,8 +252,9 @@ pub(super) fn open(
             Some(Box::new(PostgresSetup {
                 timeout_ms: timeout.as_millis().max(1),
             })),
+            idle,
         )?),
-        Backend::Sqlite => Pools::Sqlite(pool(target, url, Some(Box::new(SqliteSetup)))?),
+        Backend::Sqlite => Pools::Sqlite(pool(target, url, Some(Box::new(SqliteSetup)), idle)?),
         #[cfg(feature = "mysql")]
         Backend::Mysql => Pools::Mysql(pool(
             target,
@@ -250,6 +262,7 @@ pub(super) fn open(
             Some(Box::new(MysqlSetup {
                 timeout_s: timeout.as_secs().max(1),
             })),
+            idle,
         )?),
     })
 }
@@ -261,6 +274,7 @@ fn pool<C>(
     target: &str,
     url: &str,
     setup: Option<Box<dyn CustomizeConnection<C, diesel::r2d2::Error>>>,
+    idle: Idle,
 ) -> Result<Pool<ConnectionManager<C>>, StoreError>
 where
     C: diesel::r2d2::R2D2Connection + 'static,
@@ -281,7 +295,10 @@ where
     drop(first);
     let mut builder = Pool::builder()
         .max_size(5)
-        .min_idle(Some(1))
+        .min_idle(Some(match idle {
+            Idle::One => 1,
+            Idle::None => 0,
+        }))
         .connection_timeout(CHECKOUT_TIMEOUT)
         .error_handler(Box::new(QuietErrors {
             url: url.to_owned(),

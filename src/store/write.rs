@@ -1,13 +1,14 @@
 //! How each backend writes: the beat's transactions, its batch writes of
 //! plans, and operators' edits.
 
-use super::models::Plan;
+use super::models::{format_timestamp, NewRun, Plan};
+use chrono::{DateTime, Utc};
 use diesel::connection::Connection;
 #[cfg(feature = "mysql")]
 use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;
 use diesel::result::QueryResult;
-use diesel::sql_types::{Array, Integer, Nullable, Text, Timestamp};
+use diesel::sql_types::{Array, Bool, Integer, Nullable, Text, Timestamp};
 use diesel::sqlite::SqliteConnection;
 use diesel::RunQueryDsl;
 
@@ -26,6 +27,15 @@ pub(super) trait WriteTransaction: Connection {
 
     /// Writes fired rows with `statement` (`Sql::write_fired`).
     fn write_fired(&mut self, statement: &str, plans: &[Plan]) -> QueryResult<()>;
+
+    /// Records `runs`, dispatched at `at` by `beat` (`HistorySql::insert_runs`).
+    fn write_runs(
+        &mut self,
+        statement: &str,
+        runs: &[NewRun],
+        at: DateTime<Utc>,
+        beat: Option<&str>,
+    ) -> QueryResult<()>;
 
     /// Runs `f` in a write transaction that no other beat runs at the same
     /// time (the start-up sync of declared routines: two beats starting
@@ -53,6 +63,21 @@ macro_rules! json_plan_writes {
         fn write_fired(&mut self, statement: &str, plans: &[Plan]) -> QueryResult<()> {
             diesel::sql_query(statement)
                 .bind::<Text, _>(plans_json(plans)?)
+                .execute(self)
+                .map(drop)
+        }
+
+        fn write_runs(
+            &mut self,
+            statement: &str,
+            runs: &[NewRun],
+            at: DateTime<Utc>,
+            beat: Option<&str>,
+        ) -> QueryResult<()> {
+            diesel::sql_query(statement)
+                .bind::<Text, _>(format_timestamp(at))
+                .bind::<Nullable<Text>, _>(beat)
+                .bind::<Text, _>(plans_json(runs)?)
                 .execute(self)
                 .map(drop)
         }
@@ -100,6 +125,36 @@ impl WriteTransaction for PgConnection {
             .bind::<Array<Integer>, _>(columns.fired)
             .bind::<Array<Nullable<Timestamp>>, _>(columns.next_run_at)
             .bind::<Array<Nullable<Text>>, _>(columns.last_error)
+            .execute(self)
+            .map(drop)
+    }
+
+    fn write_runs(
+        &mut self,
+        statement: &str,
+        runs: &[NewRun],
+        at: DateTime<Utc>,
+        beat: Option<&str>,
+    ) -> QueryResult<()> {
+        let text = |f: fn(&NewRun) -> &str| runs.iter().map(f).collect::<Vec<&str>>();
+        diesel::sql_query(statement)
+            .bind::<Array<Text>, _>(text(|r| &r.routine_id))
+            .bind::<Array<Text>, _>(text(|r| &r.routine))
+            .bind::<Array<Text>, _>(text(|r| &r.task))
+            .bind::<Array<Timestamp>, _>(
+                runs.iter()
+                    .map(|r| r.due_at.naive_utc())
+                    .collect::<Vec<_>>(),
+            )
+            .bind::<Array<Text>, _>(text(|r| &r.task_id))
+            .bind::<Array<Text>, _>(text(|r| r.target))
+            .bind::<Array<Bool>, _>(runs.iter().map(|r| r.on_demand != 0).collect::<Vec<_>>())
+            .bind::<Array<Text>, _>(text(|r| r.outcome))
+            .bind::<Array<Nullable<Text>>, _>(
+                runs.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>(),
+            )
+            .bind::<Text, _>(format_timestamp(at))
+            .bind::<Nullable<Text>, _>(beat)
             .execute(self)
             .map(drop)
     }
@@ -187,7 +242,8 @@ impl WriteTransaction for SqliteConnection {
     json_plan_writes!();
 }
 
-/// Plans travel as one JSON array, bound once: one statement per batch.
-fn plans_json(plans: &[Plan]) -> Result<String, diesel::result::Error> {
+/// Plans (and runs) travel as one JSON array, bound once: one statement per
+/// batch.
+fn plans_json<T: serde::Serialize>(plans: &[T]) -> Result<String, diesel::result::Error> {
     serde_json::to_string(plans).map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))
 }

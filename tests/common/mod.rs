@@ -557,7 +557,7 @@ impl Proxy {
 
 /// Every variable the `beat` binary reads: cleared for the processes the
 /// tests start, so that the host's settings cannot leak into a test.
-pub const BEAT_VARS: [&str; 15] = [
+pub const BEAT_VARS: [&str; 24] = [
     "SCHEDULER_DB_URI",
     "SCHEDULER_MAX_INTERVAL",
     "SCHEDULER_SYNC_EVERY",
@@ -572,6 +572,15 @@ pub const BEAT_VARS: [&str; 15] = [
     "SHUTDOWN_TIMEOUT",
     "SCHEDULER_MISFIRE_POLICY",
     "SCHEDULER_MISFIRE_GRACE_TIME",
+    "SCHEDULER_DB_TIMEOUT",
+    "BROKER_DEDUP_WINDOW",
+    "TIMEZONE",
+    "CELERY_TIMEZONE",
+    "HISTORY",
+    "HISTORY_MAX_AGE",
+    "HISTORY_MAX_RUNS",
+    "SCHEDULER_HEARTBEAT_INTERVAL",
+    "SCHEDULER_DEAD_AFTER",
     "RUST_LOG",
 ];
 

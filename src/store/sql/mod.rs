@@ -4,6 +4,8 @@
 //! text (see `models::format_timestamp`) and batches as one JSON array, so
 //! one piece of Rust code drives every backend and only the SQL differs.
 
+pub(super) mod history;
+
 /// The columns of a [`RoutineRow`](super::RoutineRow), as text where JSON.
 /// Timestamps come as text too (see `models::RawRow`). The aliases shadow
 /// the columns in ORDER BY, so statements order by `routines.next_run_at`
@@ -11,11 +13,13 @@
 const PG_COLUMNS: &str = "id::text AS id, name::text AS name, task::text AS task, \
     schedule::text AS schedule, kwargs::text AS kwargs, options::text AS options, active, \
     last_run_at::text AS last_run_at, total_run_count, next_run_at::text AS next_run_at, \
-    needs_sync, last_error, (name_unique IS NULL) AS duplicate_name, ctid::text AS locator";
+    needs_sync, last_error, (name_unique IS NULL) AS duplicate_name, run_requested_at::text AS run_requested_at, \
+    ctid::text AS locator";
 const SQLITE_COLUMNS: &str = "id, name, task, schedule, kwargs, options, active, \
     CAST(last_run_at AS TEXT) AS last_run_at, total_run_count, \
     CAST(next_run_at AS TEXT) AS next_run_at, needs_sync, last_error, \
-    (name_unique IS NULL) AS duplicate_name, CAST(rowid AS TEXT) AS locator";
+    (name_unique IS NULL) AS duplicate_name, CAST(run_requested_at AS TEXT) AS run_requested_at, \
+    CAST(rowid AS TEXT) AS locator";
 
 /// One dialect's statements.
 pub(super) struct Sql {
@@ -23,6 +27,12 @@ pub(super) struct Sql {
     pub all: String,
     /// One routine by name: `$1` name.
     pub by_name: String,
+    /// Up to `$3` routines after name `$1` and id `$2`, in name and id
+    /// order (pages of `beat list`).
+    pub page: String,
+    /// Replaces what is given of a routine's task (`$1`), schedule (`$2`),
+    /// kwargs (`$3`) and options (`$4`); NULL keeps a column. `$5` name.
+    pub edit: &'static str,
     /// Which of the names in the JSON array `$1` exist.
     pub existing_names: String,
     /// Inserts a routine, unplanned: `$1` id … `$7` active.
@@ -62,6 +72,14 @@ pub(super) fn postgres() -> Sql {
     Sql {
         all: format!("SELECT {PG_COLUMNS} FROM routines ORDER BY name, id"),
         by_name: format!("SELECT {PG_COLUMNS} FROM routines WHERE name = $1 ORDER BY name_unique IS NULL, id LIMIT 1"),
+        page: format!(
+            "SELECT {PG_COLUMNS} FROM routines \
+             WHERE routines.name >= $1 AND (routines.name > $1 OR routines.id > $2::uuid) \
+             ORDER BY routines.name, routines.id LIMIT $3"
+        ),
+        edit: "UPDATE routines SET task = COALESCE($1, task), \
+            schedule = COALESCE($2::json, schedule), kwargs = COALESCE($3::json, kwargs), \
+            options = COALESCE($4::json, options) WHERE name = $5",
         existing_names: "SELECT name::text AS name FROM routines \
             WHERE name IN (SELECT json_array_elements_text($1::json))"
             .into(),
@@ -97,7 +115,8 @@ pub(super) fn postgres() -> Sql {
         // Arrays bound as such, rows found by ctid: no JSON to parse and no
         // index to search (see `Plans`).
         write_planned: "UPDATE routines AS r SET \
-            next_run_at = v.next_run_at, needs_sync = false, last_error = v.last_error \
+            next_run_at = v.next_run_at, needs_sync = false, last_error = v.last_error, \
+            run_requested_at = NULL \
             FROM unnest($1::text[]::tid[], $2::timestamp[], $3::text[]) \
               AS v(t, next_run_at, last_error) \
             WHERE r.ctid = v.t",
@@ -127,6 +146,13 @@ pub(super) fn sqlite() -> Sql {
         by_name: format!(
             "SELECT {SQLITE_COLUMNS} FROM routines WHERE name = ? ORDER BY name_unique IS NULL, id LIMIT 1"
         ),
+        page: format!(
+            "SELECT {SQLITE_COLUMNS} FROM routines \
+             WHERE routines.name >= ?1 AND (routines.name > ?1 OR routines.id > ?2) \
+             ORDER BY routines.name, routines.id LIMIT ?3"
+        ),
+        edit: "UPDATE routines SET task = COALESCE(?, task), schedule = COALESCE(?, schedule), \
+            kwargs = COALESCE(?, kwargs), options = COALESCE(?, options) WHERE name = ?",
         existing_names: "SELECT name FROM routines \
             WHERE name IN (SELECT value FROM json_each(?))"
             .into(),
@@ -157,7 +183,8 @@ pub(super) fn sqlite() -> Sql {
              ORDER BY routines.next_run_at LIMIT ?"
         ),
         write_planned: "UPDATE routines SET \
-            next_run_at = v.next_run_at, needs_sync = 0, last_error = v.last_error \
+            next_run_at = v.next_run_at, needs_sync = 0, last_error = v.last_error, \
+            run_requested_at = NULL \
             FROM (SELECT value ->> '$.id' AS id, value ->> '$.next_run_at' AS next_run_at, \
                          value ->> '$.last_error' AS last_error FROM json_each(?)) AS v \
             WHERE routines.rowid = v.id",
@@ -185,7 +212,8 @@ const MYSQL_COLUMNS: &str = "CAST(id AS CHAR) AS id, name, task, \
     CAST(schedule AS CHAR) AS schedule, CAST(kwargs AS CHAR) AS kwargs, \
     CAST(options AS CHAR) AS options, active, CAST(last_run_at AS CHAR) AS last_run_at, \
     total_run_count, CAST(next_run_at AS CHAR) AS next_run_at, needs_sync, last_error, \
-    (name_unique IS NULL) AS duplicate_name, CAST(id AS CHAR) AS locator";
+    (name_unique IS NULL) AS duplicate_name, CAST(run_requested_at AS CHAR) AS run_requested_at, \
+    CAST(id AS CHAR) AS locator";
 
 /// JSON arrays become rows through `JSON_TABLE` (MySQL 8, MariaDB 10.6).
 /// Locking reads use `SKIP LOCKED` (the same versions). Flags are compared
@@ -197,6 +225,14 @@ pub(super) fn mysql() -> Sql {
     Sql {
         all: format!("SELECT {MYSQL_COLUMNS} FROM routines ORDER BY name, id"),
         by_name: format!("SELECT {MYSQL_COLUMNS} FROM routines WHERE name = ? ORDER BY name_unique IS NULL, id LIMIT 1"),
+        // The page's name is bound twice (MySQL has no numbered placeholders).
+        page: format!(
+            "SELECT {MYSQL_COLUMNS} FROM routines \
+             WHERE routines.name >= ? AND (routines.name > ? OR routines.id > ?) \
+             ORDER BY routines.name, routines.id LIMIT ?"
+        ),
+        edit: "UPDATE routines SET task = COALESCE(?, task), schedule = COALESCE(?, schedule), \
+            kwargs = COALESCE(?, kwargs), options = COALESCE(?, options) WHERE name = ?",
         existing_names: format!("SELECT name FROM routines WHERE name IN ({NAMES})"),
         insert: "INSERT INTO routines \
             (id, name, task, schedule, kwargs, options, active, total_run_count, needs_sync) \
@@ -228,7 +264,8 @@ pub(super) fn mysql() -> Sql {
         write_planned: "UPDATE routines AS r JOIN JSON_TABLE(?, '$[*]' COLUMNS ( \
                 id VARCHAR(64) PATH '$.id', next_run_at VARCHAR(32) PATH '$.next_run_at', \
                 last_error TEXT PATH '$.last_error')) AS v ON r.id = v.id \
-            SET r.next_run_at = v.next_run_at, r.needs_sync = 0, r.last_error = v.last_error",
+            SET r.next_run_at = v.next_run_at, r.needs_sync = 0, r.last_error = v.last_error, \
+                r.run_requested_at = NULL",
         write_fired: "UPDATE routines AS r JOIN JSON_TABLE(?, '$[*]' COLUMNS ( \
                 id VARCHAR(64) PATH '$.id', last_run_at VARCHAR(32) PATH '$.last_run_at', \
                 fired INT PATH '$.fired', next_run_at VARCHAR(32) PATH '$.next_run_at', \

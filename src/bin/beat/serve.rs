@@ -1,30 +1,16 @@
-//! `beat`: runs the scheduler until Ctrl-C or SIGTERM.
+//! `beat serve` (and `beat` alone): runs the scheduler until Ctrl-C or
+//! SIGTERM, with the demo tasks registered.
 //!
-//! Configuration comes from the environment (`SCHEDULER_DB_URI`,
-//! `CELERY_BROKER_URL`, ...) and optionally a `key = value` file. Routines
-//! are declared by a JSON file (`--routines`); on the default SQLite
-//! database, `./routines.json` is used when present, which is how the demo
-//! in this repository runs.
+//! Routines are declared by a JSON file (`--routines`); on the default
+//! SQLite database, `./routines.json` is used when present, which is how
+//! the demo in this repository runs.
 
 use anyhow::{bail, Context};
 use celery_diesel_kit::DEFAULT_DB_URI;
 use celery_diesel_kit::{AsyncTask, Beat, Config, Routine, SyncTask, TaskContext, TaskResult};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-
-const USAGE: &str = "\
-usage: beat [--config FILE] [--routines FILE]
-
-  --config FILE    key = value configuration (the environment overrides it)
-  --routines FILE  JSON array of routines to declare: {name, task, schedule,
-                   kwargs?, options?, active?}. Declared routines missing from
-                   the table are inserted; rows not declared are deleted.
-                   Without it nothing is declared and nothing deleted (on the
-                   default SQLite database, ./routines.json is read if present).
-
-Environment: SCHEDULER_DB_URI, SCHEDULER_MAX_INTERVAL, SCHEDULER_SYNC_EVERY,
-SCHEDULER_WATCH_INTERVAL, CELERY_MAX_RETRY, CELERY_RETRY_DELAY, CREATE_TABLE,
-CELERY_BROKER_URL, WORKER_CONCURRENCY, SHUTDOWN_TIMEOUT, RUST_LOG.";
+use std::time::Duration;
 
 /// `demo.hello`: logs a greeting (a blocking task).
 struct Hello;
@@ -60,33 +46,6 @@ impl AsyncTask for AsyncTick {
     }
 }
 
-struct Args {
-    config: Option<PathBuf>,
-    routines: Option<PathBuf>,
-}
-
-fn parse_args() -> anyhow::Result<Args> {
-    let mut args = Args {
-        config: None,
-        routines: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--config" => args.config = Some(it.next().context("--config needs a file")?.into()),
-            "--routines" => {
-                args.routines = Some(it.next().context("--routines needs a file")?.into())
-            }
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other:?}\n\n{USAGE}"),
-        }
-    }
-    Ok(args)
-}
-
 fn read_routines(path: &Path) -> anyhow::Result<Vec<Routine>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -101,14 +60,37 @@ fn read_routines(path: &Path) -> anyhow::Result<Vec<Routine>> {
         .collect()
 }
 
-fn main() -> anyhow::Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let args = parse_args()?;
-    let config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::from_env()?,
-    };
-    let routines_file = args.routines.clone().or_else(|| {
+/// `demo.sleep`: sleeps `seconds` (kwargs, default 1): a long run, for
+/// seeing that a routine's runs never overlap, on any number of beats.
+struct Sleep;
+
+impl SyncTask for Sleep {
+    fn name(&self) -> &str {
+        "demo.sleep"
+    }
+
+    fn run(&self, ctx: &TaskContext) -> TaskResult {
+        let seconds = ctx
+            .kwargs
+            .get("seconds")
+            .and_then(Value::as_f64)
+            .unwrap_or(1.0);
+        let pause = Duration::try_from_secs_f64(seconds)
+            .map_err(|e| format!("kwargs seconds = {seconds}: {e}"))?;
+        log::info!(
+            "[{}] sleeping {pause:?} (due {})",
+            ctx.routine,
+            ctx.scheduled_at
+        );
+        std::thread::sleep(pause);
+        log::info!("[{}] slept (due {})", ctx.routine, ctx.scheduled_at);
+        Ok(())
+    }
+}
+
+/// Serves until Ctrl-C or SIGTERM, declaring the routines in `routines`.
+pub fn serve(config: Config, routines: Option<PathBuf>) -> anyhow::Result<()> {
+    let routines_file = routines.or_else(|| {
         let demo = PathBuf::from("routines.json");
         (config.scheduler_db_uri == DEFAULT_DB_URI && demo.exists()).then_some(demo)
     });
@@ -136,6 +118,7 @@ fn main() -> anyhow::Result<()> {
 
     let beat = Beat::builder(config)
         .task(Hello)
+        .task(Sleep)
         .async_task(AsyncTick)
         .routines(routines)
         .start()?;

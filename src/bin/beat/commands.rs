@@ -1,0 +1,436 @@
+//! The subcommands: each calls `celery_diesel_kit::ops` and prints the
+//! outcome as aligned text or one JSON document.
+
+use crate::output::{self, Table};
+use crate::{Cli, Command, ScheduleArgs};
+use anyhow::Context;
+use celery_diesel_kit::ops::{self, Change, NewRoutineSpec, Operator, Sent};
+use celery_diesel_kit::Config;
+use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
+use serde_json::{json, Value};
+use std::io::Write;
+use std::time::Duration;
+
+/// Runs the command line; returns the exit status.
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    let config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => Config::from_env()?,
+    };
+    let json = cli.json;
+    let command = match cli.command {
+        None => return crate::serve::serve(config, cli.routines).map(|()| 0),
+        Some(Command::Serve(args)) => {
+            return crate::serve::serve(config, args.routines.or(cli.routines)).map(|()| 0)
+        }
+        Some(Command::Next(args)) => return next(&config, args, json),
+        Some(Command::Migrate) => {
+            let op = Operator::migrate(config)?;
+            if json {
+                println!("{}", json!({ "ok": true, "migrated": op.store().url() }));
+            } else {
+                println!("{}: tables are up to date", op.store().url());
+            }
+            return Ok(0);
+        }
+        Some(command) => command,
+    };
+    let op = Operator::connect(config)?;
+    match command {
+        Command::Serve(_) | Command::Next(_) | Command::Migrate => unreachable!("handled above"),
+        Command::List(args) => list(&op, args.errors, args.inactive, json),
+        Command::Show { name } => show(&op, &name, json),
+        Command::History(args) => history(&op, args, json),
+        Command::Add(args) => {
+            let Some(schedule) = schedule(&args.schedule, args.timezone.as_deref()) else {
+                return usage("beat add needs a schedule: --every or --crontab");
+            };
+            let mut spec = NewRoutineSpec::new(&args.name, &args.task, schedule);
+            if let Some(kwargs) = args.kwargs {
+                spec.kwargs = kwargs;
+            }
+            if let Some(options) = args.options {
+                spec.options = options;
+            }
+            spec.active = !args.inactive;
+            op.add(&spec)?;
+            done(json, "added", &args.name)
+        }
+        Command::Edit(args) => {
+            let mut change = Change::default();
+            change.task = args.task;
+            change.schedule = schedule(&args.schedule, None);
+            change.timezone = args.timezone;
+            change.kwargs = args.kwargs;
+            change.options = args.options;
+            let nothing = change.task.is_none()
+                && change.schedule.is_none()
+                && change.timezone.is_none()
+                && change.kwargs.is_none()
+                && change.options.is_none();
+            if nothing {
+                return usage("nothing to change: give --task, --every, --crontab, --timezone, --kwargs or --options");
+            }
+            op.edit(&args.name, &change)?;
+            done(json, "edited", &args.name)
+        }
+        Command::Enable { name } => {
+            op.set_active(&name, true)?;
+            done(json, "enabled", &name)
+        }
+        Command::Disable { name } => {
+            op.set_active(&name, false)?;
+            done(json, "disabled", &name)
+        }
+        Command::Remove { name } => {
+            op.remove(&name)?;
+            done(json, "removed", &name)
+        }
+        Command::Send(args) => send(&op, &args.name, args.wait, json),
+        Command::Check => check(&op, json),
+        Command::Beats => beats(&op, json),
+    }
+}
+
+/// The schedule JSON the flags give, if any.
+fn schedule(args: &ScheduleArgs, timezone: Option<&str>) -> Option<Value> {
+    let mut json = match (&args.every, &args.crontab) {
+        (Some(seconds), _) => json!({ "timedelta": seconds }),
+        (None, Some(crontab)) => crontab.clone(),
+        (None, None) => return None,
+    };
+    if let (Some(zone), Some(map)) = (timezone, json.as_object_mut()) {
+        map.insert("timezone".to_owned(), Value::String(zone.to_owned()));
+    }
+    Some(json)
+}
+
+/// A usage error: exit status 2, as for the ones clap finds.
+fn usage(message: &str) -> anyhow::Result<i32> {
+    eprintln!("error: {message}\n\nFor more information, try '--help'.");
+    Ok(2)
+}
+
+fn done(json: bool, what: &str, name: &str) -> anyhow::Result<i32> {
+    if json {
+        println!("{}", json!({ "ok": true, "routine": name, "action": what }));
+    } else {
+        println!("routine {name}: {what}; serving beats act on it within their watch interval");
+    }
+    Ok(0)
+}
+
+fn list(op: &Operator, errors: bool, inactive: bool, json: bool) -> anyhow::Result<i32> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut table: Option<Table> = None;
+    let mut first = true;
+    let mut failed: Option<std::io::Error> = None;
+    if json {
+        write!(out, "[")?;
+    }
+    op.list(|views| {
+        let views: Vec<_> = views
+            .into_iter()
+            .filter(|v| !errors || v.row.last_error.is_some())
+            .filter(|v| !inactive || !v.row.active)
+            .collect();
+        let written = (|| -> std::io::Result<()> {
+            if json {
+                for view in &views {
+                    let sep = if first { "\n" } else { ",\n" };
+                    first = false;
+                    write!(out, "{sep}{}", output::routine_json(view))?;
+                }
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = views.iter().map(output::routine_cells).collect();
+            // Widths from the first page: a small table is aligned
+            // exactly, a million rows are streamed.
+            let table = table.get_or_insert_with(|| {
+                let table = Table::fit(&output::ROUTINE_HEADER, &rows);
+                let _ = table.header(&mut out, &output::ROUTINE_HEADER);
+                table
+            });
+            for row in &rows {
+                table.line(&mut out, row)?;
+            }
+            Ok(())
+        })();
+        match written {
+            Ok(()) => true,
+            Err(e) => {
+                failed = Some(e);
+                false
+            }
+        }
+    })?;
+    if let Some(e) = failed {
+        // A closed pipe (`beat list | head`) is not a failure.
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            return Ok(0);
+        }
+        return Err(e.into());
+    }
+    if json {
+        writeln!(out, "{}]", if first { "" } else { "\n" })?;
+    } else if table.is_none() {
+        output::Table::fit(&output::ROUTINE_HEADER, &[])
+            .header(&mut out, &output::ROUTINE_HEADER)?;
+    }
+    out.flush()?;
+    Ok(0)
+}
+
+fn show(op: &Operator, name: &str, json: bool) -> anyhow::Result<i32> {
+    let ops::Shown {
+        view, next, runs, ..
+    } = op.show(name, 5, 10, Utc::now())?;
+    if json {
+        let next: Vec<Value> = next
+            .iter()
+            .map(|t| json!({ "utc": output::iso_utc(*t), "local": view.local(*t) }))
+            .collect();
+        let runs: Vec<Value> = runs.iter().map(output::run_json).collect();
+        println!(
+            "{}",
+            json!({ "routine": output::routine_json(&view), "next": next, "runs": runs })
+        );
+        return Ok(0);
+    }
+    let row = &view.row;
+    let fields = [
+        ("name", row.name.clone()),
+        ("id", row.id.clone()),
+        ("task", row.task.clone()),
+        ("schedule", format!("{} {}", view.words, row.schedule)),
+        ("zone", view.zone.name().to_owned()),
+        ("active", if row.active { "yes" } else { "no" }.to_owned()),
+        (
+            "kwargs",
+            row.kwargs.clone().unwrap_or_else(|| "{}".to_owned()),
+        ),
+        (
+            "options",
+            row.options.clone().unwrap_or_else(|| "{}".to_owned()),
+        ),
+        ("last run (UTC)", output::naive(row.last_run_at)),
+        ("runs", row.total_run_count.unwrap_or(0).to_string()),
+        (
+            "last error",
+            row.last_error.clone().unwrap_or_else(|| "-".to_owned()),
+        ),
+    ];
+    for (key, value) in fields {
+        println!("{key:<15} {value}");
+    }
+    println!();
+    println!("next runs:");
+    if next.is_empty() {
+        println!("  none (inactive, invalid, or the schedule has ended)");
+    }
+    for t in &next {
+        println!("  {}", output::local_and_utc(view.local(*t), *t, view.zone));
+    }
+    println!();
+    println!("last runs:");
+    if runs.is_empty() {
+        println!("  none recorded");
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = runs.iter().map(output::run_cells).collect();
+    output::print_table(&output::RUN_HEADER, &rows)?;
+    Ok(0)
+}
+
+fn history(op: &Operator, args: crate::HistoryArgs, json: bool) -> anyhow::Result<i32> {
+    let runs = op.history(args.name.as_deref(), args.failed, args.since, args.limit)?;
+    if json {
+        let runs: Vec<Value> = runs.iter().map(output::run_json).collect();
+        println!("{}", Value::Array(runs));
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = runs.iter().map(output::run_cells).collect();
+    output::print_table(&output::RUN_HEADER, &rows)?;
+    Ok(0)
+}
+
+fn send(op: &Operator, name: &str, wait: f64, json: bool) -> anyhow::Result<i32> {
+    let wait =
+        Duration::try_from_secs_f64(wait).context("--wait must be a number of seconds ≥ 0")?;
+    let sent = op.send(name, Utc::now(), wait)?;
+    let (task_id, via, outcome, error) = match &sent {
+        Sent::Published { task_id } => (Some(task_id.clone()), "celery", None, None),
+        Sent::Taken { run } => (
+            run.as_ref().map(|r| r.task_id.clone()),
+            "beat",
+            run.as_ref().map(|r| r.outcome.clone()),
+            run.as_ref().and_then(|r| r.error.clone()),
+        ),
+        _ => (None, "beat", None, None),
+    };
+    let failed = outcome.as_deref() == Some("failed");
+    if json {
+        println!(
+            "{}",
+            json!({ "ok": !failed, "routine": name, "via": via, "task_id": task_id,
+                    "outcome": outcome, "error": error })
+        );
+    } else if failed {
+        eprintln!(
+            "error: routine {name}: a beat took the request but could not run it: {}",
+            error.unwrap_or_default()
+        );
+    } else {
+        match (via, task_id) {
+            ("celery", Some(id)) => println!("routine {name}: published to Celery as task {id}"),
+            (_, Some(id)) => println!(
+                "routine {name}: taken by a beat as task {id} ({})",
+                outcome.unwrap_or_default()
+            ),
+            (_, None) => println!("routine {name}: taken by a beat"),
+        }
+    }
+    Ok(if failed { 1 } else { 0 })
+}
+
+fn check(op: &Operator, json: bool) -> anyhow::Result<i32> {
+    let (problems, tasks_checked) = op.check()?;
+    if json {
+        let list: Vec<Value> = problems
+            .iter()
+            .map(|p| json!({ "name": p.name, "id": p.id, "reason": p.reason }))
+            .collect();
+        println!(
+            "{}",
+            json!({ "ok": problems.is_empty(), "problems": list, "tasks_checked": tasks_checked })
+        );
+    } else {
+        if !tasks_checked {
+            eprintln!(
+                "note: no beat is alive and no broker_url is set: task names were not checked"
+            );
+        }
+        if problems.is_empty() {
+            println!("every routine is valid");
+        } else {
+            let rows: Vec<Vec<String>> = problems
+                .iter()
+                .map(|p| vec![p.name.clone(), p.reason.clone()])
+                .collect();
+            output::print_table(&["NAME", "PROBLEM"], &rows)?;
+        }
+    }
+    Ok(if problems.is_empty() { 0 } else { 1 })
+}
+
+fn beats(op: &Operator, json: bool) -> anyhow::Result<i32> {
+    let beats = op.beats()?;
+    if json {
+        let list: Vec<Value> = beats
+            .iter()
+            .map(|b| output::beat_json(b, op.is_alive(b)))
+            .collect();
+        println!("{}", Value::Array(list));
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = beats
+        .iter()
+        .map(|b| output::beat_cells(b, op.is_alive(b)))
+        .collect();
+    output::print_table(&output::BEAT_HEADER, &rows)?;
+    Ok(0)
+}
+
+fn next(config: &Config, args: crate::NextArgs, json: bool) -> anyhow::Result<i32> {
+    let zone = args.timezone.as_deref().unwrap_or(&config.timezone);
+    let (schedule, runs) = ops::preview(&args.schedule, zone, args.count, Utc::now())?;
+    let shown = schedule
+        .timezone()
+        .unwrap_or(zone)
+        .parse::<chrono_tz::Tz>()
+        .unwrap_or(chrono_tz::UTC);
+    let words = ops::describe(&serde_json::from_str(&args.schedule).unwrap_or(Value::Null));
+    let local = |t: DateTime<Utc>| {
+        t.with_timezone(&shown)
+            .format("%Y-%m-%d %H:%M:%S %Z")
+            .to_string()
+    };
+    if json {
+        let list: Vec<Value> = runs
+            .iter()
+            .map(|t| json!({ "utc": output::iso_utc(*t), "local": local(*t) }))
+            .collect();
+        println!(
+            "{}",
+            json!({ "schedule": words, "timezone": shown.name(), "runs": list })
+        );
+        return Ok(0);
+    }
+    println!("{words} (times in {})", shown.name());
+    for t in runs {
+        println!("  {}", output::local_and_utc(local(t), t, shown));
+    }
+    Ok(0)
+}
+
+/// `--every`: `30s`, `5m`, `1h`, `1d`, or plain seconds.
+pub fn parse_every(text: &str) -> Result<f64, String> {
+    let seconds = parse_duration(text)?;
+    if seconds <= 0.0 {
+        return Err("must be positive".to_owned());
+    }
+    Ok(seconds)
+}
+
+fn parse_duration(text: &str) -> Result<f64, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let factor = match unit {
+        "s" | "sec" | "secs" | "second" | "seconds" => 1.0,
+        "m" | "min" | "mins" | "minute" | "minutes" => 60.0,
+        "h" | "hour" | "hours" => 3600.0,
+        "d" | "day" | "days" => 86_400.0,
+        _ => return Err(format!("unknown unit {unit:?} (use s, m, h or d)")),
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 30s, 5m, 1h, 1d"))?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(format!(
+            "{text:?} is not a duration such as 30s, 5m, 1h, 1d"
+        ));
+    }
+    Ok(value * factor)
+}
+
+/// A JSON value on the command line.
+pub fn parse_json(text: &str) -> Result<Value, String> {
+    serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))
+}
+
+/// `--since`: a duration ago, or a UTC time.
+pub fn parse_since(text: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(seconds) = parse_duration(text) {
+        let ago = TimeDelta::try_milliseconds((seconds * 1000.0) as i64)
+            .ok_or_else(|| format!("{text:?} is too long ago"))?;
+        return Ok(Utc::now() - ago);
+    }
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    for format in ["%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(text, format) {
+            return Ok(t.and_utc());
+        }
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return Ok(d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc());
+    }
+    Err(format!(
+        "{text:?}: expected a duration ago (30m, 2h, 7d) or a UTC time (2026-11-27 09:00)"
+    ))
+}

@@ -1,0 +1,236 @@
+//! `beat`: serves the scheduler (no subcommand, or `serve`), and lets
+//! operators see and steer routines, runs and beats without SQL.
+//!
+//! Configuration comes from the environment (`SCHEDULER_DB_URI`,
+//! `CELERY_BROKER_URL`, ...) and optionally a `key = value` file
+//! (`--config`). Exit status: 0 success, 1 failure, 2 usage error.
+
+mod commands;
+mod output;
+mod serve;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// A database-backed periodic task scheduler that speaks Celery's protocol.
+#[derive(Parser)]
+#[command(name = "beat", version, about, long_about = None)]
+#[command(
+    after_help = "Environment: SCHEDULER_DB_URI, CELERY_BROKER_URL, TIMEZONE, \
+SCHEDULER_WATCH_INTERVAL, SCHEDULER_MAX_INTERVAL, SCHEDULER_SYNC_EVERY, CELERY_MAX_RETRY, \
+CELERY_RETRY_DELAY, CREATE_TABLE, WORKER_CONCURRENCY, SHUTDOWN_TIMEOUT, HISTORY, \
+HISTORY_MAX_AGE, HISTORY_MAX_RUNS, SCHEDULER_HEARTBEAT_INTERVAL, SCHEDULER_DEAD_AFTER, RUST_LOG."
+)]
+struct Cli {
+    /// A `key = value` configuration file (the environment overrides it).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print one JSON document instead of aligned text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Routines to declare when serving (see `beat serve --help`).
+    #[arg(long, value_name = "FILE")]
+    routines: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the scheduler until Ctrl-C or SIGTERM (the default).
+    Serve(ServeArgs),
+    /// List routines: name, task, schedule, zone, active, next and last
+    /// run, count, last error.
+    List(ListArgs),
+    /// One routine: its row, its next 5 fire times and its last 10 runs.
+    Show {
+        /// The routine's name.
+        name: String,
+    },
+    /// Recorded runs, newest first.
+    History(HistoryArgs),
+    /// Add a routine (checked as the beat checks rows).
+    Add(AddArgs),
+    /// Change a routine's task, schedule, zone, kwargs or options.
+    Edit(EditArgs),
+    /// Let a routine run.
+    Enable {
+        /// The routine's name.
+        name: String,
+    },
+    /// Stop a routine from running (its row stays).
+    Disable {
+        /// The routine's name.
+        name: String,
+    },
+    /// Delete a routine.
+    Remove {
+        /// The routine's name.
+        name: String,
+    },
+    /// Run a routine now, outside its schedule.
+    Send(SendArgs),
+    /// Preview a schedule's next fire times (no database needed).
+    Next(NextArgs),
+    /// Check every routine as the beat would; exit status 1 if any is bad.
+    Check,
+    /// The live and recently dead beats.
+    Beats,
+    /// Create or upgrade the tables (as a beat does at start).
+    Migrate,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// JSON array of routines to declare: {name, task, schedule, kwargs?,
+    /// options?, active?}. Declared routines missing from the table are
+    /// inserted; rows not declared are deleted. Without it nothing is
+    /// declared and nothing deleted (on the default SQLite database,
+    /// ./routines.json is read if present).
+    #[arg(long, value_name = "FILE")]
+    routines: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ListArgs {
+    /// Only routines with an error.
+    #[arg(long)]
+    errors: bool,
+    /// Only inactive routines.
+    #[arg(long)]
+    inactive: bool,
+}
+
+#[derive(Args)]
+struct HistoryArgs {
+    /// Only this routine's runs.
+    name: Option<String>,
+    /// Only runs that failed, were lost or abandoned.
+    #[arg(long)]
+    failed: bool,
+    /// Only runs dispatched since: a duration ago (`30m`, `2h`, `7d`) or a
+    /// UTC time (`2026-11-27 09:00`).
+    #[arg(long, value_parser = commands::parse_since)]
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    /// At most this many runs.
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+}
+
+/// A schedule given on the command line.
+#[derive(Args)]
+#[group(required = false, multiple = false)]
+struct ScheduleArgs {
+    /// An interval: `30s`, `5m`, `1h`, `1d`, or seconds (`90`, `1.5`).
+    #[arg(long, value_name = "DURATION", value_parser = commands::parse_every)]
+    every: Option<f64>,
+    /// A Celery crontab as the kit's JSON: `'{"minute": "*/5"}'`.
+    #[arg(long, value_name = "JSON", value_parser = commands::parse_json)]
+    crontab: Option<serde_json::Value>,
+}
+
+#[derive(Args)]
+struct AddArgs {
+    /// The routine's name (unique).
+    name: String,
+    /// The task it runs: one a beat runs in-process, or a Celery task.
+    #[arg(long)]
+    task: String,
+    #[command(flatten)]
+    schedule: ScheduleArgs,
+    /// The IANA zone whose wall clock a crontab matches (default: the
+    /// beats' `timezone`).
+    #[arg(long, value_name = "ZONE")]
+    timezone: Option<String>,
+    /// kwargs, a JSON object.
+    #[arg(long, value_name = "JSON", value_parser = commands::parse_json)]
+    kwargs: Option<serde_json::Value>,
+    /// Celery options, a JSON object (queue, priority, expires, ...).
+    #[arg(long, value_name = "JSON", value_parser = commands::parse_json)]
+    options: Option<serde_json::Value>,
+    /// Add it disabled.
+    #[arg(long)]
+    inactive: bool,
+}
+
+#[derive(Args)]
+struct EditArgs {
+    /// The routine's name.
+    name: String,
+    /// A new task.
+    #[arg(long)]
+    task: Option<String>,
+    #[command(flatten)]
+    schedule: ScheduleArgs,
+    /// A zone for its crontab.
+    #[arg(long, value_name = "ZONE")]
+    timezone: Option<String>,
+    /// New kwargs, a JSON object.
+    #[arg(long, value_name = "JSON", value_parser = commands::parse_json)]
+    kwargs: Option<serde_json::Value>,
+    /// New Celery options, a JSON object.
+    #[arg(long, value_name = "JSON", value_parser = commands::parse_json)]
+    options: Option<serde_json::Value>,
+}
+
+#[derive(Args)]
+struct SendArgs {
+    /// The routine's name.
+    name: String,
+    /// How long to wait for a beat to take the request (seconds).
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    wait: f64,
+}
+
+#[derive(Args)]
+struct NextArgs {
+    /// The schedule JSON: `'{"minute": "0", "hour": "9"}'` or `'{"timedelta": 30}'`.
+    schedule: String,
+    /// The zone of a crontab without its own `timezone` key (default: the
+    /// `timezone` setting).
+    #[arg(long, value_name = "ZONE")]
+    timezone: Option<String>,
+    /// How many fire times.
+    #[arg(short = 'n', default_value_t = 10)]
+    count: usize,
+}
+
+/// The error and its causes, each cause once: a library error that shows
+/// its cause in its own words is not followed by the cause again.
+fn message(e: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !message.ends_with(&text) {
+            if !message.is_empty() {
+                message.push_str(": ");
+            }
+            message.push_str(&text);
+        }
+    }
+    message
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let serving = matches!(cli.command, None | Some(Command::Serve(_)));
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(if serving {
+        "info"
+    } else {
+        "warn"
+    }))
+    .init();
+    let json = cli.json;
+    let status = match commands::run(cli) {
+        Ok(status) => status,
+        Err(e) => {
+            let message = message(&e);
+            if json {
+                println!("{}", serde_json::json!({ "error": message }));
+            }
+            eprintln!("error: {message}");
+            1
+        }
+    };
+    std::process::exit(status);
+}

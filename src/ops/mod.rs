@@ -1,0 +1,146 @@
+//! Operations on the routines, their runs and the beats, for the `beat`
+//! command line (and any other front end): list, show, add, edit, enable,
+//! disable, remove, send, check, history, beats, migrate, and previews of
+//! schedules.
+//!
+//! Every change is an ordinary edit of the table, which the serving beats
+//! see within their watch interval; every check is the beat's own
+//! (the routing check of `dispatch`), so a routine refused here
+//! is refused with the text the beat would write to its `last_error`.
+
+mod routines;
+mod runs;
+mod words;
+
+pub use routines::{Change, NewRoutineSpec, Problem, RoutineView, Shown};
+pub use runs::Sent;
+pub use words::describe;
+
+use crate::config::Config;
+use crate::dispatch::Router;
+use crate::error::Error;
+use crate::schedule::{self, Schedule};
+use crate::store::{BeatRow, RoutineStore};
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+
+/// An operator's view of one database.
+pub struct Operator {
+    store: RoutineStore,
+    config: Config,
+    zone: Tz,
+}
+
+impl std::fmt::Debug for Operator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Operator")
+            .field("store", &self.store)
+            .finish()
+    }
+}
+
+/// How the routines are checked: as the live beats would check them.
+struct Checker {
+    router: Router,
+    /// Whether task names could be checked (some beat is alive, or a
+    /// broker is configured): with neither, any task passes.
+    tasks_known: bool,
+}
+
+impl Operator {
+    /// Connects to `config.scheduler_db_uri`, whose tables must be those of
+    /// this version (nothing is created: see [`Operator::migrate`]).
+    pub fn connect(config: Config) -> Result<Self, Error> {
+        let op = Self::open(config)?;
+        op.store.check_schema()?;
+        Ok(op)
+    }
+
+    /// Connects to `config.scheduler_db_uri` and creates or upgrades the
+    /// tables (what a beat does at start with `create_table`).
+    pub fn migrate(config: Config) -> Result<Self, Error> {
+        let op = Self::open(config)?;
+        op.store.migrate()?;
+        Ok(op)
+    }
+
+    fn open(config: Config) -> Result<Self, Error> {
+        let zone =
+            schedule::zone(&config.timezone).map_err(|_| crate::config::ConfigError::Invalid {
+                key: "timezone",
+                value: config.timezone.clone(),
+                reason: "expected an IANA time zone name such as Europe/Berlin",
+            })?;
+        let store =
+            RoutineStore::open_briefly(&config.scheduler_db_uri, config.scheduler_db_timeout)?;
+        Ok(Operator {
+            store,
+            config,
+            zone,
+        })
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &RoutineStore {
+        &self.store
+    }
+
+    /// The default zone of crontabs (`timezone`).
+    pub fn zone(&self) -> Tz {
+        self.zone
+    }
+
+    /// Every beat recorded, newest first.
+    pub fn beats(&self) -> Result<Vec<BeatRow>, Error> {
+        Ok(self.store.beats()?)
+    }
+
+    /// Whether `beat` is alive by `scheduler_dead_after`.
+    pub fn is_alive(&self, beat: &BeatRow) -> bool {
+        beat.is_alive(self.config.scheduler_dead_after)
+    }
+
+    fn live_beats(&self) -> Result<Vec<BeatRow>, Error> {
+        Ok(self
+            .beats()?
+            .into_iter()
+            .filter(|b| self.is_alive(b))
+            .collect())
+    }
+
+    /// The live beats' view of tasks: theirs run in-process, the rest go
+    /// to Celery if any of them (or this configuration) has a broker.
+    fn checker(&self) -> Result<Checker, Error> {
+        let live = self.live_beats()?;
+        let has_broker = self.config.broker_url.is_some() || live.iter().any(|b| b.broker);
+        let tasks_known = has_broker || !live.is_empty();
+        let tasks: Vec<String> = live.into_iter().flat_map(|b| b.tasks).collect();
+        Ok(Checker {
+            // Unknown tasks pass when nothing is known of the beats.
+            router: Router::for_tasks(tasks, has_broker || !tasks_known, self.zone),
+            tasks_known,
+        })
+    }
+}
+
+/// The next `n` fire times of a schedule after `from`, without a database
+/// (`beat next`). Crontabs without a `timezone` key match `timezone`.
+pub fn preview(
+    schedule_json: &str,
+    timezone: &str,
+    n: usize,
+    from: DateTime<Utc>,
+) -> Result<(Schedule, Vec<DateTime<Utc>>), Error> {
+    let zone = schedule::zone(timezone)
+        .map_err(|e| crate::routine::RoutineError::new("(preview)", e.to_string()))?;
+    let json: serde_json::Value = serde_json::from_str(schedule_json).map_err(|e| {
+        crate::routine::RoutineError::new(
+            "(preview)",
+            schedule::ScheduleError::NotJson(e.to_string()).to_string(),
+        )
+    })?;
+    let schedule = Schedule::from_json_in(&json, zone)
+        .map_err(|e| crate::routine::RoutineError::new("(preview)", e.to_string()))?;
+    let runs = schedule.next_runs(from, n);
+    Ok((schedule, runs))
+}

@@ -1,0 +1,301 @@
+//! Reading and editing routines: list, show, add, edit, enable, disable,
+//! remove, check.
+
+use super::{words, Operator};
+use crate::error::Error;
+use crate::routine::{check_name, RoutineError};
+use crate::schedule::{Schedule, ScheduleError};
+use crate::store::{NewRoutine, RoutineRow, RunFilter, RunRow};
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use serde_json::Value;
+
+/// Routines read per page by [`Operator::list`].
+const PAGE: usize = 1000;
+
+/// A routine as an operator sees it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RoutineView {
+    /// The row.
+    pub row: RoutineRow,
+    /// Its schedule, if it parses.
+    pub schedule: Option<Schedule>,
+    /// The schedule in words (or why it does not parse).
+    pub words: String,
+    /// The zone its times are shown in: a crontab's own, else `timezone`.
+    pub zone: Tz,
+}
+
+impl RoutineView {
+    /// `t` on the wall clock of the routine's zone.
+    pub fn local(&self, t: DateTime<Utc>) -> String {
+        words::local(t, self.zone)
+    }
+}
+
+/// One routine in full (`beat show`).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Shown {
+    /// The routine.
+    pub view: RoutineView,
+    /// Its next fire times (none while it is disabled or invalid).
+    pub next: Vec<DateTime<Utc>>,
+    /// Its last runs, newest first.
+    pub runs: Vec<RunRow>,
+}
+
+/// What is wrong with a routine (`beat check`).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Problem {
+    /// The routine's name.
+    pub name: String,
+    /// Its id.
+    pub id: String,
+    /// The beat's reason (what it writes to `last_error`).
+    pub reason: String,
+}
+
+/// A routine to add.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct NewRoutineSpec {
+    /// Its name (unique).
+    pub name: String,
+    /// The task it runs.
+    pub task: String,
+    /// The schedule JSON, as the kit writes it.
+    pub schedule: Value,
+    /// kwargs (a JSON object).
+    pub kwargs: Value,
+    /// Celery options (a JSON object).
+    pub options: Value,
+    /// Whether it runs.
+    pub active: bool,
+}
+
+impl NewRoutineSpec {
+    /// An active routine without kwargs or options.
+    pub fn new(name: impl Into<String>, task: impl Into<String>, schedule: Value) -> Self {
+        NewRoutineSpec {
+            name: name.into(),
+            task: task.into(),
+            schedule,
+            kwargs: Value::Object(Default::default()),
+            options: Value::Object(Default::default()),
+            active: true,
+        }
+    }
+}
+
+/// Changes to a routine; `None` keeps what it has.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Change {
+    /// A new task.
+    pub task: Option<String>,
+    /// A new schedule JSON (its misfire keys are kept unless it has its own).
+    pub schedule: Option<Value>,
+    /// A zone for the (new or kept) crontab.
+    pub timezone: Option<String>,
+    /// New kwargs.
+    pub kwargs: Option<Value>,
+    /// New options.
+    pub options: Option<Value>,
+}
+
+impl Operator {
+    fn view(&self, row: RoutineRow) -> RoutineView {
+        let parsed = serde_json::from_str::<Value>(&row.schedule)
+            .map_err(|e| ScheduleError::NotJson(e.to_string()))
+            .and_then(|json| Schedule::from_json_in(&json, self.zone).map(|s| (json, s)));
+        let (schedule, words, zone) = match parsed {
+            Ok((json, schedule)) => {
+                let zone = schedule
+                    .timezone()
+                    .and_then(|z| crate::schedule::zone(z).ok())
+                    .unwrap_or(self.zone);
+                (Some(schedule), words::describe(&json), zone)
+            }
+            Err(e) => (None, format!("invalid: {e}"), self.zone),
+        };
+        RoutineView {
+            row,
+            schedule,
+            words,
+            zone,
+        }
+    }
+
+    /// Every routine in name order, a page at a time: `each` gets each page
+    /// (up to 1,000 routines) and returns whether to go on. Memory stays
+    /// that of one page, however large the table.
+    pub fn list(&self, mut each: impl FnMut(Vec<RoutineView>) -> bool) -> Result<(), Error> {
+        let mut after: Option<(String, String)> = None;
+        loop {
+            let rows = self
+                .store
+                .routines_after(after.as_ref().map(|(n, i)| (n.as_str(), i.as_str())), PAGE)?;
+            let full = rows.len() == PAGE;
+            after = rows.last().map(|r| (r.name.clone(), r.id.clone()));
+            let views = rows.into_iter().map(|row| self.view(row)).collect();
+            if !each(views) || !full {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The routine called `name`, its next `n` fire times, and its last
+    /// `runs` runs.
+    pub fn show(
+        &self,
+        name: &str,
+        n: usize,
+        runs: usize,
+        now: DateTime<Utc>,
+    ) -> Result<Shown, Error> {
+        let row = self.existing(name)?;
+        let view = self.view(row);
+        let next = match &view.schedule {
+            Some(schedule) if view.row.active && view.row.last_error.is_none() => {
+                match view.row.next_run_at_utc() {
+                    Some(first) => {
+                        let mut times = vec![first];
+                        times.extend(schedule.next_runs(first, n.saturating_sub(1)));
+                        times
+                    }
+                    None => schedule.next_runs(view.row.last_run_at_utc().unwrap_or(now), n),
+                }
+            }
+            _ => Vec::new(),
+        };
+        let runs = self.store.runs(&RunFilter {
+            routine_id: Some(view.row.id.clone()),
+            limit: runs,
+            ..RunFilter::default()
+        })?;
+        Ok(Shown { view, next, runs })
+    }
+
+    fn existing(&self, name: &str) -> Result<RoutineRow, Error> {
+        self.store
+            .routine(name)?
+            .ok_or_else(|| RoutineError::new(name, "no such routine").into())
+    }
+
+    /// Adds a routine, checked as the beat checks rows: a routine the beat
+    /// would refuse is refused here, with the beat's words.
+    pub fn add(&self, spec: &NewRoutineSpec) -> Result<(), Error> {
+        let invalid = |reason: String| Error::from(RoutineError::new(&spec.name, reason));
+        check_name("name", &spec.name).map_err(invalid)?;
+        check_name("task", &spec.task).map_err(invalid)?;
+        let row = RoutineRow::draft(
+            &spec.name,
+            &spec.task,
+            &spec.schedule.to_string(),
+            &spec.kwargs.to_string(),
+            &spec.options.to_string(),
+        );
+        self.checker()?.router.check(&row).map_err(invalid)?;
+        let new = NewRoutine {
+            id: uuid::Uuid::new_v4(),
+            name: row.name,
+            task: row.task,
+            schedule: row.schedule,
+            kwargs: spec.kwargs.to_string(),
+            options: spec.options.to_string(),
+            active: spec.active,
+        };
+        if !self.store.insert_new(&new)? {
+            return Err(invalid("a routine of this name exists".into()));
+        }
+        Ok(())
+    }
+
+    /// Changes a routine, checked as [`Operator::add`] checks.
+    pub fn edit(&self, name: &str, change: &Change) -> Result<(), Error> {
+        let row = self.existing(name)?;
+        let invalid = |reason: String| Error::from(RoutineError::new(name, reason));
+        if let Some(task) = &change.task {
+            check_name("task", task).map_err(invalid)?;
+        }
+        let schedule = match (&change.schedule, &change.timezone) {
+            (None, None) => None,
+            (given, zone) => {
+                let old: Value = serde_json::from_str(&row.schedule).unwrap_or(Value::Null);
+                let mut json = given.clone().unwrap_or_else(|| old.clone());
+                if let (Some(new), Some(old)) = (json.as_object_mut(), old.as_object()) {
+                    for key in ["misfire_policy", "misfire_grace_time"] {
+                        if let (false, Some(value)) = (new.contains_key(key), old.get(key)) {
+                            new.insert(key.to_owned(), value.clone());
+                        }
+                    }
+                    if let Some(zone) = zone {
+                        new.insert("timezone".to_owned(), Value::String(zone.clone()));
+                    }
+                }
+                Some(json.to_string())
+            }
+        };
+        let kwargs = change.kwargs.as_ref().map(Value::to_string);
+        let options = change.options.as_ref().map(Value::to_string);
+        let draft = RoutineRow::draft(
+            name,
+            change.task.as_deref().unwrap_or(&row.task),
+            schedule.as_deref().unwrap_or(&row.schedule),
+            kwargs.as_deref().or(row.kwargs.as_deref()).unwrap_or("{}"),
+            options
+                .as_deref()
+                .or(row.options.as_deref())
+                .unwrap_or("{}"),
+        );
+        self.checker()?.router.check(&draft).map_err(invalid)?;
+        self.store.edit(
+            name,
+            change.task.as_deref(),
+            schedule.as_deref(),
+            kwargs.as_deref(),
+            options.as_deref(),
+        )?;
+        Ok(())
+    }
+
+    /// Enables or disables a routine.
+    pub fn set_active(&self, name: &str, active: bool) -> Result<(), Error> {
+        if !self.store.set_active(name, active)? {
+            return Err(RoutineError::new(name, "no such routine").into());
+        }
+        Ok(())
+    }
+
+    /// Deletes a routine (its history stays until pruned).
+    pub fn remove(&self, name: &str) -> Result<(), Error> {
+        if !self.store.remove(name)? {
+            return Err(RoutineError::new(name, "no such routine").into());
+        }
+        Ok(())
+    }
+
+    /// Checks every row as the live beats would. Returns the problems, and
+    /// whether task names could be checked (some beat is alive, or a
+    /// broker is configured).
+    pub fn check(&self) -> Result<(Vec<Problem>, bool), Error> {
+        let checker = self.checker()?;
+        let mut problems = Vec::new();
+        self.list(|views| {
+            for view in views {
+                if let Err(reason) = checker.router.check(&view.row) {
+                    problems.push(Problem {
+                        name: view.row.name.clone(),
+                        id: view.row.id.clone(),
+                        reason,
+                    });
+                }
+            }
+            true
+        })?;
+        Ok((problems, checker.tasks_known))
+    }
+}

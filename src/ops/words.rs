@@ -1,0 +1,122 @@
+//! Schedules in words, and times on a zone's wall clock.
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use serde_json::Value;
+
+/// A schedule JSON (the kit's form) in words: `every 30 seconds`,
+/// `at 09:00 on mon-fri (Europe/Berlin)`, `every 15 minutes`.
+///
+/// ```
+/// use celery_diesel_kit::ops::describe;
+/// use serde_json::json;
+/// assert_eq!(describe(&json!({"timedelta": 90})), "every 90 seconds");
+/// assert_eq!(describe(&json!({"timedelta": 3600})), "every hour");
+/// assert_eq!(describe(&json!({"minute": "*/15"})), "every 15 minutes");
+/// assert_eq!(describe(&json!({"minute": "*/1", "hour": "*/1"})), "every minute");
+/// assert_eq!(
+///     describe(&json!({"minute": 0, "hour": 9, "day_of_week": "mon-fri", "timezone": "Europe/Berlin"})),
+///     "at 09:00 on mon-fri (Europe/Berlin)"
+/// );
+/// assert_eq!(describe(&json!({"minute": "30", "hour": "*/2"})), "at minute 30 of every 2nd hour");
+/// ```
+pub fn describe(schedule: &Value) -> String {
+    if let Some(seconds) = schedule.get("timedelta").and_then(Value::as_f64) {
+        return every(seconds);
+    }
+    let field = |key: &str| match schedule.get(key) {
+        None | Some(Value::Null) => "*".to_owned(),
+        Some(Value::String(s)) => s.trim().to_owned(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+            .collect::<Vec<_>>()
+            .join(","),
+        Some(other) => other.to_string(),
+    };
+    let (minute, hour) = (field("minute"), field("hour"));
+    let number = |s: &str| s.parse::<u32>().ok();
+    // `*/1` is `*`.
+    let step = |s: &str| s.strip_prefix("*/").and_then(|n| n.parse::<u32>().ok());
+    let (minute, hour) = (
+        if step(&minute) == Some(1) {
+            "*".to_owned()
+        } else {
+            minute
+        },
+        if step(&hour) == Some(1) {
+            "*".to_owned()
+        } else {
+            hour
+        },
+    );
+    let mut words = match (number(&minute), number(&hour)) {
+        (Some(m), Some(h)) => format!("at {h:02}:{m:02}"),
+        _ => {
+            let minutes = match (minute.as_str(), step(&minute)) {
+                ("*", _) => "every minute".to_owned(),
+                (_, Some(n)) => format!("every {n} minutes"),
+                (m, None) => format!("at minute {m}"),
+            };
+            let hours = match (hour.as_str(), step(&hour)) {
+                ("*", _) if minute == "*" || step(&minute).is_some() => String::new(),
+                ("*", _) => " of every hour".to_owned(),
+                (_, Some(n)) => format!(" of every {} hour", ordinal(n)),
+                (h, None) => format!(" past hour {h}"),
+            };
+            minutes + &hours
+        }
+    };
+    let day_of_week = field("day_of_week");
+    if day_of_week != "*" {
+        words += &format!(" on {day_of_week}");
+    }
+    let day_of_month = field("day_of_month");
+    if day_of_month != "*" {
+        words += &format!(" on day {day_of_month} of the month");
+    }
+    let month = field("month_of_year");
+    if month != "*" {
+        words += &format!(" in month {month}");
+    }
+    if let Some(zone) = schedule.get("timezone").and_then(Value::as_str) {
+        words += &format!(" ({zone})");
+    }
+    words
+}
+
+fn every(seconds: f64) -> String {
+    let whole = seconds.fract() == 0.0 && seconds >= 1.0;
+    for (unit, length) in [("day", 86_400.0), ("hour", 3_600.0), ("minute", 60.0)] {
+        if whole && seconds % length == 0.0 {
+            let n = seconds / length;
+            return match n == 1.0 {
+                true => format!("every {unit}"),
+                false => format!("every {n} {unit}s"),
+            };
+        }
+    }
+    match seconds == 1.0 {
+        true => "every second".to_owned(),
+        false => format!("every {seconds} seconds"),
+    }
+}
+
+fn ordinal(n: u32) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (1, 11) | (2, 12) | (3, 13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
+}
+
+/// `t` on `zone`'s wall clock, with the zone's abbreviation:
+/// `2026-03-29 03:00:00 CEST`.
+pub(crate) fn local(t: DateTime<Utc>, zone: Tz) -> String {
+    t.with_timezone(&zone)
+        .format("%Y-%m-%d %H:%M:%S %Z")
+        .to_string()
+}

@@ -1,0 +1,535 @@
+//! The run history (`routine_runs`) and the registry of beats (`beats`):
+//! their rows, and every statement that reads or writes them, in each
+//! dialect.
+//!
+//! Runs are inserted in the claim's own transaction (see
+//! `RoutineStore::claim_due`); everything here runs in short transactions
+//! of its own: outcome updates, heartbeats, marking a dead beat's runs
+//! lost, and pruning, which deletes by primary key in small batches so that
+//! it never holds locks a claim could wait on.
+
+use super::models::{format_timestamp, parse_timestamp, NewRun};
+use super::pool::Pools;
+use super::sql::history::millis;
+use super::write::WriteTransaction;
+use super::{RoutineStore, StoreError};
+use chrono::{DateTime, NaiveDateTime, Utc};
+use diesel::sql_types::{BigInt, Bool, Integer, Nullable, Text};
+use diesel::{Connection, QueryableByName, RunQueryDsl};
+
+use std::time::Duration;
+
+/// One run as `routine_runs` records it.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct RunRow {
+    /// The record's number (newer runs have larger ones).
+    pub id: i64,
+    /// The routine's id.
+    pub routine_id: String,
+    /// The routine's name when it ran.
+    pub routine: String,
+    /// The task it ran.
+    pub task: String,
+    /// The due time the run stands for (for an on-demand run, when it was
+    /// asked for); naive UTC.
+    pub due_at: Option<NaiveDateTime>,
+    /// When it was dispatched (naive UTC).
+    pub dispatched_at: Option<NaiveDateTime>,
+    /// The Celery task id (in-process runs have one too).
+    pub task_id: String,
+    /// `celery` (pushed to the broker) or `local` (a beat's worker pool).
+    pub target: String,
+    /// Run by `beat send`, not by the schedule.
+    pub on_demand: bool,
+    /// The beat that dispatched it (`None`: published by `beat send`).
+    pub beat_id: Option<String>,
+    /// `published`, `queued`, `running`, `retrying`, `succeeded`,
+    /// `failed`, `skipped` (its previous run was still going), `missed`
+    /// (later than its grace time under `skip`), `abandoned` (at a stop) or
+    /// `lost` (its beat died).
+    pub outcome: String,
+    /// Attempts made (in-process runs).
+    pub attempts: Option<i32>,
+    /// The last error.
+    pub error: Option<String>,
+    /// When an in-process run started (naive UTC).
+    pub started_at: Option<NaiveDateTime>,
+    /// When an in-process run ended (naive UTC).
+    pub finished_at: Option<NaiveDateTime>,
+}
+
+#[derive(QueryableByName)]
+struct RawRun {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Text)]
+    routine_id: String,
+    #[diesel(sql_type = Text)]
+    routine: String,
+    #[diesel(sql_type = Text)]
+    task: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    due_at: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    dispatched_at: Option<String>,
+    #[diesel(sql_type = Text)]
+    task_id: String,
+    #[diesel(sql_type = Text)]
+    target: String,
+    #[diesel(sql_type = Bool)]
+    on_demand: bool,
+    #[diesel(sql_type = Nullable<Text>)]
+    beat_id: Option<String>,
+    #[diesel(sql_type = Text)]
+    outcome: String,
+    #[diesel(sql_type = Nullable<Integer>)]
+    attempts: Option<i32>,
+    #[diesel(sql_type = Nullable<Text>)]
+    error: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    started_at: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    finished_at: Option<String>,
+}
+
+fn time(text: Option<String>) -> Option<NaiveDateTime> {
+    text.as_deref().and_then(parse_timestamp)
+}
+
+impl From<RawRun> for RunRow {
+    fn from(raw: RawRun) -> Self {
+        RunRow {
+            id: raw.id,
+            routine_id: raw.routine_id,
+            routine: raw.routine,
+            task: raw.task,
+            due_at: time(raw.due_at),
+            dispatched_at: time(raw.dispatched_at),
+            task_id: raw.task_id,
+            target: raw.target,
+            on_demand: raw.on_demand,
+            beat_id: raw.beat_id,
+            outcome: raw.outcome,
+            attempts: raw.attempts,
+            error: raw.error,
+            started_at: time(raw.started_at),
+            finished_at: time(raw.finished_at),
+        }
+    }
+}
+
+/// A beat as the `beats` table records it.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct BeatRow {
+    /// The beat's id (a fresh uuid at every start).
+    pub id: String,
+    /// The host it runs on.
+    pub host: String,
+    /// Its process id.
+    pub pid: i32,
+    /// The crate version it runs.
+    pub version: String,
+    /// When it started (the database's clock, naive UTC).
+    pub started_at: Option<NaiveDateTime>,
+    /// Its last heartbeat (the database's clock, naive UTC).
+    pub heartbeat_at: Option<NaiveDateTime>,
+    /// When it stopped cleanly.
+    pub stopped_at: Option<NaiveDateTime>,
+    /// The tasks it runs in-process.
+    pub tasks: Vec<String>,
+    /// Whether it sends other tasks to Celery.
+    pub broker: bool,
+    /// How long ago its last heartbeat was, by the database's clock.
+    pub silent_for: Duration,
+}
+
+impl BeatRow {
+    /// Whether it is alive: not stopped, and heard from within `dead_after`.
+    pub fn is_alive(&self, dead_after: Duration) -> bool {
+        self.stopped_at.is_none() && self.silent_for <= dead_after
+    }
+}
+
+#[derive(QueryableByName)]
+struct RawBeat {
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = Text)]
+    host: String,
+    #[diesel(sql_type = Integer)]
+    pid: i32,
+    #[diesel(sql_type = Text)]
+    version: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    started_at: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    heartbeat_at: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    stopped_at: Option<String>,
+    #[diesel(sql_type = Text)]
+    tasks: String,
+    #[diesel(sql_type = Bool)]
+    broker: bool,
+    #[diesel(sql_type = Nullable<Text>)]
+    db_now: Option<String>,
+}
+
+impl From<RawBeat> for BeatRow {
+    fn from(raw: RawBeat) -> Self {
+        let heartbeat_at = time(raw.heartbeat_at);
+        let silent_for = match (heartbeat_at, time(raw.db_now)) {
+            (Some(beat), Some(now)) => (now - beat).to_std().unwrap_or_default(),
+            _ => Duration::MAX,
+        };
+        BeatRow {
+            id: raw.id,
+            host: raw.host,
+            pid: raw.pid,
+            version: raw.version,
+            started_at: time(raw.started_at),
+            heartbeat_at,
+            stopped_at: time(raw.stopped_at),
+            tasks: serde_json::from_str(&raw.tasks).unwrap_or_default(),
+            broker: raw.broker,
+            silent_for,
+        }
+    }
+}
+
+/// A change to an in-process run of this beat's.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RunUpdate {
+    pub(crate) routine_id: String,
+    pub(crate) task_id: String,
+    pub(crate) outcome: &'static str,
+    pub(crate) attempts: Option<i32>,
+    pub(crate) error: Option<String>,
+    pub(crate) started_at: Option<DateTime<Utc>>,
+    pub(crate) finished_at: Option<DateTime<Utc>>,
+    /// The run has ended and history is off: its row goes (it was kept
+    /// only so that no other beat overlapped it).
+    pub(crate) forget: bool,
+}
+
+/// Which runs to list (`beat history`).
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct RunFilter {
+    /// Runs of this routine id.
+    pub routine_id: Option<String>,
+    /// Runs recorded under this routine name (for a routine since deleted).
+    pub routine: Option<String>,
+    /// Only runs that did not succeed: `failed`, `lost` or `abandoned`.
+    pub failed: bool,
+    /// Only runs dispatched at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// At most this many, newest first.
+    pub limit: usize,
+}
+
+/// Who this beat is, for its registration.
+#[derive(Debug, Clone)]
+pub(crate) struct BeatInfo {
+    pub(crate) id: String,
+    pub(crate) host: String,
+    pub(crate) pid: i32,
+    pub(crate) tasks: String,
+    pub(crate) broker: bool,
+}
+
+#[derive(QueryableByName)]
+struct IdRow {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+}
+
+#[derive(QueryableByName)]
+pub(super) struct TextRow {
+    #[diesel(sql_type = Text)]
+    pub(super) value: String,
+}
+
+/// Runs `$body` on a pooled connection of the store's backend, with `$sql`
+/// its history statements.
+macro_rules! with_history_conn {
+    ($store:expr, |$conn:ident, $sql:ident| $body:expr) => {
+        match &$store.pools {
+            Pools::Postgres(pool) => {
+                let $conn = &mut *pool.get().map_err(StoreError::checkout)?;
+                let $sql = &$store.history;
+                $body
+            }
+            Pools::Sqlite(pool) => {
+                let $conn = &mut *pool.get().map_err(StoreError::checkout)?;
+                let $sql = &$store.history;
+                $body
+            }
+            #[cfg(feature = "mysql")]
+            Pools::Mysql(pool) => {
+                let $conn = &mut *pool.get().map_err(StoreError::checkout)?;
+                let $sql = &$store.history;
+                $body
+            }
+        }
+    };
+}
+
+impl RoutineStore {
+    /// Records this beat in `beats` (at start, and again should its row
+    /// have gone).
+    pub(crate) fn register_beat(&self, beat: &BeatInfo) -> Result<(), StoreError> {
+        with_history_conn!(self, |conn, sql| {
+            diesel::sql_query(&sql.register)
+                .bind::<Text, _>(&beat.id)
+                .bind::<Text, _>(&beat.host)
+                .bind::<Integer, _>(beat.pid)
+                .bind::<Text, _>(env!("CARGO_PKG_VERSION"))
+                .bind::<Text, _>(&beat.tasks)
+                .bind::<Bool, _>(beat.broker)
+                .execute(conn)
+                .map(drop)
+                .map_err(|e| StoreError::query("register_beat", e))
+        })
+    }
+
+    /// Says this beat is alive. Returns whether its row was there.
+    pub(crate) fn heartbeat(&self, beat_id: &str) -> Result<bool, StoreError> {
+        with_history_conn!(self, |conn, sql| {
+            diesel::sql_query(&sql.heartbeat)
+                .bind::<Text, _>(beat_id)
+                .execute(conn)
+                .map(|n| n > 0)
+                .map_err(|e| StoreError::query("heartbeat", e))
+        })
+    }
+
+    /// At a clean stop: this beat's runs that never ended are abandoned
+    /// (or forgotten, without history), and the beat is marked stopped.
+    pub(crate) fn beat_stopped(
+        &self,
+        beat_id: &str,
+        now: DateTime<Utc>,
+        history: bool,
+    ) -> Result<usize, StoreError> {
+        let now = format_timestamp(now);
+        with_history_conn!(self, |conn, sql| {
+            conn.transaction(|conn| {
+                let ended = match history {
+                    true => diesel::sql_query(&sql.end_own_runs)
+                        .bind::<Text, _>(&now)
+                        .bind::<Text, _>(beat_id)
+                        .execute(conn)?,
+                    false => diesel::sql_query(&sql.forget_own_runs)
+                        .bind::<Text, _>(beat_id)
+                        .execute(conn)?,
+                };
+                diesel::sql_query(&sql.stopped)
+                    .bind::<Text, _>(beat_id)
+                    .execute(conn)?;
+                Ok(ended)
+            })
+            .map_err(|e| StoreError::query("beat_stopped", e))
+        })
+    }
+
+    /// Ends as `lost` the unfinished runs of beats that stopped or have
+    /// been silent for `dead_after`. Returns how many.
+    pub(crate) fn mark_lost(
+        &self,
+        own_id: &str,
+        dead_after: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
+        let now = format_timestamp(now);
+        with_history_conn!(self, |conn, sql| {
+            diesel::sql_query(&sql.mark_lost)
+                .bind::<Text, _>(&now)
+                .bind::<Text, _>(own_id)
+                .bind::<BigInt, _>(millis(dead_after))
+                .execute(conn)
+                .map_err(|e| StoreError::query("mark_lost", e))
+        })
+    }
+
+    /// Writes what became of this beat's in-process runs, in one
+    /// transaction.
+    pub(crate) fn update_runs(
+        &self,
+        beat_id: &str,
+        updates: &[RunUpdate],
+    ) -> Result<(), StoreError> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        with_history_conn!(self, |conn, sql| {
+            let update = &sql.update_run;
+            let delete = &sql.delete_run;
+            conn.transaction(|conn| {
+                for u in updates {
+                    if u.forget {
+                        diesel::sql_query(delete)
+                            .bind::<Text, _>(&u.routine_id)
+                            .bind::<Text, _>(&u.task_id)
+                            .bind::<Text, _>(beat_id)
+                            .execute(conn)?;
+                        continue;
+                    }
+                    diesel::sql_query(update)
+                        .bind::<Text, _>(u.outcome)
+                        .bind::<Nullable<Integer>, _>(u.attempts)
+                        .bind::<Nullable<Text>, _>(u.error.as_deref())
+                        .bind::<Nullable<Text>, _>(u.started_at.map(format_timestamp))
+                        .bind::<Nullable<Text>, _>(u.finished_at.map(format_timestamp))
+                        .bind::<Text, _>(&u.routine_id)
+                        .bind::<Text, _>(&u.task_id)
+                        .bind::<Text, _>(beat_id)
+                        .execute(conn)?;
+                }
+                Ok(())
+            })
+            .map_err(|e| StoreError::query("update_runs", e))
+        })
+    }
+
+    /// Deletes the runs dispatched before `before` among the `batch` oldest.
+    /// Returns how many went (fewer than `batch`: no more are due to go).
+    pub(crate) fn prune_aged(
+        &self,
+        before: DateTime<Utc>,
+        batch: usize,
+    ) -> Result<usize, StoreError> {
+        let before = format_timestamp(before);
+        let batch = i64::try_from(batch).unwrap_or(i64::MAX);
+        let ids: Vec<IdRow> = with_history_conn!(self, |conn, sql| {
+            diesel::sql_query(&sql.aged_runs)
+                .bind::<BigInt, _>(batch)
+                .bind::<Text, _>(&before)
+                .load(conn)
+                .map_err(|e| StoreError::query("prune_aged", e))?
+        });
+        self.delete_runs(&ids)
+    }
+
+    /// Deletes up to `batch` runs of `routine_ids` beyond each routine's
+    /// newest `keep`. Returns how many went.
+    pub(crate) fn prune_excess(
+        &self,
+        routine_ids: &[String],
+        keep: usize,
+        batch: usize,
+    ) -> Result<usize, StoreError> {
+        if routine_ids.is_empty() {
+            return Ok(0);
+        }
+        let ids_json = serde_json::Value::from(routine_ids.to_vec()).to_string();
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        let batch = i64::try_from(batch).unwrap_or(i64::MAX);
+        let ids: Vec<IdRow> = with_history_conn!(self, |conn, sql| {
+            diesel::sql_query(&sql.excess_runs)
+                .bind::<Text, _>(&ids_json)
+                .bind::<BigInt, _>(keep)
+                .bind::<BigInt, _>(batch)
+                .load(conn)
+                .map_err(|e| StoreError::query("prune_excess", e))?
+        });
+        self.delete_runs(&ids)
+    }
+
+    /// Deletes runs by id (each a primary-key lookup: no range locks).
+    fn delete_runs(&self, ids: &[IdRow]) -> Result<usize, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let json =
+            serde_json::Value::from(ids.iter().map(|r| r.id).collect::<Vec<_>>()).to_string();
+        with_history_conn!(self, |conn, sql| {
+            diesel::sql_query(sql.json_ids_delete)
+                .bind::<Text, _>(&json)
+                .execute(conn)
+                .map_err(|e| StoreError::query("delete_runs", e))
+        })
+    }
+
+    /// Deletes beats silent for longer than `age`.
+    pub(crate) fn prune_beats(&self, age: Duration) -> Result<usize, StoreError> {
+        with_history_conn!(self, |conn, sql| {
+            diesel::sql_query(&sql.prune_beats)
+                .bind::<BigInt, _>(millis(age))
+                .execute(conn)
+                .map_err(|e| StoreError::query("prune_beats", e))
+        })
+    }
+
+    /// Every beat recorded, newest first.
+    pub fn beats(&self) -> Result<Vec<BeatRow>, StoreError> {
+        with_history_conn!(self, |conn, sql| {
+            let rows: Vec<RawBeat> = diesel::sql_query(&sql.beats)
+                .load(conn)
+                .map_err(|e| StoreError::query("beats", e))?;
+            Ok(rows.into_iter().map(BeatRow::from).collect())
+        })
+    }
+
+    /// Recorded runs matching `filter`, newest first.
+    pub fn runs(&self, filter: &RunFilter) -> Result<Vec<RunRow>, StoreError> {
+        let statement = self.history.dialect.runs(
+            filter.routine_id.is_some(),
+            filter.routine.is_some(),
+            filter.failed,
+            filter.since.is_some(),
+        );
+        let since = filter.since.map(format_timestamp);
+        let limit = i64::try_from(filter.limit.max(1)).unwrap_or(i64::MAX);
+        macro_rules! load {
+            ($conn:expr) => {{
+                let mut query = diesel::sql_query(&statement).into_boxed();
+                if let Some(id) = &filter.routine_id {
+                    query = query.bind::<Text, _>(id.clone());
+                }
+                if let Some(name) = &filter.routine {
+                    query = query.bind::<Text, _>(name.clone());
+                }
+                if let Some(since) = &since {
+                    query = query.bind::<Text, _>(since.clone());
+                }
+                let rows: Vec<RawRun> = query
+                    .bind::<BigInt, _>(limit)
+                    .load($conn)
+                    .map_err(|e| StoreError::query("runs", e))?;
+                Ok(rows.into_iter().map(RunRow::from).collect())
+            }};
+        }
+        with_history_conn!(self, |conn, _sql| load!(conn))
+    }
+
+    /// Asks the serving beats to run the routine called `name` now (see
+    /// `beat send`): an edit, seen within their watch interval. Returns
+    /// whether the routine exists.
+    pub fn request_run(&self, name: &str) -> Result<bool, StoreError> {
+        with_history_conn!(self, |conn, sql| {
+            conn.as_operator(|conn| {
+                diesel::sql_query(sql.mark_requested)
+                    .bind::<Text, _>(name)
+                    .execute(conn)
+            })
+            .map(|n| n > 0)
+            .map_err(|e| StoreError::query("request_run", e))
+        })
+    }
+
+    /// Records runs dispatched outside a claim: on demand, by beat `beat`
+    /// (`None`: `beat send` publishing to Celery itself).
+    pub(crate) fn record_runs(
+        &self,
+        runs: &[NewRun],
+        dispatched_at: DateTime<Utc>,
+        beat: Option<&str>,
+    ) -> Result<(), StoreError> {
+        with_history_conn!(self, |conn, sql| {
+            conn.write_runs(sql.insert_runs, runs, dispatched_at, beat)
+                .map_err(|e| StoreError::query("record_runs", e))
+        })
+    }
+}

@@ -1,0 +1,498 @@
+//! The run history and the registry of beats: every dispatch recorded in
+//! its claim, in-process outcomes written when runs end, retention by age
+//! and count, no overlap of a routine's runs across beats, and a dead
+//! beat's runs marked lost.
+
+mod common;
+
+use celery_diesel_kit::ops::Operator;
+use celery_diesel_kit::{
+    task_id, Beat, Config, ManualBeat, Routine, RunRow, Schedule, SyncTask, TaskContext, TaskResult,
+};
+use chrono::{DateTime, Duration as TimeDelta, Utc};
+use common::{utc, wait_until, BeatProcess, Recorder, TestClock, TestDb};
+use crossbeam_channel::{Receiver, Sender};
+use serde_json::json;
+use std::collections::HashMap;
+use std::time::Duration;
+
+fn at(seconds: i64) -> DateTime<Utc> {
+    utc("2030-01-01 00:00:00") + TimeDelta::seconds(seconds)
+}
+
+fn every(seconds: u64) -> Schedule {
+    Schedule::every(Duration::from_secs(seconds)).unwrap()
+}
+
+/// Every recorded run, oldest first.
+fn runs(config: &Config) -> Vec<RunRow> {
+    let op = Operator::connect(config.clone()).expect("connect");
+    let mut runs = op.history(None, false, None, 100_000).expect("history");
+    runs.reverse();
+    runs
+}
+
+/// Each routine's runs as (due second, outcome), oldest first.
+fn outcomes(config: &Config) -> HashMap<String, Vec<(i64, String)>> {
+    let mut by_routine: HashMap<String, Vec<(i64, String)>> = HashMap::new();
+    for run in runs(config) {
+        let due = run.due_at.unwrap().and_utc();
+        by_routine
+            .entry(run.routine.clone())
+            .or_default()
+            .push(((due - at(0)).num_seconds(), run.outcome.clone()));
+    }
+    by_routine
+}
+
+/// A task that blocks until released.
+struct Gate {
+    started: Sender<()>,
+    release: Receiver<()>,
+}
+
+impl SyncTask for Gate {
+    fn name(&self) -> &str {
+        "gate"
+    }
+    fn run(&self, _: &TaskContext) -> TaskResult {
+        let _ = self.started.send(());
+        let _ = self.release.recv_timeout(Duration::from_secs(60));
+        Ok(())
+    }
+}
+
+fn gate() -> (Gate, Receiver<()>, Sender<()>) {
+    let (started_tx, started_rx) = crossbeam_channel::unbounded();
+    let (release_tx, release_rx) = crossbeam_channel::unbounded();
+    (
+        Gate {
+            started: started_tx,
+            release: release_rx,
+        },
+        started_rx,
+        release_tx,
+    )
+}
+
+/// A task that always fails.
+struct Fail;
+
+impl SyncTask for Fail {
+    fn name(&self) -> &str {
+        "fail"
+    }
+    fn run(&self, ctx: &TaskContext) -> TaskResult {
+        Err(format!("attempt {} failed", ctx.attempt).into())
+    }
+}
+
+fn start(builder: celery_diesel_kit::BeatBuilder) -> ManualBeat {
+    builder.start_manual().expect("start")
+}
+
+backend_tests! {
+    fn every_dispatch_is_recorded_in_its_claim_and_every_outcome_when_it_ends(db) {
+        let mut config = db.config();
+        config.celery_max_retry = 1;
+        let (gate, started, release) = gate();
+        let clock = TestClock::at(at(0));
+        let late = Routine::from_json(&json!({"name": "late", "task": "ok",
+            "schedule": {"timedelta": 10, "misfire_policy": "skip", "misfire_grace_time": 1}})).unwrap();
+        let mut beat = start(Beat::builder(config.clone())
+            .clock(clock.clone())
+            .task(Recorder::new("ok"))
+            .task(Fail)
+            .task(gate)
+            .routine(Routine::new("ok", "ok", every(10)))
+            .routine(Routine::new("fail", "fail", every(10)))
+            .routine(Routine::new("gate", "gate", every(5)))
+            .routine(late));
+        beat.tick(at(0)).unwrap();
+        clock.set(at(10));
+        let tick = beat.tick(at(10)).unwrap();
+        assert_eq!(tick.fired, 4, "{tick:?}");
+        started.recv_timeout(Duration::from_secs(10)).expect("gate started");
+        let ended = || beat.stats().gave_up == 1 && beat.stats().succeeded == 2;
+        assert!(wait_until(Duration::from_secs(10), ended), "{:?}", beat.stats());
+        clock.set(at(15));
+        assert_eq!(beat.tick(at(15)).unwrap().skipped, 1);
+        clock.set(at(32));
+        let tick = beat.tick(at(32)).unwrap();
+        assert_eq!((tick.fired, tick.skipped, tick.missed), (2, 1, 1), "{tick:?}");
+        let settled = |want_gate: &str| {
+            let o = outcomes(&config);
+            o.get("fail").is_some_and(|f| f.iter().all(|(_, x)| x == "failed") && f.len() == 2)
+                && o.get("ok").is_some_and(|f| f.iter().all(|(_, x)| x == "succeeded") && f.len() == 2)
+                && o.get("gate").is_some_and(|g| g.first().is_some_and(|(_, x)| x == want_gate))
+        };
+        assert!(wait_until(Duration::from_secs(10), || settled("running")), "{:#?}", runs(&config));
+        release.send(()).unwrap();
+        assert!(wait_until(Duration::from_secs(10), || settled("succeeded")), "{:#?}", runs(&config));
+
+        let o = outcomes(&config);
+        let expect = |pairs: &[(i64, &str)]| pairs.iter().map(|(t, s)| (*t, s.to_string())).collect::<Vec<_>>();
+        assert_eq!(o["ok"], expect(&[(10, "succeeded"), (20, "succeeded")]));
+        assert_eq!(o["fail"], expect(&[(10, "failed"), (20, "failed")]));
+        assert_eq!(o["gate"], expect(&[(5, "succeeded"), (15, "skipped"), (20, "skipped")]));
+        assert_eq!(o["late"], expect(&[(10, "succeeded"), (20, "missed")]));
+
+        let all = runs(&config);
+        let rows = beat.store().routines().unwrap();
+        for row in &rows {
+            let mine: Vec<&RunRow> = all.iter().filter(|r| r.routine_id == row.id).collect();
+            let fired = mine.iter().filter(|r| !matches!(r.outcome.as_str(), "skipped" | "missed")).count();
+            assert_eq!(Some(fired as i32), row.total_run_count, "{}: history agrees with total_run_count", row.name);
+            for run in &mine {
+                assert_eq!(run.task_id, task_id(&row.id, run.due_at.unwrap().and_utc()));
+                assert_eq!(run.target, "local");
+                assert_eq!(run.beat_id.as_deref(), Some(beat.id()));
+                assert!(!run.on_demand);
+            }
+        }
+        let fail: Vec<&RunRow> = all.iter().filter(|r| r.routine == "fail").collect();
+        assert!(fail.iter().all(|r| r.attempts == Some(2) && r.error.as_deref() == Some("attempt 1 failed")), "{fail:#?}");
+        let gate_run = all.iter().find(|r| r.routine == "gate" && r.outcome == "succeeded").unwrap();
+        assert!(gate_run.started_at.is_some() && gate_run.finished_at >= gate_run.started_at);
+        let skipped = all.iter().find(|r| r.outcome == "skipped").unwrap();
+        assert_eq!(skipped.error.as_deref(), Some("its previous run was still queued or running"));
+        let missed = all.iter().find(|r| r.outcome == "missed").unwrap();
+        assert!(missed.error.as_deref().unwrap().contains("misfire grace time 1s"), "{missed:?}");
+        beat.stop();
+    }
+
+    fn history_is_pruned_by_count_per_routine_and_by_age(db) {
+        let mut config = db.config();
+        config.history_max_runs = 3;
+        config.history_max_age = Duration::from_secs(3600);
+        config.scheduler_heartbeat_interval = Duration::from_millis(100);
+        let clock = TestClock::at(at(0));
+        let mut beat = start(Beat::builder(config.clone())
+            .clock(clock.clone())
+            .task(Recorder::new("ok"))
+            .routine(Routine::new("often", "ok", every(1)))
+            .routine(Routine::new("seldom", "ok", every(5))));
+        db.exec(&format!(
+            "INSERT INTO routine_runs (routine_id, routine, task, due_at, dispatched_at, task_id, target, outcome) \
+             VALUES ('gone', 'ancient', 'ok', {old}, {old}, 'a1', 'local', 'succeeded'), \
+                    ('gone', 'ancient', 'ok', {old}, {old}, 'a2', 'local', 'succeeded'), \
+                    ('gone', 'ancient', 'ok', {recent}, {recent}, 'a3', 'local', 'succeeded')",
+            old = db.timestamp(at(-7200)),
+            recent = db.timestamp(at(-60)),
+        ));
+        beat.tick(at(0)).unwrap();
+        for t in 1..=10 {
+            clock.set(at(t));
+            beat.tick(at(t)).unwrap();
+            // Each run ends before the next second, so none is skipped.
+            let ran = (t + t / 5) as u64;
+            assert!(wait_until(Duration::from_secs(10), || beat.stats().succeeded == ran), "{t}: {:?}", beat.stats());
+        }
+        let pruned = || {
+            let o = outcomes(&config);
+            let dues = |name: &str| o.get(name).map(|runs| runs.iter().map(|(t, _)| *t).collect::<Vec<_>>());
+            dues("often") == Some(vec![8, 9, 10]) && dues("seldom") == Some(vec![5, 10])
+                && dues("ancient") == Some(vec![-60])
+        };
+        assert!(wait_until(Duration::from_secs(10), pruned), "{:#?}", outcomes(&config));
+        // total_run_count keeps counting: retention bounds the records only.
+        let often = beat.store().routine("often").unwrap().unwrap();
+        assert_eq!(often.total_run_count, Some(10));
+        beat.stop();
+    }
+
+    fn with_history_off_only_unfinished_in_process_runs_are_kept(db) {
+        let mut config = db.config();
+        config.history = false;
+        let (gate, started, release) = gate();
+        let clock = TestClock::at(at(0));
+        let mut beat = start(Beat::builder(config.clone())
+            .clock(clock.clone())
+            .task(Recorder::new("ok"))
+            .task(gate)
+            .routine(Routine::new("ok", "ok", every(10)))
+            .routine(Routine::new("gate", "gate", every(10))));
+        beat.tick(at(0)).unwrap();
+        clock.set(at(10));
+        assert_eq!(beat.tick(at(10)).unwrap().fired, 2);
+        started.recv_timeout(Duration::from_secs(10)).expect("gate started");
+        assert!(wait_until(Duration::from_secs(10), || beat.stats().succeeded == 1), "ok ran");
+        clock.set(at(20));
+        assert_eq!(beat.tick(at(20)).unwrap().skipped, 1, "only the gate is still running");
+        let only_gate = || {
+            let o = outcomes(&config);
+            o.len() == 1 && o.get("gate").is_some_and(|g| g == &[(10, "running".to_owned())])
+        };
+        assert!(wait_until(Duration::from_secs(10), only_gate), "{:#?}", outcomes(&config));
+        release.send(()).unwrap();
+        assert!(wait_until(Duration::from_secs(10), || runs(&config).is_empty()), "{:#?}", runs(&config));
+        beat.stop();
+    }
+
+    fn a_run_going_on_another_beat_is_never_overlapped_until_that_beat_is_dead(db) {
+        let clock = TestClock::at(at(0));
+        // Beat A heartbeats once (at start), then falls silent, as a hung
+        // or partitioned beat would.
+        let mut silent = db.config();
+        silent.scheduler_heartbeat_interval = Duration::from_secs(3600);
+        silent.scheduler_dead_after = Duration::from_secs(7200);
+        let (gate_a, started_a, release_a) = gate();
+        let mut a = start(Beat::builder(silent.clone())
+            .clock(clock.clone())
+            .task(gate_a)
+            .routine(Routine::new("exclusive", "gate", every(5))));
+        let mut watchful = db.config();
+        watchful.scheduler_heartbeat_interval = Duration::from_millis(100);
+        watchful.scheduler_dead_after = Duration::from_secs(3);
+        let (gate_b, started_b, release_b) = gate();
+        let mut b = start(Beat::builder(watchful.clone())
+            .clock(clock.clone())
+            .task(gate_b)
+            .routine(Routine::new("exclusive", "gate", every(5))));
+        a.tick(at(0)).unwrap();
+        clock.set(at(5));
+        assert_eq!(a.tick(at(5)).unwrap().fired, 1);
+        started_a.recv_timeout(Duration::from_secs(10)).expect("A's run started");
+        let a_alive = std::time::Instant::now();
+
+        clock.set(at(10));
+        let tick = b.tick(at(10)).unwrap();
+        assert_eq!((tick.fired, tick.skipped), (0, 1), "B must not overlap A's run: {tick:?}");
+        let skipped = runs(&watchful).into_iter().find(|r| r.outcome == "skipped").unwrap();
+        assert_eq!(skipped.error.as_deref(), Some("its previous run was still going on another beat"));
+        assert_eq!(skipped.beat_id.as_deref(), Some(b.id()));
+
+        // A falls silent for longer than B's bound: B marks A's run lost,
+        // and the routine is free again.
+        let lost = || runs(&watchful).iter().any(|r| r.outcome == "lost" && r.beat_id.as_deref() == Some(a.id()));
+        assert!(wait_until(Duration::from_secs(15), lost), "{:#?}", runs(&watchful));
+        assert!(a_alive.elapsed() >= Duration::from_secs(2), "lost after {:?}, before the bound", a_alive.elapsed());
+        clock.set(at(15));
+        assert_eq!(b.tick(at(15)).unwrap().fired, 1);
+        started_b.recv_timeout(Duration::from_secs(10)).expect("B's run started");
+        let beats = Operator::connect(watchful.clone()).unwrap().beats().unwrap();
+        let a_row = beats.iter().find(|x| x.id == a.id()).unwrap();
+        assert!(!a_row.is_alive(watchful.scheduler_dead_after) && a_row.stopped_at.is_none());
+        release_a.send(()).unwrap();
+        release_b.send(()).unwrap();
+        a.stop();
+        b.stop();
+        let beats = Operator::connect(watchful.clone()).unwrap().beats().unwrap();
+        assert!(beats.iter().all(|x| x.stopped_at.is_some()), "{beats:#?}");
+    }
+}
+
+/// A bound shorter than two heartbeats would declare live beats dead.
+#[test]
+fn a_dead_after_shorter_than_two_heartbeats_is_refused() {
+    let db = TestDb::sqlite("history_dead_after");
+    let mut config = db.config();
+    config.scheduler_heartbeat_interval = Duration::from_secs(2);
+    config.scheduler_dead_after = Duration::from_secs(3);
+    let err = Beat::builder(config).start_manual().err().expect("refused");
+    let message = err.to_string();
+    assert!(
+        message.contains("scheduler_dead_after")
+            && message.contains("twice scheduler_heartbeat_interval"),
+        "{message}"
+    );
+}
+
+/// `beat send` through the table: the beat that plans the request runs the
+/// routine at once, outside its schedule, and records it.
+#[test]
+fn a_run_requested_through_the_table_is_run_once_and_recorded() {
+    let db = TestDb::sqlite("history_requested");
+    let config = db.config();
+    let clock = TestClock::at(at(0));
+    let ok = Recorder::new("ok");
+    let mut beat = start(
+        Beat::builder(config.clone())
+            .clock(clock.clone())
+            .task(ok.clone())
+            .routine(
+                Routine::new(
+                    "daily",
+                    "ok",
+                    Schedule::parse(r#"{"minute": 0, "hour": 3}"#).unwrap(),
+                )
+                .kwargs(json!({"x": 1})),
+            ),
+    );
+    beat.tick(at(0)).unwrap();
+    assert!(beat.store().request_run("daily").unwrap());
+    clock.set(at(1));
+    beat.tick(at(1)).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || ok.count() == 1));
+    assert_eq!(ok.runs()[0].kwargs, json!({"x": 1}));
+    let row = beat.store().routine("daily").unwrap().unwrap();
+    assert_eq!(row.run_requested_at, None, "the request is cleared");
+    assert_eq!(
+        row.total_run_count,
+        Some(0),
+        "an on-demand run is not a scheduled one"
+    );
+    assert_eq!(
+        row.next_run_at_utc(),
+        Some(at(3 * 3600)),
+        "its schedule is untouched"
+    );
+    let recorded = || {
+        runs(&config)
+            .first()
+            .is_some_and(|r| r.outcome == "succeeded")
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), recorded),
+        "{:#?}",
+        runs(&config)
+    );
+    let all = runs(&config);
+    assert_eq!(all.len(), 1);
+    assert!(all[0].on_demand && all[0].target == "local");
+    // Ticks later run nothing more.
+    clock.set(at(2));
+    beat.tick(at(2)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(ok.count(), 1);
+    beat.stop();
+}
+
+/// Two beat processes share a routine whose task (3 s) outlasts its period
+/// (1 s): its runs follow one another and never overlap, whichever beat
+/// runs them; the due times in between are recorded as skipped. A SIGKILL
+/// of the beat running it frees the routine after the heartbeat bound.
+#[test]
+fn two_beat_processes_never_overlap_a_routine_and_a_killed_one_frees_it() {
+    let test = "history_two_processes";
+    let Some(db) = TestDb::postgres(test) else {
+        return;
+    };
+    let store = db.store();
+    db.exec(r#"INSERT INTO routines (name, task, schedule, kwargs) VALUES ('slow', 'demo.sleep', '{"timedelta": 1}', '{"seconds": 3}')"#);
+    let env = [
+        ("SCHEDULER_DB_URI", db.url.as_str()),
+        ("SCHEDULER_WATCH_INTERVAL", "0.2"),
+        ("SCHEDULER_HEARTBEAT_INTERVAL", "0.5"),
+        ("SCHEDULER_DEAD_AFTER", "3"),
+        ("RUST_LOG", "info"),
+    ];
+    let mut beats = [BeatProcess::start(&env), BeatProcess::start(&env)];
+    let config = {
+        let mut c = db.config();
+        c.scheduler_dead_after = Duration::from_secs(3);
+        c
+    };
+    // Both beats serve; the routine is run by one at a time.
+    assert!(
+        wait_until(Duration::from_secs(30), || runs(&config)
+            .iter()
+            .filter(|r| r.outcome == "succeeded")
+            .count()
+            >= 3),
+        "{:#?}\n{}\n{}",
+        runs(&config),
+        beats[0].log(),
+        beats[1].log()
+    );
+    // Kill whichever beat runs it now.
+    let running = || runs(&config).into_iter().find(|r| r.outcome == "running");
+    assert!(wait_until(Duration::from_secs(10), || running().is_some()));
+    let victim = running().unwrap();
+    let beat_rows = store.beats().unwrap();
+    let pid = beat_rows
+        .iter()
+        .find(|b| Some(&b.id) == victim.beat_id.as_ref())
+        .unwrap()
+        .pid;
+    let index = beats
+        .iter()
+        .position(|b| b.child.id() as i32 == pid)
+        .unwrap();
+    beats[index].kill();
+    let killed_at = Utc::now();
+    let survivor = &mut beats[1 - index];
+    // The survivor waits out the bound, marks the run lost, and runs the
+    // routine again.
+    let resumed = || {
+        runs(&config).iter().any(|r| {
+            r.beat_id != victim.beat_id && r.started_at.is_some_and(|s| s.and_utc() > killed_at)
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), resumed),
+        "{:#?}\n{}",
+        runs(&config),
+        survivor.log()
+    );
+    assert!(
+        survivor.terminate(Duration::from_secs(30)),
+        "{}",
+        survivor.log()
+    );
+
+    let all = runs(&config);
+    let lost: Vec<&RunRow> = all.iter().filter(|r| r.outcome == "lost").collect();
+    assert_eq!(lost.len(), 1, "{all:#?}");
+    assert_eq!(lost[0].task_id, victim.task_id);
+    let first_after = all
+        .iter()
+        .filter(|r| r.started_at.is_some_and(|s| s.and_utc() > killed_at))
+        .filter_map(|r| r.started_at)
+        .min()
+        .unwrap()
+        .and_utc();
+    let waited = (first_after - killed_at).to_std().unwrap();
+    assert!(
+        waited >= Duration::from_millis(2500),
+        "resumed {waited:?} after the kill, inside the 3 s bound"
+    );
+    // No two runs overlap: each started after the previous one ended (the
+    // killed run ended at the kill).
+    let mut spans: Vec<(DateTime<Utc>, DateTime<Utc>)> = all
+        .iter()
+        .filter_map(|r| {
+            let start = r.started_at?.and_utc();
+            let end = match r.outcome.as_str() {
+                "lost" => killed_at,
+                _ => r.finished_at?.and_utc(),
+            };
+            Some((start, end))
+        })
+        .collect();
+    spans.sort();
+    for pair in spans.windows(2) {
+        assert!(
+            pair[1].0 >= pair[0].1,
+            "overlapping runs: {pair:?}\n{all:#?}"
+        );
+    }
+    let skipped = all.iter().filter(|r| r.outcome == "skipped").count();
+    let ran: Vec<&str> = all
+        .iter()
+        .filter(|r| r.outcome == "succeeded")
+        .filter_map(|r| r.beat_id.as_deref())
+        .collect();
+    assert!(
+        skipped >= 2 * ran.len(),
+        "due times between runs are recorded as skipped: {all:#?}"
+    );
+    let row = store.routine("slow").unwrap().unwrap();
+    let fired = all
+        .iter()
+        .filter(|r| r.outcome != "skipped" && r.outcome != "missed")
+        .count();
+    assert_eq!(
+        row.total_run_count,
+        Some(fired as i32),
+        "history agrees with total_run_count"
+    );
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!(
+            "two beats, 3 s task every 1 s: {} runs (one lost at the kill), {skipped} skipped, resumed {waited:?} after the SIGKILL\n",
+            spans.len()
+        )
+        .as_bytes(),
+    );
+}
