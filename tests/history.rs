@@ -10,8 +10,7 @@ use celery_diesel_kit::{
     task_id, Beat, Config, ManualBeat, Routine, RunRow, Schedule, SyncTask, TaskContext, TaskResult,
 };
 use chrono::{DateTime, Duration as TimeDelta, Utc};
-use common::{utc, wait_until, BeatProcess, Recorder, TestClock, TestDb};
-use crossbeam_channel::{Receiver, Sender};
+use common::{gate, utc, wait_until, BeatProcess, Recorder, TestClock, TestDb};
 use serde_json::json;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -43,36 +42,6 @@ fn outcomes(config: &Config) -> HashMap<String, Vec<(i64, String)>> {
             .push(((due - at(0)).num_seconds(), run.outcome.clone()));
     }
     by_routine
-}
-
-/// A task that blocks until released.
-struct Gate {
-    started: Sender<()>,
-    release: Receiver<()>,
-}
-
-impl SyncTask for Gate {
-    fn name(&self) -> &str {
-        "gate"
-    }
-    fn run(&self, _: &TaskContext) -> TaskResult {
-        let _ = self.started.send(());
-        let _ = self.release.recv_timeout(Duration::from_secs(60));
-        Ok(())
-    }
-}
-
-fn gate() -> (Gate, Receiver<()>, Sender<()>) {
-    let (started_tx, started_rx) = crossbeam_channel::unbounded();
-    let (release_tx, release_rx) = crossbeam_channel::unbounded();
-    (
-        Gate {
-            started: started_tx,
-            release: release_rx,
-        },
-        started_rx,
-        release_tx,
-    )
 }
 
 /// A task that always fails.

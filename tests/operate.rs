@@ -87,6 +87,9 @@ backend_tests! {
         let ran = beat(url, &["list"]);
         assert_eq!(ran.code, 1, "{ran:?}");
         assert!(ran.err.contains("run `beat migrate`"), "{ran:?}");
+        // The database's reason, said once (not again as the error's cause).
+        let reason = ran.err.split("older than this version (").nth(1).and_then(|r| r.split(')').next()).unwrap_or_default();
+        assert!(!reason.is_empty() && ran.err.matches(reason).count() == 1, "{ran:?}");
         let ran = beat(url, &["migrate"]);
         assert_eq!(ran.code, 0, "{ran:?}");
         assert!(ran.out.contains("tables are up to date"), "{ran:?}");

@@ -8,8 +8,7 @@ use celery_diesel_kit::{
     AsyncTask, Beat, Config, ManualBeat, Routine, Schedule, SyncTask, TaskContext, TaskResult,
 };
 use chrono::{DateTime, Duration as TimeDelta, Utc};
-use common::{utc, wait_until, Recorder};
-use crossbeam_channel::{Receiver, Sender};
+use common::{gate, utc, wait_until, Recorder};
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -90,36 +89,6 @@ impl SyncTask for Flaky {
         }
         Ok(())
     }
-}
-
-/// A task that blocks until the test lets it go.
-struct Gate {
-    started: Sender<()>,
-    release: Receiver<()>,
-}
-
-impl SyncTask for Gate {
-    fn name(&self) -> &str {
-        "gate"
-    }
-    fn run(&self, _ctx: &TaskContext) -> TaskResult {
-        self.started.send(()).ok();
-        self.release.recv().ok();
-        Ok(())
-    }
-}
-
-fn gate() -> (Gate, Receiver<()>, Sender<()>) {
-    let (started_tx, started_rx) = crossbeam_channel::unbounded();
-    let (release_tx, release_rx) = crossbeam_channel::unbounded();
-    (
-        Gate {
-            started: started_tx,
-            release: release_rx,
-        },
-        started_rx,
-        release_tx,
-    )
 }
 
 fn start(builder: celery_diesel_kit::BeatBuilder) -> ManualBeat {

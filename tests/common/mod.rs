@@ -865,3 +865,39 @@ pub fn signal(pid: u32, signal: &str) {
         .expect("kill");
     assert!(status.success(), "kill -{signal} {pid}");
 }
+
+/// A task that blocks until the test lets it go (or a minute passes).
+pub struct Gate {
+    started: crossbeam_channel::Sender<()>,
+    release: crossbeam_channel::Receiver<()>,
+}
+
+impl SyncTask for Gate {
+    fn name(&self) -> &str {
+        "gate"
+    }
+    fn run(&self, _: &TaskContext) -> TaskResult {
+        let _ = self.started.send(());
+        let _ = self.release.recv_timeout(Duration::from_secs(60));
+        Ok(())
+    }
+}
+
+/// A gate task, the receiver of its starts, and the sender that releases
+/// one run.
+pub fn gate() -> (
+    Gate,
+    crossbeam_channel::Receiver<()>,
+    crossbeam_channel::Sender<()>,
+) {
+    let (started_tx, started_rx) = crossbeam_channel::unbounded();
+    let (release_tx, release_rx) = crossbeam_channel::unbounded();
+    (
+        Gate {
+            started: started_tx,
+            release: release_rx,
+        },
+        started_rx,
+        release_tx,
+    )
+}

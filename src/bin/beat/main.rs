@@ -234,3 +234,36 @@ fn main() {
     };
     std::process::exit(status);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::message;
+
+    /// An error that says its cause in its own words, and also gives it as
+    /// its source (as the library's statement errors do).
+    #[derive(Debug)]
+    struct Failed(std::io::Error);
+
+    impl std::fmt::Display for Failed {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "list: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Failed {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let cause = std::io::Error::other("no such table: routines");
+        assert_eq!(
+            message(&anyhow::Error::new(Failed(cause))),
+            "list: no such table: routines"
+        );
+        let wrapped = anyhow::Error::new(std::io::Error::other("refused")).context("connecting");
+        assert_eq!(message(&wrapped), "connecting: refused");
+    }
+}
