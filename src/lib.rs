@@ -15,14 +15,16 @@
 //!   beside it (`housekeeping`: heartbeats, run outcomes, dead beats,
 //!   pruning the history).
 //! - `dispatch`: one due run, from the claim to its hand-over: route
-//!   (in-process or Celery), decide (misfire, overlap, advance), publish or
-//!   queue.
-//! - `worker`: the worker pool running in-process tasks, with retries.
+//!   (`route`: valid, and in-process or Celery), decide (misfire, overlap,
+//!   advance), publish or queue.
+//! - `worker`: the worker pool running in-process tasks, and the timer
+//!   that holds their retries (`retry`).
 //! - `celery`: Celery protocol v2 messages and their Redis publisher.
 //! - `store`: the `routines`, `routine_runs` and `beats` tables
-//!   ([`RoutineStore`]): migrations, pools, the rows (`models`, `history`),
-//!   the backends' batch writes (`write`), and every statement the beat
-//!   issues, in each dialect (`sql`, `sql/history`).
+//!   ([`RoutineStore`]): migrations, pools, the rows (`models`), the
+//!   scheduler's transactions (`claims`), the history and the beats
+//!   (`history`), the backends' batch writes (`write`), and every statement
+//!   the beat issues, in each dialect (`sql`, `sql/history`).
 //! - `routine`: a [`Routine`] as code declares it.
 //! - `metrics`: what the beat counts ([`Stats`]).
 //! - `config`: the kit's configuration keys ([`Config`]).

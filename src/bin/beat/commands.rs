@@ -42,14 +42,14 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Show { name } => show(&op, &name, json),
         Command::History(args) => history(&op, args, json),
         Command::Add(args) => {
-            let Some(schedule) = schedule(&args.schedule, args.timezone.as_deref()) else {
+            let Some(schedule) = schedule(&args.schedule, args.fields.timezone.as_deref()) else {
                 return usage("beat add needs a schedule: --every or --crontab");
             };
             let mut spec = NewRoutineSpec::new(&args.name, &args.task, schedule);
-            if let Some(kwargs) = args.kwargs {
+            if let Some(kwargs) = args.fields.kwargs {
                 spec.kwargs = kwargs;
             }
-            if let Some(options) = args.options {
+            if let Some(options) = args.fields.options {
                 spec.options = options;
             }
             spec.active = !args.inactive;
@@ -60,9 +60,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             let mut change = Change::default();
             change.task = args.task;
             change.schedule = schedule(&args.schedule, None);
-            change.timezone = args.timezone;
-            change.kwargs = args.kwargs;
-            change.options = args.options;
+            change.timezone = args.fields.timezone;
+            change.kwargs = args.fields.kwargs;
+            change.options = args.fields.options;
             let nothing = change.task.is_none()
                 && change.schedule.is_none()
                 && change.timezone.is_none()

@@ -138,16 +138,8 @@ struct AddArgs {
     task: String,
     #[command(flatten)]
     schedule: ScheduleArgs,
-    /// The IANA zone whose wall clock a crontab matches (default: the
-    /// beats' `timezone`).
-    #[arg(long, value_name = "ZONE")]
-    timezone: Option<String>,
-    /// kwargs, a JSON object.
-    #[arg(long, value_name = "JSON", value_parser = commands::parse_json)]
-    kwargs: Option<serde_json::Value>,
-    /// Celery options, a JSON object (queue, priority, expires, ...).
-    #[arg(long, value_name = "JSON", value_parser = commands::parse_json)]
-    options: Option<serde_json::Value>,
+    #[command(flatten)]
+    fields: RoutineFields,
     /// Add it disabled.
     #[arg(long)]
     inactive: bool,
@@ -162,13 +154,21 @@ struct EditArgs {
     task: Option<String>,
     #[command(flatten)]
     schedule: ScheduleArgs,
-    /// A zone for its crontab.
+    #[command(flatten)]
+    fields: RoutineFields,
+}
+
+/// A routine's zone, kwargs and options (`add`, `edit`).
+#[derive(Args)]
+struct RoutineFields {
+    /// The IANA zone whose wall clock a crontab matches (default: the
+    /// beats' `timezone`).
     #[arg(long, value_name = "ZONE")]
     timezone: Option<String>,
-    /// New kwargs, a JSON object.
+    /// kwargs, a JSON object.
     #[arg(long, value_name = "JSON", value_parser = commands::parse_json)]
     kwargs: Option<serde_json::Value>,
-    /// New Celery options, a JSON object.
+    /// Celery options, a JSON object (queue, priority, expires, ...).
     #[arg(long, value_name = "JSON", value_parser = commands::parse_json)]
     options: Option<serde_json::Value>,
 }

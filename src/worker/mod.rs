@@ -13,7 +13,7 @@ use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::task::{Registered, TaskContext, TaskRegistry};
 use crossbeam_channel::{bounded, select, Receiver, Sender, TrySendError};
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -23,6 +23,10 @@ use std::time::{Duration, Instant};
 /// Jobs waiting for a worker, per worker thread. The queue is bounded so
 /// that memory is too; the scheduler waits when it is full.
 const QUEUE_PER_WORKER: usize = 64;
+
+mod retry;
+
+use retry::retry_timer;
 
 /// One run of a routine's task.
 #[derive(Debug, Clone)]
@@ -519,84 +523,4 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a non-string payload".to_owned());
     format!("panicked: {text}")
-}
-
-/// A retry waiting for its time; the heap's top is the earliest.
-struct Pending(Instant, Job);
-
-impl PartialEq for Pending {
-    fn eq(&self, other: &Self) -> bool {
-        self.0 == other.0
-    }
-}
-impl Eq for Pending {}
-impl PartialOrd for Pending {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Pending {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        other.0.cmp(&self.0)
-    }
-}
-
-/// Holds failed runs until their retry time, then queues them again.
-/// Returns how many retries the stop dropped.
-fn retry_timer(
-    incoming: Receiver<(Instant, Job)>,
-    stop: Receiver<()>,
-    jobs: Sender<Job>,
-    in_flight: Arc<InFlight>,
-    reporter: Reporter,
-) -> usize {
-    let mut pending = BinaryHeap::new();
-    'serve: loop {
-        let wait = pending
-            .peek()
-            .map(|Pending(at, _)| at.saturating_duration_since(Instant::now()));
-        let timeout = crossbeam_channel::after(wait.unwrap_or(Duration::from_secs(3600)));
-        select! {
-            recv(incoming) -> msg => match msg {
-                Ok((at, job)) => pending.push(Pending(at, job)),
-                Err(_) => break,
-            },
-            recv(stop) -> _ => break,
-            recv(timeout) -> _ => {}
-        }
-        while pending
-            .peek()
-            .is_some_and(|Pending(at, _)| *at <= Instant::now())
-        {
-            let Some(Pending(at, job)) = pending.pop() else {
-                break;
-            };
-            // The routine stayed in flight during the wait. A full queue
-            // must not hold the timer past a stop.
-            select! {
-                send(jobs, job.clone()) -> sent => if let Err(e) = sent {
-                    let job = e.into_inner();
-                    reporter.report(&job, Happened::Abandoned);
-                    in_flight.end(&job);
-                    break 'serve;
-                },
-                recv(stop) -> _ => {
-                    pending.push(Pending(at, job));
-                    break 'serve;
-                }
-            }
-        }
-    }
-    let dropped = pending.len();
-    for Pending(_, job) in pending {
-        log::warn!(
-            "routine {}: retry {} of the run due {} dropped at stop",
-            job.ctx.routine,
-            job.ctx.attempt,
-            job.ctx.scheduled_at
-        );
-        reporter.report(&job, Happened::Abandoned);
-        in_flight.end(&job);
-    }
-    dropped
 }
