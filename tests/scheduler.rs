@@ -56,6 +56,22 @@ fn expect_runs(recorder: &Recorder, n: usize) {
     assert_eq!(recorder.count(), n);
 }
 
+/// Three routines every 10 s on an injected clock, each run once (at 10).
+fn three_routines_run_once(db: &TestDb) -> (ManualBeat, Recorder, common::TestClock) {
+    let rec = Recorder::new("record");
+    let clock = common::TestClock::at(at(0));
+    let mut beat = Beat::builder(db.config())
+        .clock(clock.clone())
+        .task(rec.clone())
+        .routines((0..3).map(|i| Routine::new(format!("r{i}"), "record", every(10))))
+        .start_manual()
+        .unwrap();
+    beat.tick(at(0)).unwrap();
+    assert_eq!(beat.tick(at(10)).unwrap().fired, 3);
+    settle(&beat, 3);
+    (beat, rec, clock)
+}
+
 backend_tests! {
     fn routines_fire_at_their_due_times(db) {
         let rec = Recorder::new("record");
@@ -181,17 +197,7 @@ backend_tests! {
     }
 
     fn the_clock_jumping_back_an_hour_causes_no_burst_and_no_missed_run(db) {
-        let rec = Recorder::new("record");
-        let clock = common::TestClock::at(at(0));
-        let mut beat = Beat::builder(db.config())
-            .clock(clock.clone())
-            .task(rec.clone())
-            .routines((0..3).map(|i| Routine::new(format!("r{i}"), "record", every(10))))
-            .start_manual()
-            .unwrap();
-        beat.tick(at(0)).unwrap();
-        assert_eq!(beat.tick(at(10)).unwrap().fired, 3);
-        settle(&beat, 3);
+        let (mut beat, rec, clock) = three_routines_run_once(db);
         // The system clock steps back an hour, then runs on: every pass up to
         // the next due time (20) fires nothing, and the catch-up is no burst.
         let mut fired = Vec::new();
@@ -209,17 +215,7 @@ backend_tests! {
     }
 
     fn the_clock_jumping_forward_an_hour_fires_each_routine_once(db) {
-        let rec = Recorder::new("record");
-        let clock = common::TestClock::at(at(0));
-        let mut beat = Beat::builder(db.config())
-            .clock(clock.clone())
-            .task(rec.clone())
-            .routines((0..3).map(|i| Routine::new(format!("r{i}"), "record", every(10))))
-            .start_manual()
-            .unwrap();
-        beat.tick(at(0)).unwrap();
-        assert_eq!(beat.tick(at(10)).unwrap().fired, 3);
-        settle(&beat, 3);
+        let (mut beat, rec, clock) = three_routines_run_once(db);
         // 360 due times pass in a step; fire_once (the default) runs each
         // routine once for them, then keeps its grid.
         clock.set(at(3615));
