@@ -6,7 +6,7 @@ use crate::config::{redact_url, Config};
 use crate::dispatch::Touched;
 use crate::dispatch::{Dispatcher, Router};
 use crate::error::Error;
-use crate::metrics::{Metrics, Stats};
+use crate::metrics::{self, Health, Metrics, Monitor, Stats};
 use crate::routine::{Routine, RoutineError};
 use crate::scheduler::housekeeping::{HistorySettings, Housekeeper};
 use crate::scheduler::{self, Scheduler, Settings, Tick};
@@ -263,6 +263,14 @@ impl BeatBuilder {
             events,
             touched,
         });
+        let health = Arc::new(Health::default());
+        let monitor = Monitor {
+            metrics: Arc::clone(&metrics),
+            health: Arc::clone(&health),
+            bound: metrics::health_bound(config.scheduler_watch_interval),
+            has_broker: config.broker_url.is_some(),
+            beat_id: beat_id.clone(),
+        };
         let scheduler = Scheduler::new(
             Arc::clone(&store),
             self.clock,
@@ -274,6 +282,7 @@ impl BeatBuilder {
                 watch_interval: config.scheduler_watch_interval,
                 sync_every: config.scheduler_sync_every,
             },
+            health,
         );
         let parts = Parts {
             store,
@@ -282,6 +291,7 @@ impl BeatBuilder {
             pool: Some(pool),
             housekeeper: Some((housekeeper_stop, housekeeper)),
             metrics,
+            monitor,
             trigger: Some(trigger),
             shutdown_timeout: config.shutdown_timeout,
         };
@@ -316,6 +326,7 @@ struct Parts {
     /// Its stop (dropping the sender) and its thread.
     housekeeper: Option<(Sender<()>, JoinHandle<()>)>,
     metrics: Arc<Metrics>,
+    monitor: Monitor,
     trigger: Option<Trigger>,
     shutdown_timeout: Duration,
 }
@@ -416,6 +427,11 @@ impl BeatHandle {
         self.parts.metrics.stats()
     }
 
+    /// Its counts and health, for metrics and probes (see `http`).
+    pub fn monitor(&self) -> Monitor {
+        self.parts.monitor.clone()
+    }
+
     /// Runs the routine called `name` now, outside its schedule (its row is
     /// not advanced): in-process if its task is registered, else as a
     /// Celery message. Returns the task id.
@@ -473,6 +489,12 @@ impl ManualBeat {
     /// Counts so far.
     pub fn stats(&self) -> Stats {
         self.parts.metrics.stats()
+    }
+
+    /// Its counts and health (no scheduler thread runs: the health says
+    /// so).
+    pub fn monitor(&self) -> Monitor {
+        self.parts.monitor.clone()
     }
 
     /// See [`BeatHandle::send_now`]; the run's time comes from the beat's

@@ -9,6 +9,7 @@
 
 use crate::schedule::MisfirePolicy;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -141,6 +142,13 @@ pub struct Config {
     /// unfinished in-process runs are marked lost, and their routines may
     /// run on another beat.
     pub scheduler_dead_after: Duration,
+    /// `http_addr`: where `/metrics`, `/healthz`, `/readyz` and the
+    /// dashboard listen (`127.0.0.1:9808`); off when unset.
+    pub http_addr: Option<SocketAddr>,
+    /// `http_token`: the operator token the dashboard's changes need (at
+    /// least 16 characters); without it the dashboard is read-only. Never
+    /// printed.
+    pub http_token: Option<String>,
 }
 
 impl Default for Config {
@@ -166,12 +174,17 @@ impl Default for Config {
             history_max_runs: 100,
             scheduler_heartbeat_interval: Duration::from_secs(2),
             scheduler_dead_after: Duration::from_secs(10),
+            http_addr: None,
+            http_token: None,
         }
     }
 }
 
+/// The shortest `http_token` accepted.
+const MIN_TOKEN_CHARS: usize = 16;
+
 /// Every key, with its environment variable.
-const KEYS: [(&str, &str); 20] = [
+const KEYS: [(&str, &str); 22] = [
     ("scheduler_db_uri", "SCHEDULER_DB_URI"),
     ("scheduler_max_interval", "SCHEDULER_MAX_INTERVAL"),
     ("scheduler_sync_every", "SCHEDULER_SYNC_EVERY"),
@@ -198,6 +211,8 @@ const KEYS: [(&str, &str); 20] = [
         "SCHEDULER_HEARTBEAT_INTERVAL",
     ),
     ("scheduler_dead_after", "SCHEDULER_DEAD_AFTER"),
+    ("http_addr", "HTTP_ADDR"),
+    ("http_token", "HTTP_TOKEN"),
 ];
 
 impl Config {
@@ -346,6 +361,24 @@ impl Config {
             "scheduler_dead_after" => {
                 self.scheduler_dead_after = positive_seconds("scheduler_dead_after", value)?
             }
+            "http_addr" => {
+                self.http_addr = Some(value.parse().map_err(|_| ConfigError::Invalid {
+                    key: "http_addr",
+                    value: value.to_owned(),
+                    reason: "expected an address and port such as 127.0.0.1:9808",
+                })?)
+            }
+            "http_token" => {
+                if value.chars().count() < MIN_TOKEN_CHARS {
+                    return Err(ConfigError::Invalid {
+                        key: "http_token",
+                        // The token is a secret, even a bad one.
+                        value: "***".to_owned(),
+                        reason: "too short: use at least 16 characters",
+                    });
+                }
+                self.http_token = Some(value.to_owned())
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -381,6 +414,8 @@ impl fmt::Debug for Config {
                 &self.scheduler_heartbeat_interval,
             )
             .field("scheduler_dead_after", &self.scheduler_dead_after)
+            .field("http_addr", &self.http_addr)
+            .field("http_token", &self.http_token.as_ref().map(|_| "***"))
             .finish()
     }
 }
@@ -547,8 +582,13 @@ mod tests {
             ("SCHEDULER_MISFIRE_POLICY", "skip"),
             ("SCHEDULER_MISFIRE_GRACE_TIME", "2.5"),
             ("TIMEZONE", "Europe/Berlin"),
+            ("HTTP_ADDR", "127.0.0.1:9808"),
+            ("HTTP_TOKEN", "0123456789abcdef-token"),
         ]))
         .unwrap();
+        assert_eq!(c.http_addr, Some("127.0.0.1:9808".parse().unwrap()));
+        assert_eq!(c.http_token.as_deref(), Some("0123456789abcdef-token"));
+        assert!(!format!("{c:?}").contains("0123456789abcdef-token"));
         assert_eq!(c.scheduler_db_uri, "postgres://u:p@h/db");
         assert_eq!(c.scheduler_max_interval, Duration::from_millis(12_500));
         assert_eq!(c.scheduler_sync_every, Duration::from_secs(60));
@@ -564,6 +604,19 @@ mod tests {
         assert_eq!(c.scheduler_misfire_policy, MisfirePolicy::Skip);
         assert_eq!(c.scheduler_misfire_grace_time, Duration::from_millis(2500));
         assert_eq!(c.timezone, "Europe/Berlin");
+    }
+
+    #[test]
+    fn http_settings_are_checked_and_a_bad_token_is_not_repeated() {
+        let mut c = Config::default();
+        let e = c.set("http_addr", "localhost").unwrap_err().to_string();
+        assert!(
+            e.contains("http_addr") && e.contains("127.0.0.1:9808"),
+            "{e}"
+        );
+        let e = c.set("http_token", "short-secret").unwrap_err().to_string();
+        assert!(e.contains("http_token") && e.contains("16"), "{e}");
+        assert!(!e.contains("short-secret"), "{e}");
     }
 
     #[test]

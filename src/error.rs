@@ -32,4 +32,12 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The HTTP listener (`http_addr`) could not listen.
+    #[error("cannot listen on http_addr {addr}: {reason}")]
+    Http {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why not.
+        reason: String,
+    },
 }

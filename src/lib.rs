@@ -43,6 +43,8 @@ mod clock;
 mod config;
 mod dispatch;
 mod error;
+#[cfg(feature = "http")]
+mod http;
 mod metrics;
 pub mod ops;
 mod routine;
@@ -59,9 +61,14 @@ pub use celery::BrokerError;
 pub use clock::{Clock, SystemClock};
 pub use config::{redact_url, Config, ConfigError, DEFAULT_DB_URI};
 pub use error::Error;
-pub use metrics::{Lateness, Stats};
+#[cfg(feature = "http")]
+pub use http::HttpServer;
+pub use metrics::{HealthReport, Lateness, Monitor, Stats};
 pub use routine::{Routine, RoutineError};
 pub use schedule::{Crontab, Misfire, MisfirePolicy, Schedule, ScheduleError};
 pub use scheduler::Tick;
-pub use store::{Backend, BeatRow, RoutineRow, RoutineStore, RunFilter, RunRow, StoreError};
+pub use store::{
+    Backend, BeatRow, RoutineCounts, RoutineQuery, RoutineRow, RoutineState, RoutineStore,
+    RunFilter, RunRow, StoreError,
+};
 pub use task::{AsyncTask, SyncTask, TaskContext, TaskError, TaskResult};

@@ -1,11 +1,15 @@
 //! What the beat counts: each claimed run's fate, in-process task outcomes,
-//! and how late runs were handed over. Written by the scheduler, the
-//! dispatcher and the workers; read as [`Stats`] through the handles.
+//! how late runs were handed over, and how long passes and claims took; and
+//! how the beat is (`Health`: its last good pass, outages of the database
+//! and the broker). Written by the scheduler, the dispatcher and the
+//! workers; read as [`Stats`] and [`Monitor`] through the handles.
 
+use chrono::{DateTime, Utc};
 use hdrhistogram::Histogram;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 /// The longest lateness the histogram tells apart (a day, in
 /// microseconds); later runs count as this late.
@@ -25,6 +29,146 @@ pub(crate) struct Metrics {
     /// Due time to hand-over (in Redis, or in the worker queue), in µs.
     /// Two significant digits: within 1% of the true value.
     lateness: Mutex<Histogram<u64>>,
+    /// The same, in Prometheus' fixed buckets.
+    pub(crate) lateness_buckets: Buckets,
+    /// Scheduler passes (the main loop's), start to end.
+    pub(crate) pass_seconds: Buckets,
+    /// Claim transactions, start to commit.
+    pub(crate) claim_seconds: Buckets,
+    /// Runs by task, target and outcome.
+    by_task: Mutex<HashMap<String, TaskCounts>>,
+}
+
+/// Where a run went, as the metrics say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Target {
+    Celery,
+    InProcess,
+    /// Not routed: the row was invalid.
+    Unrouted,
+}
+
+impl Target {
+    pub(crate) const ALL: [Target; 3] = [Target::Celery, Target::InProcess, Target::Unrouted];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Target::Celery => "celery",
+            Target::InProcess => "in_process",
+            Target::Unrouted => "none",
+        }
+    }
+}
+
+/// What became of a run, as the metrics say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RunOutcome {
+    /// Published to the broker, or queued for a worker.
+    Dispatched,
+    Skipped,
+    Missed,
+    Invalid,
+    Abandoned,
+    Succeeded,
+    /// An attempt failed (each retry counts).
+    Failed,
+    GaveUp,
+}
+
+impl RunOutcome {
+    pub(crate) const ALL: [RunOutcome; 8] = [
+        RunOutcome::Dispatched,
+        RunOutcome::Skipped,
+        RunOutcome::Missed,
+        RunOutcome::Invalid,
+        RunOutcome::Abandoned,
+        RunOutcome::Succeeded,
+        RunOutcome::Failed,
+        RunOutcome::GaveUp,
+    ];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            RunOutcome::Dispatched => "dispatched",
+            RunOutcome::Skipped => "skipped",
+            RunOutcome::Missed => "missed",
+            RunOutcome::Invalid => "invalid",
+            RunOutcome::Abandoned => "abandoned",
+            RunOutcome::Succeeded => "succeeded",
+            RunOutcome::Failed => "failed",
+            RunOutcome::GaveUp => "gave_up",
+        }
+    }
+}
+
+/// One task's counts, by target and outcome.
+type TaskCounts = [[u64; RunOutcome::ALL.len()]; Target::ALL.len()];
+
+/// Distinct task names counted apart; the rest are counted together under
+/// [`OTHER_TASKS`], so that a table of a million distinct task names cannot
+/// make a million series.
+pub(crate) const MAX_TASK_SERIES: usize = 1000;
+/// The task label of runs beyond [`MAX_TASK_SERIES`].
+pub(crate) const OTHER_TASKS: &str = "(other)";
+
+/// Bucket bounds in seconds: lateness and durations, 1 ms to 5 minutes.
+pub(crate) const SECONDS_BUCKETS: [f64; 15] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 300.0,
+];
+
+/// A histogram in fixed buckets (Prometheus' kind), lock-free.
+#[derive(Debug)]
+pub(crate) struct Buckets {
+    /// Observations at or under each bound (not cumulative), then above all.
+    counts: [AtomicU64; SECONDS_BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Default for Buckets {
+    fn default() -> Self {
+        Buckets {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A [`Buckets`] read at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct BucketsSnapshot {
+    /// `(upper bound, observations in this bucket)`: not cumulative, each
+    /// above the bound before; the last bound is `f64::MAX` (`+Inf`).
+    pub(crate) buckets: Vec<(f64, u64)>,
+    pub(crate) count: u64,
+    pub(crate) sum_seconds: f64,
+}
+
+impl Buckets {
+    pub(crate) fn observe(&self, d: Duration) {
+        let seconds = d.as_secs_f64();
+        let at = SECONDS_BUCKETS
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(SECONDS_BUCKETS.len());
+        self.counts[at].fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> BucketsSnapshot {
+        let mut total = 0;
+        let mut buckets = Vec::with_capacity(self.counts.len());
+        for (i, count) in self.counts.iter().enumerate() {
+            let n = count.load(Ordering::Relaxed);
+            total += n;
+            buckets.push((SECONDS_BUCKETS.get(i).copied().unwrap_or(f64::MAX), n));
+        }
+        BucketsSnapshot {
+            buckets,
+            count: total,
+            sum_seconds: self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -42,6 +186,10 @@ impl Default for Metrics {
                 Histogram::new_with_bounds(1, LATENESS_MAX_MICROS, 2)
                     .expect("constant histogram bounds are valid"),
             ),
+            lateness_buckets: Buckets::default(),
+            pass_seconds: Buckets::default(),
+            claim_seconds: Buckets::default(),
+            by_task: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -89,8 +237,44 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts `n` runs of `task` that went to `target` and came to `outcome`.
+    pub(crate) fn count_runs(&self, task: &str, target: Target, outcome: RunOutcome, n: u64) {
+        let mut by_task = self.by_task.lock().unwrap_or_else(PoisonError::into_inner);
+        let counts = match by_task.get_mut(task) {
+            Some(counts) => counts,
+            None => {
+                let key = match by_task.len() < MAX_TASK_SERIES {
+                    true => task,
+                    false => OTHER_TASKS,
+                };
+                by_task.entry(key.to_owned()).or_default()
+            }
+        };
+        let (t, o) = (target as usize, outcome as usize);
+        counts[t][o] += n;
+    }
+
+    /// Every non-zero count of runs: `(task, target, outcome, runs)`, by task.
+    pub(crate) fn runs_by_task(&self) -> Vec<(String, Target, RunOutcome, u64)> {
+        let by_task = self.by_task.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut all = Vec::new();
+        for (task, counts) in by_task.iter() {
+            for target in Target::ALL {
+                for outcome in RunOutcome::ALL {
+                    let n = counts[target as usize][outcome as usize];
+                    if n > 0 {
+                        all.push((task.clone(), target, outcome, n));
+                    }
+                }
+            }
+        }
+        all.sort_by(|a, b| (&a.0, a.1 as u8, a.2 as u8).cmp(&(&b.0, b.1 as u8, b.2 as u8)));
+        all
+    }
+
     /// Records how late a run was handed over.
     pub(crate) fn record_lateness(&self, late: Duration) {
+        self.lateness_buckets.observe(late);
         let micros = u64::try_from(late.as_micros()).unwrap_or(u64::MAX);
         self.lateness
             .lock()
@@ -176,6 +360,190 @@ pub struct Lateness {
     pub p99: Duration,
     /// The latest (to within 1%).
     pub max: Duration,
+}
+
+/// A failure in progress: since when, and the last error (no secrets: the
+/// errors carry masked URLs).
+#[derive(Debug, Clone)]
+struct Failing {
+    since: Instant,
+    error: String,
+}
+
+/// How the beat is, as its threads last found it.
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    /// The scheduler thread is running (set by the thread itself).
+    scheduler_running: AtomicBool,
+    /// The last pass that succeeded: when, on this machine's clocks.
+    last_pass: Mutex<Option<(Instant, DateTime<Utc>)>>,
+    database: Mutex<Option<Failing>>,
+    broker: Mutex<Option<Failing>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Health {
+    /// The scheduler thread started (`true`) or ended (`false`).
+    pub(crate) fn set_running(&self, running: bool) {
+        self.scheduler_running.store(running, Ordering::Relaxed);
+    }
+
+    /// A pass succeeded: the database answered.
+    pub(crate) fn pass_succeeded(&self) {
+        *lock(&self.last_pass) = Some((Instant::now(), Utc::now()));
+        lock(&self.database).take();
+    }
+
+    /// A pass failed on the database.
+    pub(crate) fn database_failed(&self, error: &dyn std::fmt::Display) {
+        Self::failed(&self.database, error);
+    }
+
+    pub(crate) fn broker_failed(&self, error: &dyn std::fmt::Display) {
+        Self::failed(&self.broker, error);
+    }
+
+    pub(crate) fn broker_succeeded(&self) {
+        lock(&self.broker).take();
+    }
+
+    fn failed(slot: &Mutex<Option<Failing>>, error: &dyn std::fmt::Display) {
+        // One line: drivers' messages run over several.
+        let error = error
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut slot = lock(slot);
+        match &mut *slot {
+            Some(failing) => failing.error = error,
+            None => {
+                *slot = Some(Failing {
+                    since: Instant::now(),
+                    error,
+                })
+            }
+        }
+    }
+}
+
+/// Watches a running beat: its counts and its health, for metrics and
+/// probes (the `http` feature serves them). Cheap to clone.
+#[derive(Clone)]
+pub struct Monitor {
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) health: Arc<Health>,
+    /// How long the database or the broker may fail before the beat is
+    /// unhealthy.
+    pub(crate) bound: Duration,
+    pub(crate) has_broker: bool,
+    pub(crate) beat_id: String,
+}
+
+impl std::fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Monitor")
+            .field("beat_id", &self.beat_id)
+            .field("bound", &self.bound)
+            .finish()
+    }
+}
+
+/// How a beat is (see [`Monitor::health`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HealthReport {
+    /// Passes succeed within the bound, neither the database nor the
+    /// broker has been failing longer than the bound, and the scheduler
+    /// thread runs.
+    pub healthy: bool,
+    /// Why not, in one line.
+    pub reason: Option<String>,
+    /// The first pass has succeeded (the tables were migrated before it)
+    /// and the beat is healthy.
+    pub ready: bool,
+    /// The last pass succeeded (the database answered it).
+    pub database_up: bool,
+    /// The last publish to the broker succeeded (`None`: no broker).
+    pub broker_up: Option<bool>,
+    /// When the last pass succeeded.
+    pub last_pass: Option<DateTime<Utc>>,
+    /// The last database or broker error, while failing.
+    pub last_error: Option<String>,
+}
+
+impl Monitor {
+    /// Counts since the beat started.
+    pub fn stats(&self) -> Stats {
+        self.metrics.stats()
+    }
+
+    /// This beat's id in the `beats` table.
+    pub fn beat_id(&self) -> &str {
+        &self.beat_id
+    }
+
+    /// How long the database or the broker may fail before the beat is
+    /// unhealthy: 20 watch intervals, at least 10 s.
+    pub fn bound(&self) -> Duration {
+        self.bound
+    }
+
+    /// How the beat is now.
+    pub fn health(&self) -> HealthReport {
+        let h = &self.health;
+        let last_pass = *lock(&h.last_pass);
+        let database = lock(&h.database).clone();
+        let broker = lock(&h.broker).clone();
+        let running = h.scheduler_running.load(Ordering::Relaxed);
+        let bound = self.bound;
+        let over = |f: &Option<Failing>| -> Option<Failing> {
+            f.clone().filter(|f| f.since.elapsed() > bound)
+        };
+        let secs = |f: &Failing| f.since.elapsed().as_secs();
+        let reason = if !running {
+            Some("the scheduler thread is not running".to_owned())
+        } else if let Some(f) = over(&database) {
+            Some(format!("database failing for {}s: {}", secs(&f), f.error))
+        } else if let Some(f) = over(&broker) {
+            Some(format!("broker failing for {}s: {}", secs(&f), f.error))
+        } else {
+            match last_pass {
+                Some((at, _)) if at.elapsed() > self.bound => Some(match &database {
+                    Some(f) => format!(
+                        "database failing for {}s (no pass has succeeded for {}s): {}",
+                        secs(f),
+                        at.elapsed().as_secs(),
+                        f.error
+                    ),
+                    None => format!(
+                        "no scheduler pass has succeeded for {}s (one may be waiting on the database)",
+                        at.elapsed().as_secs()
+                    ),
+                }),
+                _ => None,
+            }
+        };
+        HealthReport {
+            healthy: reason.is_none(),
+            ready: reason.is_none() && last_pass.is_some(),
+            reason,
+            database_up: database.is_none() && last_pass.is_some(),
+            broker_up: self.has_broker.then_some(broker.is_none()),
+            last_pass: last_pass.map(|(_, at)| at),
+            last_error: database.or(broker).map(|f| f.error),
+        }
+    }
+}
+
+/// The health bound for a watch interval: 20 of them, at least 10 s (a
+/// failing pass may wait seconds for a connection before it fails, and a
+/// pass in a burst of a million due rows takes seconds).
+pub(crate) fn health_bound(watch_interval: Duration) -> Duration {
+    (watch_interval * 20).max(Duration::from_secs(10))
 }
 
 #[cfg(test)]

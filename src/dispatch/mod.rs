@@ -20,7 +20,7 @@
 use crate::celery::{self, Message, Publisher, Pushed};
 use crate::clock::Clock;
 use crate::error::Error;
-use crate::metrics::{Counts, Metrics};
+use crate::metrics::{Counts, Metrics, RunOutcome, Target};
 use crate::routine::RoutineError;
 use crate::schedule::MisfirePolicy;
 use crate::shutdown::Shutdown;
@@ -65,6 +65,9 @@ pub(crate) struct Fired {
 /// What a claimed row comes to, carried out of its claim.
 pub(crate) struct Outcome {
     routine: String,
+    /// The task and where it goes, for the metrics.
+    task: String,
+    target: Target,
     pub(crate) fate: Fate,
     notes: Vec<Note>,
 }
@@ -202,6 +205,8 @@ impl Dispatcher {
         let mut plan = Plan::keep(row);
         let mut out = Outcome {
             routine: row.name.clone(),
+            task: row.task.clone(),
+            target: Target::Unrouted,
             fate: Fate::Invalid,
             notes: Vec::new(),
         };
@@ -220,6 +225,10 @@ impl Dispatcher {
             }
         };
         let local = checked.send.is_none();
+        out.target = match local {
+            true => Target::InProcess,
+            false => Target::Celery,
+        };
         let id = celery::message::task_id(&row.id, due);
         let record = |outcome: &'static str, error: Option<String>| {
             NewRun::of(
@@ -311,6 +320,8 @@ impl Dispatcher {
     pub(crate) fn requested(&self, row: &RoutineRow, now: DateTime<Utc>) -> (Outcome, NewRun) {
         let mut out = Outcome {
             routine: row.name.clone(),
+            task: row.task.clone(),
+            target: Target::Unrouted,
             fate: Fate::Invalid,
             notes: Vec::new(),
         };
@@ -396,19 +407,35 @@ impl Dispatcher {
             for note in &outcome.notes {
                 note.log(&outcome.routine);
             }
-            match outcome.fate {
+            let counted = match outcome.fate {
                 Fate::Run(job) => {
                     if self.queue(job) {
                         counts.fired += 1;
+                        RunOutcome::Dispatched
                     } else {
                         counts.abandoned += 1;
+                        RunOutcome::Abandoned
                     }
                 }
-                Fate::Sent(..) => counts.fired += 1,
-                Fate::Skip => counts.skipped += 1,
-                Fate::Missed => counts.missed += 1,
-                Fate::Invalid => counts.invalid += 1,
-            }
+                Fate::Sent(..) => {
+                    counts.fired += 1;
+                    RunOutcome::Dispatched
+                }
+                Fate::Skip => {
+                    counts.skipped += 1;
+                    RunOutcome::Skipped
+                }
+                Fate::Missed => {
+                    counts.missed += 1;
+                    RunOutcome::Missed
+                }
+                Fate::Invalid => {
+                    counts.invalid += 1;
+                    RunOutcome::Invalid
+                }
+            };
+            self.metrics
+                .count_runs(&outcome.task, outcome.target, counted, 1);
         }
         counts
     }

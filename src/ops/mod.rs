@@ -123,6 +123,11 @@ impl Operator {
     }
 }
 
+/// A JSON value an operator typed (kwargs, options, a schedule).
+pub fn parse_json(text: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))
+}
+
 /// The next `n` fire times of a schedule after `from`, without a database
 /// (`beat next`). Crontabs without a `timezone` key match `timezone`.
 pub fn preview(

@@ -5,7 +5,7 @@ use super::{words, Operator};
 use crate::error::Error;
 use crate::routine::{check_name, RoutineError};
 use crate::schedule::{Schedule, ScheduleError};
-use crate::store::{NewRoutine, RoutineRow, RunFilter, RunRow};
+use crate::store::{NewRoutine, RoutineCounts, RoutineQuery, RoutineRow, RunFilter, RunRow};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde_json::Value;
@@ -145,6 +145,21 @@ impl Operator {
                 return Ok(());
             }
         }
+    }
+
+    /// A page of routines, as `query` asks: a search in names and tasks, a
+    /// state, after the last of the page before (see [`RoutineStore::find`]
+    /// for its cost).
+    ///
+    /// [`RoutineStore::find`]: crate::RoutineStore::find
+    pub fn find(&self, query: &RoutineQuery) -> Result<Vec<RoutineView>, Error> {
+        let rows = self.store.find(query)?;
+        Ok(rows.into_iter().map(|row| self.view(row)).collect())
+    }
+
+    /// How many routines are in each state (one scan of the table).
+    pub fn counts(&self) -> Result<RoutineCounts, Error> {
+        Ok(self.store.count_by_state()?)
     }
 
     /// The routine called `name`, its next `n` fire times, and its last

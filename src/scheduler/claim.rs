@@ -117,6 +117,7 @@ impl Scheduler {
         let dispatcher = &self.dispatcher;
         let mut out = Claimed::default();
         while out.batches < budget && !self.shutdown.is_fired() {
+            let started = std::time::Instant::now();
             let claimed = self.store.claim_due(
                 now,
                 CLAIM_BATCH,
@@ -150,6 +151,7 @@ impl Scheduler {
                     return out;
                 }
             };
+            self.metrics.claim_seconds.observe(started.elapsed());
             if dispatcher.history {
                 dispatcher.touched.note(recorded.iter().map(String::as_str));
             }

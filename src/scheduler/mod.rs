@@ -28,7 +28,7 @@ mod plan;
 use crate::clock::Clock;
 use crate::dispatch::Dispatcher;
 use crate::error::Error;
-use crate::metrics::{Counts, Metrics};
+use crate::metrics::{Counts, Health, Metrics};
 use crate::shutdown::Shutdown;
 use crate::store::{Backend, RoutineStore};
 use chrono::{DateTime, SubsecRound as _, TimeDelta, Utc};
@@ -93,6 +93,8 @@ pub(crate) struct Scheduler {
     /// it at all times (see `help`), rather than starting them for bursts.
     helpers: bool,
     broker: outage::Broker,
+    /// What the probes read: the last good pass, the outages.
+    health: Arc<Health>,
 }
 
 /// How many claimers share a burst on `backend`: SQLite lets one writer
@@ -112,6 +114,7 @@ impl Scheduler {
         metrics: Arc<Metrics>,
         shutdown: Shutdown,
         settings: Settings,
+        health: Arc<Health>,
     ) -> Self {
         let backend = store.backend();
         Scheduler {
@@ -127,13 +130,19 @@ impl Scheduler {
             // second; on MariaDB, whose row updates cost twice as much, two
             // claimers at once only contend, so it claims alone but for bursts.
             helpers: backend == Backend::Postgres,
-            broker: outage::Broker::default(),
+            broker: outage::Broker::new(Arc::clone(&health)),
+            health,
         }
     }
 
     /// One pass at time `now`.
     pub(crate) fn tick(&self, now: DateTime<Utc>) -> Result<Tick, Error> {
-        self.pass(now, true, true)
+        let tick = self.pass(now, true, true);
+        match &tick {
+            Ok(_) => self.health.pass_succeeded(),
+            Err(e) => self.health.database_failed(e),
+        }
+        tick
     }
 
     /// One pass at time `now`; edited rows are looked for only if
@@ -223,6 +232,15 @@ impl Scheduler {
     /// The scheduler thread: passes until shutdown, sleeping in between;
     /// with helper claimers beside it on PostgreSQL.
     pub(crate) fn run(self) {
+        /// Says the thread stopped however it ends (a panic included).
+        struct Running<'a>(&'a Health);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                self.0.set_running(false);
+            }
+        }
+        self.health.set_running(true);
+        let _running = Running(&self.health);
         let helpers = if self.helpers { self.claimers } else { 1 };
         std::thread::scope(|scope| {
             for claimer in 1..helpers {
@@ -308,6 +326,8 @@ impl Scheduler {
                     if look {
                         looked_for_edits = Some(started);
                     }
+                    self.metrics.pass_seconds.observe(started.elapsed());
+                    self.health.pass_succeeded();
                     database.succeeded();
                     let looked = looked_for_edits.map_or(Duration::ZERO, |at| at.elapsed());
                     let next_look = self.settings.watch_interval.saturating_sub(looked);
@@ -324,7 +344,10 @@ impl Scheduler {
                     log::debug!("scheduler: {e}; trying again");
                     TRANSIENT_RETRY
                 }
-                Err(e) => database.failed(&e),
+                Err(e) => {
+                    self.health.database_failed(&e);
+                    database.failed(&e)
+                }
             };
             if self.shutdown.sleep(wait) {
                 break;

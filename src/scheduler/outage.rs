@@ -3,7 +3,8 @@
 //! capped exponential back-off in between.
 
 use crate::celery::BrokerError;
-use std::sync::{Mutex, PoisonError};
+use crate::metrics::Health;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Back-off after a failure: doubles from the first to the last. The cap is
@@ -92,12 +93,20 @@ struct Outage {
 
 /// The broker as every claimer sees it. While it is failing, claims leave
 /// its routines due until the next retry.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Broker {
     outage: Mutex<Option<Outage>>,
+    health: Arc<Health>,
 }
 
 impl Broker {
+    pub(super) fn new(health: Arc<Health>) -> Self {
+        Broker {
+            outage: Mutex::new(None),
+            health,
+        }
+    }
+
     /// Whether claims must leave the broker's routines alone for now.
     pub(super) fn paused(&self) -> bool {
         self.lock()
@@ -112,6 +121,7 @@ impl Broker {
 
     /// A publish failed.
     pub(super) fn failed(&self, e: &BrokerError) {
+        self.health.broker_failed(e);
         let now = Instant::now();
         let mut outage = self.lock();
         match &mut *outage {
@@ -135,6 +145,7 @@ impl Broker {
 
     /// A publish succeeded: only that proves the broker is back.
     pub(super) fn succeeded(&self) {
+        self.health.broker_succeeded();
         if let Some(outage) = self.lock().take() {
             log::info!(
                 "broker reachable again after {:.1?}",

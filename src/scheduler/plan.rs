@@ -4,6 +4,7 @@
 use super::Scheduler;
 use crate::dispatch::{storable, Outcome};
 use crate::error::Error;
+use crate::metrics::{RunOutcome, Target};
 use crate::store::{Claim, Plan, RoutineRow};
 use chrono::{DateTime, Utc};
 
@@ -22,7 +23,12 @@ impl Scheduler {
             let (planned, (invalid, requested)) =
                 self.store.plan_edited(PLAN_BATCH, now, |rows| {
                     let plans: Vec<Plan> = rows.iter().map(|row| self.plan(row, now)).collect();
-                    let invalid = plans.iter().filter(|p| p.last_error.is_some()).count();
+                    let invalid: Vec<String> = rows
+                        .iter()
+                        .zip(&plans)
+                        .filter(|(_, p)| p.last_error.is_some())
+                        .map(|(row, _)| row.task.clone())
+                        .collect();
                     let (requested, runs): (Vec<Outcome>, Vec<_>) = rows
                         .iter()
                         .filter(|row| row.run_requested_at.is_some())
@@ -40,8 +46,12 @@ impl Scheduler {
                     })
                 })?;
             dispatcher.hand_over_requested(requested);
+            for task in &invalid {
+                self.metrics
+                    .count_runs(task, Target::Unrouted, RunOutcome::Invalid, 1);
+            }
             total += planned;
-            total_invalid += invalid;
+            total_invalid += invalid.len();
             if planned < PLAN_BATCH {
                 return Ok((total, total_invalid));
             }

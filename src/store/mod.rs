@@ -17,6 +17,7 @@ mod pool;
 mod sql;
 mod write;
 
+pub use find::{RoutineCounts, RoutineQuery, RoutineState};
 pub(crate) use history::{BeatInfo, RunUpdate};
 pub use history::{BeatRow, RunFilter, RunRow};
 use models::RawRow;
@@ -145,6 +146,7 @@ macro_rules! insert_row {
 }
 
 mod claims;
+mod find;
 mod history;
 
 pub(crate) use claims::{Claim, Claimant};

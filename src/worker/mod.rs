@@ -9,7 +9,7 @@
 //! succeeded or used up its retries.
 
 use crate::clock::Clock;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RunOutcome, Target};
 use crate::shutdown::Shutdown;
 use crate::task::{Registered, TaskContext, TaskRegistry};
 use crossbeam_channel::{bounded, select, Receiver, Sender, TrySendError};
@@ -329,6 +329,8 @@ impl Abandon {
         self.in_flight.end(job);
         self.reporter.report(job, Happened::Abandoned);
         Metrics::bump(&self.metrics.abandoned);
+        self.metrics
+            .count_runs(&job.ctx.task, Target::InProcess, RunOutcome::Abandoned, 1);
     }
 }
 
@@ -461,6 +463,8 @@ impl Worker {
                 self.reporter.report(&job, Happened::Succeeded);
                 self.in_flight.end(&job);
                 Metrics::bump(&self.metrics.succeeded);
+                self.metrics
+                    .count_runs(&ctx.task, Target::InProcess, RunOutcome::Succeeded, 1);
             }
             Err(reason) => self.failed(job, reason),
         }
@@ -469,8 +473,12 @@ impl Worker {
     fn failed(&self, mut job: Job, reason: String) {
         Metrics::bump(&self.metrics.failed);
         let ctx = &job.ctx;
+        self.metrics
+            .count_runs(&ctx.task, Target::InProcess, RunOutcome::Failed, 1);
         if ctx.attempt >= self.retry.max_retries {
             Metrics::bump(&self.metrics.gave_up);
+            self.metrics
+                .count_runs(&ctx.task, Target::InProcess, RunOutcome::GaveUp, 1);
             log::error!(
                 "routine {}: task {} failed (attempt {} of {}), giving up: {reason}",
                 ctx.routine,

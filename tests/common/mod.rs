@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod sql;
+pub mod web;
 
 use celery_diesel_kit::{Config, RoutineStore, SyncTask, TaskContext, TaskResult};
 use chrono::{DateTime, Utc};
@@ -557,7 +558,7 @@ impl Proxy {
 
 /// Every variable the `beat` binary reads: cleared for the processes the
 /// tests start, so that the host's settings cannot leak into a test.
-pub const BEAT_VARS: [&str; 24] = [
+pub const BEAT_VARS: [&str; 26] = [
     "SCHEDULER_DB_URI",
     "SCHEDULER_MAX_INTERVAL",
     "SCHEDULER_SYNC_EVERY",
@@ -581,6 +582,8 @@ pub const BEAT_VARS: [&str; 24] = [
     "HISTORY_MAX_RUNS",
     "SCHEDULER_HEARTBEAT_INTERVAL",
     "SCHEDULER_DEAD_AFTER",
+    "HTTP_ADDR",
+    "HTTP_TOKEN",
     "RUST_LOG",
 ];
 

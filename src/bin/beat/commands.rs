@@ -13,15 +13,19 @@ use std::time::Duration;
 
 /// Runs the command line; returns the exit status.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
-    let config = match &cli.config {
+    let mut config = match &cli.config {
         Some(path) => Config::load(path)?,
         None => Config::from_env()?,
     };
     let json = cli.json;
     let command = match cli.command {
-        None => return crate::serve::serve(config, cli.routines).map(|()| 0),
+        None => {
+            config.http_addr = cli.http.or(config.http_addr);
+            return crate::serve::serve(config, cli.routines).map(|()| 0);
+        }
         Some(Command::Serve(args)) => {
-            return crate::serve::serve(config, args.routines.or(cli.routines)).map(|()| 0)
+            config.http_addr = args.http.or(cli.http).or(config.http_addr);
+            return crate::serve::serve(config, args.routines.or(cli.routines)).map(|()| 0);
         }
         Some(Command::Next(args)) => return next(&config, args, json),
         Some(Command::Migrate) => {
@@ -405,11 +409,6 @@ fn parse_duration(text: &str) -> Result<f64, String> {
         ));
     }
     Ok(value * factor)
-}
-
-/// A JSON value on the command line.
-pub fn parse_json(text: &str) -> Result<Value, String> {
-    serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))
 }
 
 /// `--since`: a duration ago, or a UTC time.

@@ -19,7 +19,8 @@ use std::path::PathBuf;
     after_help = "Environment: SCHEDULER_DB_URI, CELERY_BROKER_URL, TIMEZONE, \
 SCHEDULER_WATCH_INTERVAL, SCHEDULER_MAX_INTERVAL, SCHEDULER_SYNC_EVERY, CELERY_MAX_RETRY, \
 CELERY_RETRY_DELAY, CREATE_TABLE, WORKER_CONCURRENCY, SHUTDOWN_TIMEOUT, HISTORY, \
-HISTORY_MAX_AGE, HISTORY_MAX_RUNS, SCHEDULER_HEARTBEAT_INTERVAL, SCHEDULER_DEAD_AFTER, RUST_LOG."
+HISTORY_MAX_AGE, HISTORY_MAX_RUNS, SCHEDULER_HEARTBEAT_INTERVAL, SCHEDULER_DEAD_AFTER, HTTP_ADDR, \
+HTTP_TOKEN, RUST_LOG."
 )]
 struct Cli {
     /// A `key = value` configuration file (the environment overrides it).
@@ -31,6 +32,10 @@ struct Cli {
     /// Routines to declare when serving (see `beat serve --help`).
     #[arg(long, value_name = "FILE")]
     routines: Option<PathBuf>,
+    /// When serving: where /metrics, /healthz, /readyz and the dashboard
+    /// listen (overrides HTTP_ADDR; see `beat serve --help`).
+    #[arg(long, value_name = "ADDR:PORT")]
+    http: Option<std::net::SocketAddr>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -89,6 +94,11 @@ struct ServeArgs {
     /// ./routines.json is read if present).
     #[arg(long, value_name = "FILE")]
     routines: Option<PathBuf>,
+    /// Listen on ADDR:PORT (e.g. 127.0.0.1:9808) for /metrics (Prometheus),
+    /// /healthz, /readyz and the dashboard; overrides HTTP_ADDR. Changes
+    /// from the dashboard need HTTP_TOKEN; without it it is read-only.
+    #[arg(long, value_name = "ADDR:PORT")]
+    http: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args)]
@@ -125,7 +135,7 @@ struct ScheduleArgs {
     #[arg(long, value_name = "DURATION", value_parser = commands::parse_every)]
     every: Option<f64>,
     /// A Celery crontab as the kit's JSON: `'{"minute": "*/5"}'`.
-    #[arg(long, value_name = "JSON", value_parser = commands::parse_json)]
+    #[arg(long, value_name = "JSON", value_parser = celery_diesel_kit::ops::parse_json)]
     crontab: Option<serde_json::Value>,
 }
 
@@ -166,10 +176,10 @@ struct RoutineFields {
     #[arg(long, value_name = "ZONE")]
     timezone: Option<String>,
     /// kwargs, a JSON object.
-    #[arg(long, value_name = "JSON", value_parser = commands::parse_json)]
+    #[arg(long, value_name = "JSON", value_parser = celery_diesel_kit::ops::parse_json)]
     kwargs: Option<serde_json::Value>,
     /// Celery options, a JSON object (queue, priority, expires, ...).
-    #[arg(long, value_name = "JSON", value_parser = commands::parse_json)]
+    #[arg(long, value_name = "JSON", value_parser = celery_diesel_kit::ops::parse_json)]
     options: Option<serde_json::Value>,
 }
 

@@ -7,7 +7,9 @@
 
 use anyhow::{bail, Context};
 use celery_diesel_kit::DEFAULT_DB_URI;
-use celery_diesel_kit::{AsyncTask, Beat, Config, Routine, SyncTask, TaskContext, TaskResult};
+use celery_diesel_kit::{
+    AsyncTask, Beat, Config, HttpServer, Routine, SyncTask, TaskContext, TaskResult,
+};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -116,16 +118,23 @@ pub fn serve(config: Config, routines: Option<PathBuf>) -> anyhow::Result<()> {
     })
     .context("cannot install the Ctrl-C/SIGTERM handler")?;
 
-    let beat = Beat::builder(config)
+    let http = config.http_addr;
+    let beat = Beat::builder(config.clone())
         .task(Hello)
         .task(Sleep)
         .async_task(AsyncTick)
         .routines(routines)
         .start()?;
+    let server = match http {
+        Some(addr) => Some(HttpServer::start(addr, beat.monitor(), config)?),
+        None => None,
+    };
     log::info!("beat: running; Ctrl-C or SIGTERM stops it");
     let _ = stop_rx.recv();
     log::info!("beat: stopping");
+    // Probes see the beat stopping (the scheduler thread ends first).
     let report = beat.stop();
+    drop(server);
     if report.busy_workers > 0 {
         bail!(
             "{} task(s) were still running at the shutdown deadline",

@@ -10,12 +10,12 @@ pub(super) mod history;
 /// Timestamps come as text too (see `models::RawRow`). The aliases shadow
 /// the columns in ORDER BY, so statements order by `routines.next_run_at`
 /// (the indexed column), never by its text.
-const PG_COLUMNS: &str = "id::text AS id, name::text AS name, task::text AS task, \
+pub(super) const PG_COLUMNS: &str = "id::text AS id, name::text AS name, task::text AS task, \
     schedule::text AS schedule, kwargs::text AS kwargs, options::text AS options, active, \
     last_run_at::text AS last_run_at, total_run_count, next_run_at::text AS next_run_at, \
     needs_sync, last_error, (name_unique IS NULL) AS duplicate_name, run_requested_at::text AS run_requested_at, \
     ctid::text AS locator";
-const SQLITE_COLUMNS: &str = "id, name, task, schedule, kwargs, options, active, \
+pub(super) const SQLITE_COLUMNS: &str = "id, name, task, schedule, kwargs, options, active, \
     CAST(last_run_at AS TEXT) AS last_run_at, total_run_count, \
     CAST(next_run_at AS TEXT) AS next_run_at, needs_sync, last_error, \
     (name_unique IS NULL) AS duplicate_name, CAST(run_requested_at AS TEXT) AS run_requested_at, \
@@ -208,7 +208,7 @@ pub(super) fn sqlite() -> Sql {
 }
 
 #[cfg(feature = "mysql")]
-const MYSQL_COLUMNS: &str = "CAST(id AS CHAR) AS id, name, task, \
+pub(super) const MYSQL_COLUMNS: &str = "CAST(id AS CHAR) AS id, name, task, \
     CAST(schedule AS CHAR) AS schedule, CAST(kwargs AS CHAR) AS kwargs, \
     CAST(options AS CHAR) AS options, active, CAST(last_run_at AS CHAR) AS last_run_at, \
     total_run_count, CAST(next_run_at AS CHAR) AS next_run_at, needs_sync, last_error, \

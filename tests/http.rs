@@ -1,0 +1,706 @@
+//! The HTTP listener: `/metrics` (checked by `promtool` and scraped by a
+//! real Prometheus), `/healthz` and `/readyz` through a database cut, the
+//! token, the session and the anti-forgery token, escaping, and the
+//! dashboard's list, edit and preview. The browser tests are in
+//! `tests/browser.rs`.
+
+mod common;
+
+use celery_diesel_kit::ops::{Change, Operator};
+use celery_diesel_kit::{Beat, Config, HttpServer, Routine, Schedule};
+use chrono::{DateTime, Duration as TimeDelta, Timelike, Utc};
+use common::web::{self, csrf_of, encode, get, post, sample, tool};
+use common::{captured_log, utc, wait_until, Recorder, TestClock, TestDb};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "t0ken-for-the-http-tests";
+
+fn at(seconds: i64) -> DateTime<Utc> {
+    utc("2030-01-01 00:00:00") + TimeDelta::seconds(seconds)
+}
+
+fn every(seconds: u64) -> Schedule {
+    Schedule::every(Duration::from_secs(seconds)).unwrap()
+}
+
+fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+fn active(config: &Config, name: &str) -> bool {
+    Operator::connect(config.clone())
+        .unwrap()
+        .store()
+        .routine(name)
+        .unwrap()
+        .unwrap()
+        .active
+}
+
+/// A task that always fails.
+struct Fail;
+
+impl celery_diesel_kit::SyncTask for Fail {
+    fn name(&self) -> &str {
+        "fail"
+    }
+    fn run(&self, _: &celery_diesel_kit::TaskContext) -> celery_diesel_kit::TaskResult {
+        Err("no".into())
+    }
+}
+
+#[test]
+fn metrics_count_runs_by_task_target_and_outcome_and_pass_promtool() {
+    let db = TestDb::sqlite("metrics_by_task");
+    let mut config = db.config();
+    config.celery_max_retry = 0;
+    let ok = Recorder::new("ok");
+    let mut beat = Beat::builder(config.clone())
+        .clock(TestClock::at(at(0)))
+        .task(ok.clone())
+        .task(Fail)
+        .routine(Routine::new("a1", "ok", every(10)))
+        .routine(Routine::new("a2", "ok", every(10)))
+        .routine(Routine::new("f", "fail", every(10)))
+        .routine(Routine::new("bad", "nope \"quoted\"", every(10)))
+        .start_manual()
+        .unwrap();
+    beat.tick(at(0)).unwrap();
+    beat.tick(at(10)).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let s = beat.stats();
+            s.succeeded == 2 && s.gave_up == 1
+        }),
+        "{:?}",
+        beat.stats()
+    );
+    let server = HttpServer::start(any_port(), beat.monitor(), config.clone()).unwrap();
+    let answer = get(server.addr(), "/metrics");
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        answer.header("Content-Type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let m = &answer.body;
+    let runs = |task: &str, target: &str, outcome: &str| {
+        sample(
+            m,
+            &format!(
+                "beat_runs_total{{task=\"{task}\",target=\"{target}\",outcome=\"{outcome}\"}}"
+            ),
+        )
+    };
+    assert_eq!(runs("ok", "in_process", "dispatched"), Some(2.0), "{m}");
+    assert_eq!(runs("ok", "in_process", "succeeded"), Some(2.0), "{m}");
+    assert_eq!(runs("ok", "in_process", "failed"), None, "{m}");
+    assert_eq!(runs("fail", "in_process", "dispatched"), Some(1.0), "{m}");
+    assert_eq!(runs("fail", "in_process", "failed"), Some(1.0), "{m}");
+    assert_eq!(runs("fail", "in_process", "gave_up"), Some(1.0), "{m}");
+    // The task name is escaped in its label.
+    assert_eq!(
+        runs(r#"nope \"quoted\""#, "none", "invalid"),
+        Some(1.0),
+        "{m}"
+    );
+    // Never a series per routine.
+    assert!(!m.contains("a1") && !m.contains("routine="), "{m}");
+    assert_eq!(sample(m, "beat_lateness_seconds_count"), Some(3.0), "{m}");
+    assert_eq!(
+        sample(m, "beat_lateness_seconds_bucket{le=\"+Inf\"}"),
+        Some(3.0),
+        "{m}"
+    );
+    assert!(
+        sample(m, "beat_claim_duration_seconds_count").unwrap_or(0.0) >= 1.0,
+        "{m}"
+    );
+    assert_eq!(
+        sample(m, "beat_routines{state=\"active\"}"),
+        Some(3.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(m, "beat_routines{state=\"error\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(m, "beat_routines{state=\"inactive\"}"),
+        Some(0.0),
+        "{m}"
+    );
+    assert_eq!(sample(m, "beat_beats_alive"), Some(1.0), "{m}");
+    assert_eq!(sample(m, "beat_database_up"), Some(1.0), "{m}");
+    // A manual beat has no scheduler thread: unhealthy, and it says why.
+    assert_eq!(sample(m, "beat_healthy"), Some(0.0), "{m}");
+    let health = get(server.addr(), "/healthz");
+    assert_eq!(
+        (health.status, health.body.as_str()),
+        (503, "the scheduler thread is not running\n")
+    );
+
+    let open = web::request(
+        server.addr(),
+        "GET",
+        "/metrics",
+        &[(
+            "Accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+        )],
+        "",
+    );
+    assert!(open
+        .header("Content-Type")
+        .is_some_and(|t| t.starts_with("application/openmetrics-text")));
+    assert!(open.body.ends_with("# EOF\n"), "{}", open.body);
+    assert!(open.body.contains("# TYPE beat_runs counter\n"));
+
+    let Some(promtool) = tool(
+        "metrics_count_runs_by_task_target_and_outcome_and_pass_promtool",
+        "promtool",
+        "prometheus",
+    ) else {
+        return;
+    };
+    let mut check = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut check.stdin.take().unwrap(), m.as_bytes()).unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{m}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_real_prometheus_scrapes_the_beat_and_answers_queries() {
+    let test = "a_real_prometheus_scrapes_the_beat_and_answers_queries";
+    let Some(prometheus) = tool(test, "prometheus", "prometheus") else {
+        return;
+    };
+    let db = TestDb::sqlite("prometheus_scrape");
+    let config = db.config();
+    let tick = Recorder::new("tick");
+    let beat = Beat::builder(config.clone())
+        .task(tick.clone())
+        .routine(Routine::new("every second", "tick", every(1)))
+        .start()
+        .unwrap();
+    let server = HttpServer::start(any_port(), beat.monitor(), config).unwrap();
+    let dir = std::env::temp_dir().join(format!("cdk-prometheus-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: beat\n    static_configs:\n      - targets: ['{}']\n",
+            server.addr()
+        ),
+    )
+    .unwrap();
+    let port = web::free_port();
+    let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+    let mut child = Command::new(prometheus)
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let api: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let query = |q: &str| -> Vec<serde_json::Value> {
+        if std::net::TcpStream::connect(api).is_err() {
+            return Vec::new();
+        }
+        let answer = get(api, &format!("/api/v1/query?query={}", encode(q)));
+        let json: serde_json::Value = serde_json::from_str(&answer.body).unwrap_or_default();
+        json["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let value = |r: &serde_json::Value| -> f64 {
+        r["value"][1]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    let succeeded = r#"beat_runs_total{task="tick",outcome="succeeded"}"#;
+    let found = wait_until(Duration::from_secs(60), || {
+        query(succeeded).first().is_some_and(|r| value(r) >= 2.0)
+    });
+    let series = query(succeeded);
+    let up = query("beat_database_up");
+    let active = query(r#"beat_routines{state="active"}"#);
+    let _ = child.kill();
+    let _ = child.wait();
+    let prometheus_log = std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        found,
+        "Prometheus never had {succeeded} ≥ 2:\n{prometheus_log}"
+    );
+    assert_eq!(series.len(), 1, "{series:?}");
+    let labels = &series[0]["metric"];
+    assert_eq!(labels["job"], "beat");
+    assert_eq!(labels["target"], "in_process");
+    assert_eq!(labels["__name__"], "beat_runs_total");
+    assert_eq!(up.first().map(value), Some(1.0), "{up:?}");
+    assert_eq!(active.first().map(value), Some(1.0), "{active:?}");
+    drop(server);
+    beat.stop();
+}
+
+#[test]
+fn health_turns_503_while_the_database_is_cut_and_200_after() {
+    let Some(db) = TestDb::postgres("health_database_cut") else {
+        return;
+    };
+    db.store();
+    let proxy = common::Proxy::start("127.0.0.1:5432");
+    let mut config = db.config();
+    config.scheduler_db_uri = db
+        .url
+        .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
+    config.scheduler_db_timeout = Duration::from_secs(3);
+    let beat = Beat::builder(config.clone())
+        .task(Recorder::new("ok"))
+        .routine(Routine::new("r", "ok", every(1)))
+        .start()
+        .unwrap();
+    let bound = beat.monitor().bound();
+    assert_eq!(bound, Duration::from_secs(10));
+    let server = HttpServer::start(any_port(), beat.monitor(), config).unwrap();
+    let addr = server.addr();
+    assert!(wait_until(Duration::from_secs(10), || get(addr, "/readyz")
+        .status
+        == 200));
+    assert_eq!(get(addr, "/healthz").body, "ok\n");
+
+    proxy.cut();
+    let cut = Instant::now();
+    assert!(wait_until(Duration::from_secs(60), || get(
+        addr, "/healthz"
+    )
+    .status
+        == 503));
+    let unhealthy_after = cut.elapsed();
+    let health = get(addr, "/healthz");
+    assert!(
+        health.body.contains("database") && health.body.lines().count() == 1,
+        "{}",
+        health.body
+    );
+    assert!(!health.body.contains(&db.url), "{}", health.body);
+    // Unhealthy once the last good pass (at most a watch interval, 0.1 s,
+    // before the cut) is older than the bound.
+    assert!(
+        unhealthy_after + Duration::from_millis(200) >= bound,
+        "{unhealthy_after:?}"
+    );
+    assert_eq!(get(addr, "/readyz").status, 503);
+    let m = get(addr, "/metrics").body;
+    assert_eq!(sample(&m, "beat_database_up"), Some(0.0), "{m}");
+    assert_eq!(sample(&m, "beat_healthy"), Some(0.0), "{m}");
+
+    proxy.restore();
+    assert!(wait_until(Duration::from_secs(30), || get(
+        addr, "/healthz"
+    )
+    .status
+        == 200));
+    let m = get(addr, "/metrics").body;
+    assert_eq!(sample(&m, "beat_database_up"), Some(1.0), "{m}");
+    eprintln!("healthz: 503 after {unhealthy_after:.1?} of a database cut (bound {bound:?}), 200 again after the restore");
+
+    beat.stop();
+    let health = get(addr, "/healthz");
+    assert_eq!(
+        (health.status, health.body.as_str()),
+        (503, "the scheduler thread is not running\n")
+    );
+}
+
+#[test]
+fn changes_need_the_token_and_forged_requests_change_nothing() {
+    let db = TestDb::sqlite("http_auth");
+    let mut config = db.config();
+    config.http_token = Some(TOKEN.into());
+    let beat = Beat::builder(config.clone())
+        .task(Recorder::new("ok"))
+        .routine(Routine::new("r", "ok", every(3600)))
+        .start()
+        .unwrap();
+    let server = HttpServer::start(any_port(), beat.monitor(), config.clone()).unwrap();
+    let addr = server.addr();
+    let disable = |headers: &[(&str, &str)], csrf: Option<&str>| {
+        let mut form = vec![("name", "r")];
+        if let Some(csrf) = csrf {
+            form.push(("csrf", csrf));
+        }
+        post(addr, "/routine/disable", headers, &form).status
+    };
+    assert_eq!(disable(&[], None), 401);
+    assert_eq!(
+        disable(&[("Authorization", "Bearer not-the-token")], None),
+        401
+    );
+    assert_eq!(
+        disable(&[("Authorization", &format!("Bearer {TOKEN}x"))], None),
+        401
+    );
+    assert_eq!(get(addr, "/routine/disable?name=r").status, 404);
+    assert!(active(&config, "r"));
+
+    let wrong = post(addr, "/login", &[], &[("token", "wrong-token-wrong-token")]);
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.header("Set-Cookie").is_none());
+    let login = post(addr, "/login", &[], &[("token", TOKEN)]);
+    assert_eq!(login.status, 303);
+    let set_cookie = login.header("Set-Cookie").unwrap().to_owned();
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
+        "{set_cookie}"
+    );
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let session = [("Cookie", cookie.as_str())];
+    // A forged form: the session's cookie, without or with a wrong token.
+    assert_eq!(disable(&session, None), 403);
+    assert_eq!(disable(&session, Some("forged")), 403);
+    assert!(active(&config, "r"));
+    // A forged cookie is no session.
+    assert_eq!(
+        disable(&[("Cookie", "beat_session=forged")], Some("forged")),
+        401
+    );
+
+    let page = request_page(addr, "/routine?name=r", &session);
+    let csrf = csrf_of(&page);
+    assert_eq!(disable(&session, Some(&csrf)), 303);
+    assert!(!active(&config, "r"));
+    let enabled = post(
+        addr,
+        "/routine/enable",
+        &[("Authorization", &format!("Bearer {TOKEN}"))],
+        &[("name", "r")],
+    );
+    assert_eq!(enabled.status, 303);
+    assert_eq!(
+        enabled.header("Location"),
+        Some("/routine?name=r&done=enabled")
+    );
+    assert!(active(&config, "r"));
+
+    // The token is never shown, nor the session's cookie.
+    for path in ["/", "/routine?name=r", "/beats", "/metrics", "/login"] {
+        let body = request_page(addr, path, &session);
+        assert!(!body.contains(TOKEN), "{path} shows the token");
+    }
+    // Logging out ends the session.
+    let out = post(addr, "/logout", &session, &[("csrf", &csrf)]);
+    assert_eq!(out.status, 303);
+    assert_eq!(disable(&session, Some(&csrf)), 401);
+
+    // Without a token the page is read-only, and says so.
+    let mut read_only = config.clone();
+    read_only.http_token = None;
+    let server = HttpServer::start(any_port(), beat.monitor(), read_only).unwrap();
+    let refused = post(
+        server.addr(),
+        "/routine/disable",
+        &[("Authorization", &format!("Bearer {TOKEN}"))],
+        &[("name", "r")],
+    );
+    assert_eq!(refused.status, 403);
+    assert!(refused.body.contains("read-only"));
+    assert!(get(server.addr(), "/")
+        .body
+        .contains("Read-only: no http_token is configured"));
+    assert!(active(&config, "r"));
+    beat.stop();
+}
+
+fn request_page(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> String {
+    let answer = web::request(addr, "GET", path, headers, "");
+    assert_eq!(answer.status, 200, "{path}: {}", answer.body);
+    answer.body
+}
+
+#[test]
+fn hostile_names_and_kwargs_are_shown_as_text_and_passwords_never() {
+    let Some(db) = TestDb::postgres("http_escaping") else {
+        return;
+    };
+    db.store();
+    // Trust authentication takes any password: the URL carries one.
+    let url = db.url.replace("postgres@", "postgres:pw-s3cret-42@");
+    let mut config = db.config();
+    config.scheduler_db_uri = url;
+    config.http_token = Some(TOKEN.into());
+    db.exec(
+        r#"INSERT INTO routines (id, name, task, schedule, kwargs, options, active, total_run_count, needs_sync)
+           VALUES ('6f1c1a52-1f5e-4a53-9c55-2b1f5f3a0001', '<script>alert(1)</script>', '<b>task</b>',
+                   '{"timedelta": 60}', '{"x": "</textarea><script>alert(2)</script>"}', '{}', true, 0, true)"#,
+    );
+    let beat = Beat::builder(config.clone())
+        .task(Recorder::new("ok"))
+        .start()
+        .unwrap();
+    let server = HttpServer::start(any_port(), beat.monitor(), config.clone()).unwrap();
+    let addr = server.addr();
+    // The beat finds the task unknown; its error names the task.
+    assert!(wait_until(Duration::from_secs(10), || {
+        Operator::connect(config.clone())
+            .unwrap()
+            .store()
+            .routine("<script>alert(1)</script>")
+            .unwrap()
+            .is_some_and(|r| r.last_error.is_some())
+    }));
+    let list = get(addr, "/?q=script").body;
+    let page = get(
+        addr,
+        &format!("/routine?name={}", encode("<script>alert(1)</script>")),
+    )
+    .body;
+    for body in [&list, &page] {
+        assert!(!body.contains("<script>"), "{body}");
+        assert!(!body.contains("<b>task"), "{body}");
+        assert!(
+            body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+            "{body}"
+        );
+    }
+    assert!(
+        page.contains("&lt;/textarea&gt;&lt;script&gt;alert(2)"),
+        "{page}"
+    );
+    assert!(!page.contains("</textarea><script>"), "{page}");
+    let beats = get(addr, "/beats").body;
+    assert!(beats.contains("postgres:***@"), "{beats}");
+    for path in ["/", "/beats", "/metrics", "/healthz"] {
+        assert!(
+            !get(addr, path).body.contains("pw-s3cret-42"),
+            "{path} shows the password"
+        );
+    }
+    beat.stop();
+}
+
+#[test]
+fn editing_checks_as_the_beat_does_and_previews_without_saving() {
+    let db = TestDb::sqlite("http_edit");
+    let mut config = db.config();
+    config.http_token = Some(TOKEN.into());
+    let beat = Beat::builder(config.clone())
+        .task(Recorder::new("ok"))
+        .routine(Routine::new("e", "ok", every(3600)))
+        .start()
+        .unwrap();
+    let server = HttpServer::start(any_port(), beat.monitor(), config.clone()).unwrap();
+    let addr = server.addr();
+    let bearer = format!("Bearer {TOKEN}");
+    let edit = |schedule: &str| {
+        post(
+            addr,
+            "/routine/edit",
+            &[("Authorization", &bearer)],
+            &[
+                ("name", "e"),
+                ("schedule", schedule),
+                ("kwargs", "{}"),
+                ("options", "{}"),
+            ],
+        )
+    };
+    let op = Operator::connect(config.clone()).unwrap();
+    let schedule_of = || op.store().routine("e").unwrap().unwrap().schedule;
+    let before = schedule_of();
+
+    // The beat's own words, escaped for the page.
+    let mut change = Change::default();
+    change.schedule = Some(json!({"minute": "61"}));
+    change.kwargs = Some(json!({}));
+    change.options = Some(json!({}));
+    let expected = op.edit("e", &change).unwrap_err().to_string();
+    let refused = edit(r#"{"minute": "61"}"#);
+    assert_eq!(refused.status, 422);
+    let escaped = expected
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;");
+    assert!(
+        refused.body.contains(&escaped),
+        "{escaped}\n{}",
+        refused.body
+    );
+    // What was typed stays in the form.
+    assert!(refused
+        .body
+        .contains("{&quot;minute&quot;: &quot;61&quot;}"));
+    let not_json = edit("every minute");
+    assert_eq!(not_json.status, 422);
+    assert!(
+        not_json
+            .body
+            .contains("routine e: schedule: not valid JSON"),
+        "{}",
+        not_json.body
+    );
+    assert_eq!(schedule_of(), before);
+
+    let preview = get(
+        addr,
+        &format!(
+            "/routine?name=e&preview=1&schedule={}",
+            encode(r#"{"minute": "*/15"}"#)
+        ),
+    );
+    assert_eq!(preview.status, 200);
+    let times = preview
+        .body
+        .split("id=\"preview-times\"")
+        .nth(1)
+        .unwrap_or("");
+    let times = &times[..times.find("</ol>").unwrap_or(0)];
+    assert_eq!(times.matches("<li>").count(), 10, "{}", preview.body);
+    assert!(times.contains(":15:00 UTC") || times.contains(":30:00 UTC"));
+    let bad_preview = get(
+        addr,
+        &format!(
+            "/routine?name=e&preview=1&schedule={}",
+            encode(r#"{"minute": "61"}"#)
+        ),
+    );
+    assert!(
+        bad_preview.body.contains("id=\"preview-error\""),
+        "{}",
+        bad_preview.body
+    );
+    assert_eq!(schedule_of(), before);
+
+    let saved = edit(r#"{"minute": "*/15"}"#);
+    assert_eq!(saved.status, 303, "{}", saved.body);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&schedule_of()).unwrap(),
+        json!({"minute": "*/15"})
+    );
+    // The serving beat plans it again: its next run is on a quarter hour.
+    assert!(wait_until(Duration::from_secs(10), || {
+        let row = op.store().routine("e").unwrap().unwrap();
+        row.next_run_at_utc()
+            .is_some_and(|t| t.minute() % 15 == 0 && t.second() == 0 && !row.needs_sync)
+    }));
+    let logged = captured_log().lock().unwrap().join("\n");
+    assert!(!logged.contains(TOKEN));
+    beat.stop();
+}
+
+#[test]
+fn the_list_searches_filters_and_pages() {
+    let db = TestDb::sqlite("http_list");
+    let config = db.config();
+    let mut routines: Vec<Routine> = (0..130)
+        .map(|i| Routine::new(format!("job-{i:03}"), "ok", every(3600)))
+        .collect();
+    routines.extend((0..5).map(|i| Routine::new(format!("zz-{i}"), "other.Task", every(3600))));
+    let beat = Beat::builder(config.clone())
+        .task(Recorder::new("ok"))
+        .task(Recorder::new("other.Task"))
+        .routines(routines)
+        .start_manual()
+        .unwrap();
+    db.exec("UPDATE routines SET active = 0 WHERE name LIKE 'job-00%'");
+    let server = HttpServer::start(any_port(), beat.monitor(), config).unwrap();
+    let addr = server.addr();
+    let rows = |body: &str| body.matches("<tr><td><a href=\"/routine?name=").count();
+    let next = |body: &str| {
+        body.split("id=\"next\" href=\"")
+            .nth(1)
+            .map(|rest| rest[..rest.find('"').unwrap()].replace("&amp;", "&"))
+    };
+    let mut page = get(addr, "/").body;
+    let mut sizes = vec![rows(&page)];
+    while let Some(link) = next(&page) {
+        page = get(addr, &link).body;
+        sizes.push(rows(&page));
+    }
+    assert_eq!(sizes, vec![50, 50, 35]);
+    assert!(page.contains("zz-4"));
+
+    assert_eq!(rows(&get(addr, "/?q=JOB-12").body), 10);
+    assert_eq!(rows(&get(addr, "/?q=other.task").body), 5);
+    let percent = get(addr, &format!("/?q={}", encode("%"))).body;
+    assert_eq!(rows(&percent), 0);
+    assert!(percent.contains("No routine matches."));
+    assert_eq!(rows(&get(addr, "/?q=job&state=inactive").body), 10);
+    assert_eq!(rows(&get(addr, "/?state=active").body), 50);
+    let counts = get(addr, "/").body;
+    assert!(
+        counts.contains(">125 active<") && counts.contains(">10 inactive<"),
+        "{counts}"
+    );
+    beat.stop();
+}
+
+backend_tests! {
+    fn routines_are_found_and_counted_by_state(db) {
+        use celery_diesel_kit::ops::NewRoutineSpec;
+        use celery_diesel_kit::{RoutineQuery, RoutineState};
+        let op = Operator::migrate(db.config()).unwrap();
+        for name in ["alpha", "Beta_1", "beta%2", "gamma", "delta"] {
+            op.add(&NewRoutineSpec::new(name, "app.Task", json!({"timedelta": 60}))).unwrap();
+        }
+        op.set_active("gamma", false).unwrap();
+        db.exec("UPDATE routines SET last_error = 'broken' WHERE name = 'delta'");
+        let names = |search: &str, state: Option<RoutineState>, after: Option<(String, String)>, limit: usize| {
+            let mut q = RoutineQuery::default();
+            q.search = search.into();
+            q.state = state;
+            q.after = after;
+            q.limit = limit;
+            op.find(&q).unwrap().into_iter().map(|v| v.row.name).collect::<Vec<_>>()
+        };
+        // In the database's name order (its collation's).
+        let all = names("", None, None, 10);
+        assert_eq!(all.len(), 5);
+        let mut betas = names("BETA", None, None, 10);
+        betas.sort();
+        assert_eq!(betas, vec!["Beta_1", "beta%2"]);
+        // `%` and `_` are text, not wildcards.
+        assert_eq!(names("a%1", None, None, 10), Vec::<String>::new());
+        assert_eq!(names("a%2", None, None, 10), vec!["beta%2"]);
+        assert_eq!(names("a_1", None, None, 10), vec!["Beta_1"]);
+        assert_eq!(names("app.task", None, None, 10).len(), 5);
+        assert_eq!(names("", Some(RoutineState::Inactive), None, 10), vec!["gamma"]);
+        assert_eq!(names("", Some(RoutineState::Error), None, 10), vec!["delta"]);
+        assert_eq!(names("", Some(RoutineState::Active), None, 10).len(), 3);
+        // Pages: each after the last of the one before.
+        let mut q = RoutineQuery::default();
+        q.limit = 2;
+        let first = op.find(&q).unwrap();
+        let last = first.last().unwrap();
+        let rest = names("", None, Some((last.row.name.clone(), last.row.id.clone())), 10);
+        assert_eq!(rest, all[2..].to_vec());
+        let counts = op.counts().unwrap();
+        assert_eq!((counts.active, counts.inactive, counts.error), (3, 1, 1));
+    }
+}
