@@ -4,6 +4,10 @@
 //!
 //! From the top down; each module uses only those below it.
 //!
+//! - `http` (feature `http`): the listener ([`HttpServer`]): `/metrics`
+//!   (`prometheus`), `/healthz` and `/readyz`, the dashboard (`pages`) and
+//!   who may change what (`auth`); it reads a beat's [`Monitor`] and acts
+//!   through [`ops`] only.
 //! - [`ops`]: what operators do (list, show, add, edit, enable, disable,
 //!   remove, send, check, history, beats, migrate), for the `beat` command
 //!   line; it calls only the library below.
@@ -26,7 +30,8 @@
 //!   (`history`), the backends' batch writes (`write`), and every statement
 //!   the beat issues, in each dialect (`sql`, `sql/history`).
 //! - `routine`: a [`Routine`] as code declares it.
-//! - `metrics`: what the beat counts ([`Stats`]).
+//! - `metrics`: what the beat counts ([`Stats`]), and how it is (its
+//!   health, read through a [`Monitor`]).
 //! - `config`: the kit's configuration keys ([`Config`]).
 //! - `schedule`: the kit's schedule JSON (interval or Celery crontab),
 //!   parsed, validated, and the next-run math ([`Schedule`]). Knows nothing

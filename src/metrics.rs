@@ -239,19 +239,29 @@ impl Metrics {
 
     /// Counts `n` runs of `task` that went to `target` and came to `outcome`.
     pub(crate) fn count_runs(&self, task: &str, target: Target, outcome: RunOutcome, n: u64) {
+        self.count_many([(task, target, outcome)].into_iter(), n);
+    }
+
+    /// Counts `n` runs for each of `runs` (a claim's batch: one lock).
+    pub(crate) fn count_many<'a>(
+        &self,
+        runs: impl Iterator<Item = (&'a str, Target, RunOutcome)>,
+        n: u64,
+    ) {
         let mut by_task = self.by_task.lock().unwrap_or_else(PoisonError::into_inner);
-        let counts = match by_task.get_mut(task) {
-            Some(counts) => counts,
-            None => {
-                let key = match by_task.len() < MAX_TASK_SERIES {
-                    true => task,
-                    false => OTHER_TASKS,
-                };
-                by_task.entry(key.to_owned()).or_default()
-            }
-        };
-        let (t, o) = (target as usize, outcome as usize);
-        counts[t][o] += n;
+        for (task, target, outcome) in runs {
+            let counts = match by_task.get_mut(task) {
+                Some(counts) => counts,
+                None => {
+                    let key = match by_task.len() < MAX_TASK_SERIES {
+                        true => task,
+                        false => OTHER_TASKS,
+                    };
+                    by_task.entry(key.to_owned()).or_default()
+                }
+            };
+            counts[target as usize][outcome as usize] += n;
+        }
     }
 
     /// Every non-zero count of runs: `(task, target, outcome, runs)`, by task.

@@ -15,7 +15,8 @@
 //!   time until all are in Redis, against a plain pipelined LPUSH of the
 //!   same messages by this process.
 //! - `steady`: 10k routines every second for 60 s: dispatches per second,
-//!   lateness, misses and repeats, beat CPU.
+//!   lateness, misses and repeats, beat CPU; with `--http-load on`, while a
+//!   thread loads the dashboard's pages and `/metrics` in a loop.
 //! - `edit`: 100 edits by SQL (schedule, active), each timed until the
 //!   beat has applied it.
 //!
@@ -66,6 +67,10 @@ pub(crate) struct Options {
     pub(crate) redis: String,
     /// `history` (the run records) on or off.
     pub(crate) history: bool,
+    /// `steady` with the dashboard and `/metrics` loaded in a loop.
+    pub(crate) http_load: bool,
+    /// The loader's pause between page loads (0: flat out).
+    pub(crate) http_pause: std::time::Duration,
 }
 
 fn parse_args(args: Vec<String>) -> anyhow::Result<Options> {
@@ -88,6 +93,8 @@ fn parse_args(args: Vec<String>) -> anyhow::Result<Options> {
         mysql: common::mysql_admin_url(),
         redis: "redis://127.0.0.1:6379/14".into(),
         history: true,
+        http_load: false,
+        http_pause: std::time::Duration::ZERO,
     };
     let mut args = args.into_iter();
     let list = |v: String| v.split(',').map(str::to_owned).collect::<Vec<_>>();
@@ -120,6 +127,16 @@ fn parse_args(args: Vec<String>) -> anyhow::Result<Options> {
             "--postgres-url" => o.postgres = value()?,
             "--mysql-url" => o.mysql = value()?,
             "--redis-url" => o.redis = value()?,
+            "--http-load" => {
+                o.http_load = match value()?.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    other => bail!("--http-load takes on or off, not {other:?}"),
+                }
+            }
+            "--http-pause-ms" => {
+                o.http_pause = std::time::Duration::from_millis(numbers(value()?)?[0] as u64)
+            }
             "--history" => {
                 o.history = match value()?.as_str() {
                     "on" => true,
@@ -143,7 +160,7 @@ fn parse_args(args: Vec<String>) -> anyhow::Result<Options> {
                      \x20            [--scale 10000,100000,1000000] [--burst N] [--steady-routines N]\n\
                      \x20            [--steady-seconds S] [--edits N] [--idle-seconds S]\n\
                      \x20            [--postgres-url URL] [--mysql-url URL] [--redis-url URL]\n\
-                     \x20            [--history on|off]"
+                     \x20            [--history on|off] [--http-load on|off] [--http-pause-ms MS]"
                 );
                 std::process::exit(0);
             }

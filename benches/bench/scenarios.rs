@@ -1,10 +1,11 @@
 //! The scenarios, each measured on a fresh database and printed as one
 //! JSON line: `scale`, `burst`, `steady`, `edit` (see `main.rs`).
 
+use super::common::web;
 use super::db::{seed, Database, Seed};
 use super::{Backend, Options};
 use anyhow::{bail, Context};
-use celery_diesel_kit::{task_id, Beat, BeatHandle, Config};
+use celery_diesel_kit::{task_id, Beat, BeatHandle, Config, HttpServer};
 use chrono::{TimeDelta, Utc};
 use serde_json::json;
 use std::collections::HashMap;
@@ -296,6 +297,15 @@ pub(crate) fn steady(
         )
     };
     let beat = Beat::builder(config(&db, o)).start()?;
+    let first = store
+        .routines()?
+        .first()
+        .map(|r| r.name.clone())
+        .unwrap_or_default();
+    let loader = match o.http_load {
+        true => Some(load_pages(&beat, &db, o, &first, Arc::clone(&stop))?),
+        false => None,
+    };
     std::thread::sleep((t0 - Utc::now()).to_std().unwrap_or_default());
     let cpu0 = cpu_time("/proc/self/stat");
     let wall0 = Instant::now();
@@ -304,14 +314,25 @@ pub(crate) fn steady(
     let wall = wall0.elapsed();
     // Runs due just before the end may still be on their way.
     std::thread::sleep(Duration::from_millis(500));
-    let stats = beat.stop().stats;
     stop.store(true, Ordering::SeqCst);
+    let (page_loads, loader_cpu) = match loader {
+        Some((server, thread)) => {
+            let loaded = thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("page loader panicked"))?;
+            drop(server);
+            loaded
+        }
+        None => (0, Duration::ZERO),
+    };
+    let stats = beat.stop().stats;
     let (seen, drain_cpu) = drain
         .join()
         .map_err(|_| anyhow::anyhow!("drain thread panicked"))??;
     let in_window = expected.keys().filter(|id| seen.contains_key(*id)).count();
     let repeats: usize = seen.values().map(|n| n - 1).sum();
-    let beat_cpu = cpu.saturating_sub(drain_cpu);
+    // The beat's CPU includes the HTTP server's, not the loader's.
+    let beat_cpu = cpu.saturating_sub(drain_cpu).saturating_sub(loader_cpu);
     emit(json!({
         "scenario": "steady", "backend": backend.name(), "routines": routines, "seconds": seconds,
         "dispatches_per_s": round(in_window as f64 / seconds as f64, 1),
@@ -321,9 +342,54 @@ pub(crate) fn steady(
         "lateness_max_ms": round(stats.lateness.max.as_secs_f64() * 1e3, 2),
         "misses": expected.len() - in_window, "repeats": repeats,
         "beat_cpu_pct_of_a_core": round(beat_cpu.as_secs_f64() / wall.as_secs_f64() * 100.0, 1),
+        "http_load": o.http_load,
+        "page_loads_per_s": round(page_loads as f64 / wall.as_secs_f64(), 1),
+        "http_pause_ms": o.http_pause.as_millis() as u64,
     }));
     del(&mut conn, &[&queue]);
     Ok(())
+}
+
+/// A page loader and the listener it loads.
+type Loader = (HttpServer, std::thread::JoinHandle<(usize, Duration)>);
+
+/// Serves `beat`'s dashboard and metrics, and loads them in a loop until
+/// `stop`: the list, a search, a routine, the beats, `/metrics`. The
+/// thread returns its page loads and its own CPU time.
+fn load_pages(
+    beat: &BeatHandle,
+    db: &Database,
+    o: &Options,
+    routine: &str,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<Loader> {
+    let server = HttpServer::start("127.0.0.1:0".parse()?, beat.monitor(), config(db, o))?;
+    let addr = server.addr();
+    let paths = [
+        "/".to_owned(),
+        "/?q=bench1&state=active".to_owned(),
+        format!("/routine?name={}", web::encode(routine)),
+        "/beats".to_owned(),
+        "/metrics".to_owned(),
+    ];
+    let pause = o.http_pause;
+    let thread = std::thread::spawn(move || {
+        let cpu0 = cpu_time("/proc/thread-self/stat");
+        let mut loads = 0;
+        while !stop.load(Ordering::SeqCst) {
+            for path in &paths {
+                let answer = web::get(addr, path);
+                assert_eq!(answer.status, 200, "{path}: {}", answer.body);
+                loads += 1;
+                std::thread::sleep(pause);
+            }
+        }
+        (
+            loads,
+            cpu_time("/proc/thread-self/stat").saturating_sub(cpu0),
+        )
+    });
+    Ok((server, thread))
 }
 
 pub(crate) fn edit(backend: Backend, edits: usize, o: &Options) -> anyhow::Result<()> {

@@ -403,6 +403,7 @@ impl Dispatcher {
     /// in-process runs and counts every fate.
     pub(crate) fn hand_over(&self, outcomes: Vec<Outcome>) -> Counts {
         let mut counts = Counts::default();
+        let mut by_task: Vec<(String, Target, RunOutcome)> = Vec::with_capacity(outcomes.len());
         for outcome in outcomes {
             for note in &outcome.notes {
                 note.log(&outcome.routine);
@@ -434,9 +435,10 @@ impl Dispatcher {
                     RunOutcome::Invalid
                 }
             };
-            self.metrics
-                .count_runs(&outcome.task, outcome.target, counted, 1);
+            by_task.push((outcome.task, outcome.target, counted));
         }
+        self.metrics
+            .count_many(by_task.iter().map(|(t, g, o)| (t.as_str(), *g, *o)), 1);
         counts
     }
 

@@ -91,7 +91,16 @@ impl HttpServer {
                 .name(format!("beat-http-{i}"))
                 .spawn(move || {
                     for request in server.incoming_requests() {
-                        app.answer(request);
+                        // A bug in one page must not take a thread down.
+                        let answered =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                app.answer(request)
+                            }));
+                        if answered.is_err() {
+                            log::error!(
+                                "http: a request handler panicked; the request got no answer"
+                            );
+                        }
                     }
                 })
                 .map_err(|source| Error::Thread {

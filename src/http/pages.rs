@@ -265,7 +265,7 @@ fn routine_with(app: &App, r: &Request, said: Option<Said>, draft: Option<Draft>
         Ok(shown) => shown,
         Err(e) => {
             let status = match e {
-                crate::Error::Routine(_) => 404,
+                crate::error::Error::Routine(_) => 404,
                 _ => 503,
             };
             return Reply::html(

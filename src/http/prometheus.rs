@@ -94,7 +94,7 @@ impl Exporter {
                 return Some(counts);
             }
         }
-        let read = || -> Result<DbCounts, crate::Error> {
+        let read = || -> Result<DbCounts, crate::error::Error> {
             let routines = operator.counts()?;
             let beats_alive = operator
                 .beats()?

@@ -126,8 +126,9 @@ impl RoutineStore {
                 Backend::Postgres => "::uuid",
                 _ => "",
             };
+            // `>=` first, so that the name index bounds the scan.
             conditions.push(format!(
-                "(routines.name > {} OR (routines.name = {} AND routines.id > {}{id_cast}))",
+                "routines.name >= {} AND (routines.name > {} OR routines.id > {}{id_cast})",
                 param(name.clone()),
                 param(name.clone()),
                 param(id.clone()),
