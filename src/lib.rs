@@ -32,7 +32,8 @@
 //! - `routine`: a [`Routine`] as code declares it.
 //! - `metrics`: what the beat counts ([`Stats`]), and how it is (its
 //!   health, read through a [`Monitor`]).
-//! - `config`: the kit's configuration keys ([`Config`]).
+//! - `config`: the kit's configuration keys ([`Config`]), their values'
+//!   parsing (`values`), and what is never printed (`secrets`).
 //! - `schedule`: the kit's schedule JSON (interval or Celery crontab),
 //!   parsed, validated, and the next-run math ([`Schedule`]). Knows nothing
 //!   of databases.

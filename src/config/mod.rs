@@ -7,11 +7,17 @@
 //! lines; environment variables override the file, which overrides the
 //! defaults.
 
+mod secrets;
+mod values;
+
+pub(crate) use secrets::redact_message;
+pub use secrets::redact_url;
+
 use crate::schedule::MisfirePolicy;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
+use values::{boolean, non_negative_seconds, positive_seconds, unquote};
 
 /// The SQLite file used when no `scheduler_db_uri` is given.
 pub const DEFAULT_DB_URI: &str = "sqlite://celery-beat.sqlite3";
@@ -385,159 +391,6 @@ impl Config {
     }
 }
 
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("scheduler_db_uri", &redact_url(&self.scheduler_db_uri))
-            .field("scheduler_max_interval", &self.scheduler_max_interval)
-            .field("scheduler_sync_every", &self.scheduler_sync_every)
-            .field("scheduler_watch_interval", &self.scheduler_watch_interval)
-            .field("scheduler_db_timeout", &self.scheduler_db_timeout)
-            .field("celery_max_retry", &self.celery_max_retry)
-            .field("celery_retry_delay", &self.celery_retry_delay)
-            .field("create_table", &self.create_table)
-            .field("broker_url", &self.broker_url.as_deref().map(redact_url))
-            .field("broker_dedup_window", &self.broker_dedup_window)
-            .field("worker_concurrency", &self.worker_concurrency)
-            .field("shutdown_timeout", &self.shutdown_timeout)
-            .field("scheduler_misfire_policy", &self.scheduler_misfire_policy)
-            .field(
-                "scheduler_misfire_grace_time",
-                &self.scheduler_misfire_grace_time,
-            )
-            .field("timezone", &self.timezone)
-            .field("history", &self.history)
-            .field("history_max_age", &self.history_max_age)
-            .field("history_max_runs", &self.history_max_runs)
-            .field(
-                "scheduler_heartbeat_interval",
-                &self.scheduler_heartbeat_interval,
-            )
-            .field("scheduler_dead_after", &self.scheduler_dead_after)
-            .field("http_addr", &self.http_addr)
-            .field("http_token", &self.http_token.as_ref().map(|_| "***"))
-            .finish()
-    }
-}
-
-/// `url` with any password replaced by `***`, for logs and errors.
-///
-/// ```
-/// use celery_diesel_kit::redact_url;
-/// assert_eq!(redact_url("redis://:s3cret@host:6379/0"), "redis://:***@host:6379/0");
-/// assert_eq!(redact_url("postgres://app:pw@db/app"), "postgres://app:***@db/app");
-/// assert_eq!(redact_url("sqlite://beat.sqlite3"), "sqlite://beat.sqlite3");
-/// ```
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end + 3..];
-    // The authority ends at the first '/', '?' or '#'; the userinfo at the
-    // authority's last '@' (a password may itself contain '@').
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return mask_query_password(url);
-    };
-    let userinfo = &authority[..at];
-    let user = match userinfo.find(':') {
-        Some(colon) => format!("{}:***", &userinfo[..colon]),
-        None => userinfo.to_owned(),
-    };
-    mask_query_password(&format!(
-        "{}{}{}",
-        &url[..scheme_end + 3],
-        user,
-        &rest[at..]
-    ))
-}
-
-/// `message` with `url` and its password masked, for errors that quote a
-/// driver's text (a driver may repeat the URL or the password).
-pub(crate) fn redact_message(message: &str, url: &str) -> String {
-    let mut message = message.replace(url, &redact_url(url));
-    if let Some(password) = password_of(url) {
-        if !password.is_empty() {
-            message = message.replace(&password, "***");
-        }
-    }
-    message
-}
-
-fn password_of(url: &str) -> Option<String> {
-    let rest = &url[url.find("://")? + 3..];
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    let userinfo = &authority[..authority.rfind('@')?];
-    Some(userinfo.split_once(':')?.1.to_owned())
-}
-
-/// Masks `password=` query parameters (libpq and redis accept them).
-fn mask_query_password(url: &str) -> String {
-    let Some(q) = url.find('?') else {
-        return url.to_owned();
-    };
-    let (head, query) = url.split_at(q + 1);
-    let params: Vec<String> = query
-        .split('&')
-        .map(|param| match param.split_once('=') {
-            Some((name, _)) if name.eq_ignore_ascii_case("password") => format!("{name}=***"),
-            _ => param.to_owned(),
-        })
-        .collect();
-    format!("{head}{}", params.join("&"))
-}
-
-fn unquote(value: &str) -> &str {
-    for quote in ['"', '\''] {
-        if let Some(inner) = value
-            .strip_prefix(quote)
-            .and_then(|v| v.strip_suffix(quote))
-        {
-            return inner;
-        }
-    }
-    value
-}
-
-fn positive_seconds(key: &'static str, value: &str) -> Result<Duration, ConfigError> {
-    value
-        .parse::<f64>()
-        .ok()
-        .filter(|s| s.is_finite() && *s > 0.0)
-        .and_then(|s| Duration::try_from_secs_f64(s).ok())
-        .ok_or(ConfigError::Invalid {
-            key,
-            value: value.to_owned(),
-            reason: "expected a positive number of seconds",
-        })
-}
-
-fn non_negative_seconds(key: &'static str, value: &str) -> Result<Duration, ConfigError> {
-    value
-        .parse::<f64>()
-        .ok()
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .and_then(|s| Duration::try_from_secs_f64(s).ok())
-        .ok_or(ConfigError::Invalid {
-            key,
-            value: value.to_owned(),
-            reason: "expected a number of seconds ≥ 0",
-        })
-}
-
-fn boolean(key: &'static str, value: &str) -> Result<bool, ConfigError> {
-    match value.to_ascii_lowercase().as_str() {
-        "true" | "t" | "1" | "yes" | "y" | "on" => Ok(true),
-        "false" | "f" | "0" | "no" | "n" | "off" => Ok(false),
-        _ => Err(ConfigError::Invalid {
-            key,
-            value: value.to_owned(),
-            reason: "expected true or false",
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -712,40 +565,5 @@ mod tests {
             Err(ConfigError::Syntax { line: 1, .. })
         ));
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn messages_lose_the_password() {
-        let url = "postgres://app:hunter2@db/app";
-        assert_eq!(
-            redact_message(
-                "could not connect to postgres://app:hunter2@db/app: hunter2?",
-                url
-            ),
-            "could not connect to postgres://app:***@db/app: ***?"
-        );
-    }
-
-    #[test]
-    fn passwords_are_masked() {
-        assert_eq!(
-            redact_url("postgres://u:p%40ss@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(
-            redact_url("rediss://default:a@b@host/0"),
-            "rediss://default:***@host/0"
-        );
-        assert_eq!(redact_url("redis://user@host/0"), "redis://user@host/0");
-        assert_eq!(
-            redact_url("postgres://h/db?user=u&password=secret&sslmode=require"),
-            "postgres://h/db?user=u&password=***&sslmode=require"
-        );
-        assert_eq!(redact_url("beat.sqlite3"), "beat.sqlite3");
-        let c = Config {
-            broker_url: Some("redis://:hunter2@h/1".into()),
-            ..Config::default()
-        };
-        assert!(!format!("{c:?}").contains("hunter2"));
     }
 }
