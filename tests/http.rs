@@ -367,6 +367,14 @@ fn changes_need_the_token_and_forged_requests_change_nothing() {
         401
     );
     assert_eq!(get(addr, "/routine/disable?name=r").status, 404);
+    let huge = "x".repeat(300 * 1024);
+    let too_large = post(
+        addr,
+        "/routine/disable",
+        &[("Authorization", &format!("Bearer {TOKEN}"))],
+        &[("name", "r"), ("pad", &huge)],
+    );
+    assert_eq!(too_large.status, 413);
     assert!(active(&config, "r"));
 
     let wrong = post(addr, "/login", &[], &[("token", "wrong-token-wrong-token")]);

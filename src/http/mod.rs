@@ -242,15 +242,18 @@ impl App {
             None => (request.url().to_owned(), HashMap::new()),
         };
         let mut body = String::new();
-        let read = match post {
+        let too_large = request.body_length().is_some_and(|n| n as u64 > MAX_BODY);
+        let read = match post && !too_large {
             true => request
                 .as_reader()
-                .take(MAX_BODY)
+                .take(MAX_BODY + 1)
                 .read_to_string(&mut body)
                 .is_ok(),
             false => true,
         };
-        let reply = if !read {
+        let reply = if too_large || body.len() as u64 > MAX_BODY {
+            Reply::text(413, "the request body is larger than 256 KiB\n")
+        } else if !read {
             Reply::text(400, "the request body is not UTF-8 text\n")
         } else {
             let caller = self
