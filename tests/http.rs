@@ -339,6 +339,76 @@ fn health_turns_503_while_the_database_is_cut_and_200_after() {
 }
 
 #[test]
+fn health_turns_503_while_the_broker_is_cut_and_200_after() {
+    let test = "health_turns_503_while_the_broker_is_cut_and_200_after";
+    let Some(redis) = common::redis_db(test, 12) else {
+        return;
+    };
+    let proxy = common::Proxy::start(common::REDIS_HOST);
+    let db = TestDb::sqlite("health_broker_cut");
+    let mut config = db.config();
+    config.broker_url =
+        Some(redis.replace(common::REDIS_HOST, &format!("127.0.0.1:{}", proxy.port)));
+    // A Celery routine (its task is not registered here) due every second.
+    let beat = Beat::builder(config.clone())
+        .routine(Routine::new("to celery", "reports.send", every(1)))
+        .start()
+        .unwrap();
+    let bound = beat.monitor().bound();
+    let server = HttpServer::start(any_port(), beat.monitor(), config).unwrap();
+    let addr = server.addr();
+    let broker_up = || sample(&get(addr, "/metrics").body, "beat_broker_up");
+    assert!(wait_until(Duration::from_secs(10), || beat.stats().fired >= 1));
+    assert_eq!(broker_up(), Some(1.0));
+    assert_eq!(get(addr, "/healthz").status, 200);
+
+    proxy.cut();
+    let cut = Instant::now();
+    assert!(wait_until(Duration::from_secs(10), || broker_up() == Some(0.0)));
+    assert!(wait_until(Duration::from_secs(60), || get(
+        addr, "/healthz"
+    )
+    .status
+        == 503));
+    let unhealthy_after = cut.elapsed();
+    let health = get(addr, "/healthz").body;
+    assert!(
+        health.starts_with("broker failing for ") && health.lines().count() == 1,
+        "{health}"
+    );
+    // The first failed publish came after the cut: the bound counts from it.
+    assert!(unhealthy_after >= bound, "{unhealthy_after:?}");
+
+    proxy.restore();
+    assert!(wait_until(Duration::from_secs(30), || get(
+        addr, "/healthz"
+    )
+    .status
+        == 200));
+    assert_eq!(broker_up(), Some(1.0));
+    drop(server);
+    beat.stop();
+}
+
+#[test]
+fn an_address_in_use_is_an_error_naming_http_addr() {
+    let db = TestDb::sqlite("http_addr_in_use");
+    let config = db.config();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let beat = Beat::builder(config.clone()).start_manual().unwrap();
+    let e = HttpServer::start(taken.local_addr().unwrap(), beat.monitor(), config)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with(&format!(
+            "cannot listen on http_addr {}: ",
+            taken.local_addr().unwrap()
+        )),
+        "{e}"
+    );
+}
+
+#[test]
 fn changes_need_the_token_and_forged_requests_change_nothing() {
     let db = TestDb::sqlite("http_auth");
     let mut config = db.config();
@@ -399,10 +469,13 @@ fn changes_need_the_token_and_forged_requests_change_nothing() {
         401
     );
 
+    // The counts shown (kept up to 15 s) are read again after a change.
+    assert!(request_page(addr, "/", &session).contains(">0 inactive<"));
     let page = request_page(addr, "/routine?name=r", &session);
     let csrf = csrf_of(&page);
     assert_eq!(disable(&session, Some(&csrf)), 303);
     assert!(!active(&config, "r"));
+    assert!(request_page(addr, "/", &session).contains(">1 inactive<"));
     let enabled = post(
         addr,
         "/routine/enable",

@@ -72,6 +72,19 @@ pub(crate) struct Outcome {
     notes: Vec<Note>,
 }
 
+impl Outcome {
+    /// `row`'s outcome before anything is decided: invalid, not routed.
+    fn of(row: &RoutineRow) -> Self {
+        Outcome {
+            routine: row.name.clone(),
+            task: row.task.clone(),
+            target: Target::Unrouted,
+            fate: Fate::Invalid,
+            notes: Vec::new(),
+        }
+    }
+}
+
 /// Something to say about a run.
 enum Note {
     Invalid(String),
@@ -203,13 +216,7 @@ impl Dispatcher {
         busy: &HashSet<String>,
     ) -> Fired {
         let mut plan = Plan::keep(row);
-        let mut out = Outcome {
-            routine: row.name.clone(),
-            task: row.task.clone(),
-            target: Target::Unrouted,
-            fate: Fate::Invalid,
-            notes: Vec::new(),
-        };
+        let mut out = Outcome::of(row);
         // Claimed rows are due, so next_run_at is set; `now` is a safe stand-in.
         let due = row.next_run_at_utc().unwrap_or(now);
         let checked = match self.router.check(row) {
@@ -318,13 +325,7 @@ impl Dispatcher {
     /// routine that cannot run records a failed run, so that the operator
     /// who asked sees why).
     pub(crate) fn requested(&self, row: &RoutineRow, now: DateTime<Utc>) -> (Outcome, NewRun) {
-        let mut out = Outcome {
-            routine: row.name.clone(),
-            task: row.task.clone(),
-            target: Target::Unrouted,
-            fate: Fate::Invalid,
-            notes: Vec::new(),
-        };
+        let mut out = Outcome::of(row);
         let id = uuid::Uuid::new_v4().to_string();
         let mut run = NewRun::of(row, now, &id, LOCAL, "failed", None);
         run.on_demand = 1;
