@@ -11,7 +11,7 @@ use crate::routine::{Routine, RoutineError};
 use crate::scheduler::housekeeping::{HistorySettings, Housekeeper};
 use crate::scheduler::{self, Scheduler, Settings, Tick};
 use crate::shutdown::{self, Trigger};
-use crate::store::{BeatInfo, Claimant, RoutineStore};
+use crate::store::{Actor, BeatInfo, Claimant, RoutineStore};
 use crate::task::{AsyncTask, SyncTask, TaskRegistry};
 use crate::worker::{Reporter, RetryPolicy, WorkerPool};
 use chrono::{DateTime, Utc};
@@ -157,7 +157,7 @@ impl BeatBuilder {
         } else {
             store.check_schema()?;
         }
-        let (inserted, deleted) = store.sync_declared(&self.routines)?;
+        let (inserted, deleted) = store.sync_declared(&Actor::beat(&beat_id), &self.routines)?;
         for name in &inserted {
             log::info!("routine {name}: declared in code, inserted");
         }
@@ -223,6 +223,8 @@ impl BeatBuilder {
                 max_runs: config.history_max_runs,
                 heartbeat: config.scheduler_heartbeat_interval,
                 dead_after: config.scheduler_dead_after,
+                audit_max_age: config.audit_max_age,
+                audit_max_edits: config.audit_max_edits,
             },
             events: events_rx,
             touched: Arc::clone(&touched),

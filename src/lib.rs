@@ -4,10 +4,11 @@
 //!
 //! From the top down; each module uses only those below it.
 //!
-//! - `http` (feature `http`): the listener ([`HttpServer`]): `/metrics`
+//! - `http` (feature `http`): the listener ([`HttpServer`]): its
+//!   connections, bounds and deadlines (`server`), `/metrics`
 //!   (`prometheus`), `/healthz` and `/readyz`, the dashboard (`pages`) and
-//!   who may change what (`auth`); it reads a beat's [`Monitor`] and acts
-//!   through [`ops`] only.
+//!   who may see and change what (`auth`); it reads a beat's [`Monitor`]
+//!   and acts through [`ops`] only.
 //! - [`ops`]: what operators do (list, show, add, edit, enable, disable,
 //!   remove, send, check, history, beats, migrate), for the `beat` command
 //!   line; it calls only the library below.
@@ -24,16 +25,18 @@
 //! - `worker`: the worker pool running in-process tasks, and the timer
 //!   that holds their retries (`retry`).
 //! - `celery`: Celery protocol v2 messages and their Redis publisher.
-//! - `store`: the `routines`, `routine_runs` and `beats` tables
-//!   ([`RoutineStore`]): migrations, pools, the rows (`models`), the
+//! - `store`: the `routines`, `routine_runs`, `routine_edits` and `beats`
+//!   tables ([`RoutineStore`]): migrations, pools, the rows (`models`), the
 //!   scheduler's transactions (`claims`), the history and the beats
-//!   (`history`), the backends' batch writes (`write`), and every statement
-//!   the beat issues, in each dialect (`sql`, `sql/history`).
+//!   (`history`), the audit trail and who acts (`edits`), the backends'
+//!   batch writes and edits (`write`), and every statement the beat
+//!   issues, in each dialect (`sql`, `sql/history`).
 //! - `routine`: a [`Routine`] as code declares it.
 //! - `metrics`: what the beat counts ([`Stats`]), and how it is (its
 //!   health, read through a [`Monitor`]).
 //! - `config`: the kit's configuration keys ([`Config`]), their values'
-//!   parsing (`values`), and what is never printed (`secrets`).
+//!   parsing (`values`), the dashboard's operators and their tokens
+//!   (`operators`), and what is never printed (`secrets`).
 //! - `schedule`: the kit's schedule JSON (interval or Celery crontab),
 //!   parsed, validated, and the next-run math ([`Schedule`]). Knows nothing
 //!   of databases.
@@ -65,7 +68,9 @@ pub use beat::{Beat, BeatBuilder, BeatHandle, ManualBeat, StopReport};
 pub use celery::message::task_id;
 pub use celery::BrokerError;
 pub use clock::{Clock, SystemClock};
-pub use config::{redact_url, Config, ConfigError, DEFAULT_DB_URI};
+pub use config::{
+    read_tokens_file, redact_url, Config, ConfigError, OperatorToken, DEFAULT_DB_URI,
+};
 pub use error::Error;
 #[cfg(feature = "http")]
 pub use http::HttpServer;
@@ -74,7 +79,7 @@ pub use routine::{Routine, RoutineError};
 pub use schedule::{Crontab, Misfire, MisfirePolicy, Schedule, ScheduleError};
 pub use scheduler::Tick;
 pub use store::{
-    Backend, BeatRow, RoutineCounts, RoutineQuery, RoutineRow, RoutineState, RoutineStore,
-    RunFilter, RunRow, StoreError,
+    Actor, Backend, BeatRow, EditAction, EditFilter, EditRow, FieldChange, RoutineCounts,
+    RoutineQuery, RoutineRow, RoutineState, RoutineStore, RunFilter, RunRow, StoreError, Via,
 };
 pub use task::{AsyncTask, SyncTask, TaskContext, TaskError, TaskResult};

@@ -1,8 +1,10 @@
 //! The dashboard in a real headless Chromium, against a real `beat`
-//! process on PostgreSQL: tests/python/dashboard.py logs in, disables a
-//! routine, fixes a bad schedule after a preview, runs a routine now and
-//! takes the README's screenshot; this test then checks in the database
-//! that the serving beat did what the page said.
+//! process on PostgreSQL: tests/python/dashboard.py sees nothing before it
+//! logs in, logs in as a named operator, disables a routine (and sees the
+//! change under its name), fixes a bad schedule after a preview, runs a
+//! routine now and takes the README's screenshot; this test then checks
+//! in the database that the serving beat did what the page said, and that
+//! the audit trail names the operator.
 //!
 //! Needs Debian's `chromium` and `chromium-driver`, and Selenium (from
 //! PyPI, installed into `target/celery-venv`); skipped loudly without them
@@ -12,6 +14,7 @@
 mod common;
 
 use celery_diesel_kit::ops::Operator;
+use celery_diesel_kit::Via;
 use chrono::{DateTime, Timelike, Utc};
 use common::web::{get, tool};
 use common::{celery_python, wait_until, BeatProcess, TestDb};
@@ -19,6 +22,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+const OPERATOR: &str = "alice";
 const TOKEN: &str = "browser-test-operator-token";
 
 /// The test venv's Python, with Selenium (installed on first use).
@@ -57,8 +61,7 @@ fn an_operator_steers_the_beat_from_the_dashboard_in_a_real_browser() {
     let Some(db) = TestDb::postgres("browser") else {
         return;
     };
-    let mut config = db.config();
-    config.http_token = Some(TOKEN.into());
+    let config = db.config();
     Operator::migrate(config.clone()).expect("migrate");
     db.exec(
         r#"INSERT INTO routines (id, name, task, schedule, kwargs, options, active, total_run_count, needs_sync) VALUES
@@ -73,7 +76,7 @@ fn an_operator_steers_the_beat_from_the_dashboard_in_a_real_browser() {
         &["--http", &addr],
         &[
             ("SCHEDULER_DB_URI", db.url.as_str()),
-            ("HTTP_TOKEN", TOKEN),
+            ("HTTP_TOKENS", &format!("{OPERATOR}:{TOKEN}")),
             ("SCHEDULER_WATCH_INTERVAL", "0.2"),
             ("RUST_LOG", "info"),
         ],
@@ -101,6 +104,7 @@ fn an_operator_steers_the_beat_from_the_dashboard_in_a_real_browser() {
     let out = Command::new(&python)
         .arg(&script)
         .arg(format!("http://{addr}"))
+        .arg(OPERATOR)
         .arg(TOKEN)
         .arg(&screenshot)
         .output()
@@ -135,6 +139,25 @@ fn an_operator_steers_the_beat_from_the_dashboard_in_a_real_browser() {
         })
         .collect();
     assert!(after.is_empty(), "fired after the disable: {after:?}");
+
+    // The audit trail names the operator, for the disable and the fix.
+    let edits = op.edits(None, None, 100).unwrap();
+    let by_alice: Vec<(&str, &str)> = edits
+        .iter()
+        .filter(|e| e.actor.as_deref() == Some(OPERATOR))
+        .map(|e| (e.routine.as_str(), e.changes[0].column.as_str()))
+        .collect();
+    assert_eq!(
+        by_alice,
+        vec![
+            ("broken-report", "schedule"),
+            ("tick-every-second", "active")
+        ],
+        "{edits:#?}"
+    );
+    assert!(edits
+        .iter()
+        .all(|e| e.actor.as_deref() != Some(OPERATOR) || e.via == Via::Dashboard));
 
     // Fixed: the error the page showed is gone, and it is planned.
     assert!(seen["error_before"].as_str().unwrap().contains("minute"));

@@ -7,10 +7,10 @@
 mod common;
 
 use celery_diesel_kit::ops::{Change, Operator};
-use celery_diesel_kit::{Beat, Config, HttpServer, Routine, Schedule};
+use celery_diesel_kit::{Beat, HttpServer, Routine};
 use chrono::{DateTime, Duration as TimeDelta, Timelike, Utc};
-use common::web::{self, csrf_of, encode, get, post, sample, tool};
-use common::{captured_log, utc, wait_until, Recorder, TestClock, TestDb};
+use common::web::{self, any_port, csrf_of, encode, get, post, sample, tool};
+use common::{captured_log, every, is_active, utc, wait_until, Recorder, TestClock, TestDb};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -20,24 +20,6 @@ const TOKEN: &str = "t0ken-for-the-http-tests";
 
 fn at(seconds: i64) -> DateTime<Utc> {
     utc("2030-01-01 00:00:00") + TimeDelta::seconds(seconds)
-}
-
-fn every(seconds: u64) -> Schedule {
-    Schedule::every(Duration::from_secs(seconds)).unwrap()
-}
-
-fn any_port() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
-fn active(config: &Config, name: &str) -> bool {
-    Operator::connect(config.clone())
-        .unwrap()
-        .store()
-        .routine(name)
-        .unwrap()
-        .unwrap()
-        .active
 }
 
 /// A task that always fails.
@@ -436,7 +418,7 @@ fn changes_need_the_token_and_forged_requests_change_nothing() {
         disable(&[("Authorization", &format!("Bearer {TOKEN}x"))], None),
         401
     );
-    assert_eq!(get(addr, "/routine/disable?name=r").status, 404);
+    assert_eq!(get(addr, "/routine/disable?name=r").status, 405);
     let huge = "x".repeat(300 * 1024);
     let too_large = post(
         addr,
@@ -445,7 +427,7 @@ fn changes_need_the_token_and_forged_requests_change_nothing() {
         &[("name", "r"), ("pad", &huge)],
     );
     assert_eq!(too_large.status, 413);
-    assert!(active(&config, "r"));
+    assert!(is_active(&config, "r"));
 
     let wrong = post(addr, "/login", &[], &[("token", "wrong-token-wrong-token")]);
     assert_eq!(wrong.status, 401);
@@ -462,7 +444,7 @@ fn changes_need_the_token_and_forged_requests_change_nothing() {
     // A forged form: the session's cookie, without or with a wrong token.
     assert_eq!(disable(&session, None), 403);
     assert_eq!(disable(&session, Some("forged")), 403);
-    assert!(active(&config, "r"));
+    assert!(is_active(&config, "r"));
     // A forged cookie is no session.
     assert_eq!(
         disable(&[("Cookie", "beat_session=forged")], Some("forged")),
@@ -474,7 +456,7 @@ fn changes_need_the_token_and_forged_requests_change_nothing() {
     let page = request_page(addr, "/routine?name=r", &session);
     let csrf = csrf_of(&page);
     assert_eq!(disable(&session, Some(&csrf)), 303);
-    assert!(!active(&config, "r"));
+    assert!(!is_active(&config, "r"));
     assert!(request_page(addr, "/", &session).contains(">1 inactive<"));
     let enabled = post(
         addr,
@@ -487,7 +469,7 @@ fn changes_need_the_token_and_forged_requests_change_nothing() {
         enabled.header("Location"),
         Some("/routine?name=r&done=enabled")
     );
-    assert!(active(&config, "r"));
+    assert!(is_active(&config, "r"));
 
     // The token is never shown, nor the session's cookie.
     for path in ["/", "/routine?name=r", "/beats", "/metrics", "/login"] {
@@ -513,8 +495,8 @@ fn changes_need_the_token_and_forged_requests_change_nothing() {
     assert!(refused.body.contains("read-only"));
     assert!(get(server.addr(), "/")
         .body
-        .contains("Read-only: no http_token is configured"));
-    assert!(active(&config, "r"));
+        .contains("Read-only: no http_token or http_tokens is configured"));
+    assert!(is_active(&config, "r"));
     beat.stop();
 }
 
@@ -524,8 +506,13 @@ fn request_page(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Strin
     answer.body
 }
 
+/// An operator whose name is itself hostile (names may hold anything
+/// printable but `,` and `:`).
+const HOSTILE_OPERATOR: &str = "<img src=x onerror=alert(3)>";
+const HOSTILE_TOKEN: &str = "hostile-operator-token-0123";
+
 #[test]
-fn hostile_names_and_kwargs_are_shown_as_text_and_passwords_never() {
+fn hostile_values_in_every_field_are_shown_as_text_and_passwords_never() {
     let Some(db) = TestDb::postgres("http_escaping") else {
         return;
     };
@@ -535,10 +522,23 @@ fn hostile_names_and_kwargs_are_shown_as_text_and_passwords_never() {
     let mut config = db.config();
     config.scheduler_db_uri = url;
     config.http_token = Some(TOKEN.into());
+    config
+        .set(
+            "http_tokens",
+            &format!("{HOSTILE_OPERATOR}:{HOSTILE_TOKEN}"),
+        )
+        .unwrap();
+    // Hostile name, task (so the beat's last_error too), kwargs, options;
+    // then an edit by plain SQL from a session with a hostile
+    // application_name, whose audit diff carries hostile values.
     db.exec(
         r#"INSERT INTO routines (id, name, task, schedule, kwargs, options, active, total_run_count, needs_sync)
            VALUES ('6f1c1a52-1f5e-4a53-9c55-2b1f5f3a0001', '<script>alert(1)</script>', '<b>task</b>',
-                   '{"timedelta": 60}', '{"x": "</textarea><script>alert(2)</script>"}', '{}', true, 0, true)"#,
+                   '{"timedelta": 60}', '{"x": "</textarea><script>alert(2)</script>"}',
+                   '{"queue": "<u>q</u>"}', true, 0, true);
+           SET application_name = '<em>app</em>';
+           UPDATE routines SET kwargs = '{"x": "</td><script>alert(4)</script>"}'
+           WHERE name = '<script>alert(1)</script>'"#,
     );
     let beat = Beat::builder(config.clone())
         .task(Recorder::new("ok"))
@@ -546,21 +546,33 @@ fn hostile_names_and_kwargs_are_shown_as_text_and_passwords_never() {
         .unwrap();
     let server = HttpServer::start(any_port(), beat.monitor(), config.clone()).unwrap();
     let addr = server.addr();
+    let name = "<script>alert(1)</script>";
     // The beat finds the task unknown; its error names the task.
     assert!(wait_until(Duration::from_secs(10), || {
         Operator::connect(config.clone())
             .unwrap()
             .store()
-            .routine("<script>alert(1)</script>")
+            .routine(name)
             .unwrap()
             .is_some_and(|r| r.last_error.is_some())
     }));
-    let list = get(addr, "/?q=script").body;
-    let page = get(
+    // The hostile operator edits it from the dashboard.
+    let hostile = format!("Bearer {HOSTILE_TOKEN}");
+    let disabled = post(
         addr,
-        &format!("/routine?name={}", encode("<script>alert(1)</script>")),
-    )
-    .body;
+        "/routine/disable",
+        &[("Authorization", &hostile)],
+        &[("name", name)],
+    );
+    assert_eq!(disabled.status, 303, "{}", disabled.body);
+    let bearer = format!("Bearer {TOKEN}");
+    let as_operator = [("Authorization", bearer.as_str())];
+    let list = request_page(addr, "/?q=script", &as_operator);
+    let page = request_page(
+        addr,
+        &format!("/routine?name={}", encode(name)),
+        &as_operator,
+    );
     for body in [&list, &page] {
         assert!(!body.contains("<script>"), "{body}");
         assert!(!body.contains("<b>task"), "{body}");
@@ -568,19 +580,40 @@ fn hostile_names_and_kwargs_are_shown_as_text_and_passwords_never() {
             body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
             "{body}"
         );
+        // The beat's last_error names the hostile task.
+        assert!(body.contains("&lt;b&gt;task&lt;/b&gt;"), "{body}");
     }
-    assert!(
-        page.contains("&lt;/textarea&gt;&lt;script&gt;alert(2)"),
-        "{page}"
-    );
-    assert!(!page.contains("</textarea><script>"), "{page}");
-    let beats = get(addr, "/beats").body;
+    // kwargs (in the row and in the edit form), options, the audit diff,
+    // the SQL session's application_name and the operator's name.
+    for escaped in [
+        "&lt;/td&gt;&lt;script&gt;alert(4)&lt;/script&gt;",
+        "&lt;/textarea&gt;&lt;script&gt;alert(2)",
+        "&lt;u&gt;q&lt;/u&gt;",
+        "(&lt;em&gt;app&lt;/em&gt;)",
+        "&lt;img src=x onerror=alert(3)&gt;",
+    ] {
+        assert!(page.contains(escaped), "{escaped} not on the page:\n{page}");
+    }
+    for raw in [
+        "</textarea><script>",
+        "</td><script>",
+        "<u>q",
+        "<em>app",
+        "<img src=x",
+    ] {
+        assert!(!page.contains(raw), "{raw} on the page:\n{page}");
+    }
+    let beats = request_page(addr, "/beats", &as_operator);
     assert!(beats.contains("postgres:***@"), "{beats}");
-    for path in ["/", "/beats", "/metrics", "/healthz"] {
-        assert!(
-            !get(addr, path).body.contains("pw-s3cret-42"),
-            "{path} shows the password"
-        );
+    for path in ["/", "/beats", "/metrics", "/healthz", "/login"] {
+        for headers in [&as_operator[..], &[]] {
+            let body = web::request(addr, "GET", path, headers, "").body;
+            assert!(!body.contains("pw-s3cret-42"), "{path} shows the password");
+            assert!(
+                !body.contains(TOKEN) && !body.contains(HOSTILE_TOKEN),
+                "{path} shows a token"
+            );
+        }
     }
     beat.stop();
 }
@@ -620,7 +653,10 @@ fn editing_checks_as_the_beat_does_and_previews_without_saving() {
     change.schedule = Some(json!({"minute": "61"}));
     change.kwargs = Some(json!({}));
     change.options = Some(json!({}));
-    let expected = op.edit("e", &change).unwrap_err().to_string();
+    let expected = op
+        .edit(&common::tester(), "e", &change)
+        .unwrap_err()
+        .to_string();
     let refused = edit(r#"{"minute": "61"}"#);
     assert_eq!(refused.status, 422);
     let escaped = expected
@@ -648,12 +684,15 @@ fn editing_checks_as_the_beat_does_and_previews_without_saving() {
     );
     assert_eq!(schedule_of(), before);
 
-    let preview = get(
+    let preview = web::request(
         addr,
+        "GET",
         &format!(
             "/routine?name=e&preview=1&schedule={}",
             encode(r#"{"minute": "*/15"}"#)
         ),
+        &[("Authorization", &bearer)],
+        "",
     );
     assert_eq!(preview.status, 200);
     let times = preview
@@ -664,12 +703,15 @@ fn editing_checks_as_the_beat_does_and_previews_without_saving() {
     let times = &times[..times.find("</ol>").unwrap_or(0)];
     assert_eq!(times.matches("<li>").count(), 10, "{}", preview.body);
     assert!(times.contains(":15:00 UTC") || times.contains(":30:00 UTC"));
-    let bad_preview = get(
+    let bad_preview = web::request(
         addr,
+        "GET",
         &format!(
             "/routine?name=e&preview=1&schedule={}",
             encode(r#"{"minute": "61"}"#)
         ),
+        &[("Authorization", &bearer)],
+        "",
     );
     assert!(
         bad_preview.body.contains("id=\"preview-error\""),
@@ -748,9 +790,9 @@ backend_tests! {
         use celery_diesel_kit::{RoutineQuery, RoutineState};
         let op = Operator::migrate(db.config()).unwrap();
         for name in ["alpha", "Beta_1", "beta%2", "gamma", "delta"] {
-            op.add(&NewRoutineSpec::new(name, "app.Task", json!({"timedelta": 60}))).unwrap();
+            op.add(&common::tester(), &NewRoutineSpec::new(name, "app.Task", json!({"timedelta": 60}))).unwrap();
         }
-        op.set_active("gamma", false).unwrap();
+        op.set_active(&common::tester(), "gamma", false).unwrap();
         db.exec("UPDATE routines SET last_error = 'broken' WHERE name = 'delta'");
         let names = |search: &str, state: Option<RoutineState>, after: Option<(String, String)>, limit: usize| {
             let mut q = RoutineQuery::default();

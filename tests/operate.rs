@@ -6,58 +6,10 @@ mod common;
 
 use celery_diesel_kit::{Beat, Routine, Schedule};
 use chrono::{DateTime, Duration as TimeDelta, Utc};
+use common::cli::{beat, beat_with};
 use common::{published, redis_queue, utc, wait_until, BeatProcess, Recorder, TestClock, TestDb};
 use serde_json::{json, Value};
-use std::process::Command;
 use std::time::Duration;
-
-/// What a command did: exit status, stdout, stderr.
-struct Ran {
-    code: i32,
-    out: String,
-    err: String,
-}
-
-impl Ran {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.out)
-            .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}\n{}", self.out, self.err))
-    }
-}
-
-impl std::fmt::Debug for Ran {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.out, self.err
-        )
-    }
-}
-
-/// Runs `beat ARGS` on `url` (and nothing of the host's settings).
-fn beat(url: &str, args: &[&str]) -> Ran {
-    beat_with(url, args, &[])
-}
-
-fn beat_with(url: &str, args: &[&str], env: &[(&str, &str)]) -> Ran {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_beat"));
-    for var in common::BEAT_VARS {
-        cmd.env_remove(var);
-    }
-    let out = cmd
-        .args(args)
-        .env("SCHEDULER_DB_URI", url)
-        .envs(env.iter().copied())
-        .current_dir(std::env::temp_dir())
-        .output()
-        .expect("run beat");
-    Ran {
-        code: out.status.code().unwrap_or(-1),
-        out: String::from_utf8_lossy(&out.stdout).into_owned(),
-        err: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 fn at(seconds: i64) -> DateTime<Utc> {
     utc("2030-01-01 00:00:00") + TimeDelta::seconds(seconds)
@@ -351,6 +303,7 @@ fn send_publishes_a_celery_routine_with_a_fresh_id_and_records_it() {
     let store = db.store();
     store
         .upsert(
+            &common::tester(),
             &Routine::new(
                 "remote",
                 "tasks.record",

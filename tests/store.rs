@@ -180,7 +180,7 @@ backend_tests! {
         let t0 = common::utc("2030-01-01 00:00:00");
         let at = |s| t0 + chrono::Duration::seconds(s);
 
-        assert!(store.upsert(&Routine::new("r", "record", every(10))).unwrap(), "inserted");
+        assert!(store.upsert(&common::tester(), &Routine::new("r", "record", every(10))).unwrap(), "inserted");
         beat.tick(t0).unwrap();
         assert_eq!(store.routine("r").unwrap().unwrap().next_run_at_utc(), Some(at(10)));
         assert_eq!(beat.tick(at(10)).unwrap().fired, 1);
@@ -191,25 +191,25 @@ backend_tests! {
         assert!(ran(&beat, 1), "the run due at 10 never ran");
 
         // A new schedule is planned from the last run: 10 + 30, not now + 30.
-        assert!(!store.upsert(&Routine::new("r", "record", every(30))).unwrap(), "updated");
+        assert!(!store.upsert(&common::tester(), &Routine::new("r", "record", every(30))).unwrap(), "updated");
         let row = store.routine("r").unwrap().unwrap();
         assert!(row.needs_sync && row.next_run_at.is_none(), "{row:?}");
         beat.tick(at(12)).unwrap();
         assert_eq!(store.routine("r").unwrap().unwrap().next_run_at_utc(), Some(at(40)));
         // Writing the same routine again is no edit.
-        store.upsert(&Routine::new("r", "record", every(30))).unwrap();
+        store.upsert(&common::tester(), &Routine::new("r", "record", every(30))).unwrap();
         assert!(!store.routine("r").unwrap().unwrap().needs_sync);
 
-        assert!(store.set_active("r", false).unwrap());
+        assert!(store.set_active(&common::tester(), "r", false).unwrap());
         let tick = beat.tick(at(40)).unwrap();
         assert_eq!((tick.planned, tick.fired), (1, 0), "disabled: planned out, not fired");
-        assert!(store.set_active("r", true).unwrap());
+        assert!(store.set_active(&common::tester(), "r", true).unwrap());
         assert_eq!(beat.tick(at(41)).unwrap().fired, 1, "enabled: the run due at 40 fires");
-        assert!(!store.set_active("nope", true).unwrap(), "no such routine");
+        assert!(!store.set_active(&common::tester(), "nope", true).unwrap(), "no such routine");
 
-        assert!(store.remove("r").unwrap());
+        assert!(store.remove(&common::tester(), "r").unwrap());
         assert!(store.routine("r").unwrap().is_none());
-        assert!(!store.remove("r").unwrap());
+        assert!(!store.remove(&common::tester(), "r").unwrap());
         assert_eq!(beat.tick(at(100)).unwrap().fired, 0);
         assert!(ran(&beat, 2));
         assert_eq!(rec.count(), 2);

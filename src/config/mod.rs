@@ -7,9 +7,12 @@
 //! lines; environment variables override the file, which overrides the
 //! defaults.
 
+mod operators;
 mod secrets;
 mod values;
 
+pub(crate) use operators::{check_unique, TokenSecret};
+pub use operators::{read_tokens_file, OperatorToken};
 pub(crate) use secrets::redact_message;
 pub use secrets::redact_url;
 
@@ -56,6 +59,15 @@ pub enum ConfigError {
         path: String,
         /// Its line number, from 1.
         line: usize,
+    },
+    /// An operator entry (`http_tokens`, or a line of `http_tokens_file`)
+    /// that does not parse; the reason never repeats the token.
+    #[error("{at}: {reason}")]
+    Tokens {
+        /// The key and entry, or the file and line.
+        at: String,
+        /// What is wrong.
+        reason: String,
     },
     /// The configuration file could not be read.
     #[error("cannot read {path}: {source}")]
@@ -151,10 +163,29 @@ pub struct Config {
     /// `http_addr`: where `/metrics`, `/healthz`, `/readyz` and the
     /// dashboard listen (`127.0.0.1:9808`); off when unset.
     pub http_addr: Option<SocketAddr>,
-    /// `http_token`: the operator token the dashboard's changes need (at
-    /// least 16 characters); without it the dashboard is read-only. Never
-    /// printed.
+    /// `http_token`: a token shared by every operator (at least 16
+    /// characters; the audit trail names its holder `http_token`). With
+    /// any token configured (this, `http_tokens` or `http_tokens_file`),
+    /// the dashboard's pages need a login and its changes are allowed;
+    /// without one it is read-only and open. Never printed.
     pub http_token: Option<String>,
+    /// `http_tokens`: named operators, `alice:TOKEN,bob:TOKEN` (each token
+    /// at least 16 characters, or given as `sha256:HEX`), so that the audit
+    /// trail says who changed what. Never printed.
+    pub http_tokens: Vec<OperatorToken>,
+    /// `http_tokens_file`: a file of named operators, one
+    /// `name:sha256:HEX` a line (`beat token NAME` prints one), read when
+    /// the listener starts.
+    pub http_tokens_file: Option<std::path::PathBuf>,
+    /// `http_public_read`: with a token configured, let anyone read the
+    /// dashboard's pages (changes still need a login). Off by default:
+    /// pages show routines' kwargs, which may hold secrets.
+    pub http_public_read: bool,
+    /// `audit_max_age`: edits in the audit trail (`routine_edits`) older
+    /// than this are pruned.
+    pub audit_max_age: Duration,
+    /// `audit_max_edits`: the edits kept per routine, newest first.
+    pub audit_max_edits: usize,
 }
 
 impl Default for Config {
@@ -182,15 +213,17 @@ impl Default for Config {
             scheduler_dead_after: Duration::from_secs(10),
             http_addr: None,
             http_token: None,
+            http_tokens: Vec::new(),
+            http_tokens_file: None,
+            http_public_read: false,
+            audit_max_age: Duration::from_secs(90 * 86_400),
+            audit_max_edits: 100,
         }
     }
 }
 
-/// The shortest `http_token` accepted.
-const MIN_TOKEN_CHARS: usize = 16;
-
 /// Every key, with its environment variable.
-const KEYS: [(&str, &str); 22] = [
+const KEYS: [(&str, &str); 27] = [
     ("scheduler_db_uri", "SCHEDULER_DB_URI"),
     ("scheduler_max_interval", "SCHEDULER_MAX_INTERVAL"),
     ("scheduler_sync_every", "SCHEDULER_SYNC_EVERY"),
@@ -219,6 +252,11 @@ const KEYS: [(&str, &str); 22] = [
     ("scheduler_dead_after", "SCHEDULER_DEAD_AFTER"),
     ("http_addr", "HTTP_ADDR"),
     ("http_token", "HTTP_TOKEN"),
+    ("http_tokens", "HTTP_TOKENS"),
+    ("http_tokens_file", "HTTP_TOKENS_FILE"),
+    ("http_public_read", "HTTP_PUBLIC_READ"),
+    ("audit_max_age", "AUDIT_MAX_AGE"),
+    ("audit_max_edits", "AUDIT_MAX_EDITS"),
 ];
 
 impl Config {
@@ -375,7 +413,7 @@ impl Config {
                 })?)
             }
             "http_token" => {
-                if value.chars().count() < MIN_TOKEN_CHARS {
+                if value.chars().count() < operators::MIN_TOKEN_CHARS {
                     return Err(ConfigError::Invalid {
                         key: "http_token",
                         // The token is a secret, even a bad one.
@@ -384,6 +422,22 @@ impl Config {
                     });
                 }
                 self.http_token = Some(value.to_owned())
+            }
+            "http_tokens" => self.http_tokens = operators::parse_list(value)?,
+            "http_tokens_file" => self.http_tokens_file = Some(value.into()),
+            "http_public_read" => self.http_public_read = boolean("http_public_read", value)?,
+            "audit_max_age" => self.audit_max_age = positive_seconds("audit_max_age", value)?,
+            "audit_max_edits" => {
+                self.audit_max_edits =
+                    value
+                        .parse()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| ConfigError::Invalid {
+                            key: "audit_max_edits",
+                            value: value.to_owned(),
+                            reason: "expected a whole number ≥ 1",
+                        })?
             }
             _ => return Ok(false),
         }
@@ -437,8 +491,23 @@ mod tests {
             ("TIMEZONE", "Europe/Berlin"),
             ("HTTP_ADDR", "127.0.0.1:9808"),
             ("HTTP_TOKEN", "0123456789abcdef-token"),
+            ("HTTP_TOKENS", "alice:alice-token-0123456789"),
+            ("HTTP_TOKENS_FILE", "/etc/beat/operators"),
+            ("HTTP_PUBLIC_READ", "yes"),
+            ("AUDIT_MAX_AGE", "3600"),
+            ("AUDIT_MAX_EDITS", "7"),
         ]))
         .unwrap();
+        assert_eq!(c.http_tokens.len(), 1);
+        assert_eq!(c.http_tokens[0].name(), "alice");
+        assert!(!format!("{c:?}").contains("alice-token-0123456789"));
+        assert_eq!(
+            c.http_tokens_file.as_deref(),
+            Some(Path::new("/etc/beat/operators"))
+        );
+        assert!(c.http_public_read);
+        assert_eq!(c.audit_max_age, Duration::from_secs(3600));
+        assert_eq!(c.audit_max_edits, 7);
         assert_eq!(c.http_addr, Some("127.0.0.1:9808".parse().unwrap()));
         assert_eq!(c.http_token.as_deref(), Some("0123456789abcdef-token"));
         assert!(!format!("{c:?}").contains("0123456789abcdef-token"));

@@ -1,5 +1,5 @@
 //! What configuration never prints: passwords in URLs (masked in logs,
-//! errors and pages) and the operator token.
+//! errors and pages) and the operators' tokens.
 
 use super::Config;
 use std::fmt;
@@ -35,6 +35,11 @@ impl fmt::Debug for Config {
             .field("scheduler_dead_after", &self.scheduler_dead_after)
             .field("http_addr", &self.http_addr)
             .field("http_token", &self.http_token.as_ref().map(|_| "***"))
+            .field("http_tokens", &self.http_tokens)
+            .field("http_tokens_file", &self.http_tokens_file)
+            .field("http_public_read", &self.http_public_read)
+            .field("audit_max_age", &self.audit_max_age)
+            .field("audit_max_edits", &self.audit_max_edits)
             .finish()
     }
 }

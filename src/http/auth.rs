@@ -1,51 +1,109 @@
-//! Who is asking, and whether they may change anything: the operator
-//! token, as a bearer header or through a login session, and the
-//! anti-forgery token of the session's forms.
+//! Who is asking, and what they may do: the operators and their tokens
+//! (`http_token`, `http_tokens`, `http_tokens_file`), as a bearer header
+//! or through a login session, the anti-forgery token of a session's
+//! forms, and the throttle on wrong tokens.
+//!
+//! Tokens are kept as their SHA-256 only, and a token given is hashed once
+//! and compared with every operator's hash in constant time, so that
+//! neither which operator matched nor where a guess differs shows in the
+//! time taken. A client address that gives [`BURST`] wrong tokens is
+//! answered 429 (without a look at what it sends) until its allowance has
+//! refilled, one guess per [`REFILL`]; the answer is immediate, never a
+//! sleep on a shared thread.
 
+use super::server::Client;
 use super::{Reply, Request};
+use crate::config::{read_tokens_file, Config, ConfigError, OperatorToken, TokenSecret};
+use crate::store::{Actor, Via};
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// The session cookie's name.
 const COOKIE: &str = "beat_session";
 /// How long a login lasts.
-const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+pub(super) const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 /// Sessions kept at most (the oldest go first).
-const MAX_SESSIONS: usize = 1000;
+pub(super) const MAX_SESSIONS: usize = 1000;
+/// Wrong tokens a client address may give before it is throttled.
+pub(super) const BURST: f64 = 5.0;
+/// How soon a throttled address may guess again (one more guess each).
+pub(super) const REFILL: Duration = Duration::from_secs(12);
+/// Client addresses whose wrong tokens are remembered (the fullest
+/// allowances go first).
+const MAX_CLIENTS: usize = 10_000;
+/// The name the audit trail gives whoever holds the shared `http_token`.
+pub(super) const SHARED_TOKEN_NAME: &str = "http_token";
 
 /// The caller of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Caller {
-    /// No credentials, or credentials that did not match.
+    /// No credentials.
     Anonymous,
-    /// A wrong bearer token was sent.
+    /// A wrong bearer token (counted against its address).
     WrongToken,
-    /// The right bearer token: a script, which needs no form token.
-    Bearer,
+    /// Its address gave too many wrong tokens: try again after this.
+    Throttled(Duration),
+    /// A right bearer token: a script, which needs no form token.
+    Bearer { operator: String },
     /// Logged in through the form: changes need the session's form token.
-    Session { id: String, csrf: String },
+    Session {
+        id: String,
+        csrf: String,
+        operator: String,
+    },
+}
+
+impl Caller {
+    /// The operator, if the caller proved to be one.
+    pub(crate) fn operator(&self) -> Option<&str> {
+        match self {
+            Caller::Bearer { operator } | Caller::Session { operator, .. } => Some(operator),
+            _ => None,
+        }
+    }
+
+    /// Who the audit trail names for this caller's changes.
+    pub(crate) fn actor(&self) -> Option<Actor> {
+        self.operator().map(|name| Actor::new(name, Via::Dashboard))
+    }
 }
 
 struct Session {
     csrf: String,
+    operator: String,
     created: Instant,
 }
 
+/// A client address's allowance of wrong tokens.
+struct Allowance {
+    left: f64,
+    at: Instant,
+}
+
 pub(crate) struct Auth {
-    token: Option<String>,
+    /// Each operator's name and token's SHA-256.
+    operators: Vec<(String, [u8; 32])>,
+    public_read: bool,
     sessions: Mutex<HashMap<String, Session>>,
+    allowances: Mutex<HashMap<Client, Allowance>>,
 }
 
 /// Whether `a` and `b` are equal, in time that depends on their lengths
 /// only, not on where they differ.
-pub(crate) fn same(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     let mut differ = u8::from(a.len() != b.len());
     for i in 0..a.len().max(b.len()) {
         differ |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0xff);
     }
     std::hint::black_box(differ) == 0
+}
+
+/// A token's SHA-256.
+pub(crate) fn sha256(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 /// A cookie that ends the session in the browser.
@@ -54,30 +112,111 @@ pub(crate) fn clear_cookie() -> String {
 }
 
 impl Auth {
-    pub(crate) fn new(token: Option<String>) -> Self {
+    /// The operators `config` names (`http_token`, `http_tokens`, and the
+    /// file `http_tokens_file`, read now).
+    pub(crate) fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        let mut named: Vec<OperatorToken> = config.http_tokens.clone();
+        if let Some(path) = &config.http_tokens_file {
+            named.extend(read_tokens_file(path)?);
+        }
+        crate::config::check_unique(&named, "http_tokens and http_tokens_file")?;
+        let mut operators: Vec<(String, [u8; 32])> = named
+            .iter()
+            .map(|o| {
+                let hash = match &o.secret {
+                    TokenSecret::Plain(token) => sha256(token),
+                    TokenSecret::Sha256(hash) => *hash,
+                };
+                (o.name().to_owned(), hash)
+            })
+            .collect();
+        if let Some(token) = &config.http_token {
+            if operators.iter().any(|(name, _)| name == SHARED_TOKEN_NAME) {
+                return Err(ConfigError::Tokens {
+                    at: "http_tokens".into(),
+                    reason: format!("the name {SHARED_TOKEN_NAME} is http_token's"),
+                });
+            }
+            operators.push((SHARED_TOKEN_NAME.to_owned(), sha256(token)));
+        }
+        for (i, (name, hash)) in operators.iter().enumerate() {
+            if let Some((other, _)) = operators[..i].iter().find(|(_, h)| h == hash) {
+                return Err(ConfigError::Tokens {
+                    at: "http_tokens".into(),
+                    reason: format!(
+                        "operators {other} and {name} have the same token: the audit trail could not tell them apart"
+                    ),
+                });
+            }
+        }
+        Ok(Self::new(operators, config.http_public_read))
+    }
+
+    pub(crate) fn new(operators: Vec<(String, [u8; 32])>, public_read: bool) -> Self {
         Auth {
-            token,
+            operators,
+            public_read,
             sessions: Mutex::new(HashMap::new()),
+            allowances: Mutex::new(HashMap::new()),
         }
     }
 
-    pub(crate) fn has_token(&self) -> bool {
-        self.token.is_some()
+    /// Whether any operator is configured (without one, the dashboard is
+    /// read-only and open).
+    pub(crate) fn has_operators(&self) -> bool {
+        !self.operators.is_empty()
+    }
+
+    /// How many operators there are.
+    pub(crate) fn operator_count(&self) -> usize {
+        self.operators.len()
+    }
+
+    /// Whether `caller` may read the dashboard's pages.
+    pub(crate) fn may_read(&self, caller: &Caller) -> bool {
+        !self.has_operators() || self.public_read || caller.operator().is_some()
+    }
+
+    /// The operator whose token is `given`: compared with every operator,
+    /// each in constant time.
+    fn identify(&self, given: &str) -> Option<&str> {
+        let hash = sha256(given);
+        let mut found = None;
+        for (name, known) in &self.operators {
+            if same(&hash, known) {
+                found = Some(name.as_str());
+            }
+        }
+        found
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Who sent a request with these headers.
-    pub(crate) fn caller(&self, authorization: Option<&str>, cookie: Option<&str>) -> Caller {
-        let Some(token) = &self.token else {
+    /// Who sent a request with these headers, from `peer`.
+    pub(crate) fn caller(
+        &self,
+        authorization: Option<&str>,
+        cookie: Option<&str>,
+        peer: IpAddr,
+    ) -> Caller {
+        if !self.has_operators() {
             return Caller::Anonymous;
-        };
+        }
         if let Some(value) = authorization {
-            return match value.strip_prefix("Bearer ") {
-                Some(given) if same(given.trim(), token) => Caller::Bearer,
-                _ => Caller::WrongToken,
+            if let Some(wait) = self.throttled(peer) {
+                return Caller::Throttled(wait);
+            }
+            let given = value.strip_prefix("Bearer ").map(str::trim);
+            return match given.and_then(|given| self.identify(given)) {
+                Some(operator) => Caller::Bearer {
+                    operator: operator.to_owned(),
+                },
+                None => {
+                    self.wrong_token(peer);
+                    Caller::WrongToken
+                }
             };
         }
         let id = cookie.and_then(|c| {
@@ -95,6 +234,7 @@ impl Auth {
         match sessions.get(&id) {
             Some(s) if s.created.elapsed() < SESSION_LIFETIME => Caller::Session {
                 csrf: s.csrf.clone(),
+                operator: s.operator.clone(),
                 id,
             },
             Some(_) => {
@@ -105,14 +245,17 @@ impl Auth {
         }
     }
 
-    /// Checks `given` against the token; on a match, a new session and the
-    /// `Set-Cookie` value that carries it.
-    pub(crate) fn login(&self, given: &str) -> Option<String> {
-        let token = self.token.as_ref()?;
-        if !same(given, token) {
-            log::warn!("http: a login with a wrong token was refused");
-            return None;
+    /// Checks `given` from `peer`; on a match, a new session, its operator
+    /// and the `Set-Cookie` value that carries it.
+    pub(crate) fn login(&self, given: &str, peer: IpAddr) -> Result<(String, String), Caller> {
+        if let Some(wait) = self.throttled(peer) {
+            return Err(Caller::Throttled(wait));
         }
+        let Some(operator) = self.identify(given).map(str::to_owned) else {
+            self.wrong_token(peer);
+            log::debug!("http: a login with a wrong token from {peer} was refused");
+            return Err(Caller::WrongToken);
+        };
         let id = uuid::Uuid::new_v4().simple().to_string();
         let csrf = uuid::Uuid::new_v4().simple().to_string();
         let mut sessions = self.sessions();
@@ -130,44 +273,109 @@ impl Auth {
             id.clone(),
             Session {
                 csrf,
+                operator: operator.clone(),
                 created: Instant::now(),
             },
         );
-        log::info!("http: an operator logged in");
-        Some(format!(
+        log::info!("http: operator {operator} logged in from {peer}");
+        let cookie = format!(
             "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
             SESSION_LIFETIME.as_secs()
-        ))
+        );
+        Ok((operator, cookie))
     }
 
     pub(crate) fn logout(&self, id: &str) {
         self.sessions().remove(id);
     }
 
-    /// Whether `r` may change something: 403 when read-only or the form
-    /// token is wrong, 401 without (right) credentials.
-    pub(crate) fn allows_change(&self, r: &Request) -> Result<(), Reply> {
-        if self.token.is_none() {
-            return Err(Reply::text(
-                403,
-                "forbidden: this dashboard is read-only (no http_token is configured)\n",
-            ));
+    fn allowances(&self) -> std::sync::MutexGuard<'_, HashMap<Client, Allowance>> {
+        self.allowances
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How long `peer` must wait before its next guess, if it must.
+    fn throttled(&self, peer: IpAddr) -> Option<Duration> {
+        let allowances = self.allowances();
+        let allowance = allowances.get(&Client::of(peer))?;
+        let left = refilled(allowance);
+        (left < 1.0).then(|| REFILL.mul_f64(1.0 - left))
+    }
+
+    /// Counts a wrong token against `peer`.
+    fn wrong_token(&self, peer: IpAddr) {
+        let mut allowances = self.allowances();
+        if allowances.len() >= MAX_CLIENTS && !allowances.contains_key(&Client::of(peer)) {
+            // Forget the addresses that have their whole allowance back,
+            // else the one with the most left.
+            allowances.retain(|_, a| refilled(a) < BURST);
+            if allowances.len() >= MAX_CLIENTS {
+                let fullest = allowances
+                    .iter()
+                    .max_by(|a, b| refilled(a.1).total_cmp(&refilled(b.1)))
+                    .map(|(client, _)| *client);
+                if let Some(client) = fullest {
+                    allowances.remove(&client);
+                }
+            }
         }
+        let allowance = allowances.entry(Client::of(peer)).or_insert(Allowance {
+            left: BURST,
+            at: Instant::now(),
+        });
+        allowance.left = refilled(allowance) - 1.0;
+        allowance.at = Instant::now();
+        if allowance.left < 1.0 && allowance.left >= 0.0 {
+            log::warn!(
+                "http: {} wrong tokens from {peer}; its tokens are refused (429) for {} s",
+                BURST as u32,
+                REFILL.as_secs()
+            );
+        }
+    }
+
+    /// Whether `r`, from an operator, may change something: 403 when the
+    /// form token of its session is wrong (a forged form), else 401 (429
+    /// when throttled) for a caller who is no operator.
+    pub(crate) fn allows_change(&self, r: &Request) -> Result<(), Reply> {
         match &r.caller {
-            Caller::Bearer => Ok(()),
-            Caller::Session { csrf, .. } if same(csrf, r.field("csrf").unwrap_or("")) => Ok(()),
+            Caller::Bearer { .. } => Ok(()),
+            Caller::Session { csrf, .. }
+                if same(csrf.as_bytes(), r.field("csrf").unwrap_or("").as_bytes()) =>
+            {
+                Ok(())
+            }
             Caller::Session { .. } => Err(Reply::text(
                 403,
                 "forbidden: the form's anti-forgery token is missing or wrong; reload the page\n",
             )),
-            Caller::WrongToken => Err(Reply::text(401, "unauthorized: wrong token\n")
-                .with_header("WWW-Authenticate", "Bearer".into())),
-            Caller::Anonymous => Err(Reply::text(
-                401,
-                "unauthorized: log in at /login, or send the token as a bearer header\n",
-            )
-            .with_header("WWW-Authenticate", "Bearer".into())),
+            refused => Err(refusal(refused)),
         }
+    }
+}
+
+/// An allowance as it stands now (refilled since it was last charged).
+fn refilled(a: &Allowance) -> f64 {
+    (a.left + a.at.elapsed().as_secs_f64() / REFILL.as_secs_f64()).min(BURST)
+}
+
+/// The answer to a caller who is not an operator: 401, or 429 when
+/// throttled.
+pub(crate) fn refusal(caller: &Caller) -> Reply {
+    match caller {
+        Caller::Throttled(wait) => Reply::text(
+            429,
+            "too many wrong tokens from this address; wait and try again\n",
+        )
+        .with_header("Retry-After", wait.as_secs().max(1).to_string()),
+        Caller::WrongToken => Reply::text(401, "unauthorized: wrong token\n")
+            .with_header("WWW-Authenticate", "Bearer".into()),
+        _ => Reply::text(
+            401,
+            "unauthorized: log in at /login, or send an operator's token as a bearer header\n",
+        )
+        .with_header("WWW-Authenticate", "Bearer".into()),
     }
 }
 
@@ -175,38 +383,90 @@ impl Auth {
 mod tests {
     use super::*;
 
-    #[test]
-    fn same_compares_whole_strings() {
-        assert!(same("abc", "abc"));
-        assert!(same("", ""));
-        assert!(!same("abc", "abd"));
-        assert!(!same("abc", "ab"));
-        assert!(!same("ab", "abc"));
-        assert!(!same("", "a"));
+    fn local() -> IpAddr {
+        IpAddr::from([127, 0, 0, 1])
+    }
+
+    fn auth() -> Auth {
+        Auth::new(
+            vec![
+                ("alice".into(), sha256("alice-token-0123456789")),
+                ("bob".into(), sha256("bob-token-0123456789ab")),
+            ],
+            false,
+        )
     }
 
     #[test]
-    fn a_session_comes_from_the_right_token_only() {
-        let auth = Auth::new(Some("0123456789abcdef".into()));
-        assert_eq!(auth.login("0123456789abcdeF"), None);
-        let cookie = auth.login("0123456789abcdef").expect("logged in");
+    fn same_compares_whole_strings() {
+        assert!(same(b"abc", b"abc"));
+        assert!(same(b"", b""));
+        assert!(!same(b"abc", b"abd"));
+        assert!(!same(b"abc", b"ab"));
+        assert!(!same(b"ab", b"abc"));
+        assert!(!same(b"", b"a"));
+    }
+
+    #[test]
+    fn a_session_comes_from_an_operators_token_and_names_them() {
+        let auth = auth();
+        assert_eq!(
+            auth.login("alice-token-012345678X", local()),
+            Err(Caller::WrongToken)
+        );
+        let (operator, cookie) = auth.login("bob-token-0123456789ab", local()).unwrap();
+        assert_eq!(operator, "bob");
         assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
         let pair = cookie.split(';').next().unwrap_or_default().to_owned();
         assert!(matches!(
-            auth.caller(None, Some(&format!("other=1; {pair}"))),
-            Caller::Session { .. }
+            auth.caller(None, Some(&format!("other=1; {pair}")), local()),
+            Caller::Session { operator, .. } if operator == "bob"
         ));
         assert_eq!(
-            auth.caller(None, Some("beat_session=forged")),
+            auth.caller(None, Some("beat_session=forged"), local()),
             Caller::Anonymous
         );
         assert_eq!(
-            auth.caller(Some("Bearer 0123456789abcdef"), None),
-            Caller::Bearer
+            auth.caller(Some("Bearer alice-token-0123456789"), None, local()),
+            Caller::Bearer {
+                operator: "alice".into()
+            }
         );
-        assert_eq!(auth.caller(Some("Bearer nope"), None), Caller::WrongToken);
-        let readonly = Auth::new(None);
-        assert_eq!(readonly.login(""), None);
-        assert_eq!(readonly.caller(Some("Bearer x"), None), Caller::Anonymous);
+        assert_eq!(
+            auth.caller(Some("Bearer nope"), None, local()),
+            Caller::WrongToken
+        );
+        let readonly = Auth::new(Vec::new(), false);
+        assert!(readonly.login("", local()).is_err());
+        assert_eq!(
+            readonly.caller(Some("Bearer x"), None, local()),
+            Caller::Anonymous
+        );
+        assert!(readonly.may_read(&Caller::Anonymous));
+        assert!(!auth.may_read(&Caller::Anonymous));
+        assert!(Auth::new(auth.operators.clone(), true).may_read(&Caller::Anonymous));
+    }
+
+    #[test]
+    fn wrong_tokens_throttle_their_address_only() {
+        let auth = auth();
+        let guesser = IpAddr::from([10, 0, 0, 9]);
+        for _ in 0..BURST as usize {
+            assert_eq!(auth.login("wrong", guesser), Err(Caller::WrongToken));
+        }
+        // Throttled: even the right token is refused, without a look.
+        assert!(matches!(
+            auth.login("alice-token-0123456789", guesser),
+            Err(Caller::Throttled(wait)) if wait > Duration::ZERO && wait <= REFILL
+        ));
+        assert!(matches!(
+            auth.caller(Some("Bearer alice-token-0123456789"), None, guesser),
+            Caller::Throttled(_)
+        ));
+        // Another address is not.
+        assert!(auth.login("alice-token-0123456789", local()).is_ok());
+        let refused = refusal(&Caller::Throttled(Duration::from_millis(300)));
+        assert_eq!(refused.status, 429);
+        assert!(refused.headers.contains(&("Retry-After", "1".into())));
     }
 }

@@ -1,54 +1,53 @@
 //! The HTTP listener (`http_addr`): `/metrics` for Prometheus, `/healthz`
 //! and `/readyz` for orchestrators, and the operators' dashboard.
 //!
-//! A small blocking server (`tiny_http`) on threads of its own: a request
-//! never runs on, or waits for, the scheduler thread. It reads the beat's
-//! [`Monitor`] (counts, health) and acts through [`Operator`], the library
-//! the `beat` command line uses, so that every check and every error text
-//! is the command line's and the beat's.
+//! Our own small server (`server`), on threads of its own: a request never
+//! runs on, or waits for, the scheduler thread, and nothing a client does
+//! (slow requests, floods, slow pages) starves the probes (see `server`
+//! for the bounds). It reads the beat's [`Monitor`] (counts, health) and
+//! acts through [`Operator`], the library the `beat` command line uses, so
+//! that every check and every error text is the command line's and the
+//! beat's.
 //!
-//! Security: every state-changing request is a POST that needs the
-//! operator token (`http_token`), as a bearer header, or through the login
-//! form's session cookie (HttpOnly, SameSite=Strict) with the form's
-//! anti-forgery token. Without a token configured the dashboard is
-//! read-only. `/metrics`, `/healthz` and `/readyz` need no token. Every
-//! value shown is escaped by the templates; database and broker URLs are
-//! shown with their passwords masked, and the token never.
+//! Access: `/metrics`, `/healthz` and `/readyz` are open. With an operator
+//! configured (`http_token`, `http_tokens`, `http_tokens_file`), every
+//! page needs an operator, by a bearer header or a login session (an
+//! HttpOnly, SameSite=Strict cookie), unless `http_public_read` opens the
+//! pages for reading; every change is a POST by an operator, and from a
+//! session it needs the form's anti-forgery token. Without an operator the
+//! dashboard is read-only and open. Every value shown is escaped by the
+//! templates; database and broker URLs are shown with their passwords
+//! masked, and tokens never.
 
 mod auth;
 mod pages;
 mod prometheus;
+mod server;
 
 use crate::config::Config;
 use crate::error::Error;
 use crate::metrics::Monitor;
 use crate::ops::Operator;
 use auth::{Auth, Caller};
+use server::{Head, Method, Next, On, Server, ServerStats};
 use std::collections::HashMap;
-use std::io::Read as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::Duration;
 
-/// Threads answering requests: a slow page (a search of a million rows)
-/// leaves the others free for probes and scrapes.
-const THREADS: usize = 4;
-
-/// The largest request body read (a form).
+/// The largest request body read (an edit form).
 const MAX_BODY: u64 = 256 * 1024;
+/// The largest login or logout form (a token, a form token).
+const MAX_LOGIN_BODY: u64 = 4 * 1024;
 
 /// The listener, running. Dropping it stops it.
 pub struct HttpServer {
-    addr: SocketAddr,
-    server: Arc<tiny_http::Server>,
-    threads: Vec<JoinHandle<()>>,
+    server: Server<App>,
 }
 
 impl std::fmt::Debug for HttpServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpServer")
-            .field("addr", &self.addr)
+            .field("addr", &self.server.addr())
             .finish()
     }
 }
@@ -56,7 +55,7 @@ impl std::fmt::Debug for HttpServer {
 /// What the handlers share.
 struct App {
     monitor: Monitor,
-    operator: Operator,
+    operator: Arc<Operator>,
     auth: Auth,
     prometheus: prometheus::Exporter,
 }
@@ -64,93 +63,58 @@ struct App {
 impl HttpServer {
     /// Listens on `addr` (port 0: any free port, see [`Self::addr`]) for
     /// the beat `monitor` watches, acting on the database of `config`
-    /// (`http_token` from there too).
+    /// (the operators, `http_token`, `http_tokens`, `http_tokens_file`
+    /// and `http_public_read`, from there too).
     pub fn start(addr: SocketAddr, monitor: Monitor, config: Config) -> Result<Self, Error> {
-        let token = config.http_token.clone();
-        let operator = Operator::connect(config)?;
-        let server = tiny_http::Server::http(addr).map_err(|e| Error::Http {
+        let auth = Auth::from_config(&config)?;
+        let operator = Arc::new(Operator::connect(config)?);
+        let listener = std::net::TcpListener::bind(addr).map_err(|e| Error::Http {
             addr,
             reason: e.to_string(),
         })?;
-        let addr = server.server_addr().to_ip().ok_or_else(|| Error::Http {
-            addr,
-            reason: "not an IP address".into(),
-        })?;
-        let server = Arc::new(server);
-        let app = Arc::new(App {
-            prometheus: prometheus::Exporter::new(monitor.clone()),
+        let stats = Arc::new(ServerStats::default());
+        let app = App {
+            prometheus: prometheus::Exporter::new(
+                monitor.clone(),
+                Arc::clone(&operator),
+                Arc::clone(&stats),
+            ),
             monitor,
             operator,
-            auth: Auth::new(token),
-        });
-        let mut threads = Vec::with_capacity(THREADS);
-        for i in 0..THREADS {
-            let server = Arc::clone(&server);
-            let app = Arc::clone(&app);
-            let thread = std::thread::Builder::new()
-                .name(format!("beat-http-{i}"))
-                .spawn(move || {
-                    for request in server.incoming_requests() {
-                        // A bug in one page must not take a thread down.
-                        let answered =
-                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                app.answer(request)
-                            }));
-                        if answered.is_err() {
-                            log::error!(
-                                "http: a request handler panicked; the request got no answer"
-                            );
-                        }
-                    }
-                })
-                .map_err(|source| Error::Thread {
-                    what: "http",
-                    source,
-                })?;
-            threads.push(thread);
-        }
-        log::info!(
-            "http: listening on http://{addr} (/metrics, /healthz, /readyz, dashboard at /; {})",
-            match app.auth.has_token() {
-                true => "changes need http_token",
-                false => "read-only: no http_token",
-            }
-        );
-        Ok(HttpServer {
+            auth,
+        };
+        let access = match (
+            app.auth.operator_count(),
+            app.auth.may_read(&Caller::Anonymous),
+        ) {
+            (0, _) => "read-only and open: no operator token".to_owned(),
+            (n, true) => format!("{n} operator(s); pages open for reading (http_public_read)"),
+            (n, false) => format!("{n} operator(s); every page needs a login"),
+        };
+        let server = Server::start(listener, app, stats).map_err(|e| Error::Http {
             addr,
-            server,
-            threads,
-        })
+            reason: e.to_string(),
+        })?;
+        log::info!(
+            "http: listening on http://{} (/metrics, /healthz, /readyz, dashboard at /; {access})",
+            server.addr()
+        );
+        Ok(HttpServer { server })
     }
 
     /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
-    /// Stops listening; requests being answered finish first.
+    /// Stops listening; requests being answered finish first (for up to
+    /// 5 s).
     pub fn stop(mut self) {
-        self.shut();
-    }
-
-    fn shut(&mut self) {
-        self.server.unblock();
-        for _ in 1..self.threads.len() {
-            self.server.unblock();
-        }
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
+        self.server.stop();
     }
 }
 
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        self.shut();
-    }
-}
-
-/// A request, as the handlers see it.
+/// A request, as the pages see it.
 pub(crate) struct Request {
     pub(crate) post: bool,
     pub(crate) path: String,
@@ -224,106 +188,138 @@ pub(crate) fn encode(text: &str) -> String {
     form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
-impl App {
-    fn answer(&self, mut request: tiny_http::Request) {
-        let header = |name: &str| {
-            request
-                .headers()
-                .iter()
-                .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
-                .map(|h| h.value.as_str().to_owned())
-        };
-        let authorization = header("Authorization");
-        let accept = header("Accept");
-        let cookie = header("Cookie");
-        let post = *request.method() == tiny_http::Method::Post;
-        let (path, query) = match request.url().split_once('?') {
-            Some((path, query)) => (path.to_owned(), decode(query)),
-            None => (request.url().to_owned(), HashMap::new()),
-        };
-        let mut body = String::new();
-        let too_large = request.body_length().is_some_and(|n| n as u64 > MAX_BODY);
-        let read = match post && !too_large {
-            true => request
-                .as_reader()
-                .take(MAX_BODY + 1)
-                .read_to_string(&mut body)
-                .is_ok(),
-            false => true,
-        };
-        let reply = if too_large || body.len() as u64 > MAX_BODY {
-            Reply::text(413, "the request body is larger than 256 KiB\n")
-        } else if !read {
-            Reply::text(400, "the request body is not UTF-8 text\n")
-        } else {
-            let caller = self
-                .auth
-                .caller(authorization.as_deref(), cookie.as_deref());
-            let request = Request {
-                post,
-                path,
-                query,
-                form: decode(&body),
-                caller,
-            };
-            self.route(&request, accept.as_deref())
-        };
-        let mut response = tiny_http::Response::from_string(reply.body)
-            .with_status_code(reply.status)
-            .with_header(header_of("Content-Type", reply.content_type))
-            .with_header(header_of("X-Content-Type-Options", "nosniff"))
-            .with_header(header_of("X-Frame-Options", "DENY"))
-            .with_header(header_of("Cache-Control", "no-store"))
-            .with_header(header_of(
-                "Content-Security-Policy",
-                "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'none'; form-action 'self'; frame-ancestors 'none'",
-            ));
-        for (name, value) in &reply.headers {
-            response.add_header(header_of(name, value));
+/// The dashboard's pages (GET) and its changes (POST).
+const PAGES: [&str; 3] = ["/", "/routine", "/beats"];
+const CHANGES: [&str; 4] = [
+    "/routine/enable",
+    "/routine/disable",
+    "/routine/run",
+    "/routine/edit",
+];
+
+impl server::Handler for App {
+    type Seen = Caller;
+
+    /// Probes and scrapes are answered here at once, refusals too; a login
+    /// is read and answered on the connection's thread; pages and changes
+    /// on a page thread, once their caller may see or change them (an
+    /// anonymous caller's body is never read).
+    fn look(&self, head: &Head) -> Next<Caller> {
+        let get = matches!(head.method, Method::Get | Method::Head);
+        let post = head.method == Method::Post;
+        let path = head.path.as_str();
+        match path {
+            "/metrics" if get => {
+                return Next::Answer(self.prometheus.scrape(head.header("Accept")))
+            }
+            "/healthz" if get => return Next::Answer(health(&self.monitor, false)),
+            "/readyz" if get => return Next::Answer(health(&self.monitor, true)),
+            "/metrics" | "/healthz" | "/readyz" => {
+                return Next::Answer(Reply::text(405, "method not allowed\n"))
+            }
+            _ => {}
         }
-        if let Err(e) = request.respond(response) {
-            log::debug!("http: could not answer: {e}");
+        let caller = self.auth.caller(
+            head.header("Authorization"),
+            head.header("Cookie"),
+            head.peer,
+        );
+        let read = |limit: u64, on: On, caller: Caller| Next::Read {
+            limit,
+            on,
+            seen: caller,
+        };
+        match path {
+            "/login" if get => read(0, On::Connection, caller),
+            "/login" | "/logout" if post => read(MAX_LOGIN_BODY, On::Connection, caller),
+            _ if PAGES.contains(&path) && get => match self.auth.may_read(&caller) {
+                true => read(0, On::Page, caller),
+                false => Next::Answer(self.anonymous(head, &caller)),
+            },
+            _ if CHANGES.contains(&path) && post => match caller.operator() {
+                Some(_) => read(MAX_BODY, On::Page, caller),
+                None if !self.auth.has_operators() => Next::Answer(Reply::text(
+                    403,
+                    "forbidden: this dashboard is read-only (no http_token or http_tokens is configured)\n",
+                )),
+                None => Next::Answer(auth::refusal(&caller)),
+            },
+            _ if PAGES.contains(&path) || CHANGES.contains(&path) || path == "/login" => {
+                Next::Answer(Reply::text(405, "method not allowed\n"))
+            }
+            _ => Next::Answer(Reply::text(404, "not found\n")),
         }
     }
 
-    fn route(&self, r: &Request, accept: Option<&str>) -> Reply {
+    fn answer(&self, head: &Head, body: &str, caller: Caller) -> Reply {
+        let request = Request {
+            post: head.method == Method::Post,
+            path: head.path.clone(),
+            query: decode(&head.query),
+            form: decode(body),
+            caller,
+        };
+        let r = &request;
         match (r.post, r.path.as_str()) {
-            (false, "/metrics") => self.prometheus.scrape(&self.operator, accept),
-            (false, "/healthz") => health(&self.monitor, false),
-            (false, "/readyz") => health(&self.monitor, true),
+            (false, "/login") => pages::login(self, r, None),
+            (true, "/login") => self.login(r, head),
+            (true, "/logout") => self.logout(r),
             (false, "/") => pages::routines(self, r),
             (false, "/routine") => pages::routine(self, r),
             (false, "/beats") => pages::beats(self, r),
-            (false, "/login") => pages::login(self, r, None),
-            (true, "/login") => self.login(r),
-            (true, "/logout") => self.logout(r),
-            (true, "/routine/enable" | "/routine/disable" | "/routine/run" | "/routine/edit") => {
-                match self.auth.allows_change(r) {
-                    Err(refused) => refused,
-                    Ok(()) => pages::act(self, r),
-                }
-            }
-            (_, "/metrics" | "/healthz" | "/readyz" | "/" | "/routine" | "/beats") => {
-                Reply::text(405, "method not allowed\n")
-            }
+            (true, _) => match self.auth.allows_change(r) {
+                Err(refused) => refused,
+                Ok(()) => pages::act(self, r),
+            },
             _ => Reply::text(404, "not found\n"),
         }
     }
+}
 
-    fn login(&self, r: &Request) -> Reply {
-        match self.auth.login(r.field("token").unwrap_or("")) {
-            Some(cookie) => Reply::see_other("/".into()).with_header("Set-Cookie", cookie),
-            None => {
-                // Guessing costs time.
-                std::thread::sleep(Duration::from_millis(250));
-                pages::login(self, r, Some("wrong token"))
+impl App {
+    /// A page asked for without an operator's credentials: a browser gets
+    /// the login page, anything else 401 (or 429 when throttled); neither
+    /// shows any routine.
+    fn anonymous(&self, head: &Head, caller: &Caller) -> Reply {
+        let browser = head
+            .header("Accept")
+            .is_some_and(|a| a.contains("text/html"));
+        match caller {
+            Caller::Anonymous if browser => {
+                let r = Request {
+                    post: false,
+                    path: "/login".into(),
+                    query: HashMap::new(),
+                    form: HashMap::new(),
+                    caller: Caller::Anonymous,
+                };
+                let mut reply = pages::login(self, &r, Some("Log in to see the routines."));
+                reply.status = 401;
+                reply
             }
+            _ => auth::refusal(caller),
+        }
+    }
+
+    fn login(&self, r: &Request, head: &Head) -> Reply {
+        match self.auth.login(r.field("token").unwrap_or(""), head.peer) {
+            Ok((_, cookie)) => Reply::see_other("/".into()).with_header("Set-Cookie", cookie),
+            Err(Caller::Throttled(wait)) => {
+                let mut reply = pages::login(
+                    self,
+                    r,
+                    Some("Too many wrong tokens from this address: wait a minute and try again."),
+                );
+                reply.status = 429;
+                reply.with_header("Retry-After", wait.as_secs().max(1).to_string())
+            }
+            Err(_) => pages::login(self, r, Some("wrong token")),
         }
     }
 
     fn logout(&self, r: &Request) -> Reply {
-        if let Caller::Session { id, csrf } = &r.caller {
-            if auth::same(csrf, r.field("csrf").unwrap_or("")) {
+        if let Caller::Session { id, csrf, .. } = &r.caller {
+            if auth::same(csrf.as_bytes(), r.field("csrf").unwrap_or("").as_bytes()) {
                 self.auth.logout(id);
             } else {
                 return Reply::text(
@@ -334,13 +330,6 @@ impl App {
         }
         Reply::see_other("/".into()).with_header("Set-Cookie", auth::clear_cookie())
     }
-}
-
-fn header_of(name: &str, value: &str) -> tiny_http::Header {
-    // Names are ours and values are printable ASCII (cookies, our paths
-    // percent-encoded): this does not fail.
-    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes())
-        .unwrap_or_else(|_| tiny_http::Header::from_bytes("X-Invalid", "1").expect("valid header"))
 }
 
 /// `/healthz` (liveness) and `/readyz` (readiness): 200 `ok`, or 503 with

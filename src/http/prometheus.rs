@@ -7,9 +7,11 @@
 //! Runs are counted by task, target and outcome, never by routine. The
 //! routines by state and the live beats come from the database: one scan
 //! of `routines` (see `RoutineStore::count_by_state`), made at most every
-//! [`DB_COUNTS_EVERY`] by the scrape that finds them stale, on the HTTP
-//! thread, never on the scheduler's.
+//! [`DB_COUNTS_EVERY`], on a thread of its own that the scrape or page
+//! finding them stale starts: a scrape never waits on the database (a
+//! million routines take 0.2 s to count), never on the scheduler's thread.
 
+use super::server::ServerStats;
 use super::Reply;
 use crate::metrics::{BucketsSnapshot, HealthReport, Monitor, RunOutcome, Target};
 use crate::ops::Operator;
@@ -19,7 +21,8 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// How long the database's counts are reused.
@@ -67,67 +70,127 @@ pub(crate) struct DbCounts {
     pub(crate) beats_alive: usize,
 }
 
-pub(crate) struct Exporter {
-    monitor: Monitor,
-    cached: Mutex<Option<(Instant, DbCounts)>>,
+/// The database's counts, kept fresh by a thread of their own.
+#[derive(Default)]
+struct Counts {
+    /// The last counts, and when they were read.
+    last: Option<(Instant, DbCounts)>,
+    /// A thread is reading them.
+    reading: bool,
+    /// Reads asked for (a change, or stale counts, asks for one more).
+    asked: u64,
+    /// The last read asked for that has ended, with counts or not.
+    done: u64,
 }
 
+pub(crate) struct Exporter {
+    monitor: Monitor,
+    operator: Arc<Operator>,
+    server: Arc<ServerStats>,
+    counts: Arc<(Mutex<Counts>, Condvar)>,
+}
+
+/// How long a scrape waits for counts it has none of (the first scrape):
+/// a probe is never held longer.
+const SCRAPE_WAIT: Duration = Duration::from_millis(50);
+/// How long a page waits for counts being read again.
+const PAGE_WAIT: Duration = Duration::from_secs(2);
+
 impl Exporter {
-    pub(crate) fn new(monitor: Monitor) -> Self {
-        Exporter {
+    pub(crate) fn new(monitor: Monitor, operator: Arc<Operator>, server: Arc<ServerStats>) -> Self {
+        let exporter = Exporter {
             monitor,
-            cached: Mutex::new(None),
-        }
-    }
-
-    /// Forgets the database's counts (after a change from the dashboard).
-    pub(crate) fn forget_counts(&self) {
-        *self.cached.lock().unwrap_or_else(PoisonError::into_inner) = None;
-    }
-
-    /// The database's counts, at most [`DB_COUNTS_EVERY`] old; `None` if the
-    /// database cannot say.
-    pub(crate) fn db_counts(&self, operator: &Operator) -> Option<DbCounts> {
-        let mut cached = self.cached.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((at, counts)) = *cached {
-            if at.elapsed() < DB_COUNTS_EVERY {
-                return Some(counts);
-            }
-        }
-        let read = || -> Result<DbCounts, crate::error::Error> {
-            let routines = operator.counts()?;
-            let beats_alive = operator
-                .beats()?
-                .iter()
-                .filter(|b| operator.is_alive(b))
-                .count();
-            Ok(DbCounts {
-                routines,
-                beats_alive,
-            })
+            operator,
+            server,
+            counts: Arc::new((Mutex::new(Counts::default()), Condvar::new())),
         };
-        match read() {
-            Ok(counts) => {
-                *cached = Some((Instant::now(), counts));
-                Some(counts)
-            }
-            Err(e) => {
-                log::debug!("http: /metrics could not count routines: {e}");
-                None
-            }
-        }
+        exporter.ask(false);
+        exporter
     }
 
-    /// The metrics, in OpenMetrics if `accept` asks for it.
-    pub(crate) fn scrape(&self, operator: &Operator, accept: Option<&str>) -> Reply {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Asks for the counts to be read again (`forget`: and the last ones
+    /// forgotten), on a thread of their own; returns the read to wait for.
+    fn ask(&self, forget: bool) -> u64 {
+        let mut counts = self.lock();
+        if forget {
+            counts.last = None;
+        }
+        counts.asked += 1;
+        let asked = counts.asked;
+        if counts.reading {
+            return asked;
+        }
+        counts.reading = true;
+        drop(counts);
+        let shared = Arc::clone(&self.counts);
+        let operator = Arc::clone(&self.operator);
+        let spawned = std::thread::Builder::new()
+            .name("beat-http-counts".into())
+            .spawn(move || read_until_current(&shared, &operator));
+        if spawned.is_err() {
+            self.lock().reading = false;
+        }
+        asked
+    }
+
+    /// Forgets the database's counts (after a change from the dashboard):
+    /// they are read again, and the next page waits for them.
+    pub(crate) fn forget_counts(&self) {
+        self.ask(true);
+    }
+
+    /// The database's counts, at most [`DB_COUNTS_EVERY`] old if they can
+    /// be read within `wait` (else the last ones, while they are read
+    /// again on their own thread); `None` if there are none.
+    fn counts_within(&self, wait: Duration) -> Option<DbCounts> {
+        let last = self.lock().last;
+        if last.is_some_and(|(at, _)| at.elapsed() < DB_COUNTS_EVERY) {
+            return last.map(|(_, c)| c);
+        }
+        let asked = self.ask(false);
+        let deadline = Instant::now() + wait;
+        let (_, changed) = &*self.counts;
+        let mut counts = self.lock();
+        while counts.done < asked {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            counts = changed
+                .wait_timeout(counts, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        counts.last.map(|(_, c)| c)
+    }
+
+    /// The counts for a page, which may wait a little for fresh ones.
+    pub(crate) fn db_counts(&self) -> Option<DbCounts> {
+        self.counts_within(PAGE_WAIT)
+    }
+
+    /// The metrics, in OpenMetrics if `accept` asks for it. Never waits on
+    /// the database: the counts are the last ones read (a first scrape
+    /// waits up to 50 ms for them).
+    pub(crate) fn scrape(&self, accept: Option<&str>) -> Reply {
         let metrics = &self.monitor.metrics;
+        let has_counts = self.lock().last.is_some();
         let snapshot = Snapshot {
             runs: metrics.runs_by_task(),
             lateness: metrics.lateness_buckets.snapshot(),
             pass: metrics.pass_seconds.snapshot(),
             claim: metrics.claim_seconds.snapshot(),
             health: self.monitor.health(),
-            db: self.db_counts(operator),
+            db: self.counts_within(if has_counts {
+                Duration::ZERO
+            } else {
+                SCRAPE_WAIT
+            }),
+            server: ServerSnapshot::of(&self.server),
         };
         let mut registry = Registry::with_prefix("beat");
         registry.register_collector(Box::new(snapshot));
@@ -151,6 +214,66 @@ impl Exporter {
     }
 }
 
+/// The counts thread: reads until it has read for the last read asked.
+fn read_until_current(shared: &(Mutex<Counts>, Condvar), operator: &Operator) {
+    let (lock, changed) = shared;
+    loop {
+        let target = lock.lock().unwrap_or_else(PoisonError::into_inner).asked;
+        let read = read_counts(operator);
+        let mut counts = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        match read {
+            Ok(read) => counts.last = Some((Instant::now(), read)),
+            Err(e) => {
+                // No counts rather than old ones.
+                counts.last = None;
+                log::debug!("http: cannot count the routines: {e}");
+            }
+        }
+        counts.done = target;
+        changed.notify_all();
+        if counts.asked == target {
+            counts.reading = false;
+            return;
+        }
+    }
+}
+
+fn read_counts(operator: &Operator) -> Result<DbCounts, crate::error::Error> {
+    let routines = operator.counts()?;
+    let beats_alive = operator
+        .beats()?
+        .iter()
+        .filter(|b| operator.is_alive(b))
+        .count();
+    Ok(DbCounts {
+        routines,
+        beats_alive,
+    })
+}
+
+/// The listener's own counts, read at one moment.
+#[derive(Debug)]
+struct ServerSnapshot {
+    open: u64,
+    refused_full: u64,
+    refused_client: u64,
+    timed_out: u64,
+    pages_busy: u64,
+}
+
+impl ServerSnapshot {
+    fn of(stats: &ServerStats) -> Self {
+        let read = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
+        ServerSnapshot {
+            open: read(&stats.open),
+            refused_full: read(&stats.refused_full),
+            refused_client: read(&stats.refused_client),
+            timed_out: read(&stats.timed_out),
+            pages_busy: read(&stats.pages_busy),
+        }
+    }
+}
+
 /// Everything one scrape reports, read at one moment.
 #[derive(Debug)]
 struct Snapshot {
@@ -160,6 +283,7 @@ struct Snapshot {
     claim: BucketsSnapshot,
     health: HealthReport,
     db: Option<DbCounts>,
+    server: ServerSnapshot,
 }
 
 /// `value` as a label value in the text format: `\`, `"` and line feeds
@@ -299,6 +423,30 @@ impl Collector for Snapshot {
                 None,
                 db.beats_alive as f64,
             )?;
+        }
+        let server = &self.server;
+        gauge(
+            &mut encoder,
+            "http_connections",
+            "Connections open to this listener.",
+            None,
+            server.open as f64,
+        )?;
+        let mut metric = encoder.encode_descriptor(
+            "http_refused",
+            "Requests refused by the listener's bounds: connections (all in use), client \
+             (its address had too many open), timeout (head or body too slow: 408), \
+             pages (every page thread busy: 503).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, n) in [
+            ("connections", server.refused_full),
+            ("client", server.refused_client),
+            ("timeout", server.timed_out),
+            ("pages", server.pages_busy),
+        ] {
+            ConstCounter::new(n).encode(metric.encode_family(&[("reason", reason)])?)?;
         }
         Ok(())
     }

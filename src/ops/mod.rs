@@ -100,7 +100,7 @@ impl Operator {
         beat.is_alive(self.config.scheduler_dead_after)
     }
 
-    fn live_beats(&self) -> Result<Vec<BeatRow>, Error> {
+    pub(super) fn live_beats(&self) -> Result<Vec<BeatRow>, Error> {
         Ok(self
             .beats()?
             .into_iter()

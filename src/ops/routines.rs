@@ -5,7 +5,10 @@ use super::{words, Operator};
 use crate::error::Error;
 use crate::routine::{check_name, RoutineError};
 use crate::schedule::{Schedule, ScheduleError};
-use crate::store::{NewRoutine, RoutineCounts, RoutineQuery, RoutineRow, RunFilter, RunRow};
+use crate::store::{
+    Actor, EditFilter, EditRow, NewRoutine, RoutineCounts, RoutineQuery, RoutineRow, RunFilter,
+    RunRow,
+};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde_json::Value;
@@ -44,6 +47,8 @@ pub struct Shown {
     pub next: Vec<DateTime<Utc>>,
     /// Its last runs, newest first.
     pub runs: Vec<RunRow>,
+    /// Its last edits, newest first (the audit trail).
+    pub edits: Vec<EditRow>,
 }
 
 /// What is wrong with a routine (`beat check`).
@@ -162,13 +167,14 @@ impl Operator {
         Ok(self.store.count_by_state()?)
     }
 
-    /// The routine called `name`, its next `n` fire times, and its last
-    /// `runs` runs.
+    /// The routine called `name`, its next `n` fire times, its last `runs`
+    /// runs and its last `edits` edits.
     pub fn show(
         &self,
         name: &str,
         n: usize,
         runs: usize,
+        edits: usize,
         now: DateTime<Utc>,
     ) -> Result<Shown, Error> {
         let row = self.existing(name)?;
@@ -191,18 +197,31 @@ impl Operator {
             limit: runs,
             ..RunFilter::default()
         })?;
-        Ok(Shown { view, next, runs })
+        let edits = match edits {
+            0 => Vec::new(),
+            limit => self.store.edits(&EditFilter {
+                routine_id: Some(view.row.id.clone()),
+                limit,
+                ..EditFilter::default()
+            })?,
+        };
+        Ok(Shown {
+            view,
+            next,
+            runs,
+            edits,
+        })
     }
 
-    fn existing(&self, name: &str) -> Result<RoutineRow, Error> {
+    pub(super) fn existing(&self, name: &str) -> Result<RoutineRow, Error> {
         self.store
             .routine(name)?
             .ok_or_else(|| RoutineError::new(name, "no such routine").into())
     }
 
-    /// Adds a routine, checked as the beat checks rows: a routine the beat
-    /// would refuse is refused here, with the beat's words.
-    pub fn add(&self, spec: &NewRoutineSpec) -> Result<(), Error> {
+    /// Adds a routine, as `by`'s edit, checked as the beat checks rows: a
+    /// routine the beat would refuse is refused here, with the beat's words.
+    pub fn add(&self, by: &Actor, spec: &NewRoutineSpec) -> Result<(), Error> {
         let invalid = |reason: String| Error::from(RoutineError::new(&spec.name, reason));
         check_name("name", &spec.name).map_err(invalid)?;
         check_name("task", &spec.task).map_err(invalid)?;
@@ -223,14 +242,15 @@ impl Operator {
             options: spec.options.to_string(),
             active: spec.active,
         };
-        if !self.store.insert_new(&new)? {
+        if !self.store.insert_new(by, &new)? {
             return Err(invalid("a routine of this name exists".into()));
         }
         Ok(())
     }
 
-    /// Changes a routine, checked as [`Operator::add`] checks.
-    pub fn edit(&self, name: &str, change: &Change) -> Result<(), Error> {
+    /// Changes a routine, as `by`'s edit, checked as [`Operator::add`]
+    /// checks.
+    pub fn edit(&self, by: &Actor, name: &str, change: &Change) -> Result<(), Error> {
         let row = self.existing(name)?;
         let invalid = |reason: String| Error::from(RoutineError::new(name, reason));
         if let Some(task) = &change.task {
@@ -268,6 +288,7 @@ impl Operator {
         );
         self.checker()?.router.check(&draft).map_err(invalid)?;
         self.store.edit(
+            by,
             name,
             change.task.as_deref(),
             schedule.as_deref(),
@@ -277,17 +298,18 @@ impl Operator {
         Ok(())
     }
 
-    /// Enables or disables a routine.
-    pub fn set_active(&self, name: &str, active: bool) -> Result<(), Error> {
-        if !self.store.set_active(name, active)? {
+    /// Enables or disables a routine, as `by`'s edit.
+    pub fn set_active(&self, by: &Actor, name: &str, active: bool) -> Result<(), Error> {
+        if !self.store.set_active(by, name, active)? {
             return Err(RoutineError::new(name, "no such routine").into());
         }
         Ok(())
     }
 
-    /// Deletes a routine (its history stays until pruned).
-    pub fn remove(&self, name: &str) -> Result<(), Error> {
-        if !self.store.remove(name)? {
+    /// Deletes a routine, as `by`'s edit (its history and its edits stay
+    /// until pruned).
+    pub fn remove(&self, by: &Actor, name: &str) -> Result<(), Error> {
+        if !self.store.remove(by, name)? {
             return Err(RoutineError::new(name, "no such routine").into());
         }
         Ok(())

@@ -1,10 +1,11 @@
-//! Runs: the history, and running a routine now.
+//! Runs and edits: the run history, the audit trail, and running a
+//! routine now.
 
 use super::Operator;
 use crate::celery::Publisher;
 use crate::error::Error;
 use crate::routine::RoutineError;
-use crate::store::{NewRun, RunFilter, RunRow};
+use crate::store::{Actor, BeatRow, EditFilter, EditRow, NewRun, RoutineRow, RunFilter, RunRow};
 use chrono::{DateTime, Utc};
 use std::time::{Duration, Instant};
 
@@ -54,16 +55,90 @@ impl Operator {
         Ok(self.store.runs(&filter)?)
     }
 
-    /// Runs the routine called `name` now, outside its schedule, with a
-    /// fresh task id. With a broker configured here, a Celery task is
-    /// published at once; otherwise (and for in-process tasks) the serving
-    /// beats are asked through the table, and this waits up to `wait` for
-    /// one to take the request. An error if no live beat can run it.
-    pub fn send(&self, name: &str, now: DateTime<Utc>, wait: Duration) -> Result<Sent, Error> {
-        let row = self
+    /// The edits recorded in the audit trail, newest first: of the routine
+    /// called `name` (also one since deleted, by the name it had), only
+    /// those made since `since`; at most `limit`.
+    pub fn edits(
+        &self,
+        name: Option<&str>,
+        since: Option<DateTime<Utc>>,
+        limit: usize,
+    ) -> Result<Vec<EditRow>, Error> {
+        let mut filter = EditFilter {
+            since,
+            limit,
+            ..EditFilter::default()
+        };
+        if let Some(name) = name {
+            match self.store.routine(name)? {
+                Some(row) => filter.routine_id = Some(row.id),
+                None => filter.routine = Some(name.to_owned()),
+            }
+        }
+        Ok(self.store.edits(&filter)?)
+    }
+
+    /// Asks the serving beats to run the routine called `name` now, for
+    /// `by`, and returns at once: the run appears in its history when a
+    /// beat has taken the request (within its watch interval). An error if
+    /// no live beat can run it.
+    pub fn request(&self, by: &Actor, name: &str) -> Result<(), Error> {
+        let row = self.existing(name)?;
+        let live = self.live_beats()?;
+        let local_somewhere = live.iter().any(|b| b.tasks.contains(&row.task));
+        self.ask_beats(by, &row, &live, local_somewhere).map(drop)
+    }
+
+    /// Checks that a live beat can run `row`, and asks for the run through
+    /// the table. Returns the newest run recorded before the request.
+    fn ask_beats(
+        &self,
+        by: &Actor,
+        row: &RoutineRow,
+        live: &[BeatRow],
+        local_somewhere: bool,
+    ) -> Result<i64, Error> {
+        let name = row.name.as_str();
+        let invalid = |reason: String| Error::from(RoutineError::new(name, reason));
+        if !local_somewhere && !live.iter().any(|b| b.broker) {
+            return Err(invalid(match live.is_empty() {
+                true => "no beat is alive to run it (see `beat beats`)".to_owned(),
+                false => format!(
+                    "no live beat runs task {:?} in-process, and none (nor this command) has a broker_url to send it to Celery",
+                    row.task
+                ),
+            }));
+        }
+        self.checker()?.router.check(row).map_err(invalid)?;
+        let before = self
             .store
-            .routine(name)?
-            .ok_or_else(|| RoutineError::new(name, "no such routine"))?;
+            .runs(&RunFilter {
+                routine_id: Some(row.id.clone()),
+                limit: 1,
+                ..RunFilter::default()
+            })?
+            .first()
+            .map_or(0, |r| r.id);
+        if !self.store.request_run(by, name)? {
+            return Err(invalid("no such routine".into()));
+        }
+        Ok(before)
+    }
+
+    /// Runs the routine called `name` now, for `by`, outside its schedule,
+    /// with a fresh task id. With a broker configured here, a Celery task
+    /// is published at once; otherwise (and for in-process tasks) the
+    /// serving beats are asked through the table, and this waits up to
+    /// `wait` for one to take the request. An error if no live beat can
+    /// run it.
+    pub fn send(
+        &self,
+        by: &Actor,
+        name: &str,
+        now: DateTime<Utc>,
+        wait: Duration,
+    ) -> Result<Sent, Error> {
+        let row = self.existing(name)?;
         let invalid = |reason: String| Error::from(RoutineError::new(name, reason));
         let live = self.live_beats()?;
         let local_somewhere = live.iter().any(|b| b.tasks.contains(&row.task));
@@ -83,28 +158,7 @@ impl Operator {
                 return Ok(Sent::Published { task_id });
             }
         }
-        if !local_somewhere && !live.iter().any(|b| b.broker) {
-            return Err(invalid(match live.is_empty() {
-                true => "no beat is alive to run it (see `beat beats`)".to_owned(),
-                false => format!(
-                    "no live beat runs task {:?} in-process, and none (nor this command) has a broker_url to send it to Celery",
-                    row.task
-                ),
-            }));
-        }
-        self.checker()?.router.check(&row).map_err(invalid)?;
-        let before = self
-            .store
-            .runs(&RunFilter {
-                routine_id: Some(row.id.clone()),
-                limit: 1,
-                ..RunFilter::default()
-            })?
-            .first()
-            .map_or(0, |r| r.id);
-        if !self.store.request_run(name)? {
-            return Err(invalid("no such routine".into()));
-        }
+        let before = self.ask_beats(by, &row, &live, local_somewhere)?;
         let deadline = Instant::now() + wait;
         loop {
             let taken = self

@@ -1,6 +1,6 @@
 //! The housekeeper: a thread beside the scheduler that keeps this beat's
 //! entry in `beats` alive, writes what became of its in-process runs, marks
-//! the runs of dead beats lost, and prunes the history.
+//! the runs of dead beats lost, and prunes the history and the audit trail.
 //!
 //! Nothing here is on a claim's path: claims insert their runs in their own
 //! transaction, and the housekeeper's statements are short transactions of
@@ -27,6 +27,9 @@ const PRUNE_STEPS: usize = 10;
 /// Updates kept for a database that is away; older ones are dropped
 /// (logged) past this.
 const PENDING_CAPACITY: usize = 100_000;
+/// Edits looked at per cycle for the routines whose edits to trim to
+/// `audit_max_edits` (a walk by edit number, from the last one seen).
+const EDITS_WALK: usize = 1000;
 
 /// The history settings, from [`Config`](crate::Config).
 #[derive(Debug, Clone, Copy)]
@@ -36,6 +39,9 @@ pub(crate) struct HistorySettings {
     pub(crate) max_runs: usize,
     pub(crate) heartbeat: Duration,
     pub(crate) dead_after: Duration,
+    /// `audit_max_age`, `audit_max_edits`: the audit trail's retention.
+    pub(crate) audit_max_age: Duration,
+    pub(crate) audit_max_edits: usize,
 }
 
 pub(crate) struct Housekeeper {
@@ -54,6 +60,8 @@ impl Housekeeper {
         let mut pending: Vec<RunUpdate> = Vec::new();
         let mut next_cycle = Instant::now();
         let mut quiet = Quiet::default();
+        // The number of the last edit whose routine was trimmed.
+        let mut edits_seen = 0;
         loop {
             let wait = next_cycle.saturating_duration_since(Instant::now());
             let timer = crossbeam_channel::after(wait);
@@ -76,7 +84,7 @@ impl Housekeeper {
                 break;
             }
             if Instant::now() >= next_cycle {
-                self.cycle(&mut quiet);
+                self.cycle(&mut quiet, &mut edits_seen);
                 next_cycle = Instant::now() + self.settings.heartbeat;
             }
         }
@@ -142,7 +150,7 @@ impl Housekeeper {
     }
 
     /// The periodic work: heartbeat, dead beats, pruning.
-    fn cycle(&self, quiet: &mut Quiet) {
+    fn cycle(&self, quiet: &mut Quiet, edits_seen: &mut i64) {
         match self.store.heartbeat(&self.beat.id) {
             Ok(true) => quiet.ok(),
             Ok(false) => {
@@ -169,6 +177,50 @@ impl Housekeeper {
         }
         if self.settings.history {
             self.prune(now);
+        }
+        self.prune_edits(edits_seen);
+    }
+
+    /// Prunes the audit trail: edits older than `audit_max_age` (by the
+    /// database's clock, which dates them), and each routine's beyond its
+    /// newest `audit_max_edits`, for the routines edited since
+    /// `edits_seen` (a walk of [`EDITS_WALK`] edits a cycle, from the first
+    /// at start: bounded work, however long the trail).
+    fn prune_edits(&self, edits_seen: &mut i64) {
+        let mut deleted = 0;
+        for _ in 0..PRUNE_STEPS {
+            match self
+                .store
+                .prune_aged_edits(self.settings.audit_max_age, PRUNE_BATCH)
+            {
+                Ok(n) => {
+                    deleted += n;
+                    if n < PRUNE_BATCH {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    log::debug!("audit: pruning by age: {e}");
+                    return;
+                }
+            }
+        }
+        let trimmed = self
+            .store
+            .routines_edited_after(*edits_seen, EDITS_WALK)
+            .and_then(|(routines, last)| {
+                let n = self
+                    .store
+                    .prune_excess_edits(&routines, self.settings.audit_max_edits)?;
+                *edits_seen = last;
+                Ok(n)
+            });
+        match trimmed {
+            Ok(n) => deleted += n,
+            Err(e) => log::debug!("audit: pruning by count: {e}"),
+        }
+        if deleted > 0 {
+            log::debug!("audit: pruned {deleted} edit(s)");
         }
     }
 

@@ -4,6 +4,7 @@
 //! the earliest due time. Each runs the caller's judgement of the rows
 //! inside the transaction that holds their locks.
 
+use super::edits::Actor;
 use super::history::TextRow;
 use super::models::{self, NewRoutine, NewRun, Plan, RawRow, RoutineRow};
 use super::pool::Pools;
@@ -59,13 +60,15 @@ struct TimeRow {
 }
 
 impl RoutineStore {
-    /// The kit's source-of-truth rules for declared routines, in one
+    /// The kit's source-of-truth rules for declared routines, as `by`'s
+    /// edits (a beat's), in one
     /// transaction that beats starting together take in turns: declared
     /// but missing → inserted; present → kept as the table has it; not
     /// declared → deleted. Returns the names inserted and the number
     /// deleted. With nothing declared, nothing is touched.
     pub(crate) fn sync_declared(
         &self,
+        by: &Actor,
         declared: &[Routine],
     ) -> Result<(Vec<String>, usize), StoreError> {
         if declared.is_empty() {
@@ -83,7 +86,7 @@ impl RoutineStore {
         loop {
             attempt += 1;
             let result = with_conn!(self, |conn, sql| {
-                conn.one_at_a_time(|conn| {
+                conn.one_at_a_time(by, |conn| {
                     let existing: Vec<NameRow> = diesel::sql_query(&sql.existing_names)
                         .bind::<Text, _>(&names_json)
                         .load(conn)?;

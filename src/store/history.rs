@@ -239,6 +239,35 @@ pub(crate) struct BeatInfo {
     pub(crate) broker: bool,
 }
 
+/// A row every backend reads by column name.
+#[cfg(not(feature = "mysql"))]
+pub(super) trait ByName:
+    QueryableByName<diesel::pg::Pg> + QueryableByName<diesel::sqlite::Sqlite> + 'static
+{
+}
+#[cfg(not(feature = "mysql"))]
+impl<T> ByName for T where
+    T: QueryableByName<diesel::pg::Pg> + QueryableByName<diesel::sqlite::Sqlite> + 'static
+{
+}
+/// A row every backend reads by column name.
+#[cfg(feature = "mysql")]
+pub(super) trait ByName:
+    QueryableByName<diesel::pg::Pg>
+    + QueryableByName<diesel::sqlite::Sqlite>
+    + QueryableByName<diesel::mysql::Mysql>
+    + 'static
+{
+}
+#[cfg(feature = "mysql")]
+impl<T> ByName for T where
+    T: QueryableByName<diesel::pg::Pg>
+        + QueryableByName<diesel::sqlite::Sqlite>
+        + QueryableByName<diesel::mysql::Mysql>
+        + 'static
+{
+}
+
 #[derive(QueryableByName)]
 struct IdRow {
     #[diesel(sql_type = BigInt)]
@@ -480,36 +509,43 @@ impl RoutineStore {
             filter.failed,
             filter.since.is_some(),
         );
-        let since = filter.since.map(format_timestamp);
-        let limit = i64::try_from(filter.limit.max(1)).unwrap_or(i64::MAX);
-        macro_rules! load {
-            ($conn:expr) => {{
-                let mut query = diesel::sql_query(&statement).into_boxed();
-                if let Some(id) = &filter.routine_id {
-                    query = query.bind::<Text, _>(id.clone());
-                }
-                if let Some(name) = &filter.routine {
-                    query = query.bind::<Text, _>(name.clone());
-                }
-                if let Some(since) = &since {
-                    query = query.bind::<Text, _>(since.clone());
-                }
-                let rows: Vec<RawRun> = query
-                    .bind::<BigInt, _>(limit)
-                    .load($conn)
-                    .map_err(|e| StoreError::query("runs", e))?;
-                Ok(rows.into_iter().map(RunRow::from).collect())
-            }};
-        }
-        with_history_conn!(self, |conn, _sql| load!(conn))
+        let texts = [filter.routine_id.clone(), filter.routine.clone()]
+            .into_iter()
+            .chain([filter.since.map(format_timestamp)])
+            .flatten()
+            .collect();
+        let rows: Vec<RawRun> = self.newest("runs", &statement, texts, filter.limit)?;
+        Ok(rows.into_iter().map(RunRow::from).collect())
     }
 
-    /// Asks the serving beats to run the routine called `name` now (see
-    /// `beat send`): an edit, seen within their watch interval. Returns
-    /// whether the routine exists.
-    pub fn request_run(&self, name: &str) -> Result<bool, StoreError> {
+    /// The rows of `statement` (see `Dialect::newest`), with `texts` bound
+    /// in order, then the limit (at least 1).
+    pub(super) fn newest<R: ByName>(
+        &self,
+        what: &'static str,
+        statement: &str,
+        texts: Vec<String>,
+        limit: usize,
+    ) -> Result<Vec<R>, StoreError> {
+        let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+        with_history_conn!(self, |conn, _sql| {
+            let mut query = diesel::sql_query(statement).into_boxed();
+            for text in texts {
+                query = query.bind::<Text, _>(text);
+            }
+            query
+                .bind::<BigInt, _>(limit)
+                .load(conn)
+                .map_err(|e| StoreError::query(what, e))
+        })
+    }
+
+    /// Asks the serving beats to run the routine called `name` now, for
+    /// `by` (see `beat send`): an edit, seen within their watch interval.
+    /// Returns whether the routine exists.
+    pub fn request_run(&self, by: &super::Actor, name: &str) -> Result<bool, StoreError> {
         with_history_conn!(self, |conn, sql| {
-            conn.as_operator(|conn| {
+            conn.acting_as(by, |conn| {
                 diesel::sql_query(sql.mark_requested)
                     .bind::<Text, _>(name)
                     .execute(conn)

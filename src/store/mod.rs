@@ -17,6 +17,7 @@ mod pool;
 mod sql;
 mod write;
 
+pub use edits::{Actor, EditAction, EditFilter, EditRow, FieldChange, Via};
 pub use find::{RoutineCounts, RoutineQuery, RoutineState};
 pub(crate) use history::{BeatInfo, RunUpdate};
 pub use history::{BeatRow, RunFilter, RunRow};
@@ -146,6 +147,7 @@ macro_rules! insert_row {
 }
 
 mod claims;
+mod edits;
 mod find;
 mod history;
 
@@ -245,7 +247,8 @@ impl RoutineStore {
                 "SELECT next_run_at, needs_sync, last_error, name_unique, run_requested_at \
                  FROM routines WHERE 1 = 0; \
                  SELECT outcome, finished_at FROM routine_runs WHERE 1 = 0; \
-                 SELECT heartbeat_at FROM beats WHERE 1 = 0",
+                 SELECT heartbeat_at FROM beats WHERE 1 = 0; \
+                 SELECT changes FROM routine_edits WHERE 1 = 0",
             )
             .map_err(|e| StoreError::NotMigrated(e.to_string()))
         })
@@ -304,10 +307,11 @@ impl RoutineStore {
         })
     }
 
-    /// Inserts `row` unless its name is taken. Returns whether it was.
-    pub(crate) fn insert_new(&self, row: &NewRoutine) -> Result<bool, StoreError> {
+    /// Inserts `row`, as `by`'s edit, unless its name is taken. Returns
+    /// whether it was.
+    pub(crate) fn insert_new(&self, by: &Actor, row: &NewRoutine) -> Result<bool, StoreError> {
         let result = with_conn!(self, |conn, sql| {
-            conn.as_operator(|conn| insert_row!(conn, sql.insert, row))
+            conn.acting_as(by, |conn| insert_row!(conn, sql.insert, row))
         });
         match result {
             Ok(_) => Ok(true),
@@ -319,11 +323,12 @@ impl RoutineStore {
         }
     }
 
-    /// Replaces the given columns of the routine called `name` (an edit the
-    /// serving beats see within their watch interval). Returns whether it
-    /// exists.
+    /// Replaces the given columns of the routine called `name`, as `by`'s
+    /// edit (which the serving beats see within their watch interval).
+    /// Returns whether it exists.
     pub(crate) fn edit(
         &self,
+        by: &Actor,
         name: &str,
         task: Option<&str>,
         schedule: Option<&str>,
@@ -331,7 +336,7 @@ impl RoutineStore {
         options: Option<&str>,
     ) -> Result<bool, StoreError> {
         with_conn!(self, |conn, sql| {
-            conn.as_operator(|conn| {
+            conn.acting_as(by, |conn| {
                 diesel::sql_query(sql.edit)
                     .bind::<Nullable<Text>, _>(task)
                     .bind::<Nullable<Text>, _>(schedule)
@@ -345,53 +350,53 @@ impl RoutineStore {
         })
     }
 
-    /// Writes `routine` to the table by its name: a new row if there is
-    /// none, else the row's task, schedule, kwargs, options and active flag
-    /// replaced. An edit like any other: serving beats plan it within their
-    /// watch interval (a changed schedule takes its next run after
-    /// `last_run_at`, so it never fires early). Returns whether a row was
-    /// inserted.
+    /// Writes `routine` to the table by its name, as `by`'s edit: a new row
+    /// if there is none, else the row's task, schedule, kwargs, options and
+    /// active flag replaced. An edit like any other: serving beats plan it
+    /// within their watch interval (a changed schedule takes its next run
+    /// after `last_run_at`, so it never fires early), and the audit trail
+    /// (`routine_edits`) records it. Returns whether a row was inserted.
     ///
     /// ```no_run
-    /// use celery_diesel_kit::{Routine, RoutineStore, Schedule};
+    /// use celery_diesel_kit::{Actor, Routine, RoutineStore, Schedule, Via};
     /// use std::time::Duration;
     ///
     /// let store = RoutineStore::connect("sqlite://celery-beat.sqlite3")?;
     /// store.migrate()?;
+    /// let me = Actor::os_user(Via::Library);
     /// let every_minute = Schedule::every(Duration::from_secs(60))?;
-    /// store.upsert(&Routine::new("cleanup", "tasks.cleanup", every_minute))?;
-    /// store.set_active("cleanup", false)?;
+    /// store.upsert(&me, &Routine::new("cleanup", "tasks.cleanup", every_minute))?;
+    /// store.set_active(&me, "cleanup", false)?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn upsert(&self, routine: &Routine) -> Result<bool, StoreError> {
+    pub fn upsert(&self, by: &Actor, routine: &Routine) -> Result<bool, StoreError> {
         let row = NewRoutine::from(routine);
         with_conn!(self, |conn, sql| {
-            conn.as_operator(|conn| {
-                conn.write_transaction(|conn| {
-                    let updated = diesel::sql_query(sql.update_by_name)
-                        .bind::<Text, _>(&row.task)
-                        .bind::<Text, _>(&row.schedule)
-                        .bind::<Text, _>(&row.kwargs)
-                        .bind::<Text, _>(&row.options)
-                        .bind::<Bool, _>(row.active)
-                        .bind::<Text, _>(&row.name)
-                        .execute(conn)?;
-                    if updated > 0 {
-                        return Ok(false);
-                    }
-                    insert_row!(conn, sql.insert, &row)?;
-                    Ok(true)
-                })
+            conn.acting_as(by, |conn| {
+                let updated = diesel::sql_query(sql.update_by_name)
+                    .bind::<Text, _>(&row.task)
+                    .bind::<Text, _>(&row.schedule)
+                    .bind::<Text, _>(&row.kwargs)
+                    .bind::<Text, _>(&row.options)
+                    .bind::<Bool, _>(row.active)
+                    .bind::<Text, _>(&row.name)
+                    .execute(conn)?;
+                if updated > 0 {
+                    return Ok(false);
+                }
+                insert_row!(conn, sql.insert, &row)?;
+                Ok(true)
             })
             .map_err(|e| StoreError::query("upsert", e))
         })
     }
 
-    /// Enables or disables the routine called `name` (an edit the serving
-    /// beats see within their watch interval). Returns whether it exists.
-    pub fn set_active(&self, name: &str, active: bool) -> Result<bool, StoreError> {
+    /// Enables or disables the routine called `name`, as `by`'s edit (which
+    /// the serving beats see within their watch interval). Returns whether
+    /// it exists.
+    pub fn set_active(&self, by: &Actor, name: &str, active: bool) -> Result<bool, StoreError> {
         with_conn!(self, |conn, sql| {
-            conn.as_operator(|conn| {
+            conn.acting_as(by, |conn| {
                 diesel::sql_query(sql.set_active)
                     .bind::<Bool, _>(active)
                     .bind::<Text, _>(name)
@@ -402,14 +407,17 @@ impl RoutineStore {
         })
     }
 
-    /// Deletes the routine called `name`. Returns whether it existed.
-    pub fn remove(&self, name: &str) -> Result<bool, StoreError> {
+    /// Deletes the routine called `name`, as `by`'s edit. Returns whether
+    /// it existed.
+    pub fn remove(&self, by: &Actor, name: &str) -> Result<bool, StoreError> {
         with_conn!(self, |conn, sql| {
-            diesel::sql_query(sql.delete_by_name)
-                .bind::<Text, _>(name)
-                .execute(conn)
-                .map(|n| n > 0)
-                .map_err(|e| StoreError::query("remove", e))
+            conn.acting_as(by, |conn| {
+                diesel::sql_query(sql.delete_by_name)
+                    .bind::<Text, _>(name)
+                    .execute(conn)
+            })
+            .map(|n| n > 0)
+            .map_err(|e| StoreError::query("remove", e))
         })
     }
 }

@@ -1,6 +1,7 @@
 //! How each backend writes: the beat's transactions, its batch writes of
-//! plans, and operators' edits.
+//! plans, and edits, with who makes them.
 
+use super::edits::Actor;
 use super::models::{format_timestamp, NewRun, Plan};
 use chrono::{DateTime, Utc};
 use diesel::connection::Connection;
@@ -38,16 +39,23 @@ pub(super) trait WriteTransaction: Connection {
     ) -> QueryResult<()>;
 
     /// Runs `f` in a write transaction that no other beat runs at the same
-    /// time (the start-up sync of declared routines: two beats starting
-    /// together take turns, instead of racing or deadlocking on the unique
-    /// names).
-    fn one_at_a_time<T>(&mut self, f: impl FnOnce(&mut Self) -> QueryResult<T>) -> QueryResult<T>;
+    /// time, as `by` (the start-up sync of declared routines: two beats
+    /// starting together take turns, instead of racing or deadlocking on
+    /// the unique names).
+    fn one_at_a_time<T>(
+        &mut self,
+        by: &Actor,
+        f: impl FnOnce(&mut Self) -> QueryResult<T>,
+    ) -> QueryResult<T>;
 
-    /// Runs `f` as an operator's edit: one the edit triggers see. Only
-    /// MySQL needs to say so (see `MysqlSetup`).
-    fn as_operator<T>(&mut self, f: impl FnOnce(&mut Self) -> QueryResult<T>) -> QueryResult<T> {
-        f(self)
-    }
+    /// Runs `f` in a write transaction as `by`'s edit: one the edit
+    /// triggers see, and the audit trail records as `by`'s (see each
+    /// backend's way of saying who).
+    fn acting_as<T>(
+        &mut self,
+        by: &Actor,
+        f: impl FnOnce(&mut Self) -> QueryResult<T>,
+    ) -> QueryResult<T>;
 }
 
 /// SQLite and MySQL read a batch as one JSON array.
@@ -97,10 +105,33 @@ impl WriteTransaction for PgConnection {
         self.transaction(f)
     }
 
-    fn one_at_a_time<T>(&mut self, f: impl FnOnce(&mut Self) -> QueryResult<T>) -> QueryResult<T> {
-        self.transaction(|conn| {
+    fn one_at_a_time<T>(
+        &mut self,
+        by: &Actor,
+        f: impl FnOnce(&mut Self) -> QueryResult<T>,
+    ) -> QueryResult<T> {
+        self.acting_as(by, |conn| {
             diesel::sql_query(format!("SELECT pg_advisory_xact_lock({SYNC_LOCK})"))
                 .execute(conn)?;
+            f(conn)
+        })
+    }
+
+    /// Who acts is in two settings local to the transaction, which the
+    /// audit trigger reads (`current_setting`); they end with it.
+    fn acting_as<T>(
+        &mut self,
+        by: &Actor,
+        f: impl FnOnce(&mut Self) -> QueryResult<T>,
+    ) -> QueryResult<T> {
+        self.transaction(|conn| {
+            diesel::sql_query(
+                "SELECT set_config('celery_diesel_kit.actor', $1, true), \
+                 set_config('celery_diesel_kit.via', $2, true)",
+            )
+            .bind::<Text, _>(by.name())
+            .bind::<Text, _>(by.via().as_str())
+            .execute(conn)?;
             f(conn)
         })
     }
@@ -201,9 +232,13 @@ impl WriteTransaction for diesel::mysql::MysqlConnection {
 
     /// MySQL's named locks belong to the session, not the transaction: it
     /// is released after the commit, whatever happened.
-    fn one_at_a_time<T>(&mut self, f: impl FnOnce(&mut Self) -> QueryResult<T>) -> QueryResult<T> {
+    fn one_at_a_time<T>(
+        &mut self,
+        by: &Actor,
+        f: impl FnOnce(&mut Self) -> QueryResult<T>,
+    ) -> QueryResult<T> {
         self.batch_execute(&format!("DO GET_LOCK('celery_diesel_kit_{SYNC_LOCK}', 60)"))?;
-        let result = self.transaction(f);
+        let result = self.acting_as(by, f);
         let released =
             self.batch_execute(&format!("DO RELEASE_LOCK('celery_diesel_kit_{SYNC_LOCK}')"));
         let value = result?;
@@ -212,13 +247,22 @@ impl WriteTransaction for diesel::mysql::MysqlConnection {
     }
 
     /// The beat's connections carry `@celery_beat`, which the edit trigger
-    /// skips; an operator's edit clears it for its own statements, and
-    /// restores it whatever they did, so that the connection goes back to
-    /// the pool as the beat's.
-    fn as_operator<T>(&mut self, f: impl FnOnce(&mut Self) -> QueryResult<T>) -> QueryResult<T> {
-        self.batch_execute("SET @celery_beat = NULL")?;
-        let result = f(self);
-        let restored = self.batch_execute("SET @celery_beat = 1");
+    /// skips; an edit clears it for its own statements, says who acts in
+    /// `@cdk_actor` and `@cdk_via` (which the audit triggers read), and
+    /// restores all three whatever happened, so that the connection goes
+    /// back to the pool as the beat's.
+    fn acting_as<T>(
+        &mut self,
+        by: &Actor,
+        f: impl FnOnce(&mut Self) -> QueryResult<T>,
+    ) -> QueryResult<T> {
+        diesel::sql_query("SET @celery_beat = NULL, @cdk_actor = ?, @cdk_via = ?")
+            .bind::<Text, _>(by.name())
+            .bind::<Text, _>(by.via().as_str())
+            .execute(self)?;
+        let result = self.transaction(f);
+        let restored =
+            self.batch_execute("SET @celery_beat = 1, @cdk_actor = NULL, @cdk_via = NULL");
         let value = result?;
         restored?;
         Ok(value)
@@ -235,8 +279,32 @@ impl WriteTransaction for SqliteConnection {
     }
 
     /// `BEGIN IMMEDIATE` already lets one writer in at a time.
-    fn one_at_a_time<T>(&mut self, f: impl FnOnce(&mut Self) -> QueryResult<T>) -> QueryResult<T> {
-        self.immediate_transaction(f)
+    fn one_at_a_time<T>(
+        &mut self,
+        by: &Actor,
+        f: impl FnOnce(&mut Self) -> QueryResult<T>,
+    ) -> QueryResult<T> {
+        self.acting_as(by, f)
+    }
+
+    /// SQLite has no session settings: who acts is the one row of
+    /// `routine_edit_actor`, written in the edit's own transaction and
+    /// deleted before its commit (or gone with its rollback). SQLite lets
+    /// one writer in at a time, so no other connection ever sees it.
+    fn acting_as<T>(
+        &mut self,
+        by: &Actor,
+        f: impl FnOnce(&mut Self) -> QueryResult<T>,
+    ) -> QueryResult<T> {
+        self.immediate_transaction(|conn| {
+            diesel::sql_query("INSERT INTO routine_edit_actor (actor, via) VALUES (?, ?)")
+                .bind::<Text, _>(by.name())
+                .bind::<Text, _>(by.via().as_str())
+                .execute(conn)?;
+            let value = f(conn)?;
+            diesel::sql_query("DELETE FROM routine_edit_actor").execute(conn)?;
+            Ok(value)
+        })
     }
 
     json_plan_writes!();

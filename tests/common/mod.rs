@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod sql;
 pub mod web;
 
@@ -21,6 +22,26 @@ use std::time::{Duration, Instant};
 
 pub const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 pub const MYSQL_ADMIN_URL: &str = "mysql://root@127.0.0.1:3306/test";
+
+/// An interval schedule of `seconds`.
+pub fn every(seconds: u64) -> celery_diesel_kit::Schedule {
+    celery_diesel_kit::Schedule::every(Duration::from_secs(seconds)).unwrap()
+}
+
+/// Whether the routine `name` is active in the database of `config`.
+pub fn is_active(config: &Config, name: &str) -> bool {
+    RoutineStore::connect(&config.scheduler_db_uri)
+        .unwrap()
+        .routine(name)
+        .unwrap()
+        .unwrap_or_else(|| panic!("no routine {name}"))
+        .active
+}
+
+/// Who the tests' own edits are by, in the audit trail.
+pub fn tester() -> celery_diesel_kit::Actor {
+    celery_diesel_kit::Actor::new("tests", celery_diesel_kit::Via::Library)
+}
 
 /// Whether missing services are failures (CI) or skips (a laptop).
 pub fn services_required() -> bool {
@@ -558,7 +579,7 @@ impl Proxy {
 
 /// Every variable the `beat` binary reads: cleared for the processes the
 /// tests start, so that the host's settings cannot leak into a test.
-pub const BEAT_VARS: [&str; 26] = [
+pub const BEAT_VARS: [&str; 31] = [
     "SCHEDULER_DB_URI",
     "SCHEDULER_MAX_INTERVAL",
     "SCHEDULER_SYNC_EVERY",
@@ -584,6 +605,11 @@ pub const BEAT_VARS: [&str; 26] = [
     "SCHEDULER_DEAD_AFTER",
     "HTTP_ADDR",
     "HTTP_TOKEN",
+    "HTTP_TOKENS",
+    "HTTP_TOKENS_FILE",
+    "HTTP_PUBLIC_READ",
+    "AUDIT_MAX_AGE",
+    "AUDIT_MAX_EDITS",
     "RUST_LOG",
 ];
 

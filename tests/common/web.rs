@@ -2,7 +2,7 @@
 //! the system tools some tests need.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 /// An answer.
@@ -22,6 +22,15 @@ impl Answer {
     }
 }
 
+/// A connection to `addr` from the local address `from` (a loopback
+/// address of the test's choosing plays another client).
+pub fn connect_from(from: IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.bind(&SocketAddr::new(from, 0).into())?;
+    socket.connect_timeout(&addr.into(), Duration::from_secs(10))?;
+    Ok(socket.into())
+}
+
 /// `method path` with `headers` and `body` (a form, if any).
 pub fn request(
     addr: SocketAddr,
@@ -30,7 +39,32 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Answer {
-    let mut stream = TcpStream::connect(addr).expect("connect to the beat's http_addr");
+    let stream = TcpStream::connect(addr).expect("connect to the beat's http_addr");
+    request_on(stream, addr, method, path, headers, body)
+}
+
+/// As [`request`], from the local address `from`.
+pub fn request_from(
+    from: IpAddr,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Answer {
+    let stream = connect_from(from, addr).expect("connect to the beat's http_addr");
+    request_on(stream, addr, method, path, headers, body)
+}
+
+/// `method path` on a connected `stream`.
+pub fn request_on(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Answer {
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
@@ -131,6 +165,11 @@ pub fn tool(test: &str, name: &str, package: &str) -> Option<std::path::PathBuf>
         );
     }
     found
+}
+
+/// Any free port on 127.0.0.1, for a listener to take.
+pub fn any_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
 /// A free TCP port on 127.0.0.1.

@@ -1,13 +1,14 @@
 """Drives the dashboard in a real headless Chromium (Selenium), as an
-operator would: log in, find a routine and disable it, fix a routine's bad
-schedule after previewing it, run a routine now and see it in its history,
-and take the README's screenshot.
+operator would: see that nothing shows before logging in, log in as a
+named operator, find a routine and disable it and see the change under
+their name, fix a routine's bad schedule after previewing it, run a
+routine now and see it in its history, and take the README's screenshot.
 
 Run by tests/browser.rs, which starts the beat and checks the database
 afterwards. Prints one JSON line of what it saw; exits non-zero on any
 failed step.
 
-    python dashboard.py BASE_URL TOKEN SCREENSHOT_PATH
+    python dashboard.py BASE_URL OPERATOR TOKEN SCREENSHOT_PATH
 """
 
 import json
@@ -19,7 +20,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
-BASE, TOKEN, SCREENSHOT = sys.argv[1], sys.argv[2], sys.argv[3]
+BASE, OPERATOR, TOKEN, SCREENSHOT = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
@@ -71,16 +72,19 @@ def main():
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     seen = {}
     try:
-        # Read-only before logging in: no action buttons.
+        # Before logging in: the login form, and nothing of the routine.
         driver.get(BASE + "/routine?name=tick-every-second")
-        assert text(driver, ".banner") == "Read-only until you log in.", text(driver, ".banner")
+        assert driver.find_elements(By.NAME, "token"), driver.page_source
+        assert "tick-every-second" not in driver.page_source, driver.page_source
+        assert "browser" not in driver.page_source, "its kwargs"
         assert not driver.find_elements(By.ID, "action-disable")
+        seen["anonymous_title"] = driver.title
 
-        driver.get(BASE + "/login")
         driver.find_element(By.NAME, "token").send_keys(TOKEN)
         driver.find_element(By.ID, "login").click()
         until("the list after the login", lambda: driver.current_url.rstrip("/") == BASE)
         until("the login", lambda: driver.find_elements(By.XPATH, "//button[text()='Log out']"))
+        assert text(driver, "#operator") == OPERATOR, text(driver, "#operator")
 
         # Find a routine and disable it.
         open_routine(driver, "tick", "tick-every-second")
@@ -88,6 +92,11 @@ def main():
         says(driver, "Disabled")
         seen["disabled_at"] = datetime.now(timezone.utc).isoformat()
         assert driver.find_elements(By.ID, "action-enable")
+        # The change, under the operator's name, with the old and new value.
+        latest = driver.find_elements(By.CSS_SELECTOR, "#edits tbody tr")[0].text
+        assert OPERATOR in latest and "dashboard" in latest, latest
+        assert "true → false" in latest, latest
+        seen["change_row"] = latest
 
         # Fix a bad schedule: its error is shown, a preview, then save.
         open_routine(driver, "broken", "broken-report")

@@ -5,7 +5,7 @@ use crate::output::{self, Table};
 use crate::{Cli, Command, ScheduleArgs};
 use anyhow::Context;
 use celery_diesel_kit::ops::{self, Change, NewRoutineSpec, Operator, Sent};
-use celery_diesel_kit::Config;
+use celery_diesel_kit::{Actor, Config, Via};
 use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
 use serde_json::{json, Value};
 use std::io::Write;
@@ -18,6 +18,10 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         None => Config::from_env()?,
     };
     let json = cli.json;
+    let me = match &cli.as_name {
+        Some(name) => Actor::new(name, Via::Cli),
+        None => Actor::os_user(Via::Cli),
+    };
     let command = match cli.command {
         None => {
             config.http_addr = cli.http.or(config.http_addr);
@@ -28,6 +32,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             return crate::serve::serve(config, args.routines.or(cli.routines)).map(|()| 0);
         }
         Some(Command::Next(args)) => return next(&config, args, json),
+        Some(Command::Token { name }) => return token(&name, json),
         Some(Command::Migrate) => {
             let op = Operator::migrate(config)?;
             if json {
@@ -41,10 +46,13 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     };
     let op = Operator::connect(config)?;
     match command {
-        Command::Serve(_) | Command::Next(_) | Command::Migrate => unreachable!("handled above"),
+        Command::Serve(_) | Command::Next(_) | Command::Migrate | Command::Token { .. } => {
+            unreachable!("handled above")
+        }
         Command::List(args) => list(&op, args.errors, args.inactive, json),
         Command::Show { name } => show(&op, &name, json),
         Command::History(args) => history(&op, args, json),
+        Command::Log(args) => log(&op, args, json),
         Command::Add(args) => {
             let Some(schedule) = schedule(&args.schedule, args.fields.timezone.as_deref()) else {
                 return usage("beat add needs a schedule: --every or --crontab");
@@ -57,7 +65,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 spec.options = options;
             }
             spec.active = !args.inactive;
-            op.add(&spec)?;
+            op.add(&me, &spec)?;
             done(json, "added", &args.name)
         }
         Command::Edit(args) => {
@@ -75,22 +83,22 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             if nothing {
                 return usage("nothing to change: give --task, --every, --crontab, --timezone, --kwargs or --options");
             }
-            op.edit(&args.name, &change)?;
+            op.edit(&me, &args.name, &change)?;
             done(json, "edited", &args.name)
         }
         Command::Enable { name } => {
-            op.set_active(&name, true)?;
+            op.set_active(&me, &name, true)?;
             done(json, "enabled", &name)
         }
         Command::Disable { name } => {
-            op.set_active(&name, false)?;
+            op.set_active(&me, &name, false)?;
             done(json, "disabled", &name)
         }
         Command::Remove { name } => {
-            op.remove(&name)?;
+            op.remove(&me, &name)?;
             done(json, "removed", &name)
         }
-        Command::Send(args) => send(&op, &args.name, args.wait, json),
+        Command::Send(args) => send(&op, &me, &args.name, args.wait, json),
         Command::Check => check(&op, json),
         Command::Beats => beats(&op, json),
     }
@@ -187,17 +195,22 @@ fn list(op: &Operator, errors: bool, inactive: bool, json: bool) -> anyhow::Resu
 
 fn show(op: &Operator, name: &str, json: bool) -> anyhow::Result<i32> {
     let ops::Shown {
-        view, next, runs, ..
-    } = op.show(name, 5, 10, Utc::now())?;
+        view,
+        next,
+        runs,
+        edits,
+        ..
+    } = op.show(name, 5, 10, 5, Utc::now())?;
     if json {
         let next: Vec<Value> = next
             .iter()
             .map(|t| json!({ "utc": output::iso_utc(*t), "local": view.local(*t) }))
             .collect();
         let runs: Vec<Value> = runs.iter().map(output::run_json).collect();
+        let edits: Vec<Value> = edits.iter().map(output::edit_json).collect();
         println!(
             "{}",
-            json!({ "routine": output::routine_json(&view), "next": next, "runs": runs })
+            json!({ "routine": output::routine_json(&view), "next": next, "runs": runs, "edits": edits })
         );
         return Ok(0);
     }
@@ -239,10 +252,55 @@ fn show(op: &Operator, name: &str, json: bool) -> anyhow::Result<i32> {
     println!("last runs:");
     if runs.is_empty() {
         println!("  none recorded");
+    } else {
+        let rows: Vec<Vec<String>> = runs.iter().map(output::run_cells).collect();
+        output::print_table(&output::RUN_HEADER, &rows)?;
+    }
+    println!();
+    println!("last changes:");
+    if edits.is_empty() {
+        println!("  none recorded");
+    } else {
+        let rows: Vec<Vec<String>> = edits.iter().map(output::edit_cells).collect();
+        output::print_table(&output::EDIT_HEADER, &rows)?;
+    }
+    Ok(0)
+}
+
+fn log(op: &Operator, args: crate::LogArgs, json: bool) -> anyhow::Result<i32> {
+    let edits = op.edits(args.name.as_deref(), args.since, args.limit)?;
+    if json {
+        let edits: Vec<Value> = edits.iter().map(output::edit_json).collect();
+        println!("{}", Value::Array(edits));
         return Ok(0);
     }
-    let rows: Vec<Vec<String>> = runs.iter().map(output::run_cells).collect();
-    output::print_table(&output::RUN_HEADER, &rows)?;
+    let rows: Vec<Vec<String>> = edits.iter().map(output::edit_cells).collect();
+    output::print_table(&output::EDIT_HEADER, &rows)?;
+    Ok(0)
+}
+
+/// `beat token NAME`: a new random token, and its line for the tokens file.
+fn token(name: &str, json: bool) -> anyhow::Result<i32> {
+    use sha2::Digest;
+    // Two version-4 uuids: 244 random bits, as 64 hex digits.
+    let token = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    // The library's own check of an operator's name (and the token).
+    Config::default().set("http_tokens", &format!("{name}:{token}"))?;
+    let hash: String = sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let line = format!("{name}:sha256:{hash}");
+    if json {
+        println!("{}", json!({ "name": name, "token": token, "line": line }));
+    } else {
+        println!("token for {name} (give it to them; it is not kept anywhere):\n  {token}");
+        println!("line for http_tokens_file:\n  {line}");
+    }
     Ok(0)
 }
 
@@ -258,10 +316,10 @@ fn history(op: &Operator, args: crate::HistoryArgs, json: bool) -> anyhow::Resul
     Ok(0)
 }
 
-fn send(op: &Operator, name: &str, wait: f64, json: bool) -> anyhow::Result<i32> {
+fn send(op: &Operator, me: &Actor, name: &str, wait: f64, json: bool) -> anyhow::Result<i32> {
     let wait =
         Duration::try_from_secs_f64(wait).context("--wait must be a number of seconds ≥ 0")?;
-    let sent = op.send(name, Utc::now(), wait)?;
+    let sent = op.send(me, name, Utc::now(), wait)?;
     let (task_id, via, outcome, error) = match &sent {
         Sent::Published { task_id } => (Some(task_id.clone()), "celery", None, None),
         Sent::Taken { run } => (
@@ -409,6 +467,15 @@ fn parse_duration(text: &str) -> Result<f64, String> {
         ));
     }
     Ok(value * factor)
+}
+
+/// `--as`: a name for the audit trail: printable, at most 64 characters.
+pub fn parse_actor(text: &str) -> Result<String, String> {
+    let name = text.trim();
+    if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+        return Err("expected a name of 1 to 64 printable characters".to_owned());
+    }
+    Ok(name.to_owned())
 }
 
 /// `--since`: a duration ago, or a UTC time.

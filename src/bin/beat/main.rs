@@ -20,7 +20,7 @@ use std::path::PathBuf;
 SCHEDULER_WATCH_INTERVAL, SCHEDULER_MAX_INTERVAL, SCHEDULER_SYNC_EVERY, CELERY_MAX_RETRY, \
 CELERY_RETRY_DELAY, CREATE_TABLE, WORKER_CONCURRENCY, SHUTDOWN_TIMEOUT, HISTORY, \
 HISTORY_MAX_AGE, HISTORY_MAX_RUNS, SCHEDULER_HEARTBEAT_INTERVAL, SCHEDULER_DEAD_AFTER, HTTP_ADDR, \
-HTTP_TOKEN, RUST_LOG."
+HTTP_TOKEN, HTTP_TOKENS, HTTP_TOKENS_FILE, HTTP_PUBLIC_READ, AUDIT_MAX_AGE, AUDIT_MAX_EDITS, RUST_LOG."
 )]
 struct Cli {
     /// A `key = value` configuration file (the environment overrides it).
@@ -29,6 +29,10 @@ struct Cli {
     /// Print one JSON document instead of aligned text.
     #[arg(long, global = true)]
     json: bool,
+    /// Who makes the changes, as the audit trail records them (default:
+    /// your OS user, $USER).
+    #[arg(long = "as", global = true, value_name = "NAME", value_parser = commands::parse_actor)]
+    as_name: Option<String>,
     /// Routines to declare when serving (see `beat serve --help`).
     #[arg(long, value_name = "FILE")]
     routines: Option<PathBuf>,
@@ -54,6 +58,9 @@ enum Command {
     },
     /// Recorded runs, newest first.
     History(HistoryArgs),
+    /// The audit trail: who changed which routine, when, by what means, and
+    /// each changed column's old and new value; newest first.
+    Log(LogArgs),
     /// Add a routine (checked as the beat checks rows).
     Add(AddArgs),
     /// Change a routine's task, schedule, zone, kwargs or options.
@@ -83,6 +90,12 @@ enum Command {
     Beats,
     /// Create or upgrade the tables (as a beat does at start).
     Migrate,
+    /// Make a new dashboard token for operator NAME: prints the token (for
+    /// the operator) and the line for `http_tokens_file` (its SHA-256).
+    Token {
+        /// The operator's name, as the audit trail will show it.
+        name: String,
+    },
 }
 
 #[derive(Args)]
@@ -123,6 +136,19 @@ struct HistoryArgs {
     #[arg(long, value_parser = commands::parse_since)]
     since: Option<chrono::DateTime<chrono::Utc>>,
     /// At most this many runs.
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+}
+
+#[derive(Args)]
+struct LogArgs {
+    /// Only this routine's edits (also one since deleted, by its name).
+    name: Option<String>,
+    /// Only edits made since: a duration ago (`30m`, `2h`, `7d`) or a UTC
+    /// time (`2026-11-27 09:00`).
+    #[arg(long, value_parser = commands::parse_since)]
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    /// At most this many edits.
     #[arg(long, default_value_t = 50)]
     limit: usize,
 }

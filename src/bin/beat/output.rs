@@ -1,7 +1,7 @@
 //! Aligned text and JSON for the subcommands' output.
 
 use celery_diesel_kit::ops::RoutineView;
-use celery_diesel_kit::{BeatRow, RunRow};
+use celery_diesel_kit::{BeatRow, EditAction, EditRow, RunRow};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde_json::{json, Value};
 use std::io::Write;
@@ -190,6 +190,79 @@ pub fn run_json(run: &RunRow) -> Value {
         "error": run.error,
         "started_at": iso(run.started_at),
         "finished_at": iso(run.finished_at),
+    })
+}
+
+pub const EDIT_HEADER: [&str; 6] = ["ID", "WHEN (UTC)", "ROUTINE", "ACTION", "WHO", "CHANGES"];
+
+/// A changed value, short: JSON for JSON, a string as it is.
+fn value_text(value: &Option<Value>) -> String {
+    match value {
+        None => "-".to_owned(),
+        Some(Value::String(text)) => text.clone(),
+        Some(value) => value.to_string(),
+    }
+}
+
+/// Who made an edit, and how: `alice (cli)`, `postgres (sql, psql)`.
+fn who(edit: &EditRow) -> String {
+    let actor = edit.actor.as_deref().unwrap_or("?");
+    match &edit.application {
+        Some(app) => format!("{actor} ({}, {app})", edit.via),
+        None => format!("{actor} ({})", edit.via),
+    }
+}
+
+pub fn edit_cells(edit: &EditRow) -> Vec<String> {
+    let changes: Vec<String> = edit
+        .changes
+        .iter()
+        .map(|c| match edit.action {
+            EditAction::Insert => format!("{}={}", c.column, value_text(&c.new)),
+            EditAction::Delete => format!("{}={}", c.column, value_text(&c.old)),
+            _ => format!(
+                "{}: {} -> {}",
+                c.column,
+                value_text(&c.old),
+                value_text(&c.new)
+            ),
+        })
+        .collect();
+    vec![
+        edit.id.to_string(),
+        naive(edit.edited_at),
+        edit.routine.clone(),
+        edit.action.to_string(),
+        first_line(&who(edit)),
+        first_line(&changes.join("; ")),
+    ]
+}
+
+pub fn edit_json(edit: &EditRow) -> Value {
+    let changes: serde_json::Map<String, Value> = edit
+        .changes
+        .iter()
+        .map(|c| {
+            let mut change = serde_json::Map::new();
+            if let Some(old) = &c.old {
+                change.insert("old".into(), old.clone());
+            }
+            if let Some(new) = &c.new {
+                change.insert("new".into(), new.clone());
+            }
+            (c.column.clone(), Value::Object(change))
+        })
+        .collect();
+    json!({
+        "id": edit.id,
+        "routine_id": edit.routine_id,
+        "routine": edit.routine,
+        "edited_at": iso(edit.edited_at),
+        "action": edit.action.as_str(),
+        "actor": edit.actor,
+        "via": edit.via.as_str(),
+        "application": edit.application,
+        "changes": changes,
     })
 }
 

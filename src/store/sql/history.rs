@@ -1,6 +1,6 @@
-//! The statements of the run history (`routine_runs`) and the registry of
-//! beats (`beats`), in each dialect: written out once per store, as
-//! [`HistorySql`].
+//! The statements of the run history (`routine_runs`), the audit trail
+//! (`routine_edits`) and the registry of beats (`beats`), in each dialect:
+//! written out once per store, as [`HistorySql`].
 
 use std::time::Duration;
 
@@ -27,6 +27,9 @@ pub(in crate::store) struct Dialect {
     json_ids_delete: &'static str,
     /// Sets `run_requested_at` of the routine named `$1`.
     mark_requested: &'static str,
+    edit_columns: &'static str,
+    /// Deletes the edits whose ids are in the JSON array `$1`.
+    json_ids_delete_edits: &'static str,
 }
 
 /// One dialect's history statements, written out once.
@@ -47,6 +50,10 @@ pub(in crate::store) struct HistorySql {
     pub(in crate::store) excess_runs: String,
     pub(in crate::store) prune_beats: String,
     pub(in crate::store) beats: String,
+    pub(in crate::store) aged_edits: String,
+    pub(in crate::store) edits_after: String,
+    pub(in crate::store) excess_edits: String,
+    pub(in crate::store) json_ids_delete_edits: &'static str,
     pub(in crate::store) dialect: Dialect,
 }
 
@@ -69,6 +76,10 @@ impl HistorySql {
             excess_runs: dialect.excess_runs(),
             prune_beats: dialect.prune_beats(),
             beats: dialect.beats(),
+            aged_edits: dialect.aged_edits(),
+            edits_after: dialect.edits_after(),
+            excess_edits: dialect.excess_edits(),
+            json_ids_delete_edits: dialect.json_ids_delete_edits,
             dialect,
         }
     }
@@ -98,6 +109,11 @@ pub(in crate::store) fn postgres() -> HistorySql {
         mark_requested: "UPDATE routines SET \
             run_requested_at = (clock_timestamp() AT TIME ZONE 'utc')::timestamp(6) \
             WHERE name = $1 AND name_unique",
+        edit_columns: "id, routine_id, routine::text AS routine, edited_at::text AS edited_at, \
+            action::text AS action, actor::text AS actor, via::text AS via, \
+            application::text AS application, changes",
+        json_ids_delete_edits: "DELETE FROM routine_edits \
+            WHERE id IN (SELECT json_array_elements_text($1::json)::bigint)",
     })
 }
 
@@ -123,6 +139,10 @@ pub(in crate::store) fn sqlite() -> HistorySql {
         mark_requested: "UPDATE routines SET \
             run_requested_at = strftime('%Y-%m-%d %H:%M:%f', 'now') \
             WHERE name = ? AND name_unique",
+        edit_columns: "id, routine_id, routine, CAST(edited_at AS TEXT) AS edited_at, action, \
+            actor, via, application, changes",
+        json_ids_delete_edits: "DELETE FROM routine_edits \
+            WHERE id IN (SELECT value FROM json_each(?))",
     })
 }
 
@@ -151,6 +171,10 @@ pub(in crate::store) fn mysql() -> HistorySql {
             JOIN JSON_TABLE(?, '$[*]' COLUMNS (v BIGINT PATH '$')) AS t ON r.id = t.v",
         mark_requested: "UPDATE routines SET run_requested_at = UTC_TIMESTAMP(6) \
             WHERE name = ? AND name_unique = 1",
+        edit_columns: "id, routine_id, routine, CAST(edited_at AS CHAR) AS edited_at, action, \
+            actor, via, application, changes",
+        json_ids_delete_edits: "DELETE e FROM routine_edits AS e \
+            JOIN JSON_TABLE(?, '$[*]' COLUMNS (v BIGINT PATH '$')) AS t ON e.id = t.v",
     })
 }
 
@@ -335,6 +359,27 @@ impl Dialect {
         failed: bool,
         since: bool,
     ) -> String {
+        let failed = failed.then_some("outcome IN ('failed', 'lost', 'abandoned')");
+        self.newest(
+            ("routine_runs", self.run_columns, "dispatched_at"),
+            by_id,
+            by_name,
+            failed,
+            since,
+        )
+    }
+
+    /// The newest rows of a history table (its name, columns and time
+    /// column), of one routine (by id, by name), meeting `only`, made since
+    /// a time: the binds follow in that order, then the limit.
+    fn newest(
+        &self,
+        (table, columns, time): (&str, &str, &str),
+        by_id: bool,
+        by_name: bool,
+        only: Option<&str>,
+        since: bool,
+    ) -> String {
         let mut conditions = Vec::new();
         let mut n = 0;
         let mut next = || {
@@ -347,20 +392,65 @@ impl Dialect {
         if by_name {
             conditions.push(format!("routine = {}", self.p(next())));
         }
-        if failed {
-            conditions.push("outcome IN ('failed', 'lost', 'abandoned')".to_owned());
+        if let Some(only) = only {
+            conditions.push(only.to_owned());
         }
         if since {
-            conditions.push(format!("dispatched_at >= {}", self.ts(next())));
+            conditions.push(format!("{time} >= {}", self.ts(next())));
         }
         let limit = self.p(next());
         let filter = match conditions.is_empty() {
             true => String::new(),
             false => format!("WHERE {}", conditions.join(" AND ")),
         };
+        format!("SELECT {columns} FROM {table} {filter} ORDER BY id DESC LIMIT {limit}")
+    }
+}
+
+impl Dialect {
+    /// Of the `$1` oldest edits by id, those made more than `$2` ms ago by
+    /// the database's clock, which wrote `edited_at` (as `aged_runs`).
+    fn aged_edits(&self) -> String {
         format!(
-            "SELECT {} FROM routine_runs {filter} ORDER BY id DESC LIMIT {limit}",
-            self.run_columns
+            "SELECT id FROM (SELECT id, edited_at FROM routine_edits ORDER BY id LIMIT {}) AS oldest \
+             WHERE edited_at < {}",
+            self.p(1),
+            self.cutoff(2)
+        )
+    }
+
+    /// The `$2` edits after number `$1`, oldest first: their numbers and
+    /// routines.
+    fn edits_after(&self) -> String {
+        format!(
+            "SELECT id, routine_id FROM routine_edits WHERE id > {} ORDER BY id LIMIT {}",
+            self.p(1),
+            self.p(2)
+        )
+    }
+
+    /// Ids of the edits of the routines in JSON array `$1` beyond each
+    /// one's newest `$2`.
+    fn excess_edits(&self) -> String {
+        format!(
+            "SELECT id FROM (SELECT id, ROW_NUMBER() OVER ( \
+                 PARTITION BY routine_id ORDER BY id DESC) AS n \
+                 FROM routine_edits WHERE routine_id IN ({})) AS ranked \
+             WHERE n > {}",
+            self.json_texts(1),
+            self.p(2)
+        )
+    }
+
+    /// Edits newest first, of one routine (by id, by name), made since a
+    /// time: the binds follow in that order, then the limit.
+    pub(in crate::store) fn edits(&self, by_id: bool, by_name: bool, since: bool) -> String {
+        self.newest(
+            ("routine_edits", self.edit_columns, "edited_at"),
+            by_id,
+            by_name,
+            None,
+            since,
         )
     }
 }

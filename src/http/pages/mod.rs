@@ -3,31 +3,28 @@
 //!
 //! - `/`: the routines, searched by name or task, filtered by state, a
 //!   page at a time (keyset pages: as cheap on the last page as the first);
-//! - `/routine?name=`: one routine: its schedule in words, zone, next 10
-//!   fire times, last runs; enable, disable, run now, edit with a preview;
+//! - `/routine?name=` (`routine`): one routine: its schedule in words,
+//!   zone, next 10 fire times, last runs, last edits (who changed what);
+//!   enable, disable, run now, edit with a preview;
 //! - `/beats`: the beats, and the database and broker as this beat sees
 //!   them;
 //! - `/login`.
 //!
 //! Every action calls the same [`Operator`](crate::ops::Operator) function
-//! as the `beat` command line.
+//! as the `beat` command line, as the operator logged in.
+
+mod routine;
+
+pub(super) use routine::{act, routine};
 
 use super::auth::Caller;
 use super::{encode, App, Reply, Request};
-use crate::ops::{self, Change, Sent};
-use crate::store::{RoutineQuery, RoutineState, RunRow};
-use chrono::{NaiveDateTime, Utc};
+use crate::store::{RoutineQuery, RoutineState};
+use chrono::NaiveDateTime;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
-use std::time::Duration;
 
 /// Routines per page.
 const PAGE_SIZE: usize = 50;
-/// Next fire times shown (and previewed).
-const NEXT_TIMES: usize = 10;
-/// Last runs shown on a routine's page.
-const LAST_RUNS: usize = 20;
-/// How long "run now" waits for a serving beat to take the request.
-const RUN_WAIT: Duration = Duration::from_secs(5);
 
 const CSS: &str = "
 body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
@@ -54,6 +51,7 @@ dd{margin:0}
 code{font:13px ui-monospace,monospace}
 .pill{display:inline-block;padding:0 .5em;border-radius:1em;font-size:12px;background:#e3e6eb}
 .pill.active{background:#d3f0dc}.pill.inactive{background:#e3e6eb}.pill.error{background:#f7d4d5}
+del{color:#a4161a}ins{color:#1b7f3b;text-decoration:none}
 ";
 
 /// The form token of a caller who may change things (`""` for a bearer
@@ -61,13 +59,17 @@ code{font:13px ui-monospace,monospace}
 fn csrf(r: &Request) -> Option<&str> {
     match &r.caller {
         Caller::Session { csrf, .. } => Some(csrf),
-        Caller::Bearer => Some(""),
+        Caller::Bearer { .. } => Some(""),
         _ => None,
     }
 }
 
+/// A page: the header (for a caller who may read: the links, and the
+/// database's and broker's state), a banner saying what the caller may do,
+/// the title and `body`.
 fn layout(app: &App, r: &Request, title: &str, body: Markup) -> String {
     let health = app.monitor.health();
+    let reader = app.auth.may_read(&r.caller);
     let up = |ok: bool| match ok {
         true => html! { span.ok { "up" } },
         false => html! { span.error { "down" } },
@@ -83,34 +85,40 @@ fn layout(app: &App, r: &Request, title: &str, body: Markup) -> String {
             }
             body {
                 header {
-                    a href="/" { "Routines" }
-                    a href="/beats" { "Beats" }
-                    span.state {
-                        "database " (up(health.database_up))
-                        " · broker "
-                        @match health.broker_up {
-                            Some(ok) => (up(ok)),
-                            None => "not configured",
+                    @if reader {
+                        a href="/" { "Routines" }
+                        a href="/beats" { "Beats" }
+                        span.state {
+                            "database " (up(health.database_up))
+                            " · broker "
+                            @match health.broker_up {
+                                Some(ok) => (up(ok)),
+                                None => "not configured",
+                            }
+                            " · "
+                            @match &health.reason {
+                                None => span.ok { "healthy" },
+                                Some(reason) => span.error title=(reason) { "unhealthy" },
+                            }
                         }
-                        " · "
-                        @match &health.reason {
-                            None => span.ok { "healthy" },
-                            Some(reason) => span.error title=(reason) { "unhealthy" },
-                        }
+                    } @else {
+                        span.state { "beat" }
                     }
                     @match &r.caller {
-                        Caller::Session { csrf, .. } => form method="post" action="/logout" {
+                        Caller::Session { csrf, operator, .. } => form method="post" action="/logout" {
+                            span #operator { (operator) } " "
                             input type="hidden" name="csrf" value=(csrf);
                             button type="submit" { "Log out" }
                         },
-                        _ if app.auth.has_token() => a href="/login" { "Log in" },
+                        Caller::Bearer { operator } => span #operator { (operator) },
+                        _ if app.auth.has_operators() => a href="/login" { "Log in" },
                         _ => {},
                     }
                 }
                 main {
-                    @if !app.auth.has_token() {
-                        p.banner { "Read-only: no http_token is configured, so nothing can be changed here." }
-                    } @else if csrf(r).is_none() {
+                    @if !app.auth.has_operators() {
+                        p.banner { "Read-only: no http_token or http_tokens is configured, so nothing can be changed here." }
+                    } @else if reader && csrf(r).is_none() {
                         p.banner { "Read-only until you " a href="/login" { "log in" } "." }
                     }
                     h1 { (title) }
@@ -160,7 +168,7 @@ pub(super) fn routines(app: &App, r: &Request) -> Reply {
         limit: PAGE_SIZE + 1,
     };
     let found = app.operator.find(&query);
-    let counts = app.prometheus.db_counts(&app.operator);
+    let counts = app.prometheus.db_counts();
     let filter_link = |s: Option<RoutineState>| {
         format!(
             "/?q={}&state={}",
@@ -240,225 +248,6 @@ pub(super) fn routines(app: &App, r: &Request) -> Reply {
     Reply::html(status, layout(app, r, "Routines", body))
 }
 
-/// What the edit form holds: the row's values, or what was typed.
-struct Draft {
-    schedule: String,
-    kwargs: String,
-    options: String,
-}
-
-/// A line at the top of a routine's page.
-enum Said {
-    Done(String),
-    Failed(String),
-}
-
-/// `/routine?name=`: one routine. A GET with `preview` shows the next fire
-/// times of the typed schedule without saving it.
-pub(super) fn routine(app: &App, r: &Request) -> Reply {
-    routine_with(app, r, None, None)
-}
-
-fn routine_with(app: &App, r: &Request, said: Option<Said>, draft: Option<Draft>) -> Reply {
-    let name = r.field("name").unwrap_or("").to_owned();
-    let shown = match app.operator.show(&name, NEXT_TIMES, LAST_RUNS, Utc::now()) {
-        Ok(shown) => shown,
-        Err(e) => {
-            let status = match e {
-                crate::error::Error::Routine(_) => 404,
-                _ => 503,
-            };
-            return Reply::html(
-                status,
-                layout(app, r, "Routine", html! { p.message.bad { (e) } }),
-            );
-        }
-    };
-    let row = &shown.view.row;
-    let done = r.field("done").and_then(|d| match d {
-        "enabled" => Some("Enabled: the serving beats will run it."),
-        "disabled" => Some("Disabled: the serving beats will not run it."),
-        "saved" => Some("Saved: the serving beats plan it again within their watch interval."),
-        "run" => Some("Run requested: see it in the last runs below."),
-        _ => None,
-    });
-    let said = said.or_else(|| done.map(|d| Said::Done(d.to_owned())));
-    let draft = draft.unwrap_or_else(|| Draft {
-        schedule: r.field("schedule").unwrap_or(&row.schedule).to_owned(),
-        kwargs: r
-            .field("kwargs")
-            .unwrap_or(row.kwargs.as_deref().unwrap_or("{}"))
-            .to_owned(),
-        options: r
-            .field("options")
-            .unwrap_or(row.options.as_deref().unwrap_or("{}"))
-            .to_owned(),
-    });
-    let preview = (r.field("preview").is_some()).then(|| {
-        ops::preview(
-            &draft.schedule,
-            app.operator.zone().name(),
-            NEXT_TIMES,
-            Utc::now(),
-        )
-    });
-    let token = csrf(r);
-    let state = state_of(row.active, row.last_error.is_some());
-    let view = &shown.view;
-    let body = html! {
-        @match &said {
-            Some(Said::Done(text)) => p.message { (text) },
-            Some(Said::Failed(text)) => p.message.bad #problem { (text) },
-            None => {},
-        }
-        dl {
-            dt { "Task" } dd { code { (row.task) } }
-            dt { "State" } dd { (pill(state)) }
-            dt { "Schedule" } dd { (view.words) " " code { (row.schedule) } }
-            dt { "Zone" } dd { (view.zone.name()) }
-            dt { "Kwargs" } dd { code { (row.kwargs.as_deref().unwrap_or("{}")) } }
-            dt { "Options" } dd { code { (row.options.as_deref().unwrap_or("{}")) } }
-            dt { "Last run" } dd { @if let Some(t) = row.last_run_at_utc() { (view.local(t)) } @else { "never" } }
-            dt { "Runs" } dd { (row.total_run_count.unwrap_or(0)) }
-            dt { "Error" } dd.error #last-error { (row.last_error.as_deref().unwrap_or("none")) }
-            dt { "Id" } dd { code { (row.id) } }
-        }
-        @if let Some(csrf) = token {
-            p {
-                @for (action, label) in [(if row.active { "disable" } else { "enable" }, if row.active { "Disable" } else { "Enable" }), ("run", "Run now")] {
-                    form.inline method="post" action={ "/routine/" (action) } {
-                        input type="hidden" name="name" value=(row.name);
-                        input type="hidden" name="csrf" value=(csrf);
-                        button type="submit" #{ "action-" (action) } { (label) }
-                    }
-                    " "
-                }
-            }
-        }
-        h2 { "Next " (NEXT_TIMES) " fire times" }
-        @if shown.next.is_empty() {
-            p { "None: the routine is disabled, in error, or its schedule has no more runs." }
-        } @else {
-            ol #next-times { @for t in &shown.next { li { (view.local(*t)) " (" (t.format("%Y-%m-%d %H:%M:%S UTC")) ")" } } }
-        }
-        h2 { "Edit" }
-        form method="post" action="/routine/edit" {
-            input type="hidden" name="name" value=(row.name);
-            @if let Some(csrf) = token { input type="hidden" name="csrf" value=(csrf); }
-            label { "Schedule (the kit's JSON: " code { "{\"timedelta\": 30}" } ", or crontab fields, with an optional " code { "timezone" } ")"
-                textarea name="schedule" rows="2" { (draft.schedule) } }
-            label { "Kwargs" textarea name="kwargs" rows="2" { (draft.kwargs) } }
-            label { "Options" textarea name="options" rows="2" { (draft.options) } }
-            button type="submit" formmethod="get" formaction="/routine" name="preview" value="1" #preview { "Preview" }
-            " "
-            @if token.is_some() { button type="submit" #save { "Save" } }
-            @else { " (saving needs a login)" }
-        }
-        @match &preview {
-            Some(Ok((_, times))) => {
-                h2 { "Preview: next " (times.len()) " fire times of the schedule above" }
-                ol #preview-times { @for t in times { li { (t.format("%Y-%m-%d %H:%M:%S UTC")) } } }
-            },
-            Some(Err(e)) => p.message.bad #preview-error { (e) },
-            None => {},
-        }
-        h2 { "Last runs" }
-        (runs_table(&shown.runs))
-    };
-    let status = match said {
-        Some(Said::Failed(_)) => 422,
-        _ => 200,
-    };
-    Reply::html(status, layout(app, r, &row.name, body))
-}
-
-fn runs_table(runs: &[RunRow]) -> Markup {
-    html! {
-        @if runs.is_empty() { p { "No recorded runs." } }
-        @else {
-            table #runs {
-                thead { tr {
-                    th { "Dispatched" } th { "Due" } th { "Outcome" } th { "Target" }
-                    th { "Attempts" } th { "Duration" } th { "Error" } th { "Task id" }
-                } }
-                tbody {
-                    @for run in runs {
-                        tr {
-                            td { (time(run.dispatched_at)) }
-                            td { (time(run.due_at)) @if run.on_demand { " (on demand)" } }
-                            td.outcome { (run.outcome) }
-                            td { (run.target) }
-                            td { (run.attempts.map_or_else(String::new, |a| a.to_string())) }
-                            td { @if let (Some(s), Some(f)) = (run.started_at, run.finished_at) {
-                                (format!("{:.3} s", (f - s).num_microseconds().unwrap_or(0) as f64 / 1e6))
-                            } }
-                            td.error { (run.error.as_deref().unwrap_or("")) }
-                            td { code { (run.task_id) } }
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// A POST that changes a routine (the caller is allowed: see `Auth`).
-pub(super) fn act(app: &App, r: &Request) -> Reply {
-    let name = r.field("name").unwrap_or("").to_owned();
-    let op = &app.operator;
-    let result = match r.path.as_str() {
-        "/routine/enable" => op.set_active(&name, true).map(|()| "enabled"),
-        "/routine/disable" => op.set_active(&name, false).map(|()| "disabled"),
-        "/routine/run" => op.send(&name, Utc::now(), RUN_WAIT).map(|sent| {
-            match sent {
-                Sent::Published { task_id } => {
-                    log::info!("http: routine {name}: sent on demand as task {task_id}")
-                }
-                _ => log::info!("http: routine {name}: run requested"),
-            }
-            "run"
-        }),
-        _ => return edit(app, r, &name),
-    };
-    match result {
-        Ok(done) => {
-            app.prometheus.forget_counts();
-            log::info!("http: routine {name}: {done} from the dashboard");
-            Reply::see_other(format!("{}&done={done}", routine_link(&name)))
-        }
-        Err(e) => routine_with(app, r, Some(Said::Failed(e.to_string())), None),
-    }
-}
-
-fn edit(app: &App, r: &Request, name: &str) -> Reply {
-    let draft = Draft {
-        schedule: r.field("schedule").unwrap_or("").to_owned(),
-        kwargs: r.field("kwargs").unwrap_or("{}").to_owned(),
-        options: r.field("options").unwrap_or("{}").to_owned(),
-    };
-    let parse = |what: &str, text: &str| {
-        ops::parse_json(text).map_err(|e| format!("routine {name}: {what}: {e}"))
-    };
-    let change = (|| {
-        Ok::<_, String>(Change {
-            schedule: Some(parse("schedule", &draft.schedule)?),
-            kwargs: Some(parse("kwargs", &draft.kwargs)?),
-            options: Some(parse("options", &draft.options)?),
-            ..Change::default()
-        })
-    })();
-    let result =
-        change.and_then(|change| app.operator.edit(name, &change).map_err(|e| e.to_string()));
-    match result {
-        Ok(()) => {
-            app.prometheus.forget_counts();
-            log::info!("http: routine {name}: edited from the dashboard");
-            Reply::see_other(format!("{}&done=saved", routine_link(name)))
-        }
-        Err(e) => routine_with(app, r, Some(Said::Failed(e)), Some(draft)),
-    }
-}
-
 /// `/beats`: the beats, and this beat's view of the database and broker.
 pub(super) fn beats(app: &App, r: &Request) -> Reply {
     let health = app.monitor.health();
@@ -506,18 +295,18 @@ pub(super) fn beats(app: &App, r: &Request) -> Reply {
     Reply::html(200, layout(app, r, "Beats", body))
 }
 
-/// `/login`.
+/// `/login`: `failed` says why the last try did not log in.
 pub(super) fn login(app: &App, r: &Request, failed: Option<&str>) -> Reply {
     let body = html! {
         @if let Some(why) = failed { p.message.bad { (why) } }
-        @if app.auth.has_token() {
+        @if app.auth.has_operators() {
             form method="post" action="/login" {
                 label { "Operator token " input type="password" name="token" autocomplete="current-password" autofocus; }
                 " "
                 button type="submit" #login { "Log in" }
             }
         } @else {
-            p { "There is nothing to log in to: no http_token is configured." }
+            p { "There is nothing to log in to: no http_token or http_tokens is configured." }
         }
     };
     let status = if failed.is_some() { 401 } else { 200 };
