@@ -414,6 +414,18 @@ fn probes_answer_within_100_ms_while_slow_clients_floods_and_slow_pages_run() {
         rss_after / 1024
     ));
     eprintln!("{}", report.join("\n"));
+    // Neither the operator's token nor the guesses show in the log.
+    let mut beat = beat;
+    assert!(beat.terminate(Duration::from_secs(30)), "{}", beat.log());
+    let log = beat.log();
+    assert!(
+        log.contains("wrong tokens from 127.0.0.6"),
+        "the throttle is logged: {log}"
+    );
+    assert!(
+        !log.contains(ALICE) && !log.contains("wrong-token-wrong-token"),
+        "{log}"
+    );
     // 64 + 64 + 16 + 4 attackers, and the probe.
     assert!(most_connections >= 129.0, "{}", report.join("\n"));
     // Each connection's thread has a 256 KiB stack of which little is

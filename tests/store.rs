@@ -84,6 +84,18 @@ backend_tests! {
         assert!(row.needs_sync && row.next_run_at.is_none(), "a kit insert waits for planning: {row:?}");
         let row = db.store().routine("celery test").unwrap().unwrap();
         assert!(row.total_run_count.unwrap() >= 1 && row.last_run_at.is_some());
+        // The audit trail is adopted with the table: the kit's insert made
+        // after the migration is in it, as plain SQL; the rows from before
+        // the migration have no edits, and the beat's runs of them none.
+        let mut filter = celery_diesel_kit::EditFilter::default();
+        filter.limit = 10;
+        let edits = db.store().edits(&filter).unwrap();
+        let seen: Vec<(&str, celery_diesel_kit::EditAction, celery_diesel_kit::Via)> =
+            edits.iter().map(|e| (e.routine.as_str(), e.action, e.via)).collect();
+        assert_eq!(
+            seen,
+            vec![("inserted later by the kit", celery_diesel_kit::EditAction::Insert, celery_diesel_kit::Via::Sql)]
+        );
     }
 
     fn a_kit_table_with_duplicate_names_is_adopted_and_runs_one_row_of_each(db) {
