@@ -5,7 +5,8 @@
 //! From the top down; each module uses only those below it.
 //!
 //! - `http` (feature `http`): the listener ([`HttpServer`]): its
-//!   connections, bounds and deadlines (`server`), `/metrics`
+//!   connections, bounds and page threads (`server`), the HTTP/1.1 it
+//!   speaks (`wire`), `/metrics`
 //!   (`prometheus`), `/healthz` and `/readyz`, the dashboard (`pages`) and
 //!   who may see and change what (`auth`); it reads a beat's [`Monitor`]
 //!   and acts through [`ops`] only.

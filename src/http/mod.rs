@@ -1,13 +1,13 @@
 //! The HTTP listener (`http_addr`): `/metrics` for Prometheus, `/healthz`
 //! and `/readyz` for orchestrators, and the operators' dashboard.
 //!
-//! Our own small server (`server`), on threads of its own: a request never
-//! runs on, or waits for, the scheduler thread, and nothing a client does
-//! (slow requests, floods, slow pages) starves the probes (see `server`
-//! for the bounds). It reads the beat's [`Monitor`] (counts, health) and
-//! acts through [`Operator`], the library the `beat` command line uses, so
-//! that every check and every error text is the command line's and the
-//! beat's.
+//! Our own small server (`server`, speaking the HTTP/1.1 of `wire`), on
+//! threads of its own: a request never runs on, or waits for, the
+//! scheduler thread, and nothing a client does (slow requests, floods,
+//! slow pages) starves the probes (see `server` for the bounds). It reads
+//! the beat's [`Monitor`] (counts, health) and acts through [`Operator`],
+//! the library the `beat` command line uses, so that every check and every
+//! error text is the command line's and the beat's.
 //!
 //! Access: `/metrics`, `/healthz` and `/readyz` are open. With an operator
 //! configured (`http_token`, `http_tokens`, `http_tokens_file`), every
@@ -23,16 +23,18 @@ mod auth;
 mod pages;
 mod prometheus;
 mod server;
+mod wire;
 
 use crate::config::Config;
 use crate::error::Error;
 use crate::metrics::Monitor;
 use crate::ops::Operator;
 use auth::{Auth, Caller};
-use server::{Head, Method, Next, On, Server, ServerStats};
+use server::{Next, On, Server, ServerStats};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use wire::{Head, Method};
 
 /// The largest request body read (an edit form).
 const MAX_BODY: u64 = 256 * 1024;
