@@ -10,7 +10,7 @@
 mod common;
 
 use celery_diesel_kit::ops::Operator;
-use celery_diesel_kit::{Beat, EditFilter, HttpServer, Routine, Via};
+use celery_diesel_kit::{Beat, BeatHandle, EditFilter, HttpServer, Routine, Via};
 use common::cli::beat;
 use common::web::{self, any_port, csrf_of, get, post, request_from, sample};
 use common::{every, is_active, wait_until, Recorder, TestDb};
@@ -25,6 +25,19 @@ const ALICE: &str = "alice-operator-token-0123";
 /// A loopback address of its own: another client.
 fn client(n: u8) -> IpAddr {
     IpAddr::from([127, 0, 0, n])
+}
+
+/// A beat on SQLite with nothing to run, and its listener, whose one
+/// operator is alice.
+fn alices_dashboard(test: &str) -> (TestDb, BeatHandle, HttpServer) {
+    let db = TestDb::sqlite(test);
+    let mut config = db.config();
+    config
+        .set("http_tokens", &format!("alice:{ALICE}"))
+        .unwrap();
+    let beat = Beat::builder(config.clone()).start().unwrap();
+    let server = HttpServer::start(any_port(), beat.monitor(), config).unwrap();
+    (db, beat, server)
 }
 
 #[test]
@@ -312,13 +325,7 @@ fn named_operators_act_under_their_names_and_ambiguous_tokens_are_refused() {
 
 #[test]
 fn a_flood_of_wrong_tokens_gets_429_at_once_and_the_right_token_works_from_elsewhere() {
-    let db = TestDb::sqlite("http_throttle");
-    let mut config = db.config();
-    config
-        .set("http_tokens", &format!("alice:{ALICE}"))
-        .unwrap();
-    let beat_handle = Beat::builder(config.clone()).start().unwrap();
-    let server = HttpServer::start(any_port(), beat_handle.monitor(), config).unwrap();
+    let (_db, beat_handle, server) = alices_dashboard("http_throttle");
     let addr = server.addr();
     // 16 clients on one address, 25 wrong logins each. (The listener used
     // to sleep 250 ms on one of its 4 threads per wrong login: these 400
@@ -456,13 +463,7 @@ fn answer_to(stream: &mut std::net::TcpStream, since: Instant) -> (u16, Duration
 
 #[test]
 fn slow_partial_oversized_and_crowding_requests_are_cut_off_within_their_bounds() {
-    let db = TestDb::sqlite("http_slow");
-    let mut config = db.config();
-    config
-        .set("http_tokens", &format!("alice:{ALICE}"))
-        .unwrap();
-    let beat_handle = Beat::builder(config.clone()).start().unwrap();
-    let server = HttpServer::start(any_port(), beat_handle.monitor(), config).unwrap();
+    let (_db, beat_handle, server) = alices_dashboard("http_slow");
     let addr = server.addr();
     // One client holding 32 connections: its 33rd is refused at once; a
     // probe from another address is answered meanwhile.

@@ -310,17 +310,21 @@ impl Dialect {
         )
     }
 
-    /// Ids of up to `$2` runs dispatched before `$1`, oldest first.
-    /// Of the `$1` oldest runs by id, those dispatched before `$2`. Ids
-    /// follow dispatch order, so the walk from the oldest id finds the aged
-    /// runs without an index on `dispatched_at` (one less index for every
-    /// claim to update); a short batch means the aged runs are gone.
+    /// Of the `$1` oldest runs by id, those dispatched before `$2`.
     fn aged_runs(&self) -> String {
+        self.aged(("routine_runs", "dispatched_at"), &self.ts(2))
+    }
+
+    /// Of the `$1` oldest rows of a table (its name and time column) by
+    /// id, those whose time is before `bound`. Ids follow time, so the walk
+    /// from the oldest id finds the aged rows without an index on the time
+    /// (one less index for every claim to update); a short batch means the
+    /// aged rows are gone.
+    fn aged(&self, (table, time): (&str, &str), bound: &str) -> String {
         format!(
-            "SELECT id FROM (SELECT id, dispatched_at FROM routine_runs ORDER BY id LIMIT {}) AS oldest \
-             WHERE dispatched_at < {}",
-            self.p(1),
-            self.ts(2)
+            "SELECT id FROM (SELECT id, {time} FROM {table} ORDER BY id LIMIT {}) AS oldest \
+             WHERE {time} < {bound}",
+            self.p(1)
         )
     }
 
@@ -411,12 +415,7 @@ impl Dialect {
     /// Of the `$1` oldest edits by id, those made more than `$2` ms ago by
     /// the database's clock, which wrote `edited_at` (as `aged_runs`).
     fn aged_edits(&self) -> String {
-        format!(
-            "SELECT id FROM (SELECT id, edited_at FROM routine_edits ORDER BY id LIMIT {}) AS oldest \
-             WHERE edited_at < {}",
-            self.p(1),
-            self.cutoff(2)
-        )
+        self.aged(("routine_edits", "edited_at"), &self.cutoff(2))
     }
 
     /// The `$2` edits after number `$1`, oldest first: their numbers and
