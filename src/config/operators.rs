@@ -42,6 +42,31 @@ impl OperatorToken {
         &self.name
     }
 
+    /// An operator known by their token's SHA-256 (as `http_tokens_file`
+    /// holds them); an error if the name cannot be one.
+    pub fn hashed(name: &str, sha256: [u8; 32]) -> Result<Self, ConfigError> {
+        check_name(name).map_err(|reason| ConfigError::Tokens {
+            at: "http_tokens_file".into(),
+            reason,
+        })?;
+        Ok(OperatorToken {
+            name: name.to_owned(),
+            secret: TokenSecret::Sha256(sha256),
+        })
+    }
+
+    /// The operator's line for `http_tokens_file` (`name:sha256:HEX`), if
+    /// known by a hash.
+    pub fn file_line(&self) -> Option<String> {
+        match &self.secret {
+            TokenSecret::Sha256(hash) => {
+                let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+                Some(format!("{}:{SHA256}{hex}", self.name))
+            }
+            TokenSecret::Plain(_) => None,
+        }
+    }
+
     /// Reads one `name:token` or `name:sha256:HEX` entry. The reason never
     /// repeats the token.
     fn parse(entry: &str, hashed_only: bool) -> Result<Self, String> {
@@ -193,6 +218,20 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn a_hashed_operator_writes_the_line_a_tokens_file_reads() {
+        let hash = [0xabu8; 32];
+        let line = OperatorToken::hashed("erin", hash)
+            .unwrap()
+            .file_line()
+            .unwrap();
+        assert_eq!(line, format!("erin:sha256:{}", "ab".repeat(32)));
+        let read = OperatorToken::parse(&line, true).unwrap();
+        assert!(read.secret == TokenSecret::Sha256(hash) && read.name() == "erin");
+        let e = OperatorToken::hashed("x,y", hash).unwrap_err().to_string();
+        assert!(e.contains("without ',' or ':'"), "{e}");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use crate::output::{self, Table};
 use crate::{Cli, Command, ScheduleArgs};
 use anyhow::Context;
 use celery_diesel_kit::ops::{self, Change, NewRoutineSpec, Operator, Sent};
-use celery_diesel_kit::{Actor, Config, Via};
+use celery_diesel_kit::{Actor, Config, OperatorToken, Via};
 use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
 use serde_json::{json, Value};
 use std::io::Write;
@@ -288,13 +288,8 @@ fn token(name: &str, json: bool) -> anyhow::Result<i32> {
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     );
-    // The library's own check of an operator's name (and the token).
-    Config::default().set("http_tokens", &format!("{name}:{token}"))?;
-    let hash: String = sha2::Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let line = format!("{name}:sha256:{hash}");
+    let operator = OperatorToken::hashed(name, sha2::Sha256::digest(token.as_bytes()).into())?;
+    let line = operator.file_line().unwrap_or_default();
     if json {
         println!("{}", json!({ "name": name, "token": token, "line": line }));
     } else {
