@@ -347,17 +347,17 @@ fn probes_answer_within_100_ms_while_slow_clients_floods_and_slow_pages_run() {
         // Let the attacks take hold before the probes start (the scrape
         // that looks is a connection too).
         let held: f64 = starters.iter().map(|(_, held)| held).sum();
+        let mut open = 0.0;
         assert!(
             wait_until(Duration::from_secs(10), || {
                 let m = request_from(client(1), addr, "GET", "/metrics", &[], "").body;
-                sample(&m, "beat_http_connections").unwrap_or(0.0) >= held + 1.0
+                open = sample(&m, "beat_http_connections").unwrap_or(0.0);
+                open >= held + 1.0
             }),
-            "{phase}: the attacks did not take hold"
+            "{phase}: the attacks did not take hold ({open} connections open, not {held} and the scrape)"
         );
+        most_connections = most_connections.max(open);
         let probed = probe(addr);
-        let metrics = request_from(client(1), addr, "GET", "/metrics", &[], "").body;
-        most_connections =
-            most_connections.max(sample(&metrics, "beat_http_connections").unwrap_or(0.0));
         let mut line = probed.line(phase);
         for attack in attacks {
             let name = attack.name;
@@ -408,7 +408,7 @@ fn probes_answer_within_100_ms_while_slow_clients_floods_and_slow_pages_run() {
     let rss_after = rss_kib(pid);
     let peak = peak.load(Ordering::Relaxed);
     report.push(format!(
-        "connections open at most (while probing): {most_connections}; beat RSS before {} MiB, peak {} MiB, after {} MiB",
+        "connections open when the attacks had taken hold, at most: {most_connections}; beat RSS before {} MiB, peak {} MiB, after {} MiB",
         rss_before / 1024,
         peak / 1024,
         rss_after / 1024
@@ -426,8 +426,6 @@ fn probes_answer_within_100_ms_while_slow_clients_floods_and_slow_pages_run() {
         !log.contains(ALICE) && !log.contains("wrong-token-wrong-token"),
         "{log}"
     );
-    // 64 + 64 + 16 + 4 attackers, and the probe.
-    assert!(most_connections >= 129.0, "{}", report.join("\n"));
     // Each connection's thread has a 256 KiB stack of which little is
     // touched, a head of at most 16 KiB and a login body of at most 4 KiB:
     // 150 connections are a few MiB. 64 MiB is the bound stated.
