@@ -303,6 +303,7 @@ fn probes_answer_within_100_ms_while_slow_clients_floods_and_slow_pages_run() {
         std::thread::spawn(move || {
             while sampling.load(Ordering::Relaxed) {
                 peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                // A sample every 100 ms: time passing is the point.
                 std::thread::sleep(Duration::from_millis(100));
             }
         })
