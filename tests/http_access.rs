@@ -570,6 +570,77 @@ fn slow_partial_oversized_and_crowding_requests_are_cut_off_within_their_bounds(
 }
 
 #[test]
+fn pages_stuck_on_the_database_fill_their_threads_and_queue_and_no_more() {
+    let Some(db) = TestDb::postgres("http_pages_bound") else {
+        return;
+    };
+    let mut config = db.config();
+    config
+        .set("http_tokens", &format!("alice:{ALICE}"))
+        .unwrap();
+    let beat_handle = Beat::builder(config.clone()).start().unwrap();
+    let server = HttpServer::start(any_port(), beat_handle.monitor(), config).unwrap();
+    let addr = server.addr();
+    assert!(wait_until(Duration::from_secs(10), || get(addr, "/readyz")
+        .status
+        == 200));
+    // An operator's transaction holds the routines table: every page that
+    // reads it waits (the beat's statement bound, 30 s, is far off).
+    use diesel::connection::{Connection, SimpleConnection};
+    let mut holder = diesel::pg::PgConnection::establish(&db.url).unwrap();
+    holder
+        .batch_execute("BEGIN; LOCK TABLE routines IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    // 24 pages at once: 4 page threads take 4 and wait on the lock, the
+    // queue holds 16 more, and the other 4 are refused at once.
+    let bearer = format!("Bearer {ALICE}");
+    let pages: Vec<_> = (0..24)
+        .map(|_| {
+            let bearer = bearer.clone();
+            std::thread::spawn(move || {
+                let sent = Instant::now();
+                let answer = web::request(addr, "GET", "/", &[("Authorization", &bearer)], "");
+                (answer.status, sent.elapsed())
+            })
+        })
+        .collect();
+    let refused = || {
+        sample(
+            &get(addr, "/metrics").body,
+            "beat_http_refused_total{reason=\"pages\"}",
+        )
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || refused() == Some(4.0)),
+        "{:?} pages refused",
+        refused()
+    );
+    // Meanwhile the probes answer.
+    let probe = Instant::now();
+    assert_eq!(get(addr, "/healthz").status, 200);
+    assert!(
+        probe.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        probe.elapsed()
+    );
+    holder.batch_execute("COMMIT").unwrap();
+    let answers: Vec<(u16, Duration)> = pages.into_iter().map(|t| t.join().unwrap()).collect();
+    let busy: Vec<&Duration> = answers
+        .iter()
+        .filter(|(status, _)| *status == 503)
+        .map(|(_, took)| took)
+        .collect();
+    let served = answers.iter().filter(|(status, _)| *status == 200).count();
+    assert_eq!((busy.len(), served), (4, 20), "{answers:?}");
+    assert!(
+        busy.iter().all(|t| **t < Duration::from_secs(1)),
+        "{busy:?}"
+    );
+    assert_eq!(refused(), Some(4.0));
+    beat_handle.stop();
+}
+
+#[test]
 fn run_now_answers_at_once_and_the_run_shows_when_a_beat_takes_it() {
     let db = TestDb::sqlite("http_run_now");
     let mut config = db.config();
