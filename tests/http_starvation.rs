@@ -16,7 +16,8 @@
 //! priority, as clients on other machines would be (`as_a_remote_client`).
 //! Asserted: the probes' p99 under 100 ms in every phase, and their worst
 //! under 1 s; every attack took effect (connections held, 408s, 429s,
-//! pages answered); the beat's memory bounded. The figures are printed (`--nocapture`).
+//! pages answered); the beat's memory bounded. The figures are printed
+//! (`--nocapture`).
 
 mod common;
 
@@ -108,10 +109,9 @@ impl Attack {
 
 /// Lowers the calling thread to the lowest priority (nice 19). The
 /// attackers stand for clients on other machines, whose CPU is not the
-/// beat's: at normal priority, on a machine of two cores, the test's own
-/// 16 flood threads (connect, write, read, in a loop) and the beat's
-/// answers to them share the CPU with the probes' client, and what the
-/// probes measured was that contention.
+/// beat's. At normal priority, on a machine of two cores, the test's own
+/// 16 flood threads (connect, write, read, in a loop) took the CPU from
+/// the probes' client and the beat, and the probes measured that.
 fn as_a_remote_client() {
     // SAFETY: setpriority touches no memory of ours; on Linux, a nice
     // value is a thread's, and PRIO_PROCESS with 0 names the caller.
