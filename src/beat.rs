@@ -1,6 +1,6 @@
 //! The beat: builder, start-up, and the handles that stop it.
 
-use crate::celery::Publisher;
+use crate::broker::Broker;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{redact_url, Config};
 use crate::dispatch::Touched;
@@ -16,7 +16,7 @@ use crate::task::{AsyncTask, SyncTask, TaskRegistry};
 use crate::worker::{Reporter, RetryPolicy, WorkerPool};
 use chrono::{DateTime, Utc};
 use crossbeam_channel::Sender;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -166,17 +166,14 @@ impl BeatBuilder {
         }
 
         let claimers = scheduler::claimers(store.backend());
-        let publishers = match &config.broker_url {
-            Some(url) => {
-                log::info!("beat: broker {}", redact_url(url));
-                (0..claimers)
-                    .map(|_| Publisher::new(url, config.broker_dedup_window).map(Mutex::new))
-                    .collect::<Result<Vec<_>, _>>()?
-            }
-            None => Vec::new(),
-        };
-        let on_demand = match &config.broker_url {
-            Some(url) => Some(Mutex::new(Publisher::new(url, config.broker_dedup_window)?)),
+        let health = Arc::new(Health::default());
+        let broker = match &config.broker_url {
+            Some(url) => Some(Arc::new(Broker::open(
+                url,
+                config.broker_dedup_window,
+                claimers,
+                Arc::clone(&health),
+            )?)),
             None => None,
         };
         let registry = Arc::new(self.registry);
@@ -189,7 +186,7 @@ impl BeatBuilder {
                 names.sort_unstable();
                 serde_json::Value::from(names).to_string()
             },
-            broker: !publishers.is_empty(),
+            broker: broker.is_some(),
         };
         store.register_beat(&beat)?;
         log::info!("beat: registered as {beat_id} in the beats table");
@@ -241,7 +238,7 @@ impl BeatBuilder {
         let dispatcher = Arc::new(Dispatcher {
             router: Router::new(
                 &registry,
-                !publishers.is_empty(),
+                broker.is_some(),
                 crate::schedule::zone(&config.timezone).map_err(|_| {
                     crate::config::ConfigError::Invalid {
                         key: "timezone",
@@ -250,8 +247,7 @@ impl BeatBuilder {
                     }
                 })?,
             ),
-            publishers,
-            on_demand,
+            broker,
             queue: pool.queue(),
             in_flight: pool.in_flight(),
             metrics: Arc::clone(&metrics),
@@ -265,7 +261,6 @@ impl BeatBuilder {
             events,
             touched,
         });
-        let health = Arc::new(Health::default());
         let monitor = Monitor {
             metrics: Arc::clone(&metrics),
             health: Arc::clone(&health),
@@ -343,7 +338,7 @@ impl Parts {
             .dispatcher
             .as_ref()
             .ok_or_else(|| RoutineError::new(name, "the beat is stopping"))?;
-        dispatcher.send_now(&row, &self.store, &self.beat_id)
+        dispatcher.send_now(&row, &self.store)
     }
 
     /// Stops claiming, then gives running and queued tasks until the

@@ -1,6 +1,6 @@
 //! The crate's error type.
 
-use crate::celery::BrokerError;
+use crate::broker::BrokerError;
 use crate::config::ConfigError;
 use crate::routine::RoutineError;
 use crate::store::StoreError;

@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //!
-//! From the top down; each module uses only those below it.
+//! From the top down; each module uses only those below it (`error`,
+//! the crate's error type, gathers the errors of the modules above it).
 //!
 //! - `http` (feature `http`): the listener ([`HttpServer`]): its
 //!   connections, bounds and page threads (`server`), the HTTP/1.1 it
@@ -20,15 +21,25 @@
 //!   the database and the broker (`outage`); and the housekeeper thread
 //!   beside it (`housekeeping`: heartbeats, run outcomes, dead beats,
 //!   pruning the history).
+//! - `scheduler`'s claim reads one due run from top to bottom: it opens a
+//!   claim transaction (`store::ClaimTx`), has `dispatch` route, decide and
+//!   record each row, publishes through `broker`, records, advances,
+//!   commits, and hands the in-process runs to `worker`.
 //! - `dispatch`: one due run, from the claim to its hand-over: route
-//!   (`route`: valid, and in-process or Celery), decide (misfire, overlap,
-//!   advance), publish or queue.
+//!   (`route`: valid, and in-process or Celery), decide (`decide`: misfire,
+//!   overlap, advance), record (`record`), what to log (`notes`); and runs
+//!   on demand (`on_demand`).
 //! - `worker`: the worker pool running in-process tasks, and the timer
 //!   that holds their retries (`retry`).
-//! - `celery`: Celery protocol v2 messages and their Redis publisher.
+//! - `broker`: Celery protocol v2 messages (`message`, from a routine's
+//!   `options`), built once for any transport; the `Transport` interface
+//!   ("publish these messages, once for their due second, or fail") with
+//!   Redis behind it (`redis`); and the `Broker` the beat publishes
+//!   through, with its health (`health`).
 //! - `store`: the `routines`, `routine_runs`, `routine_edits` and `beats`
 //!   tables ([`RoutineStore`]): migrations, pools, the rows (`models`), the
-//!   scheduler's transactions (`claims`), the history and the beats
+//!   scheduler's claim transaction (`claim`) and its other statements
+//!   (`claims`), the history and the beats
 //!   (`history`), the audit trail and who acts (`edits`), the backends'
 //!   batch writes and edits (`write`), and every statement the beat
 //!   issues, in each dialect (`sql`, `sql/history`).
@@ -42,13 +53,14 @@
 //!   parsed, validated, and the next-run math ([`Schedule`]). Knows nothing
 //!   of databases.
 //! - `task`: the [`SyncTask`] and [`AsyncTask`] traits.
-//! - `clock`, `shutdown`, `error`: the injected time, the stop signal, and
-//!   the crate's [`Error`].
+//! - `clock`, `shutdown`, `backoff`, `error`: the injected time, the stop
+//!   signal, the waits between retries, and the crate's [`Error`].
 
 #![warn(missing_docs)]
 
+mod backoff;
 mod beat;
-mod celery;
+mod broker;
 mod clock;
 mod config;
 mod dispatch;
@@ -66,8 +78,8 @@ mod task;
 mod worker;
 
 pub use beat::{Beat, BeatBuilder, BeatHandle, ManualBeat, StopReport};
-pub use celery::message::task_id;
-pub use celery::BrokerError;
+pub use broker::message::task_id;
+pub use broker::BrokerError;
 pub use clock::{Clock, SystemClock};
 pub use config::{
     read_tokens_file, redact_url, Config, ConfigError, OperatorToken, DEFAULT_DB_URI,
@@ -84,3 +96,7 @@ pub use store::{
     RoutineQuery, RoutineRow, RoutineState, RoutineStore, RunFilter, RunRow, StoreError, Via,
 };
 pub use task::{AsyncTask, SyncTask, TaskContext, TaskError, TaskResult};
+
+#[cfg(doctest)]
+#[doc = include_str!("../docs/tasks.md")]
+struct TasksDoc;

@@ -51,6 +51,14 @@ pub(crate) enum Target {
 impl Target {
     pub(crate) const ALL: [Target; 3] = [Target::Celery, Target::InProcess, Target::Unrouted];
 
+    /// A routed run's target: in-process if `local`, else Celery.
+    pub(crate) fn of(local: bool) -> Self {
+        match local {
+            true => Target::InProcess,
+            false => Target::Celery,
+        }
+    }
+
     pub(crate) fn label(self) -> &'static str {
         match self {
             Target::Celery => "celery",

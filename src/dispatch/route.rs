@@ -1,7 +1,7 @@
 //! Routing a row: whether it can run, and where (in-process or Celery),
 //! with its schedule, kwargs and options parsed once per text.
 
-use crate::celery::{self, Message, SendOptions, Sender as CelerySender};
+use crate::broker::{message, Message, SendOptions, Sender as CelerySender};
 use crate::schedule::{truncated, Misfire, Schedule, ScheduleError};
 use crate::store::{RoutineRow, LATEST_STORABLE};
 use crate::task::{TaskContext, TaskRegistry};
@@ -165,7 +165,7 @@ impl Router {
                 scheduled: true,
                 recorded: true,
             }),
-            Some(options) => Outgoing::Celery(celery::message::build(
+            Some(options) => Outgoing::Celery(message::build(
                 &row.task,
                 id,
                 &checked.kwargs,

@@ -2,7 +2,7 @@
 //! routine now.
 
 use super::Operator;
-use crate::celery::Publisher;
+use crate::broker;
 use crate::error::Error;
 use crate::routine::RoutineError;
 use crate::store::{Actor, BeatRow, EditFilter, EditRow, NewRun, RoutineRow, RunFilter, RunRow};
@@ -150,8 +150,7 @@ impl Operator {
                 .celery_message(&row, now, &task_id)
                 .map_err(invalid)?
             {
-                let mut publisher = Publisher::new(url, self.config.broker_dedup_window)?;
-                publisher.publish(&[&message])?;
+                broker::connect(url, self.config.broker_dedup_window)?.publish(&[&message])?;
                 let mut run = NewRun::of(&row, now, &task_id, "celery", "published", None);
                 run.on_demand = 1;
                 self.store.record_runs(&[run], now, None)?;

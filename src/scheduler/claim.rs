@@ -1,15 +1,16 @@
 //! Claiming: due rows are locked, dispatched and advanced in one
-//! transaction per batch (see `dispatch` for what happens to each run).
+//! transaction per batch, read here from top to bottom (see `dispatch`
+//! for what happens to each run).
 //!
 //! Bursts of due rows are shared by several claimers, each with its own
 //! connections: `SKIP LOCKED` keeps their batches apart, and while one
 //! waits on the database another builds and publishes messages.
 
 use super::Scheduler;
-use crate::dispatch::{Fate, Outcome};
+use crate::dispatch::{Fired, Outcome};
 use crate::error::Error;
 use crate::metrics::Counts;
-use crate::store::{Claim, NewRun, Plan};
+use crate::store::{NewRun, Plan};
 use chrono::{DateTime, Utc};
 
 /// Rows claimed per transaction.
@@ -58,7 +59,7 @@ impl Scheduler {
         while passes < CLAIMS_PER_TICK && !self.shutdown.is_fired() {
             // While the broker is out, claim only in-process routines: the
             // others stay due until it is back.
-            let local_only = self.broker.paused();
+            let local_only = self.broker_paused();
             let claimers = if first || !fork_bursts {
                 1
             } else {
@@ -91,10 +92,8 @@ impl Scheduler {
                 more |= outcome.more;
                 match outcome.error {
                     None => {}
-                    Some(Error::Broker(e)) => {
-                        self.broker.failed(&e);
-                        broker_failed = true;
-                    }
+                    // The broker noted its outage: go on with the rest.
+                    Some(Error::Broker(_)) => broker_failed = true,
                     Some(e) => return Err(e),
                 }
             }
@@ -114,57 +113,74 @@ impl Scheduler {
         local_only: bool,
         budget: usize,
     ) -> Claimed {
-        let dispatcher = &self.dispatcher;
         let mut out = Claimed::default();
         while out.batches < budget && !self.shutdown.is_fired() {
             let started = std::time::Instant::now();
-            let claimed = self.store.claim_due(
-                now,
-                CLAIM_BATCH,
-                local_only.then_some(dispatcher.router.local_tasks.as_str()),
-                |task| dispatcher.router.is_local(task),
-                |rows, busy| {
-                    let mut plans: Vec<Plan> = Vec::with_capacity(rows.len());
-                    let mut outcomes: Vec<Outcome> = Vec::with_capacity(rows.len());
-                    let mut runs: Vec<NewRun> = Vec::with_capacity(rows.len());
-                    for row in &rows {
-                        let fired = dispatcher.fire(row, now, busy);
-                        plans.push(fired.plan);
-                        outcomes.push(fired.outcome);
-                        runs.extend(fired.run);
-                    }
-                    dispatcher.publish(claimer, &outcomes)?;
-                    Ok::<_, Error>(Claim {
-                        plans,
-                        value: (
-                            outcomes,
-                            runs.iter().map(|r| r.routine_id.clone()).collect(),
-                        ),
-                        runs,
-                    })
-                },
-            );
-            let (outcomes, recorded): (Vec<Outcome>, Vec<String>) = match claimed {
-                Ok(claimed) => claimed,
+            let outcomes = match self.claim_batch(claimer, now, local_only) {
+                Ok(outcomes) => outcomes,
                 Err(e) => {
                     out.error = Some(e);
                     return out;
                 }
             };
             self.metrics.claim_seconds.observe(started.elapsed());
-            if dispatcher.history {
-                dispatcher.touched.note(recorded.iter().map(String::as_str));
-            }
-            if outcomes.iter().any(|o| matches!(o.fate, Fate::Sent(..))) {
-                self.broker.succeeded();
-            }
             out.batches += 1;
             out.more = outcomes.len() == CLAIM_BATCH;
-            out.counts.add(dispatcher.hand_over(outcomes));
+            out.counts.add(self.dispatcher.hand_over(outcomes));
             if !out.more {
                 break;
             }
         }
         out
     }
+
+    /// One claim transaction: locks a batch of due rows, decides each
+    /// one's run, publishes the Celery messages, records the runs,
+    /// advances the rows and commits. A failure anywhere rolls it all back
+    /// (the rows stay due). Returns the outcomes, for the hand-over.
+    fn claim_batch(
+        &self,
+        claimer: usize,
+        now: DateTime<Utc>,
+        local_only: bool,
+    ) -> Result<Vec<Outcome>, Error> {
+        let dispatcher = &self.dispatcher;
+        let router = &dispatcher.router;
+        let mut claim = self.store.begin_claim()?;
+        let tasks = local_only.then_some(router.local_tasks.as_str());
+        let rows = claim.lock_due(now, CLAIM_BATCH, tasks)?;
+        let local: Vec<&str> = rows
+            .iter()
+            .filter(|row| router.is_local(&row.task))
+            .map(|row| row.id.as_str())
+            .collect();
+        let busy = claim.busy_elsewhere(&local)?;
+        let fired: Vec<Fired> = rows
+            .iter()
+            .map(|row| dispatcher.fire(row, now, &busy))
+            .collect();
+        let (plans, outcomes, runs) = unzip(fired);
+        dispatcher.publish(Some(claimer), &outcomes)?;
+        claim.record(&runs, now)?;
+        claim.advance(&plans)?;
+        claim.commit()?;
+        if dispatcher.history {
+            let recorded = runs.iter().map(|run| run.routine_id.as_str());
+            dispatcher.touched.note(recorded);
+        }
+        Ok(outcomes)
+    }
+}
+
+/// The plans, outcomes and records of a batch's runs, apart.
+fn unzip(fired: Vec<Fired>) -> (Vec<Plan>, Vec<Outcome>, Vec<NewRun>) {
+    let mut plans = Vec::with_capacity(fired.len());
+    let mut outcomes = Vec::with_capacity(fired.len());
+    let mut runs = Vec::with_capacity(fired.len());
+    for one in fired {
+        plans.push(one.plan);
+        outcomes.push(one.outcome);
+        runs.extend(one.run);
+    }
+    (plans, outcomes, runs)
 }

@@ -25,6 +25,7 @@ pub(crate) mod housekeeping;
 mod outage;
 mod plan;
 
+use crate::backoff::Backoff;
 use crate::clock::Clock;
 use crate::dispatch::Dispatcher;
 use crate::error::Error;
@@ -33,7 +34,6 @@ use crate::shutdown::Shutdown;
 use crate::store::{Backend, RoutineStore};
 use chrono::{DateTime, SubsecRound as _, TimeDelta, Utc};
 use claim::CLAIMS_PER_TICK;
-use outage::Backoff;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -92,7 +92,6 @@ pub(crate) struct Scheduler {
     /// Whether the thread keeps `claimers - 1` helper claimers busy beside
     /// it at all times (see `help`), rather than starting them for bursts.
     helpers: bool,
-    broker: outage::Broker,
     /// What the probes read: the last good pass, the outages.
     health: Arc<Health>,
 }
@@ -130,7 +129,6 @@ impl Scheduler {
             // second; on MariaDB, whose row updates cost twice as much, two
             // claimers at once only contend, so it claims alone but for bursts.
             helpers: backend == Backend::Postgres,
-            broker: outage::Broker::new(Arc::clone(&health)),
             health,
         }
     }
@@ -207,7 +205,8 @@ impl Scheduler {
     /// retry. The routines held back for the broker are overdue; were they
     /// counted, the thread would never sleep through an outage.
     fn next_due(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, Error> {
-        let Some(retry_at) = self.broker.retry_at().filter(|_| self.broker.paused()) else {
+        let broker = self.dispatcher.broker.as_deref();
+        let Some(retry_at) = broker.filter(|b| b.paused()).and_then(|b| b.retry_at()) else {
             return Ok(self.store.earliest_due(None)?);
         };
         let retry = now
@@ -220,6 +219,11 @@ impl Scheduler {
             false => None,
         };
         Ok(Some(local.map_or(retry, |due| due.min(retry))))
+    }
+
+    /// Whether claims must leave the broker's routines due for now.
+    fn broker_paused(&self) -> bool {
+        self.dispatcher.broker.as_ref().is_some_and(|b| b.paused())
     }
 
     fn last_recheck(&self) -> Option<Instant> {
@@ -269,13 +273,11 @@ impl Scheduler {
         let mut contended = self.contended();
         while !self.shutdown.is_fired() {
             let now = self.clock.now().trunc_subsecs(6);
-            let out = self.claim_batches(claimer, now, self.broker.paused(), CLAIMS_PER_TICK);
+            let out = self.claim_batches(claimer, now, self.broker_paused(), CLAIMS_PER_TICK);
             self.metrics.add(out.counts);
             let wait = match out.error {
-                Some(Error::Broker(e)) => {
-                    self.broker.failed(&e);
-                    Duration::ZERO
-                }
+                // The broker noted its outage; in-process routines go on.
+                Some(Error::Broker(_)) => Duration::ZERO,
                 Some(Error::Store(e)) if e.is_transient() => {
                     log::debug!("claimer {claimer}: {e}; trying again");
                     TRANSIENT_RETRY

@@ -5,7 +5,7 @@ use super::Scheduler;
 use crate::dispatch::{storable, Outcome};
 use crate::error::Error;
 use crate::metrics::{RunOutcome, Target};
-use crate::store::{Claim, Plan, RoutineRow};
+use crate::store::{NewRun, Plan, RoutineRow};
 use chrono::{DateTime, Utc};
 
 /// Rows planned per transaction.
@@ -17,35 +17,9 @@ impl Scheduler {
     /// same transaction. Returns how many rows were planned, and how many
     /// of them were found invalid.
     pub(super) fn plan_edited(&self, now: DateTime<Utc>) -> Result<(usize, usize), Error> {
-        let dispatcher = &self.dispatcher;
         let (mut total, mut total_invalid) = (0, 0);
         loop {
-            let (planned, (invalid, requested)) =
-                self.store.plan_edited(PLAN_BATCH, now, |rows| {
-                    let plans: Vec<Plan> = rows.iter().map(|row| self.plan(row, now)).collect();
-                    let invalid: Vec<String> = rows
-                        .iter()
-                        .zip(&plans)
-                        .filter(|(_, p)| p.last_error.is_some())
-                        .map(|(row, _)| row.task.clone())
-                        .collect();
-                    let (requested, runs): (Vec<Outcome>, Vec<_>) = rows
-                        .iter()
-                        .filter(|row| row.run_requested_at.is_some())
-                        .map(|row| dispatcher.requested(row, now))
-                        .unzip();
-                    dispatcher.publish(0, &requested)?;
-                    let runs = match dispatcher.history {
-                        true => runs,
-                        false => Vec::new(),
-                    };
-                    Ok::<_, Error>(Claim {
-                        plans,
-                        runs,
-                        value: (invalid, requested),
-                    })
-                })?;
-            dispatcher.hand_over_requested(requested);
+            let (planned, invalid) = self.plan_batch(now)?;
             for task in &invalid {
                 self.metrics
                     .count_runs(task, Target::Unrouted, RunOutcome::Invalid, 1);
@@ -56,6 +30,42 @@ impl Scheduler {
                 return Ok((total, total_invalid));
             }
         }
+    }
+
+    /// One plan transaction: locks a batch of edited rows, plans each,
+    /// runs those asked for on demand (publishing their messages), records
+    /// those runs, writes the plans and commits; then queues the
+    /// in-process runs. Returns how many rows were planned, and the tasks
+    /// of those found invalid.
+    fn plan_batch(&self, now: DateTime<Utc>) -> Result<(usize, Vec<String>), Error> {
+        let dispatcher = &self.dispatcher;
+        let mut claim = self.store.begin_claim()?;
+        let rows = claim.lock_edited(PLAN_BATCH)?;
+        let plans: Vec<Plan> = rows.iter().map(|row| self.plan(row, now)).collect();
+        let invalid: Vec<String> = rows
+            .iter()
+            .zip(&plans)
+            .filter(|(_, plan)| plan.last_error.is_some())
+            .map(|(row, _)| row.task.clone())
+            .collect();
+        let (requested, runs): (Vec<_>, Vec<_>) = rows
+            .iter()
+            .filter(|row| row.run_requested_at.is_some())
+            .map(|row| dispatcher.on_demand(row, now))
+            .unzip();
+        let requested: Vec<Outcome> = requested.into_iter().filter_map(Result::ok).collect();
+        let runs: Vec<NewRun> = runs.into_iter().flatten().collect();
+        dispatcher.publish(None, &requested)?;
+        claim.record(&runs, now)?;
+        claim.plan(&plans)?;
+        claim.commit()?;
+        if !runs.is_empty() {
+            dispatcher
+                .touched
+                .note(runs.iter().map(|run| run.routine_id.as_str()));
+        }
+        dispatcher.hand_over_on_demand(requested);
+        Ok((plans.len(), invalid))
     }
 
     /// Plans an edited or new row: validates it and decides its next run.

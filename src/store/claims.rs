@@ -1,29 +1,16 @@
-//! The scheduler's statements on `routines`: the start-up sync of
-//! declared routines, the periodic re-checks, planning edited rows,
-//! claiming due ones (recording their runs in the same transaction), and
-//! the earliest due time. Each runs the caller's judgement of the rows
-//! inside the transaction that holds their locks.
+//! The scheduler's statements on `routines` outside its claims (those are
+//! `claim`): the start-up sync of declared routines, the periodic
+//! re-checks, and the earliest due time.
 
 use super::edits::Actor;
-use super::history::TextRow;
-use super::models::{self, NewRoutine, NewRun, Plan, RawRow, RoutineRow};
+use super::models::{self, NewRoutine};
 use super::pool::Pools;
 use super::write::WriteTransaction;
 use super::{RoutineStore, StoreError};
 use crate::routine::Routine;
 use chrono::{DateTime, Utc};
-use diesel::sql_types::{BigInt, Bool, Nullable, Text};
+use diesel::sql_types::{Bool, Nullable, Text};
 use diesel::{QueryableByName, RunQueryDsl};
-use std::collections::HashSet;
-
-/// What a claim (or a plan) writes besides the rows' plans, and what it
-/// hands back.
-pub(crate) struct Claim<T> {
-    pub(crate) plans: Vec<Plan>,
-    /// Runs to record in the same transaction.
-    pub(crate) runs: Vec<NewRun>,
-    pub(crate) value: T,
-}
 
 /// The beat a store claims for: its runs are recorded under its id, and a
 /// routine with an in-process run going on another live beat is busy.
@@ -32,19 +19,6 @@ pub(crate) struct Claimant {
     pub(crate) beat_id: String,
     /// A beat silent for longer is dead.
     pub(crate) dead_after: std::time::Duration,
-}
-
-/// The outcome of a transaction whose rows were judged by a caller.
-#[derive(Debug)]
-enum TxError<E> {
-    Db(diesel::result::Error),
-    Caller(E),
-}
-
-impl<E> From<diesel::result::Error> for TxError<E> {
-    fn from(e: diesel::result::Error) -> Self {
-        TxError::Db(e)
-    }
 }
 
 #[derive(QueryableByName)]
@@ -125,129 +99,12 @@ impl RoutineStore {
 
     /// Marks active rows whose next run vanished without an edit the
     /// triggers saw (e.g. `next_run_at` set to NULL by hand). This is the
-    /// periodic full check; edits are found by [`Self::plan_edited`].
+    /// periodic full check; edits are found by the plan (`ClaimTx::lock_edited`).
     pub(crate) fn recheck_unplanned(&self) -> Result<usize, StoreError> {
         with_conn!(self, |conn, sql| {
             diesel::sql_query(sql.recheck_unplanned)
                 .execute(conn)
                 .map_err(|e| StoreError::query("recheck_unplanned", e))
-        })
-    }
-
-    /// Locks up to `limit` edited (or new) rows, has `plan` decide each
-    /// one's next run or error, and writes the plans. Returns how many rows
-    /// were planned. Rows another beat is planning are skipped.
-    pub(crate) fn plan_edited<T, E>(
-        &self,
-        limit: usize,
-        now: DateTime<Utc>,
-        plan: impl FnOnce(Vec<RoutineRow>) -> Result<Claim<T>, E>,
-    ) -> Result<(usize, T), E>
-    where
-        E: From<StoreError>,
-    {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let beat_id = self.claimant.as_ref().map(|c| c.beat_id.as_str());
-        let result = with_conn!(self, |conn, sql| {
-            conn.write_transaction(|conn| {
-                let rows: Vec<RawRow> = diesel::sql_query(&sql.lock_edited)
-                    .bind::<BigInt, _>(limit)
-                    .load(conn)?;
-                let rows = rows.into_iter().map(RoutineRow::from).collect();
-                let claim = plan(rows).map_err(TxError::Caller)?;
-                if !claim.plans.is_empty() {
-                    conn.write_planned(sql.write_planned, &claim.plans)?;
-                }
-                if !claim.runs.is_empty() {
-                    conn.write_runs(self.history.insert_runs, &claim.runs, now, beat_id)?;
-                }
-                Ok((claim.plans.len(), claim.value))
-            })
-        });
-        result.map_err(|e| match e {
-            TxError::Db(e) => E::from(StoreError::query("plan_edited", e)),
-            TxError::Caller(e) => e,
-        })
-    }
-
-    /// Locks up to `limit` rows due at `now` (earliest first), has `fire`
-    /// dispatch them and decide their next runs, and writes the outcome in
-    /// the same transaction. If `fire` fails, nothing is written: the rows
-    /// stay due and are claimed again later. With `tasks` (a JSON array of
-    /// task names) only rows running those tasks are claimed. `fire` is
-    /// also told which of the rows whose task `is_local` have a run going
-    /// on another live beat; the runs it returns are recorded in the
-    /// transaction. Returns `fire`'s value.
-    pub(crate) fn claim_due<T, E>(
-        &self,
-        now: DateTime<Utc>,
-        limit: usize,
-        tasks: Option<&str>,
-        is_local: impl Fn(&str) -> bool,
-        fire: impl FnOnce(Vec<RoutineRow>, &HashSet<String>) -> Result<Claim<T>, E>,
-    ) -> Result<T, E>
-    where
-        E: From<StoreError>,
-    {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let dispatched_at = now;
-        let now = models::format_timestamp(now);
-        let result = with_conn!(self, |conn, sql| {
-            conn.write_transaction(|conn| {
-                let rows: Vec<RawRow> = match tasks {
-                    None => diesel::sql_query(&sql.lock_due)
-                        .bind::<Text, _>(&now)
-                        .bind::<BigInt, _>(limit)
-                        .load(conn)?,
-                    Some(tasks) => diesel::sql_query(&sql.lock_due_of_tasks)
-                        .bind::<Text, _>(&now)
-                        .bind::<Text, _>(tasks)
-                        .bind::<BigInt, _>(limit)
-                        .load(conn)?,
-                };
-                let rows: Vec<RoutineRow> = rows.into_iter().map(RoutineRow::from).collect();
-                let busy = match &self.claimant {
-                    Some(claimant) => {
-                        let local: Vec<&str> = rows
-                            .iter()
-                            .filter(|r| is_local(&r.task))
-                            .map(|r| r.id.as_str())
-                            .collect();
-                        if local.is_empty() {
-                            HashSet::new()
-                        } else {
-                            let busy: Vec<TextRow> = diesel::sql_query(&self.history.busy)
-                                .bind::<Text, _>(serde_json::Value::from(local).to_string())
-                                .bind::<Text, _>(&claimant.beat_id)
-                                .bind::<BigInt, _>(
-                                    i64::try_from(claimant.dead_after.as_millis())
-                                        .unwrap_or(i64::MAX),
-                                )
-                                .load(conn)?;
-                            busy.into_iter().map(|r| r.value).collect()
-                        }
-                    }
-                    None => HashSet::new(),
-                };
-                let claim = fire(rows, &busy).map_err(TxError::Caller)?;
-                if !claim.plans.is_empty() {
-                    conn.write_fired(sql.write_fired, &claim.plans)?;
-                }
-                if !claim.runs.is_empty() {
-                    let beat_id = self.claimant.as_ref().map(|c| c.beat_id.as_str());
-                    conn.write_runs(
-                        self.history.insert_runs,
-                        &claim.runs,
-                        dispatched_at,
-                        beat_id,
-                    )?;
-                }
-                Ok(claim.value)
-            })
-        });
-        result.map_err(|e| match e {
-            TxError::Db(e) => E::from(StoreError::query("claim_due", e)),
-            TxError::Caller(e) => e,
         })
     }
 

@@ -146,12 +146,13 @@ macro_rules! insert_row {
     }};
 }
 
+mod claim;
 mod claims;
 mod edits;
 mod find;
 mod history;
 
-pub(crate) use claims::{Claim, Claimant};
+pub(crate) use claims::Claimant;
 
 /// The `routines` table in one database.
 pub struct RoutineStore {

@@ -4,9 +4,9 @@
 use super::edits::Actor;
 use super::models::{format_timestamp, NewRun, Plan};
 use chrono::{DateTime, Utc};
-use diesel::connection::Connection;
 #[cfg(feature = "mysql")]
 use diesel::connection::SimpleConnection;
+use diesel::connection::{AnsiTransactionManager, Connection, TransactionManager};
 use diesel::pg::PgConnection;
 use diesel::result::QueryResult;
 use diesel::sql_types::{Array, Bool, Integer, Nullable, Text, Timestamp};
@@ -15,13 +15,11 @@ use diesel::RunQueryDsl;
 
 /// What differs between backends in how the beat writes.
 pub(super) trait WriteTransaction: Connection {
-    /// The transaction the beat writes in: on SQLite `BEGIN IMMEDIATE`,
-    /// which takes the write lock at once, so two beats cannot both read a
-    /// due row before either writes it.
-    fn write_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
-    where
-        F: FnOnce(&mut Self) -> Result<T, E>,
-        E: From<diesel::result::Error>;
+    /// Begins the transaction the beat writes in (see
+    /// `RoutineStore::begin_claim`): on SQLite `BEGIN IMMEDIATE`, which
+    /// takes the write lock at once, so two beats cannot both read a due
+    /// row before either writes it.
+    fn begin_write(&mut self) -> QueryResult<()>;
 
     /// Writes planned rows with `statement` (`Sql::write_planned`).
     fn write_planned(&mut self, statement: &str, plans: &[Plan]) -> QueryResult<()>;
@@ -97,12 +95,8 @@ macro_rules! json_plan_writes {
 const SYNC_LOCK: i64 = 0x0063_646b_5f73_796e;
 
 impl WriteTransaction for PgConnection {
-    fn write_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
-    where
-        F: FnOnce(&mut Self) -> Result<T, E>,
-        E: From<diesel::result::Error>,
-    {
-        self.transaction(f)
+    fn begin_write(&mut self) -> QueryResult<()> {
+        AnsiTransactionManager::begin_transaction(self)
     }
 
     fn one_at_a_time<T>(
@@ -220,12 +214,8 @@ impl<'a> Columns<'a> {
 
 #[cfg(feature = "mysql")]
 impl WriteTransaction for diesel::mysql::MysqlConnection {
-    fn write_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
-    where
-        F: FnOnce(&mut Self) -> Result<T, E>,
-        E: From<diesel::result::Error>,
-    {
-        self.transaction(f)
+    fn begin_write(&mut self) -> QueryResult<()> {
+        AnsiTransactionManager::begin_transaction(self)
     }
 
     json_plan_writes!();
@@ -270,12 +260,8 @@ impl WriteTransaction for diesel::mysql::MysqlConnection {
 }
 
 impl WriteTransaction for SqliteConnection {
-    fn write_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
-    where
-        F: FnOnce(&mut Self) -> Result<T, E>,
-        E: From<diesel::result::Error>,
-    {
-        self.immediate_transaction(f)
+    fn begin_write(&mut self) -> QueryResult<()> {
+        AnsiTransactionManager::begin_transaction_sql(self, "BEGIN IMMEDIATE")
     }
 
     /// `BEGIN IMMEDIATE` already lets one writer in at a time.

@@ -1,10 +1,19 @@
-//! Publishing to Redis the way kombu's Redis transport does.
+//! Publishing to Redis the way kombu's Redis transport does: each
+//! message as kombu's JSON envelope, pushed to the lists of its queues.
 
-use super::message::{Destination, Message, SEP};
-use super::BrokerError;
+use super::message::{Destination, Message};
+use super::pyjson::write_py_string;
+use super::{BrokerError, Delivery, Transport};
 use crate::config::{redact_message, redact_url};
+use base64::Engine as _;
 use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
 use std::time::Duration;
+
+/// kombu's Redis key separator.
+const SEP: &str = "\x06\x16";
+/// kombu's default priority steps on Redis.
+const PRIORITY_STEPS: [i64; 4] = [0, 3, 6, 9];
 
 /// How long connecting, and each command, may take before the broker
 /// counts as unreachable.
@@ -133,15 +142,6 @@ static PUSH_ONCE_SCRIPT: std::sync::LazyLock<redis::Script> =
 /// their indexes in the batch.
 type Group = ((i64, Vec<String>), Vec<usize>);
 
-/// What became of one message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Pushed {
-    /// Pushed to this many lists (0: no queue is bound to its exchange).
-    To(usize),
-    /// Its task id was pushed within the window: not pushed again.
-    Before,
-}
-
 impl Publisher {
     /// A publisher to `url` that remembers each run it pushed for `window`.
     pub(crate) fn new(url: &str, window: Duration) -> Result<Self, BrokerError> {
@@ -188,35 +188,7 @@ impl Publisher {
         ))
     }
 
-    /// Publishes `messages`: the queue declarations kombu makes (`SADD
-    /// _kombu.binding.<queue>`, once per connection), then one `LPUSH` per
-    /// message and bound queue, unless the message's task id was pushed
-    /// within the window. Returns what became of each message (one to an
-    /// exchange with no matching binding reaches no list, and is dropped,
-    /// as kombu drops it).
-    pub(crate) fn publish(&mut self, messages: &[&Message]) -> Result<Vec<Pushed>, BrokerError> {
-        if messages.is_empty() {
-            return Ok(Vec::new());
-        }
-        let reused = self.connection.is_some();
-        let mut result = self.try_publish(messages);
-        if result.is_err() {
-            self.connection = None;
-            // A connection that was idle may have died meanwhile (a Redis
-            // restart, a proxy's timeout): one more try on a fresh one
-            // before calling the broker unavailable. Nothing was delivered
-            // on the dead one; were it otherwise, a repeat has the same ids.
-            if reused {
-                result = self.try_publish(messages);
-                if result.is_err() {
-                    self.connection = None;
-                }
-            }
-        }
-        result
-    }
-
-    fn try_publish(&mut self, messages: &[&Message]) -> Result<Vec<Pushed>, BrokerError> {
+    fn try_publish(&mut self, messages: &[&Message]) -> Result<Vec<Delivery>, BrokerError> {
         let exchanges: HashSet<&str> = messages
             .iter()
             .filter_map(|m| match &m.destination {
@@ -257,7 +229,7 @@ impl Publisher {
                 declaring.push(queue.to_owned());
             }
             let targets: Vec<String> = match &message.destination {
-                Destination::Queue { queue } => vec![message.list_key(queue)],
+                Destination::Queue { queue } => vec![list_key(message, queue)],
                 Destination::Exchange {
                     exchange,
                     routing_key,
@@ -268,7 +240,7 @@ impl Publisher {
                         table
                             .iter()
                             .filter(|(rk, _)| rk == routing_key)
-                            .map(|(_, q)| message.list_key(q))
+                            .map(|(_, q)| list_key(message, q))
                             .collect()
                     })
                     .unwrap_or_default(),
@@ -284,7 +256,7 @@ impl Publisher {
                 .query::<()>(self.connection()?)
                 .map_err(|e| self.failed(&e))?;
         }
-        let mut pushed = vec![Pushed::Before; messages.len()];
+        let mut pushed = vec![Delivery::Before; messages.len()];
         for ((second, lists), members) in &groups {
             let mut push = PUSH_ONCE_SCRIPT.prepare_invoke();
             push.key(format!("{SENT_PREFIX}{second}"));
@@ -296,14 +268,14 @@ impl Publisher {
                 push.arg(&messages[*index].id);
             }
             for index in members {
-                push.arg(&messages[*index].envelope);
+                push.arg(envelope(messages[*index]));
             }
             let fresh: Vec<i64> = push
                 .invoke(self.connection()?)
                 .map_err(|e| self.failed(&e))?;
             for (index, fresh) in members.iter().zip(fresh) {
                 if fresh == 1 {
-                    pushed[*index] = Pushed::To(lists.len());
+                    pushed[*index] = Delivery::To(lists.len());
                 }
             }
         }
@@ -312,9 +284,108 @@ impl Publisher {
     }
 }
 
+impl Transport for Publisher {
+    /// Publishes `messages`: the queue declarations kombu makes (`SADD
+    /// _kombu.binding.<queue>`, once per connection), then one `LPUSH` per
+    /// message and bound queue, unless the message's task id was pushed
+    /// within the window. Returns what became of each message (one to an
+    /// exchange with no matching binding reaches no list, and is dropped,
+    /// as kombu drops it).
+    fn publish(&mut self, messages: &[&Message]) -> Result<Vec<Delivery>, BrokerError> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let reused = self.connection.is_some();
+        let mut result = self.try_publish(messages);
+        if result.is_err() {
+            self.connection = None;
+            // A connection that was idle may have died meanwhile (a Redis
+            // restart, a proxy's timeout): one more try on a fresh one
+            // before calling the broker unavailable. Nothing was delivered
+            // on the dead one; were it otherwise, a repeat has the same ids.
+            if reused {
+                result = self.try_publish(messages);
+                if result.is_err() {
+                    self.connection = None;
+                }
+            }
+        }
+        result
+    }
+}
+
+/// kombu: clamp to 0..9, then round down to a step of [0, 3, 6, 9].
+fn priority_step(priority: i64) -> i64 {
+    let p = priority.clamp(0, 9);
+    PRIORITY_STEPS
+        .iter()
+        .rev()
+        .copied()
+        .find(|step| *step <= p)
+        .unwrap_or(0)
+}
+
+/// The list key for `queue` at `message`'s priority.
+fn list_key(message: &Message, queue: &str) -> String {
+    match priority_step(message.priority) {
+        0 => queue.to_owned(),
+        step => format!("{queue}{SEP}{step}"),
+    }
+}
+
+/// The envelope kombu's virtual channel stores in a Redis list: the body
+/// in base64, the headers, and the properties with their delivery info.
+fn envelope(message: &Message) -> String {
+    let (exchange, routing_key) = match &message.destination {
+        Destination::Queue { queue } => ("", queue.as_str()),
+        Destination::Exchange {
+            exchange,
+            routing_key,
+            ..
+        } => (exchange.as_str(), routing_key.as_str()),
+    };
+    let body = &message.body;
+    let mut envelope = String::with_capacity(message.headers.len() + body.len() * 4 / 3 + 512);
+    envelope.push_str("{\"body\": \"");
+    base64::engine::general_purpose::STANDARD.encode_string(body.as_bytes(), &mut envelope);
+    envelope.push_str("\", \"content-encoding\": \"utf-8\", \"content-type\": \"application/json\", \"headers\": ");
+    envelope.push_str(&message.headers);
+    envelope.push_str(", \"properties\": {\"correlation_id\": ");
+    write_py_string(&message.id, &mut envelope);
+    envelope.push_str(", \"reply_to\": ");
+    write_py_string(&message.reply_to, &mut envelope);
+    envelope.push_str(", \"delivery_mode\": 2");
+    if let Some(ms) = message.expiration_ms {
+        let _ = write!(envelope, ", \"expiration\": \"{ms}\"");
+    }
+    envelope.push_str(", \"delivery_info\": {\"exchange\": ");
+    write_py_string(exchange, &mut envelope);
+    envelope.push_str(", \"routing_key\": ");
+    write_py_string(routing_key, &mut envelope);
+    let _ = write!(
+        envelope,
+        "}}, \"priority\": {}, \"body_encoding\": \"base64\", \"delivery_tag\": ",
+        message.priority
+    );
+    write_py_string(
+        uuid::Uuid::new_v4()
+            .hyphenated()
+            .encode_lower(&mut uuid::Uuid::encode_buffer()),
+        &mut envelope,
+    );
+    envelope.push_str("}}");
+    envelope
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn priorities_map_to_kombus_steps() {
+        let steps: Vec<i64> = (0..=10).map(priority_step).collect();
+        assert_eq!(steps, [0, 0, 0, 3, 3, 3, 6, 6, 6, 9, 9]);
+    }
 
     #[test]
     fn celery_url_forms_are_understood() {

@@ -1,0 +1,87 @@
+//! The broker's health: up, or failing since when. Every publish reports
+//! here, and this reports on to the beat's [`Health`] (up or down, and the
+//! last error, for `/healthz`, `/readyz` and `beat_broker_up`). While the
+//! broker fails, claims leave its routines due until the next retry, with
+//! a capped exponential back-off; one log line when an outage starts, one
+//! when it ends.
+
+use super::BrokerError;
+use crate::backoff::Backoff;
+use crate::metrics::Health;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+/// A broker outage in progress.
+#[derive(Debug)]
+struct Outage {
+    since: Instant,
+    retry_at: Instant,
+    backoff: Backoff,
+}
+
+/// The broker's outages, as every claimer sees them.
+#[derive(Debug)]
+pub(super) struct Outages {
+    outage: Mutex<Option<Outage>>,
+    health: Arc<Health>,
+}
+
+impl Outages {
+    pub(super) fn new(health: Arc<Health>) -> Self {
+        Outages {
+            outage: Mutex::new(None),
+            health,
+        }
+    }
+
+    /// Whether claims must leave the broker's routines alone for now.
+    pub(super) fn paused(&self) -> bool {
+        self.lock()
+            .as_ref()
+            .is_some_and(|o| Instant::now() < o.retry_at)
+    }
+
+    /// When the broker is next tried, during an outage.
+    pub(super) fn retry_at(&self) -> Option<Instant> {
+        self.lock().as_ref().map(|o| o.retry_at)
+    }
+
+    /// A publish failed.
+    pub(super) fn failed(&self, e: &BrokerError) {
+        self.health.broker_failed(e);
+        let now = Instant::now();
+        let mut outage = self.lock();
+        match &mut *outage {
+            Some(outage) => {
+                outage.retry_at = now + outage.backoff.failed();
+                log::debug!("broker still unavailable: {e}");
+            }
+            None => {
+                log::error!(
+                    "{e}; routines sent to Celery stay due and are retried with back-off; in-process routines go on"
+                );
+                let mut backoff = Backoff::default();
+                *outage = Some(Outage {
+                    since: now,
+                    retry_at: now + backoff.failed(),
+                    backoff,
+                });
+            }
+        }
+    }
+
+    /// A publish succeeded: only that proves the broker is back.
+    pub(super) fn succeeded(&self) {
+        self.health.broker_succeeded();
+        if let Some(outage) = self.lock().take() {
+            log::info!(
+                "broker reachable again after {:.1?}",
+                outage.since.elapsed()
+            );
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Outage>> {
+        self.outage.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
