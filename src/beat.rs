@@ -133,16 +133,7 @@ impl BeatBuilder {
             routine.validate()?;
         }
         let config = self.config;
-        if config.scheduler_dead_after < config.scheduler_heartbeat_interval * 2 {
-            // A live beat would look dead between its heartbeats, and its
-            // routines would run twice at once.
-            return Err(crate::config::ConfigError::Invalid {
-                key: "scheduler_dead_after",
-                value: format!("{:?}", config.scheduler_dead_after),
-                reason: "must be at least twice scheduler_heartbeat_interval",
-            }
-            .into());
-        }
+        config.validate()?;
         log::info!("beat: database {}", redact_url(&config.scheduler_db_uri));
         let beat_id = uuid::Uuid::new_v4().to_string();
         let store = Arc::new(
@@ -236,17 +227,7 @@ impl BeatBuilder {
             })?;
         let (trigger, shutdown) = shutdown::channel();
         let dispatcher = Arc::new(Dispatcher {
-            router: Router::new(
-                &registry,
-                broker.is_some(),
-                crate::schedule::zone(&config.timezone).map_err(|_| {
-                    crate::config::ConfigError::Invalid {
-                        key: "timezone",
-                        value: config.timezone.clone(),
-                        reason: "expected an IANA time zone name such as Europe/Berlin",
-                    }
-                })?,
-            ),
+            router: Router::new(&registry, broker.is_some(), config.timezone),
             broker,
             queue: pool.queue(),
             in_flight: pool.in_flight(),

@@ -736,7 +736,7 @@ backend_tests! {
     fn a_routine_in_a_zone_fires_at_its_utc_instants_through_the_changes(db) {
         let rec = Recorder::new("record");
         let clock = common::TestClock::at(minute("2027-03-27 23:00"));
-        let config = { let mut c = db.config(); c.timezone = "Europe/Berlin".into(); c };
+        let config = { let mut c = db.config(); c.timezone = chrono_tz::Europe::Berlin; c };
         let daily = |fields: Value| Schedule::from_json(&fields).unwrap();
         let mut beat = Beat::builder(config)
             .clock(clock.clone())

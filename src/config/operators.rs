@@ -129,6 +129,28 @@ fn sha256_hex(hex: &str) -> Option<[u8; 32]> {
 }
 
 /// Reads `http_tokens`: `name:token` entries separated by commas.
+/// `http_token`: one token every operator shares (at least
+/// `MIN_TOKEN_CHARS` characters).
+pub(super) fn shared_token(key: &'static str, value: &str) -> Result<Option<String>, ConfigError> {
+    if value.chars().count() < MIN_TOKEN_CHARS {
+        return Err(ConfigError::Invalid {
+            key,
+            // The token is a secret, even a bad one.
+            value: "***".to_owned(),
+            reason: "too short: use at least 16 characters",
+        });
+    }
+    Ok(Some(value.to_owned()))
+}
+
+/// `http_tokens`, read by [`parse_list`].
+pub(super) fn named_tokens(
+    _key: &'static str,
+    value: &str,
+) -> Result<Vec<OperatorToken>, ConfigError> {
+    parse_list(value)
+}
+
 pub(super) fn parse_list(value: &str) -> Result<Vec<OperatorToken>, ConfigError> {
     let mut operators = Vec::new();
     for (i, entry) in value.split(',').enumerate() {

@@ -1,49 +1,6 @@
 //! What configuration never prints: passwords in URLs (masked in logs,
 //! errors and pages) and the operators' tokens.
 
-use super::Config;
-use std::fmt;
-
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("scheduler_db_uri", &redact_url(&self.scheduler_db_uri))
-            .field("scheduler_max_interval", &self.scheduler_max_interval)
-            .field("scheduler_sync_every", &self.scheduler_sync_every)
-            .field("scheduler_watch_interval", &self.scheduler_watch_interval)
-            .field("scheduler_db_timeout", &self.scheduler_db_timeout)
-            .field("celery_max_retry", &self.celery_max_retry)
-            .field("celery_retry_delay", &self.celery_retry_delay)
-            .field("create_table", &self.create_table)
-            .field("broker_url", &self.broker_url.as_deref().map(redact_url))
-            .field("broker_dedup_window", &self.broker_dedup_window)
-            .field("worker_concurrency", &self.worker_concurrency)
-            .field("shutdown_timeout", &self.shutdown_timeout)
-            .field("scheduler_misfire_policy", &self.scheduler_misfire_policy)
-            .field(
-                "scheduler_misfire_grace_time",
-                &self.scheduler_misfire_grace_time,
-            )
-            .field("timezone", &self.timezone)
-            .field("history", &self.history)
-            .field("history_max_age", &self.history_max_age)
-            .field("history_max_runs", &self.history_max_runs)
-            .field(
-                "scheduler_heartbeat_interval",
-                &self.scheduler_heartbeat_interval,
-            )
-            .field("scheduler_dead_after", &self.scheduler_dead_after)
-            .field("http_addr", &self.http_addr)
-            .field("http_token", &self.http_token.as_ref().map(|_| "***"))
-            .field("http_tokens", &self.http_tokens)
-            .field("http_tokens_file", &self.http_tokens_file)
-            .field("http_public_read", &self.http_public_read)
-            .field("audit_max_age", &self.audit_max_age)
-            .field("audit_max_edits", &self.audit_max_edits)
-            .finish()
-    }
-}
-
 /// `url` with any password replaced by `***`, for logs and errors.
 ///
 /// ```
@@ -115,6 +72,7 @@ fn mask_query_password(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Config;
 
     #[test]
     fn messages_lose_the_password() {

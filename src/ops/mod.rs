@@ -65,12 +65,7 @@ impl Operator {
     }
 
     fn open(config: Config) -> Result<Self, Error> {
-        let zone =
-            schedule::zone(&config.timezone).map_err(|_| crate::config::ConfigError::Invalid {
-                key: "timezone",
-                value: config.timezone.clone(),
-                reason: "expected an IANA time zone name such as Europe/Berlin",
-            })?;
+        let zone = config.timezone;
         let store =
             RoutineStore::open_briefly(&config.scheduler_db_uri, config.scheduler_db_timeout)?;
         Ok(Operator {
@@ -129,15 +124,13 @@ pub fn parse_json(text: &str) -> Result<serde_json::Value, String> {
 }
 
 /// The next `n` fire times of a schedule after `from`, without a database
-/// (`beat next`). Crontabs without a `timezone` key match `timezone`.
+/// (`beat next`). Crontabs without a `timezone` key match `zone`.
 pub fn preview(
     schedule_json: &str,
-    timezone: &str,
+    zone: Tz,
     n: usize,
     from: DateTime<Utc>,
 ) -> Result<(Schedule, Vec<DateTime<Utc>>), Error> {
-    let zone = schedule::zone(timezone)
-        .map_err(|e| crate::routine::RoutineError::new("(preview)", e.to_string()))?;
     let json: serde_json::Value = serde_json::from_str(schedule_json).map_err(|e| {
         crate::routine::RoutineError::new(
             "(preview)",

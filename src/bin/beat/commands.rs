@@ -399,13 +399,17 @@ fn beats(op: &Operator, json: bool) -> anyhow::Result<i32> {
 }
 
 fn next(config: &Config, args: crate::NextArgs, json: bool) -> anyhow::Result<i32> {
-    let zone = args.timezone.as_deref().unwrap_or(&config.timezone);
+    let zone = match &args.timezone {
+        Some(name) => name
+            .parse::<chrono_tz::Tz>()
+            .map_err(|_| anyhow::anyhow!("unknown time zone {name:?}"))?,
+        None => config.timezone,
+    };
     let (schedule, runs) = ops::preview(&args.schedule, zone, args.count, Utc::now())?;
     let shown = schedule
         .timezone()
-        .unwrap_or(zone)
-        .parse::<chrono_tz::Tz>()
-        .unwrap_or(chrono_tz::UTC);
+        .and_then(|name| name.parse::<chrono_tz::Tz>().ok())
+        .unwrap_or(zone);
     let words = ops::describe(&serde_json::from_str(&args.schedule).unwrap_or(Value::Null));
     let local = |t: DateTime<Utc>| {
         t.with_timezone(&shown)

@@ -75,14 +75,8 @@ fn routine_with(app: &App, r: &Request, said: Option<Said>, draft: Option<Draft>
             .unwrap_or(row.options.as_deref().unwrap_or("{}"))
             .to_owned(),
     });
-    let preview = (r.field("preview").is_some()).then(|| {
-        ops::preview(
-            &draft.schedule,
-            app.operator.zone().name(),
-            NEXT_TIMES,
-            Utc::now(),
-        )
-    });
+    let preview = (r.field("preview").is_some())
+        .then(|| ops::preview(&draft.schedule, app.operator.zone(), NEXT_TIMES, Utc::now()));
     let token = csrf(r);
     let state = state_of(row.active, row.last_error.is_some());
     let view = &shown.view;
