@@ -54,6 +54,23 @@ pub(crate) struct Housekeeper {
 }
 
 impl Housekeeper {
+    /// Starts the housekeeper's thread. Dropping the returned sender stops
+    /// it (see [`Self::run`]).
+    pub(crate) fn start(
+        self,
+    ) -> Result<(crossbeam_channel::Sender<()>, std::thread::JoinHandle<()>), crate::error::Error>
+    {
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+        let thread = std::thread::Builder::new()
+            .name("beat-housekeeper".into())
+            .spawn(move || self.run(stopped))
+            .map_err(|source| crate::error::Error::Thread {
+                what: "housekeeper",
+                source,
+            })?;
+        Ok((stop, thread))
+    }
+
     /// Serves until `stop` is dropped; then writes what is left, marks this
     /// beat's unfinished runs abandoned and the beat stopped.
     pub(crate) fn run(self, stop: Receiver<()>) {

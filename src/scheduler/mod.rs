@@ -69,6 +69,16 @@ pub(crate) struct Settings {
     pub(crate) sync_every: Duration,
 }
 
+impl Settings {
+    pub(crate) fn of(config: &crate::Config) -> Self {
+        Settings {
+            max_interval: config.scheduler_max_interval,
+            watch_interval: config.scheduler_watch_interval,
+            sync_every: config.scheduler_sync_every,
+        }
+    }
+}
+
 /// The wait before a pass that lost a race (a deadlock) is tried again.
 const TRANSIENT_RETRY: Duration = Duration::from_millis(10);
 

@@ -1,19 +1,18 @@
-//! The beat: builder, start-up, and the handles that stop it.
+//! The beat: builder, start-up (`start`), and the handles that stop it.
 
-use crate::broker::Broker;
+mod start;
+
 use crate::clock::{Clock, SystemClock};
-use crate::config::{redact_url, Config};
-use crate::dispatch::Touched;
-use crate::dispatch::{Dispatcher, Router};
+use crate::config::Config;
+use crate::dispatch::Dispatcher;
 use crate::error::Error;
-use crate::metrics::{self, Health, Metrics, Monitor, Stats};
+use crate::metrics::{Metrics, Monitor, Stats};
 use crate::routine::{Routine, RoutineError};
-use crate::scheduler::housekeeping::{HistorySettings, Housekeeper};
-use crate::scheduler::{self, Scheduler, Settings, Tick};
-use crate::shutdown::{self, Trigger};
-use crate::store::{Actor, BeatInfo, Claimant, RoutineStore};
+use crate::scheduler::{Scheduler, Tick};
+use crate::shutdown::Trigger;
+use crate::store::RoutineStore;
 use crate::task::{AsyncTask, SyncTask, TaskRegistry};
-use crate::worker::{Reporter, RetryPolicy, WorkerPool};
+use crate::worker::WorkerPool;
 use chrono::{DateTime, Utc};
 use crossbeam_channel::Sender;
 use std::sync::Arc;
@@ -127,166 +126,6 @@ impl BeatBuilder {
             scheduler: Some(scheduler),
         })
     }
-
-    fn prepare(self) -> Result<(Parts, Scheduler), Error> {
-        for routine in &self.routines {
-            routine.validate()?;
-        }
-        let config = self.config;
-        config.validate()?;
-        log::info!("beat: database {}", redact_url(&config.scheduler_db_uri));
-        let beat_id = uuid::Uuid::new_v4().to_string();
-        let store = Arc::new(
-            RoutineStore::open(&config.scheduler_db_uri, config.scheduler_db_timeout)?
-                .claiming_for(Claimant {
-                    beat_id: beat_id.clone(),
-                    dead_after: config.scheduler_dead_after,
-                }),
-        );
-        if config.create_table {
-            store.migrate()?;
-        } else {
-            store.check_schema()?;
-        }
-        let (inserted, deleted) = store.sync_declared(&Actor::beat(&beat_id), &self.routines)?;
-        for name in &inserted {
-            log::info!("routine {name}: declared in code, inserted");
-        }
-        if deleted > 0 {
-            log::info!("beat: deleted {deleted} routine(s) no longer declared in code");
-        }
-
-        let claimers = scheduler::claimers(store.backend());
-        let health = Arc::new(Health::default());
-        let broker = match &config.broker_url {
-            Some(url) => Some(Arc::new(Broker::open(
-                url,
-                config.broker_dedup_window,
-                claimers,
-                Arc::clone(&health),
-            )?)),
-            None => None,
-        };
-        let registry = Arc::new(self.registry);
-        let beat = BeatInfo {
-            id: beat_id.clone(),
-            host: hostname(),
-            pid: i32::try_from(std::process::id()).unwrap_or(i32::MAX),
-            tasks: {
-                let mut names: Vec<&str> = registry.names().collect();
-                names.sort_unstable();
-                serde_json::Value::from(names).to_string()
-            },
-            broker: broker.is_some(),
-        };
-        store.register_beat(&beat)?;
-        log::info!("beat: registered as {beat_id} in the beats table");
-        let metrics = Arc::new(Metrics::default());
-        let (events, events_rx) = crossbeam_channel::unbounded();
-        let pool = WorkerPool::start(
-            config.worker_concurrency,
-            Arc::clone(&registry),
-            RetryPolicy {
-                max_retries: config.celery_max_retry,
-                delay: config.celery_retry_delay,
-            },
-            Arc::clone(&metrics),
-            Reporter {
-                events: events.clone(),
-                clock: Arc::clone(&self.clock),
-            },
-        )
-        .map_err(|source| Error::Thread {
-            what: "worker",
-            source,
-        })?;
-        let touched = Arc::new(Touched::default());
-        let (housekeeper_stop, housekeeper_stopped) = crossbeam_channel::bounded::<()>(0);
-        let housekeeper = Housekeeper {
-            store: Arc::clone(&store),
-            beat,
-            settings: HistorySettings {
-                history: config.history,
-                max_age: config.history_max_age,
-                max_runs: config.history_max_runs,
-                heartbeat: config.scheduler_heartbeat_interval,
-                dead_after: config.scheduler_dead_after,
-                audit_max_age: config.audit_max_age,
-                audit_max_edits: config.audit_max_edits,
-            },
-            events: events_rx,
-            touched: Arc::clone(&touched),
-            clock: Arc::clone(&self.clock),
-        };
-        let housekeeper = std::thread::Builder::new()
-            .name("beat-housekeeper".into())
-            .spawn(move || housekeeper.run(housekeeper_stopped))
-            .map_err(|source| Error::Thread {
-                what: "housekeeper",
-                source,
-            })?;
-        let (trigger, shutdown) = shutdown::channel();
-        let dispatcher = Arc::new(Dispatcher {
-            router: Router::new(&registry, broker.is_some(), config.timezone),
-            broker,
-            queue: pool.queue(),
-            in_flight: pool.in_flight(),
-            metrics: Arc::clone(&metrics),
-            clock: Arc::clone(&self.clock),
-            misfire: (
-                config.scheduler_misfire_policy,
-                config.scheduler_misfire_grace_time,
-            ),
-            shutdown: shutdown.clone(),
-            history: config.history,
-            events,
-            touched,
-        });
-        let monitor = Monitor {
-            metrics: Arc::clone(&metrics),
-            health: Arc::clone(&health),
-            bound: metrics::health_bound(config.scheduler_watch_interval),
-            has_broker: config.broker_url.is_some(),
-            beat_id: beat_id.clone(),
-        };
-        let scheduler = Scheduler::new(
-            Arc::clone(&store),
-            self.clock,
-            Arc::clone(&dispatcher),
-            Arc::clone(&metrics),
-            shutdown,
-            Settings {
-                max_interval: config.scheduler_max_interval,
-                watch_interval: config.scheduler_watch_interval,
-                sync_every: config.scheduler_sync_every,
-            },
-            health,
-        );
-        let parts = Parts {
-            store,
-            beat_id,
-            dispatcher: Some(dispatcher),
-            pool: Some(pool),
-            housekeeper: Some((housekeeper_stop, housekeeper)),
-            metrics,
-            monitor,
-            trigger: Some(trigger),
-            shutdown_timeout: config.shutdown_timeout,
-        };
-        Ok((parts, scheduler))
-    }
-}
-
-/// This machine's name, for the `beats` table.
-fn hostname() -> String {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .or_else(|| std::env::var("COMPUTERNAME").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown".to_owned());
-    name.chars().take(255).collect()
 }
 
 /// How long a stop waits for the housekeeper's last writes beyond the
