@@ -138,6 +138,9 @@ pub(crate) struct Publisher {
 static PUSH_ONCE_SCRIPT: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(PUSH_ONCE));
 
+/// Routing key and queue pairs, by exchange.
+type Bindings = HashMap<String, Vec<(String, String)>>;
+
 /// Messages pushed by one script call: their due second and list keys, and
 /// their indexes in the batch.
 type Group = ((i64, Vec<String>), Vec<usize>);
@@ -188,7 +191,9 @@ impl Publisher {
         ))
     }
 
-    fn try_publish(&mut self, messages: &[&Message]) -> Result<Vec<Delivery>, BrokerError> {
+    /// The bindings of the exchanges `messages` go to, as kombu keeps
+    /// them (`_kombu.binding.<exchange>`): routing key and queue pairs.
+    fn bindings(&mut self, messages: &[&Message]) -> Result<Bindings, BrokerError> {
         let exchanges: HashSet<&str> = messages
             .iter()
             .filter_map(|m| match &m.destination {
@@ -196,7 +201,7 @@ impl Publisher {
                 Destination::Queue { .. } => None,
             })
             .collect();
-        let mut bindings: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        let mut bindings = Bindings::new();
         for exchange in exchanges {
             let members: Vec<String> = redis::cmd("SMEMBERS")
                 .arg(format!("_kombu.binding.{exchange}"))
@@ -212,6 +217,11 @@ impl Publisher {
                 .collect();
             bindings.insert(exchange.to_owned(), table);
         }
+        Ok(bindings)
+    }
+
+    fn try_publish(&mut self, messages: &[&Message]) -> Result<Vec<Delivery>, BrokerError> {
+        let bindings = self.bindings(messages)?;
 
         let mut declare = redis::pipe();
         let mut declaring = Vec::new();

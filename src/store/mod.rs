@@ -17,10 +17,12 @@ mod pool;
 mod sql;
 mod write;
 
+pub(crate) use beats::BeatInfo;
+pub use beats::BeatRow;
 pub use edits::{Actor, EditAction, EditFilter, EditRow, FieldChange, Via};
 pub use find::{RoutineCounts, RoutineQuery, RoutineState};
-pub(crate) use history::{BeatInfo, RunUpdate};
-pub use history::{BeatRow, RunFilter, RunRow};
+pub(crate) use history::RunUpdate;
+pub use history::{RunFilter, RunRow};
 use models::RawRow;
 pub use models::RoutineRow;
 pub(crate) use models::{NewRoutine, NewRun, Plan, LATEST_STORABLE};
@@ -146,6 +148,32 @@ macro_rules! insert_row {
     }};
 }
 
+/// Runs `$body` on a pooled connection of the store's backend, with `$sql`
+/// its history statements.
+macro_rules! with_history_conn {
+    ($store:expr, |$conn:ident, $sql:ident| $body:expr) => {
+        match &$store.pools {
+            Pools::Postgres(pool) => {
+                let $conn = &mut *pool.get().map_err(StoreError::checkout)?;
+                let $sql = &$store.history;
+                $body
+            }
+            Pools::Sqlite(pool) => {
+                let $conn = &mut *pool.get().map_err(StoreError::checkout)?;
+                let $sql = &$store.history;
+                $body
+            }
+            #[cfg(feature = "mysql")]
+            Pools::Mysql(pool) => {
+                let $conn = &mut *pool.get().map_err(StoreError::checkout)?;
+                let $sql = &$store.history;
+                $body
+            }
+        }
+    };
+}
+
+mod beats;
 mod claim;
 mod claims;
 mod edits;
