@@ -20,6 +20,9 @@ pub enum Error {
     /// The Celery broker failed.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// No routine has this name.
+    #[error("routine {0}: no such routine")]
+    NoSuchRoutine(String),
     /// A routine declared in code, or asked for by name, is invalid or
     /// cannot be run.
     #[error(transparent)]

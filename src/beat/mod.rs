@@ -153,7 +153,7 @@ impl Parts {
         let row = self
             .store
             .routine(name)?
-            .ok_or_else(|| RoutineError::new(name, "no such routine"))?;
+            .ok_or_else(|| Error::NoSuchRoutine(name.to_owned()))?;
         let dispatcher = self
             .dispatcher
             .as_ref()

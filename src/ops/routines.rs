@@ -216,7 +216,7 @@ impl Operator {
     pub(super) fn existing(&self, name: &str) -> Result<RoutineRow, Error> {
         self.store
             .routine(name)?
-            .ok_or_else(|| RoutineError::new(name, "no such routine").into())
+            .ok_or_else(|| Error::NoSuchRoutine(name.to_owned()))
     }
 
     /// Adds a routine, as `by`'s edit, checked as the beat checks rows: a
@@ -301,7 +301,7 @@ impl Operator {
     /// Enables or disables a routine, as `by`'s edit.
     pub fn set_active(&self, by: &Actor, name: &str, active: bool) -> Result<(), Error> {
         if !self.store.set_active(by, name, active)? {
-            return Err(RoutineError::new(name, "no such routine").into());
+            return Err(Error::NoSuchRoutine(name.to_owned()));
         }
         Ok(())
     }
@@ -310,7 +310,7 @@ impl Operator {
     /// until pruned).
     pub fn remove(&self, by: &Actor, name: &str) -> Result<(), Error> {
         if !self.store.remove(by, name)? {
-            return Err(RoutineError::new(name, "no such routine").into());
+            return Err(Error::NoSuchRoutine(name.to_owned()));
         }
         Ok(())
     }

@@ -120,7 +120,7 @@ impl Operator {
             .first()
             .map_or(0, |r| r.id);
         if !self.store.request_run(by, name)? {
-            return Err(invalid("no such routine".into()));
+            return Err(Error::NoSuchRoutine(name.to_owned()));
         }
         Ok(before)
     }

@@ -44,7 +44,8 @@ fn routine_with(app: &App, r: &Request, said: Option<Said>, draft: Option<Draft>
         Ok(shown) => shown,
         Err(e) => {
             let status = match e {
-                crate::error::Error::Routine(_) => 404,
+                crate::error::Error::NoSuchRoutine(_) => 404,
+                crate::error::Error::Routine(_) => 400,
                 _ => 503,
             };
             return Reply::html(
