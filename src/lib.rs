@@ -87,13 +87,14 @@ pub use config::{
 pub use error::Error;
 #[cfg(feature = "http")]
 pub use http::HttpServer;
-pub use metrics::{HealthReport, Lateness, Monitor, Stats};
+pub use metrics::{HealthReport, Lateness, Monitor, Stats, Target};
 pub use routine::{Routine, RoutineError};
 pub use schedule::{Crontab, Misfire, MisfirePolicy, Schedule, ScheduleError};
 pub use scheduler::Tick;
 pub use store::{
     Actor, Backend, BeatRow, EditAction, EditFilter, EditRow, FieldChange, RoutineCounts,
-    RoutineQuery, RoutineRow, RoutineState, RoutineStore, RunFilter, RunRow, StoreError, Via,
+    RoutineQuery, RoutineRow, RoutineState, RoutineStore, RunFilter, RunOutcome, RunRow,
+    StoreError, Via,
 };
 pub use task::{AsyncTask, SyncTask, TaskContext, TaskError, TaskResult};
 

@@ -7,7 +7,8 @@ mod common;
 
 use celery_diesel_kit::ops::Operator;
 use celery_diesel_kit::{
-    task_id, Beat, Config, ManualBeat, Routine, RunRow, Schedule, SyncTask, TaskContext, TaskResult,
+    task_id, Beat, Config, ManualBeat, Routine, RunRow, Schedule, SyncTask, Target, TaskContext,
+    TaskResult,
 };
 use chrono::{DateTime, Duration as TimeDelta, Utc};
 use common::{gate, utc, wait_until, BeatProcess, Recorder, TestClock, TestDb};
@@ -39,7 +40,7 @@ fn outcomes(config: &Config) -> HashMap<String, Vec<(i64, String)>> {
         by_routine
             .entry(run.routine.clone())
             .or_default()
-            .push(((due - at(0)).num_seconds(), run.outcome.clone()));
+            .push(((due - at(0)).num_seconds(), run.outcome.to_string()));
     }
     by_routine
 }
@@ -114,7 +115,7 @@ backend_tests! {
             assert_eq!(Some(fired as i32), row.total_run_count, "{}: history agrees with total_run_count", row.name);
             for run in &mine {
                 assert_eq!(run.task_id, task_id(&row.id, run.due_at.unwrap().and_utc()));
-                assert_eq!(run.target, "local");
+                assert_eq!(run.target, Target::InProcess);
                 assert_eq!(run.beat_id.as_deref(), Some(beat.id()));
                 assert!(!run.on_demand);
             }
@@ -321,7 +322,7 @@ fn a_run_requested_through_the_table_is_run_once_and_recorded() {
     );
     let all = runs(&config);
     assert_eq!(all.len(), 1);
-    assert!(all[0].on_demand && all[0].target == "local");
+    assert!(all[0].on_demand && all[0].target == Target::InProcess);
     // Ticks later run nothing more.
     clock.set(at(2));
     beat.tick(at(2)).unwrap();

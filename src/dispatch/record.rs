@@ -2,7 +2,8 @@
 //! the pruning by count should look at.
 
 use super::{Dispatcher, Fate};
-use crate::store::{NewRun, RoutineRow};
+use crate::metrics::Target;
+use crate::store::{NewRun, RoutineRow, RunOutcome};
 use chrono::{DateTime, Utc};
 use std::collections::HashSet;
 use std::sync::{Mutex, PoisonError};
@@ -41,10 +42,6 @@ impl Touched {
     }
 }
 
-/// Where a run goes, as `routine_runs.target` says.
-const LOCAL: &str = "local";
-const CELERY: &str = "celery";
-
 impl Dispatcher {
     /// The record of a run of `row` due at `due` with task id `id`, going
     /// in-process if `local`, if it is recorded: with `history` every run
@@ -59,14 +56,13 @@ impl Dispatcher {
     ) -> Option<NewRun> {
         let recorded = self.history || matches!(fate, Fate::Run(job) if job.scheduled);
         let outcome = match fate {
-            Fate::Run(_) => "queued",
-            Fate::Sent(..) => "published",
-            Fate::Skip => "skipped",
-            Fate::Missed => "missed",
+            Fate::Run(_) => RunOutcome::Queued,
+            Fate::Sent(..) => RunOutcome::Published,
+            Fate::Skip => RunOutcome::Skipped,
+            Fate::Missed => RunOutcome::Missed,
             Fate::Invalid => return None,
         };
-        let target = if local { LOCAL } else { CELERY };
-        recorded.then(|| NewRun::of(row, due, id, target, outcome, error))
+        recorded.then(|| NewRun::of(row, due, id, Target::of(local), outcome, error))
     }
 
     /// The record of a run on demand of `row` that cannot run, with
@@ -79,7 +75,7 @@ impl Dispatcher {
     ) -> Option<NewRun> {
         self.history.then(|| {
             let error = Some(format!("cannot run: {reason}"));
-            let mut run = NewRun::of(row, now, id, LOCAL, "failed", error);
+            let mut run = NewRun::of(row, now, id, Target::Unrouted, RunOutcome::Failed, error);
             run.on_demand = 1;
             run
         })

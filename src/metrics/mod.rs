@@ -43,10 +43,15 @@ pub(crate) struct Metrics {
     by_task: Mutex<HashMap<String, TaskCounts>>,
 }
 
-/// Where a run went, as the metrics say it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Target {
+/// Where a run goes: to a Celery worker through the broker, or to this
+/// beat's worker pool; or nowhere (its row is invalid). One name each in
+/// the run history (`routine_runs.target`), the metrics' `target` label,
+/// the command line and the dashboard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// Published to the broker, for a Celery worker.
     Celery,
+    /// Queued for this beat's worker pool.
     InProcess,
     /// Not routed: the row was invalid.
     Unrouted,
@@ -63,12 +68,39 @@ impl Target {
         }
     }
 
-    pub(crate) fn label(self) -> &'static str {
+    /// Its name: `celery`, `in_process` or `none`.
+    pub fn as_str(self) -> &'static str {
         match self {
             Target::Celery => "celery",
             Target::InProcess => "in_process",
             Target::Unrouted => "none",
         }
+    }
+
+    /// The target of this name (`local` is what versions before 0.3 wrote
+    /// for `in_process`); anything else is unrouted.
+    pub fn from_name(name: &str) -> Self {
+        match name {
+            "celery" => Target::Celery,
+            "in_process" | "local" => Target::InProcess,
+            _ => Target::Unrouted,
+        }
+    }
+
+    pub(crate) fn label(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for Target {
+    fn eq(&self, name: &&str) -> bool {
+        self.as_str() == *name
     }
 }
 

@@ -4,8 +4,11 @@
 use super::Operator;
 use crate::broker;
 use crate::error::Error;
+use crate::metrics::Target;
 use crate::routine::RoutineError;
-use crate::store::{Actor, BeatRow, EditFilter, EditRow, NewRun, RoutineRow, RunFilter, RunRow};
+use crate::store::{
+    Actor, BeatRow, EditFilter, EditRow, NewRun, RoutineRow, RunFilter, RunOutcome, RunRow,
+};
 use chrono::{DateTime, Utc};
 use std::time::{Duration, Instant};
 
@@ -151,7 +154,14 @@ impl Operator {
                 .map_err(invalid)?
             {
                 broker::connect(url, self.config.broker_dedup_window)?.publish(&[&message])?;
-                let mut run = NewRun::of(&row, now, &task_id, "celery", "published", None);
+                let mut run = NewRun::of(
+                    &row,
+                    now,
+                    &task_id,
+                    Target::Celery,
+                    RunOutcome::Published,
+                    None,
+                );
                 run.on_demand = 1;
                 self.store.record_runs(&[run], now, None)?;
                 return Ok(Sent::Published { task_id });

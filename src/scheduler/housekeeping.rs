@@ -10,7 +10,7 @@
 
 use crate::clock::Clock;
 use crate::dispatch::Touched;
-use crate::store::{BeatInfo, RoutineStore, RunUpdate};
+use crate::store::{BeatInfo, RoutineStore, RunOutcome, RunUpdate};
 use crate::worker::{Happened, RunEvent};
 use chrono::TimeDelta;
 use crossbeam_channel::{select, Receiver};
@@ -134,12 +134,12 @@ impl Housekeeper {
             _ => event.attempts + 1,
         };
         let (outcome, error, ended) = match event.what {
-            Happened::Started => ("running", None, false),
-            Happened::Retrying(e) => ("retrying", Some(e), false),
-            Happened::Succeeded => ("succeeded", None, true),
-            Happened::Failed(e) => ("failed", Some(e), true),
+            Happened::Started => (RunOutcome::Running, None, false),
+            Happened::Retrying(e) => (RunOutcome::Retrying, Some(e), false),
+            Happened::Succeeded => (RunOutcome::Succeeded, None, true),
+            Happened::Failed(e) => (RunOutcome::Failed, Some(e), true),
             Happened::Abandoned => (
-                "abandoned",
+                RunOutcome::Abandoned,
                 Some("the beat stopped before it ran".to_owned()),
                 true,
             ),
@@ -150,7 +150,7 @@ impl Housekeeper {
             outcome,
             attempts: i32::try_from(made).ok(),
             error,
-            started_at: (outcome == "running").then_some(event.at),
+            started_at: (outcome == RunOutcome::Running).then_some(event.at),
             finished_at: ended.then_some(event.at),
             forget: ended && !self.settings.history,
         }

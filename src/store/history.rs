@@ -11,11 +11,94 @@ use super::pool::Pools;
 use super::sql::history::millis;
 use super::write::WriteTransaction;
 use super::{RoutineStore, StoreError};
+use crate::metrics::Target;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::sql_types::{BigInt, Bool, Integer, Nullable, Text};
 use diesel::{Connection, QueryableByName, RunQueryDsl};
 
 use std::time::Duration;
+
+/// What became of a run, as `routine_runs.outcome` names it (and the
+/// command line and the dashboard show it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RunOutcome {
+    /// Published to the broker (its end is the Celery worker's to know).
+    Published,
+    /// Queued for this beat's workers.
+    Queued,
+    /// Running on a worker.
+    Running,
+    /// An attempt failed; it is waiting for its next.
+    Retrying,
+    /// It ran and succeeded.
+    Succeeded,
+    /// It failed (every attempt), or could not run at all.
+    Failed,
+    /// Not run: its previous run was still going.
+    Skipped,
+    /// Not run: later than its misfire grace time, under the `skip` policy.
+    Missed,
+    /// Dropped at a stop, before a worker took it.
+    Abandoned,
+    /// Its beat died before it ended.
+    Lost,
+    /// A name this version does not know (written by hand, or by a newer
+    /// beat).
+    Unknown,
+}
+
+impl RunOutcome {
+    const ALL: [RunOutcome; 10] = [
+        RunOutcome::Published,
+        RunOutcome::Queued,
+        RunOutcome::Running,
+        RunOutcome::Retrying,
+        RunOutcome::Succeeded,
+        RunOutcome::Failed,
+        RunOutcome::Skipped,
+        RunOutcome::Missed,
+        RunOutcome::Abandoned,
+        RunOutcome::Lost,
+    ];
+
+    /// Its name in `routine_runs.outcome`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunOutcome::Published => "published",
+            RunOutcome::Queued => "queued",
+            RunOutcome::Running => "running",
+            RunOutcome::Retrying => "retrying",
+            RunOutcome::Succeeded => "succeeded",
+            RunOutcome::Failed => "failed",
+            RunOutcome::Skipped => "skipped",
+            RunOutcome::Missed => "missed",
+            RunOutcome::Abandoned => "abandoned",
+            RunOutcome::Lost => "lost",
+            RunOutcome::Unknown => "unknown",
+        }
+    }
+
+    /// The outcome of this name.
+    pub fn from_name(name: &str) -> Self {
+        RunOutcome::ALL
+            .into_iter()
+            .find(|o| o.as_str() == name)
+            .unwrap_or(RunOutcome::Unknown)
+    }
+}
+
+impl std::fmt::Display for RunOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for RunOutcome {
+    fn eq(&self, name: &&str) -> bool {
+        self.as_str() == *name
+    }
+}
 
 /// One run as `routine_runs` records it.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,17 +119,16 @@ pub struct RunRow {
     pub dispatched_at: Option<NaiveDateTime>,
     /// The Celery task id (in-process runs have one too).
     pub task_id: String,
-    /// `celery` (pushed to the broker) or `local` (a beat's worker pool).
-    pub target: String,
+    /// Where it went: `celery` (published to the broker), `in_process` (a
+    /// beat's worker pool), or `none` (a run on demand of a routine that
+    /// cannot run).
+    pub target: Target,
     /// Run by `beat send`, not by the schedule.
     pub on_demand: bool,
     /// The beat that dispatched it (`None`: published by `beat send`).
     pub beat_id: Option<String>,
-    /// `published`, `queued`, `running`, `retrying`, `succeeded`,
-    /// `failed`, `skipped` (its previous run was still going), `missed`
-    /// (later than its grace time under `skip`), `abandoned` (at a stop) or
-    /// `lost` (its beat died).
-    pub outcome: String,
+    /// What became of it.
+    pub outcome: RunOutcome,
     /// Attempts made (in-process runs).
     pub attempts: Option<i32>,
     /// The last error.
@@ -105,10 +187,10 @@ impl From<RawRun> for RunRow {
             due_at: time(raw.due_at),
             dispatched_at: time(raw.dispatched_at),
             task_id: raw.task_id,
-            target: raw.target,
+            target: Target::from_name(&raw.target),
             on_demand: raw.on_demand,
             beat_id: raw.beat_id,
-            outcome: raw.outcome,
+            outcome: RunOutcome::from_name(&raw.outcome),
             attempts: raw.attempts,
             error: raw.error,
             started_at: time(raw.started_at),
@@ -122,7 +204,7 @@ impl From<RawRun> for RunRow {
 pub(crate) struct RunUpdate {
     pub(crate) routine_id: String,
     pub(crate) task_id: String,
-    pub(crate) outcome: &'static str,
+    pub(crate) outcome: RunOutcome,
     pub(crate) attempts: Option<i32>,
     pub(crate) error: Option<String>,
     pub(crate) started_at: Option<DateTime<Utc>>,
@@ -233,7 +315,7 @@ impl RoutineStore {
                         continue;
                     }
                     diesel::sql_query(update)
-                        .bind::<Text, _>(u.outcome)
+                        .bind::<Text, _>(u.outcome.as_str())
                         .bind::<Nullable<Integer>, _>(u.attempts)
                         .bind::<Nullable<Text>, _>(u.error.as_deref())
                         .bind::<Nullable<Text>, _>(u.started_at.map(format_timestamp))

@@ -22,7 +22,7 @@ pub use beats::BeatRow;
 pub use edits::{Actor, EditAction, EditFilter, EditRow, FieldChange, Via};
 pub use find::{RoutineCounts, RoutineQuery, RoutineState};
 pub(crate) use history::RunUpdate;
-pub use history::{RunFilter, RunRow};
+pub use history::{RunFilter, RunOutcome, RunRow};
 use models::RawRow;
 pub use models::RoutineRow;
 pub(crate) use models::{NewRoutine, NewRun, Plan, LATEST_STORABLE};
@@ -36,6 +36,10 @@ use diesel::RunQueryDsl;
 use pool::Pools;
 use sql::Sql;
 use write::WriteTransaction;
+
+/// The newest migration, by Diesel's version (its directory's date and
+/// number): a beat that does not create its tables needs it to have run.
+const LATEST_MIGRATION: &str = "20261201000002";
 
 /// A failure to talk to the database.
 #[derive(Debug, thiserror::Error)]
@@ -279,7 +283,21 @@ impl RoutineStore {
                  SELECT heartbeat_at FROM beats WHERE 1 = 0; \
                  SELECT changes FROM routine_edits WHERE 1 = 0",
             )
-            .map_err(|e| StoreError::NotMigrated(e.to_string()))
+            .map_err(|e| StoreError::NotMigrated(e.to_string()))?;
+            // A migration that changes values, not columns, shows only in
+            // Diesel's own record of what ran.
+            let ran: Vec<history::TextRow> = diesel::sql_query(format!(
+                "SELECT version AS value FROM __diesel_schema_migrations \
+                 WHERE version = '{LATEST_MIGRATION}'"
+            ))
+            .load(conn)
+            .map_err(|e| StoreError::NotMigrated(e.to_string()))?;
+            match ran.is_empty() {
+                true => Err(StoreError::NotMigrated(format!(
+                    "migration {LATEST_MIGRATION} has not run"
+                ))),
+                false => Ok(()),
+            }
         })
     }
 

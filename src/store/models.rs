@@ -1,6 +1,8 @@
 //! What the store reads and writes: rows of `routines` and the beat's
 //! updates to them.
 
+use super::history::RunOutcome;
+use crate::metrics::Target;
 use crate::routine::Routine;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::sql_types::{Bool, Integer, Nullable, Text};
@@ -361,12 +363,12 @@ pub(crate) struct NewRun {
     pub(crate) due_at: DateTime<Utc>,
     #[serde(rename = "i")]
     pub(crate) task_id: String,
-    #[serde(rename = "g")]
-    pub(crate) target: &'static str,
+    #[serde(rename = "g", serialize_with = "named_target")]
+    pub(crate) target: Target,
     #[serde(rename = "o")]
     pub(crate) on_demand: u8,
-    #[serde(rename = "x")]
-    pub(crate) outcome: &'static str,
+    #[serde(rename = "x", serialize_with = "named_outcome")]
+    pub(crate) outcome: RunOutcome,
     #[serde(rename = "e", skip_serializing_if = "Option::is_none")]
     pub(crate) error: Option<String>,
 }
@@ -377,8 +379,8 @@ impl NewRun {
         row: &RoutineRow,
         due: DateTime<Utc>,
         task_id: &str,
-        target: &'static str,
-        outcome: &'static str,
+        target: Target,
+        outcome: RunOutcome,
         error: Option<String>,
     ) -> Self {
         NewRun {
@@ -393,6 +395,14 @@ impl NewRun {
             error,
         }
     }
+}
+
+fn named_target<S: serde::Serializer>(t: &Target, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(t.as_str())
+}
+
+fn named_outcome<S: serde::Serializer>(o: &RunOutcome, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(o.as_str())
 }
 
 fn instant<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {

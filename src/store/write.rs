@@ -172,9 +172,9 @@ impl WriteTransaction for PgConnection {
                     .collect::<Vec<_>>(),
             )
             .bind::<Array<Text>, _>(text(|r| &r.task_id))
-            .bind::<Array<Text>, _>(text(|r| r.target))
+            .bind::<Array<Text>, _>(text(|r| r.target.as_str()))
             .bind::<Array<Bool>, _>(runs.iter().map(|r| r.on_demand != 0).collect::<Vec<_>>())
-            .bind::<Array<Text>, _>(text(|r| r.outcome))
+            .bind::<Array<Text>, _>(text(|r| r.outcome.as_str()))
             .bind::<Array<Nullable<Text>>, _>(
                 runs.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>(),
             )

@@ -320,12 +320,12 @@ fn send(op: &Operator, me: &Actor, name: &str, wait: f64, json: bool) -> anyhow:
         Sent::Taken { run } => (
             run.as_ref().map(|r| r.task_id.clone()),
             "beat",
-            run.as_ref().map(|r| r.outcome.clone()),
+            run.as_ref().map(|r| r.outcome.as_str()),
             run.as_ref().and_then(|r| r.error.clone()),
         ),
         _ => (None, "beat", None, None),
     };
-    let failed = outcome.as_deref() == Some("failed");
+    let failed = outcome == Some("failed");
     if json {
         println!(
             "{}",

@@ -151,7 +151,7 @@ pub fn run_cells(run: &RunRow) -> Vec<String> {
     };
     let target = match run.on_demand {
         true => format!("{} (sent)", run.target),
-        false => run.target.clone(),
+        false => run.target.to_string(),
     };
     vec![
         run.id.to_string(),
@@ -159,7 +159,7 @@ pub fn run_cells(run: &RunRow) -> Vec<String> {
         naive(run.due_at),
         naive(run.dispatched_at),
         target,
-        run.outcome.clone(),
+        run.outcome.to_string(),
         run.attempts
             .map_or_else(|| "-".to_owned(), |a| a.to_string()),
         took,
@@ -182,10 +182,10 @@ pub fn run_json(run: &RunRow) -> Value {
         "due_at": iso(run.due_at),
         "dispatched_at": iso(run.dispatched_at),
         "task_id": run.task_id,
-        "target": run.target,
+        "target": run.target.as_str(),
         "on_demand": run.on_demand,
         "beat_id": run.beat_id,
-        "outcome": run.outcome,
+        "outcome": run.outcome.as_str(),
         "attempts": run.attempts,
         "error": run.error,
         "started_at": iso(run.started_at),

@@ -1,0 +1,5 @@
+-- One name for where a run goes, in the history as in the metrics:
+-- `in_process` (was `local`), `celery`, and `none` (a run on demand of a
+-- routine that cannot run).
+ALTER TABLE routine_runs MODIFY target VARCHAR(16) NOT NULL;
+UPDATE routine_runs SET target = 'in_process' WHERE target = 'local';
