@@ -28,6 +28,25 @@ impl RoutineError {
     }
 }
 
+/// Why a row or a routine cannot run, in words: its `last_error`, the
+/// log's line, the reason of a [`RoutineError`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Invalid(pub(crate) String);
+
+impl Invalid {
+    /// The reason an error gives.
+    pub(crate) fn of(error: impl std::fmt::Display) -> Self {
+        Invalid(error.to_string())
+    }
+}
+
+impl From<Invalid> for String {
+    fn from(invalid: Invalid) -> Self {
+        invalid.0
+    }
+}
+
 /// A routine declared in code: a task on a schedule.
 ///
 /// ```
@@ -154,7 +173,7 @@ impl Routine {
     pub fn validate(&self) -> Result<(), RoutineError> {
         let invalid = |reason: String| RoutineError::new(self.name.clone(), reason);
         for (what, value) in [("name", &self.name), ("task", &self.task)] {
-            check_name(what, value).map_err(invalid)?;
+            check_name(what, value).map_err(|e| invalid(e.0))?;
         }
         for (what, value) in [("kwargs", &self.kwargs), ("options", &self.options)] {
             if !value.is_object() {
@@ -187,12 +206,14 @@ impl Routine {
 
 /// A name or task the table holds: not empty, at most the kit's 50
 /// characters.
-pub(crate) fn check_name(what: &str, value: &str) -> Result<(), String> {
+pub(crate) fn check_name(what: &str, value: &str) -> Result<(), Invalid> {
     if value.trim().is_empty() {
-        return Err(format!("{what} must not be empty"));
+        return Err(Invalid(format!("{what} must not be empty")));
     }
     if value.chars().count() > MAX_NAME_LEN {
-        return Err(format!("{what} is longer than {MAX_NAME_LEN} characters"));
+        return Err(Invalid(format!(
+            "{what} is longer than {MAX_NAME_LEN} characters"
+        )));
     }
     Ok(())
 }

@@ -210,7 +210,8 @@ backend_tests! {
         for s in 1..=60 {
             clock.set(at(s));
             if s == 30 {
-                assert!(store.request_run(&common::tester(), "every second 0").unwrap());
+                let op = Operator::connect(db.config()).unwrap();
+                op.request(&common::tester(), "every second 0").unwrap();
             }
             beat.tick(at(s)).unwrap();
             // Each run ends before the next tick (a routine whose run is

@@ -290,10 +290,10 @@ fn a_run_requested_through_the_table_is_run_once_and_recorded() {
             ),
     );
     beat.tick(at(0)).unwrap();
-    assert!(beat
-        .store()
-        .request_run(&common::tester(), "daily")
-        .unwrap());
+    Operator::connect(config.clone())
+        .unwrap()
+        .request(&common::tester(), "daily")
+        .unwrap();
     clock.set(at(1));
     beat.tick(at(1)).unwrap();
     assert!(wait_until(Duration::from_secs(10), || ok.count() == 1));

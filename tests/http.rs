@@ -730,7 +730,8 @@ fn editing_checks_as_the_beat_does_and_previews_without_saving() {
     assert!(wait_until(Duration::from_secs(10), || {
         let row = op.store().routine("e").unwrap().unwrap();
         row.next_run_at_utc()
-            .is_some_and(|t| t.minute() % 15 == 0 && t.second() == 0 && !row.needs_sync)
+            .is_some_and(|t| t.minute() % 15 == 0 && t.second() == 0)
+            && !common::sql::needs_sync(&db.url, "e")
     }));
     let logged = captured_log().lock().unwrap().join("\n");
     assert!(!logged.contains(TOKEN));

@@ -146,7 +146,7 @@ backend_tests! {
         let row = db.store().routine("hello").unwrap().unwrap();
         assert_eq!(serde_json::from_str::<Value>(&row.schedule).unwrap()["timedelta"].as_f64(), Some(60.0));
         assert_eq!(serde_json::from_str::<Value>(row.kwargs.as_deref().unwrap()).unwrap(), json!({"who": "edited"}));
-        assert!(row.needs_sync && row.next_run_at.is_none(), "an edit the beats will see: {row:?}");
+        assert!(common::sql::needs_sync(url, "hello") && row.next_run_at.is_none(), "an edit the beats will see: {row:?}");
         let ran = beat(url, &["edit", "hello", "--crontab", bad]);
         assert_eq!(ran.code, 1);
         assert!(ran.err.contains(&format!("routine hello: {words}")), "{ran:?}");
@@ -300,8 +300,8 @@ fn send_publishes_a_celery_routine_with_a_fresh_id_and_records_it() {
     let Some(db) = TestDb::postgres(test) else {
         return;
     };
-    let store = db.store();
-    store
+    celery_diesel_kit::ops::Operator::migrate(db.config())
+        .unwrap()
         .upsert(
             &common::tester(),
             &Routine::new(
@@ -345,7 +345,11 @@ fn send_publishes_a_celery_routine_with_a_fresh_id_and_records_it() {
     assert_ne!(again["task_id"], sent["task_id"]);
     assert_eq!(published(&broker, &queue).len(), 2);
     assert_eq!(
-        store.routine("remote").unwrap().unwrap().total_run_count,
+        db.store()
+            .routine("remote")
+            .unwrap()
+            .unwrap()
+            .total_run_count,
         Some(0)
     );
 }

@@ -414,7 +414,7 @@ backend_tests! {
             db.exec(&format!(r#"UPDATE routines SET schedule = '{{"timedelta": {seconds}}}'"#));
             let applied = wait_until(Duration::from_secs(5), || {
                 let r = beat.store().routine("r").unwrap().unwrap();
-                !r.needs_sync && r.next_run_at.is_some() && r.schedule.contains(&seconds.to_string())
+                !common::sql::needs_sync(&db.url, "r") && r.next_run_at.is_some() && r.schedule.contains(&seconds.to_string())
             });
             assert!(applied, "edit {i} not applied within 5 s");
             latencies.push(edited.elapsed());
@@ -424,7 +424,9 @@ backend_tests! {
         assert!(wait_until(Duration::from_secs(5), || rec.count() >= 2));
         db.exec("UPDATE routines SET active = false");
         let deactivated = Utc::now();
-        assert!(wait_until(Duration::from_secs(5), || beat.store().routine("r").unwrap().is_some_and(|r| !r.needs_sync)));
+        assert!(wait_until(Duration::from_secs(5), || {
+            beat.store().routine("r").unwrap().is_some() && !common::sql::needs_sync(&db.url, "r")
+        }));
         let settled = Instant::now();
         std::thread::sleep(Duration::from_millis(700));
         beat.stop();

@@ -3,6 +3,7 @@
 
 mod common;
 
+use celery_diesel_kit::ops::Operator;
 use celery_diesel_kit::{Beat, Config, Error, Routine, RoutineStore, Schedule};
 use common::{wait_until, Kind, Recorder, TestDb};
 use std::time::Duration;
@@ -81,7 +82,7 @@ backend_tests! {
         // The kit keeps working on the adopted table: its own INSERT still runs.
         db.exec(&kit_insert(db.kind, "inserted later by the kit", r#"{"timedelta": 15}"#));
         let row = db.store().routine("inserted later by the kit").unwrap().unwrap();
-        assert!(row.needs_sync && row.next_run_at.is_none(), "a kit insert waits for planning: {row:?}");
+        assert!(common::sql::needs_sync(&db.url, &row.name) && row.next_run_at.is_none(), "a kit insert waits for planning: {row:?}");
         let row = db.store().routine("celery test").unwrap().unwrap();
         assert!(row.total_run_count.unwrap() >= 1 && row.last_run_at.is_some());
         // The audit trail is adopted with the table: the kit's insert made
@@ -118,10 +119,10 @@ backend_tests! {
             let of_name: Vec<_> = rows.iter().filter(|r| r.name == name).collect();
             let running: Vec<_> = of_name.iter().filter(|r| r.last_error.is_none()).collect();
             assert_eq!(running.len(), 1, "{name}: {of_name:#?}");
-            assert!(!running[0].duplicate_name && running[0].next_run_at.is_some());
+            assert!(!common::sql::duplicate_name(&db.url, &running[0].id) && running[0].next_run_at.is_some());
             for other in of_name.iter().filter(|r| r.last_error.is_some()) {
                 let error = other.last_error.as_deref().unwrap_or_default();
-                assert!(other.duplicate_name && error.contains("another row is also named"), "{error}");
+                assert!(common::sql::duplicate_name(&db.url, &other.id) && error.contains("another row is also named"), "{error}");
                 assert!(other.next_run_at.is_none());
             }
         }
@@ -159,40 +160,44 @@ backend_tests! {
         beat.tick(now).unwrap();
         let store = db.store();
         let get = || store.routine("r").unwrap().unwrap();
+        let marked = |name: &str| common::sql::needs_sync(&db.url, name);
         let planned = get();
-        assert!(!planned.needs_sync && planned.next_run_at.is_some());
+        assert!(!marked("r") && planned.next_run_at.is_some());
 
         db.exec(r#"UPDATE routines SET kwargs = '{"a": 1}'"#);
         let r = get();
-        assert!(r.needs_sync && r.next_run_at == planned.next_run_at, "kwargs: marked, plan kept: {r:?}");
+        assert!(marked("r") && r.next_run_at == planned.next_run_at, "kwargs: marked, plan kept: {r:?}");
         beat.tick(now).unwrap();
 
         db.exec(r#"UPDATE routines SET schedule = '{"timedelta": 30}'"#);
         let r = get();
-        assert!(r.needs_sync && r.next_run_at.is_none(), "schedule: marked, plan cleared: {r:?}");
+        assert!(marked("r") && r.next_run_at.is_none(), "schedule: marked, plan cleared: {r:?}");
         beat.tick(now).unwrap();
 
         db.exec(r#"UPDATE routines SET schedule = '{"timedelta": 30}'"#);
-        assert!(!get().needs_sync, "writing the same schedule is no edit");
+        assert!(!marked("r"), "writing the same schedule is no edit");
         db.exec("UPDATE routines SET name = 'r2' WHERE name = 'r'");
         db.exec("UPDATE routines SET name = 'r' WHERE name = 'r2'");
-        assert!(!get().needs_sync, "a rename needs no planning");
+        assert!(!marked("r"), "a rename needs no planning");
 
         // The beat's own writes (firing) leave the row unmarked.
         let tick = beat.tick(now + chrono::Duration::seconds(30)).unwrap();
         assert_eq!(tick.fired, 1);
-        assert!(!get().needs_sync);
+        assert!(!marked("r"));
     }
 
-    fn upsert_enable_disable_and_remove_are_edits_the_beat_acts_on(db) {
+    fn an_operators_upsert_enable_disable_and_remove_are_edits_the_beat_acts_on(db) {
         let rec = Recorder::new("record");
         let mut beat = Beat::builder(db.config()).task(rec.clone()).start_manual().unwrap();
         let store = db.store();
+        let op = Operator::connect(db.config()).unwrap();
+        let me = common::tester();
+        let marked = |name: &str| common::sql::needs_sync(&db.url, name);
         let every = |s| Schedule::every(Duration::from_secs(s)).unwrap();
         let t0 = common::utc("2030-01-01 00:00:00");
         let at = |s| t0 + chrono::Duration::seconds(s);
 
-        assert!(store.upsert(&common::tester(), &Routine::new("r", "record", every(10))).unwrap(), "inserted");
+        assert!(op.upsert(&me, &Routine::new("r", "record", every(10))).unwrap(), "inserted");
         beat.tick(t0).unwrap();
         assert_eq!(store.routine("r").unwrap().unwrap().next_run_at_utc(), Some(at(10)));
         assert_eq!(beat.tick(at(10)).unwrap().fired, 1);
@@ -203,25 +208,25 @@ backend_tests! {
         assert!(ran(&beat, 1), "the run due at 10 never ran");
 
         // A new schedule is planned from the last run: 10 + 30, not now + 30.
-        assert!(!store.upsert(&common::tester(), &Routine::new("r", "record", every(30))).unwrap(), "updated");
+        assert!(!op.upsert(&me, &Routine::new("r", "record", every(30))).unwrap(), "updated");
         let row = store.routine("r").unwrap().unwrap();
-        assert!(row.needs_sync && row.next_run_at.is_none(), "{row:?}");
+        assert!(marked("r") && row.next_run_at.is_none(), "{row:?}");
         beat.tick(at(12)).unwrap();
         assert_eq!(store.routine("r").unwrap().unwrap().next_run_at_utc(), Some(at(40)));
         // Writing the same routine again is no edit.
-        store.upsert(&common::tester(), &Routine::new("r", "record", every(30))).unwrap();
-        assert!(!store.routine("r").unwrap().unwrap().needs_sync);
+        op.upsert(&me, &Routine::new("r", "record", every(30))).unwrap();
+        assert!(!marked("r"));
 
-        assert!(store.set_active(&common::tester(), "r", false).unwrap());
+        op.set_active(&me, "r", false).unwrap();
         let tick = beat.tick(at(40)).unwrap();
         assert_eq!((tick.planned, tick.fired), (1, 0), "disabled: planned out, not fired");
-        assert!(store.set_active(&common::tester(), "r", true).unwrap());
+        op.set_active(&me, "r", true).unwrap();
         assert_eq!(beat.tick(at(41)).unwrap().fired, 1, "enabled: the run due at 40 fires");
-        assert!(!store.set_active(&common::tester(), "nope", true).unwrap(), "no such routine");
+        assert!(matches!(op.set_active(&me, "nope", true), Err(Error::NoSuchRoutine(_))));
 
-        assert!(store.remove(&common::tester(), "r").unwrap());
+        op.remove(&me, "r").unwrap();
         assert!(store.routine("r").unwrap().is_none());
-        assert!(!store.remove(&common::tester(), "r").unwrap());
+        assert!(matches!(op.remove(&me, "r"), Err(Error::NoSuchRoutine(_))));
         assert_eq!(beat.tick(at(100)).unwrap().fired, 0);
         assert!(ran(&beat, 2));
         assert_eq!(rec.count(), 2);

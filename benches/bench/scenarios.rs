@@ -430,7 +430,7 @@ pub(crate) fn edit(backend: Backend, edits: usize, o: &Options) -> anyhow::Resul
         let edited = Instant::now();
         db.execute(&sql)?;
         let applied = wait_for(Duration::from_secs(10), || {
-            Ok(store.routine(&name)?.is_some_and(|r| !r.needs_sync))
+            Ok(store.routine(&name)?.is_some_and(|r| !r.awaits_planning()))
         })?;
         if !applied {
             bail!("edit {i} not applied within 10 s");

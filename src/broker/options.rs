@@ -2,6 +2,7 @@
 //! `apply_async`: validated once, and read into where its messages go.
 
 use super::message::{Destination, DEFAULT_QUEUE};
+use crate::routine::Invalid;
 use chrono::{DateTime, FixedOffset, NaiveDateTime, Utc};
 use serde_json::{Map, Number, Value};
 
@@ -45,28 +46,30 @@ pub(crate) struct SendOptions {
 impl SendOptions {
     /// Reads an `options` object. Returns the options and the keys it
     /// ignores (unknown to Celery's beat: warned about, never sent).
-    pub(crate) fn parse(options: &Map<String, Value>) -> Result<(Self, Vec<String>), String> {
+    pub(crate) fn parse(options: &Map<String, Value>) -> Result<(Self, Vec<String>), Invalid> {
         let mut parsed = SendOptions::default();
         let mut ignored = Vec::new();
         for (key, value) in options {
             if value.is_null() {
                 continue;
             }
-            let text = || -> Result<String, String> {
-                value
-                    .as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| format!("option {key} must be a string, got {}", short(value)))
+            let text = || -> Result<String, Invalid> {
+                value.as_str().map(str::to_owned).ok_or_else(|| {
+                    Invalid(format!(
+                        "option {key} must be a string, got {}",
+                        short(value)
+                    ))
+                })
             };
-            let seconds = || -> Result<f64, String> {
+            let seconds = || -> Result<f64, Invalid> {
                 value
                     .as_f64()
                     .filter(|s| s.is_finite() && *s >= 0.0)
                     .ok_or_else(|| {
-                        format!(
+                        Invalid::of(format!(
                             "option {key} must be a number of seconds ≥ 0, got {}",
                             short(value)
-                        )
+                        ))
                     })
             };
             match key.as_str() {
@@ -75,10 +78,10 @@ impl SendOptions {
                 "routing_key" => parsed.routing_key = Some(text()?),
                 "priority" => {
                     parsed.priority = Some(value.as_i64().filter(|p| *p >= 0).ok_or_else(|| {
-                        format!(
+                        Invalid::of(format!(
                             "option priority must be an integer ≥ 0, got {}",
                             short(value)
-                        )
+                        ))
                     })?)
                 }
                 "expires" => {
@@ -86,10 +89,10 @@ impl SendOptions {
                         Value::String(iso) => Expires::At(
                             iso.clone(),
                             parse_iso(iso).ok_or_else(|| {
-                                format!(
+                                Invalid::of(format!(
                                     "option expires {} is neither seconds nor an ISO 8601 time",
                                     short(value)
-                                )
+                                ))
                             })?,
                         ),
                         _ => Expires::After(seconds()?),
@@ -97,7 +100,10 @@ impl SendOptions {
                 }
                 "headers" => {
                     parsed.headers = value.as_object().cloned().ok_or_else(|| {
-                        format!("option headers must be a JSON object, got {}", short(value))
+                        Invalid::of(format!(
+                            "option headers must be a JSON object, got {}",
+                            short(value)
+                        ))
                     })?
                 }
                 "time_limit" | "soft_time_limit" => {
@@ -187,7 +193,7 @@ mod tests {
             (json!({"queue": 5}), "queue must be a string"),
         ] {
             let err = SendOptions::parse(bad.as_object().unwrap()).unwrap_err();
-            assert!(err.contains(msg), "{bad}: {err}");
+            assert!(err.0.contains(msg), "{bad}: {err}");
         }
     }
 

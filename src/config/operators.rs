@@ -45,10 +45,7 @@ impl OperatorToken {
     /// An operator known by their token's SHA-256 (as `http_tokens_file`
     /// holds them); an error if the name cannot be one.
     pub fn hashed(name: &str, sha256: [u8; 32]) -> Result<Self, ConfigError> {
-        check_name(name).map_err(|reason| ConfigError::Tokens {
-            at: "http_tokens_file".into(),
-            reason,
-        })?;
+        check_name(name, "http_tokens_file")?;
         Ok(OperatorToken {
             name: name.to_owned(),
             secret: TokenSecret::Sha256(sha256),
@@ -67,29 +64,33 @@ impl OperatorToken {
         }
     }
 
-    /// Reads one `name:token` or `name:sha256:HEX` entry. The reason never
-    /// repeats the token.
-    fn parse(entry: &str, hashed_only: bool) -> Result<Self, String> {
+    /// Reads one `name:token` or `name:sha256:HEX` entry, found `at` (a
+    /// key's entry, a file's line). The reason never repeats the token.
+    fn parse(entry: &str, hashed_only: bool, at: &str) -> Result<Self, ConfigError> {
+        let bad = |reason: String| ConfigError::Tokens {
+            at: at.to_owned(),
+            reason,
+        };
         let (name, token) = entry
             .split_once(':')
-            .ok_or("expected name:token (or name:sha256:HEX)")?;
+            .ok_or_else(|| bad("expected name:token (or name:sha256:HEX)".into()))?;
         let name = name.trim();
-        check_name(name)?;
+        check_name(name, at)?;
         let token = token.trim();
         let secret = match token.strip_prefix(SHA256) {
             Some(hex) => TokenSecret::Sha256(
                 sha256_hex(hex)
-                    .ok_or_else(|| format!("operator {name}: sha256: needs 64 hex digits"))?,
+                    .ok_or_else(|| bad(format!("operator {name}: sha256: needs 64 hex digits")))?,
             ),
             None if hashed_only => {
-                return Err(format!(
+                return Err(bad(format!(
                     "operator {name}: a tokens file holds each token's sha256:HEX, never the token (`beat token {name}` prints both)"
-                ))
+                )))
             }
             None if token.chars().count() < MIN_TOKEN_CHARS => {
-                return Err(format!(
+                return Err(bad(format!(
                     "operator {name}: token too short: use at least {MIN_TOKEN_CHARS} characters"
-                ))
+                )))
             }
             None => TokenSecret::Plain(token.to_owned()),
         };
@@ -102,16 +103,20 @@ impl OperatorToken {
 
 /// An operator's name: shown in the audit trail and on pages (escaped),
 /// so anything printable but the list's separators.
-fn check_name(name: &str) -> Result<(), String> {
+fn check_name(name: &str, at: &str) -> Result<(), ConfigError> {
+    let bad = |reason: String| ConfigError::Tokens {
+        at: at.to_owned(),
+        reason,
+    };
     if name.is_empty() {
-        return Err("an operator needs a name before the ':'".into());
+        return Err(bad("an operator needs a name before the ':'".into()));
     }
     if name.chars().count() > MAX_NAME_CHARS
         || name.chars().any(|c| c.is_control() || c == ',' || c == ':')
     {
-        return Err(format!(
+        return Err(bad(format!(
             "operator name {name:?}: use at most {MAX_NAME_CHARS} printable characters, without ',' or ':'"
-        ));
+        )));
     }
     Ok(())
 }
@@ -157,11 +162,8 @@ pub(super) fn parse_list(value: &str) -> Result<Vec<OperatorToken>, ConfigError>
         if entry.trim().is_empty() {
             continue;
         }
-        let operator =
-            OperatorToken::parse(entry, false).map_err(|reason| ConfigError::Tokens {
-                at: format!("http_tokens, entry {}", i + 1),
-                reason,
-            })?;
+        let at = format!("http_tokens, entry {}", i + 1);
+        let operator = OperatorToken::parse(entry, false, &at)?;
         operators.push(operator);
     }
     check_unique(&operators, "http_tokens")?;
@@ -182,10 +184,7 @@ pub fn read_tokens_file(path: &Path) -> Result<Vec<OperatorToken>, ConfigError> 
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let operator = OperatorToken::parse(line, true).map_err(|reason| ConfigError::Tokens {
-            at: format!("{shown}:{}", index + 1),
-            reason,
-        })?;
+        let operator = OperatorToken::parse(line, true, &format!("{shown}:{}", index + 1))?;
         operators.push(operator);
     }
     check_unique(&operators, &shown)?;
@@ -250,7 +249,7 @@ mod tests {
             .file_line()
             .unwrap();
         assert_eq!(line, format!("erin:sha256:{}", "ab".repeat(32)));
-        let read = OperatorToken::parse(&line, true).unwrap();
+        let read = OperatorToken::parse(&line, true, "test").unwrap();
         assert!(read.secret == TokenSecret::Sha256(hash) && read.name() == "erin");
         let e = OperatorToken::hashed("x,y", hash).unwrap_err().to_string();
         assert!(e.contains("without ',' or ':'"), "{e}");

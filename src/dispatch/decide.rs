@@ -49,8 +49,8 @@ impl Dispatcher {
             Ok(next) => plan.next_run_at = next,
             Err(reason) => {
                 // This run still happens; the row then waits for an edit.
-                notes.push(Note::Unstorable(reason.clone()));
-                plan.last_error = Some(reason);
+                plan.last_error = Some(reason.to_string());
+                notes.push(Note::Unstorable(reason));
             }
         }
         let next = plan.next_run_at;

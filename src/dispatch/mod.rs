@@ -24,6 +24,7 @@
 use crate::broker::{Broker, BrokerError, Delivery, Message};
 use crate::clock::Clock;
 use crate::metrics::{Counts, Metrics, RunOutcome, Target};
+use crate::routine::Invalid;
 use crate::schedule::MisfirePolicy;
 use crate::shutdown::Shutdown;
 use crate::store::{NewRun, Plan, RoutineRow};
@@ -255,9 +256,9 @@ impl Dispatcher {
 
 impl Fired {
     /// An invalid row's claim: no run, and the reason as its error.
-    fn invalid(row: &RoutineRow, reason: String) -> Self {
+    fn invalid(row: &RoutineRow, reason: Invalid) -> Self {
         let mut plan = Plan::keep(row);
-        plan.last_error = Some(reason.clone());
+        plan.last_error = Some(reason.to_string());
         Fired {
             plan,
             outcome: Outcome {

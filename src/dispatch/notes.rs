@@ -2,12 +2,13 @@
 //! committed: a claim that rolls back (the broker is away) is tried again,
 //! and must not fill the log with the same lines at every try.
 
+use crate::routine::Invalid;
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 
 /// Something to say about a run.
 pub(super) enum Note {
-    Invalid(String),
+    Invalid(Invalid),
     Missed {
         due: DateTime<Utc>,
         late: Duration,
@@ -22,7 +23,7 @@ pub(super) enum Note {
     Overlap(DateTime<Utc>, bool),
     Last(DateTime<Utc>),
     /// The next run is later than the table can hold.
-    Unstorable(String),
+    Unstorable(Invalid),
 }
 
 impl Note {

@@ -8,7 +8,7 @@ use super::route::Outgoing;
 use super::{Dispatcher, Fate, Outcome};
 use crate::error::Error;
 use crate::metrics::Target;
-use crate::routine::RoutineError;
+use crate::routine::{Invalid, RoutineError};
 use crate::store::{NewRun, RoutineRow, RoutineStore};
 use chrono::{DateTime, Utc};
 
@@ -21,7 +21,7 @@ impl Dispatcher {
         &self,
         row: &RoutineRow,
         now: DateTime<Utc>,
-    ) -> (Result<Outcome, String>, Option<NewRun>) {
+    ) -> (Result<Outcome, Invalid>, Option<NewRun>) {
         let id = uuid::Uuid::new_v4().to_string();
         log::info!("routine {}: run on demand; task {id}", row.name);
         let checked = match self.router.check(row) {

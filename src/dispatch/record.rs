@@ -3,6 +3,7 @@
 
 use super::{Dispatcher, Fate};
 use crate::metrics::Target;
+use crate::routine::Invalid;
 use crate::store::{NewRun, RoutineRow, RunOutcome};
 use chrono::{DateTime, Utc};
 use std::collections::HashSet;
@@ -71,7 +72,7 @@ impl Dispatcher {
         &self,
         row: &RoutineRow,
         (now, id): (DateTime<Utc>, &str),
-        reason: &str,
+        reason: &Invalid,
     ) -> Option<NewRun> {
         self.history.then(|| {
             let error = Some(format!("cannot run: {reason}"));

@@ -2,6 +2,7 @@
 //! with its schedule, kwargs and options parsed once per text.
 
 use crate::broker::{message, Message, SendOptions, Sender as CelerySender};
+use crate::routine::Invalid;
 use crate::schedule::{truncated, Misfire, Schedule, ScheduleError};
 use crate::store::{RoutineRow, LATEST_STORABLE};
 use crate::task::{TaskContext, TaskRegistry};
@@ -83,16 +84,16 @@ impl Router {
     /// Everything that makes a row runnable: its schedule, its kwargs and
     /// options, and a way to run its task. Also returns option keys that
     /// will be ignored.
-    pub(crate) fn check(&self, row: &RoutineRow) -> Result<(Checked, Vec<String>), String> {
+    pub(crate) fn check(&self, row: &RoutineRow) -> Result<(Checked, Vec<String>), Invalid> {
         if row.duplicate_name {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "another row is also named {:?} and runs instead; this one (id {}) never runs: \
                  delete or rename it",
                 row.name, row.id
-            ));
+            )));
         }
         if let Some(reason) = &row.unreadable {
-            return Err(reason.clone());
+            return Err(Invalid(reason.clone()));
         }
         let (schedule, misfire) = self.parsed.schedule(&row.schedule)?;
         let kwargs = json_object("kwargs", row.kwargs.as_deref())?;
@@ -109,10 +110,10 @@ impl Router {
             ));
         }
         if !self.has_broker {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "unknown task {:?}: not registered in this beat, and no broker_url to send it to Celery",
                 truncated(row.task.clone())
-            ));
+            )));
         }
         let (send, ignored) = self.parsed.options(row.options.as_deref())?;
         Ok((
@@ -134,7 +135,7 @@ impl Router {
         row: &RoutineRow,
         now: DateTime<Utc>,
         id: &str,
-    ) -> Result<Option<Message>, String> {
+    ) -> Result<Option<Message>, Invalid> {
         let (checked, _) = self.check(row)?;
         Ok(match self.outgoing(row, &checked, now, id, now) {
             Outgoing::Celery(message) => Some(message),
@@ -188,23 +189,23 @@ struct Parsed {
 }
 
 /// Parse results by JSON text (errors too: a bad row is parsed once).
-type Cache<T> = Mutex<HashMap<String, Result<T, String>>>;
+type Cache<T> = Mutex<HashMap<String, Result<T, Invalid>>>;
 
 /// Entries kept per cache; past this, it starts afresh.
 const PARSED_CAPACITY: usize = 4096;
 
 impl Parsed {
-    fn schedule(&self, text: &str) -> Result<(Arc<Schedule>, Misfire), String> {
+    fn schedule(&self, text: &str) -> Result<(Arc<Schedule>, Misfire), Invalid> {
         cached(&self.schedules, text, || {
             let json: Value = serde_json::from_str(text)
-                .map_err(|e| ScheduleError::NotJson(e.to_string()).to_string())?;
-            let schedule = Schedule::from_json_in(&json, self.zone).map_err(|e| e.to_string())?;
-            let misfire = Misfire::from_json(&json).map_err(|e| e.to_string())?;
+                .map_err(|e| Invalid::of(ScheduleError::NotJson(e.to_string())))?;
+            let schedule = Schedule::from_json_in(&json, self.zone).map_err(Invalid::of)?;
+            let misfire = Misfire::from_json(&json).map_err(Invalid::of)?;
             Ok((Arc::new(schedule), misfire))
         })
     }
 
-    fn options(&self, text: Option<&str>) -> Result<(Arc<SendOptions>, Vec<String>), String> {
+    fn options(&self, text: Option<&str>) -> Result<(Arc<SendOptions>, Vec<String>), Invalid> {
         cached(&self.options, text.unwrap_or("null"), || {
             let options = json_object("options", text)?;
             let (send, ignored) = SendOptions::parse(&options)?;
@@ -216,8 +217,8 @@ impl Parsed {
 fn cached<T: Clone>(
     cache: &Cache<T>,
     key: &str,
-    parse: impl FnOnce() -> Result<T, String>,
-) -> Result<T, String> {
+    parse: impl FnOnce() -> Result<T, Invalid>,
+) -> Result<T, Invalid> {
     let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(hit) = cache.get(key) {
         return hit.clone();
@@ -235,27 +236,27 @@ fn cached<T: Clone>(
 
 /// `next` if the table can hold it; a run later than that is the row's
 /// error, not a failed claim for every row beside it.
-pub(crate) fn storable(next: Option<DateTime<Utc>>) -> Result<Option<DateTime<Utc>>, String> {
+pub(crate) fn storable(next: Option<DateTime<Utc>>) -> Result<Option<DateTime<Utc>>, Invalid> {
     match next {
-        Some(t) if t > LATEST_STORABLE => Err(format!(
+        Some(t) if t > LATEST_STORABLE => Err(Invalid(format!(
             "its next run ({t}) is later than {LATEST_STORABLE}, the latest time the table holds"
-        )),
+        ))),
         other => Ok(other),
     }
 }
 
 /// Reads a kwargs or options column: a JSON object, or nothing (`{}`).
-fn json_object(column: &str, text: Option<&str>) -> Result<Map<String, Value>, String> {
+fn json_object(column: &str, text: Option<&str>) -> Result<Map<String, Value>, Invalid> {
     let Some(text) = text else {
         return Ok(Map::new());
     };
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Null) => Ok(Map::new()),
         Ok(Value::Object(map)) => Ok(map),
-        Ok(other) => Err(format!(
+        Ok(other) => Err(Invalid(format!(
             "{column} must be a JSON object, got {}",
             truncated(other.to_string())
-        )),
-        Err(e) => Err(format!("{column} is not valid JSON: {e}")),
+        ))),
+        Err(e) => Err(Invalid(format!("{column} is not valid JSON: {e}"))),
     }
 }

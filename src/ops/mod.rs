@@ -118,9 +118,14 @@ impl Operator {
     }
 }
 
+/// What an operator typed for a JSON field, when it is not JSON.
+#[derive(Debug, thiserror::Error)]
+#[error("not valid JSON: {0}")]
+pub struct NotJson(serde_json::Error);
+
 /// A JSON value an operator typed (kwargs, options, a schedule).
-pub fn parse_json(text: &str) -> Result<serde_json::Value, String> {
-    serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))
+pub fn parse_json(text: &str) -> Result<serde_json::Value, NotJson> {
+    serde_json::from_str(text).map_err(NotJson)
 }
 
 /// The next `n` fire times of a schedule after `from`, without a database

@@ -3,7 +3,7 @@
 
 use super::{words, Operator};
 use crate::error::Error;
-use crate::routine::{check_name, RoutineError};
+use crate::routine::{check_name, Routine, RoutineError};
 use crate::schedule::{Schedule, ScheduleError};
 use crate::store::{
     Actor, EditFilter, EditRow, NewRoutine, RoutineCounts, RoutineQuery, RoutineRow, RunFilter,
@@ -223,8 +223,8 @@ impl Operator {
     /// routine the beat would refuse is refused here, with the beat's words.
     pub fn add(&self, by: &Actor, spec: &NewRoutineSpec) -> Result<(), Error> {
         let invalid = |reason: String| Error::from(RoutineError::new(&spec.name, reason));
-        check_name("name", &spec.name).map_err(invalid)?;
-        check_name("task", &spec.task).map_err(invalid)?;
+        check_name("name", &spec.name).map_err(|e| invalid(e.0))?;
+        check_name("task", &spec.task).map_err(|e| invalid(e.0))?;
         let row = RoutineRow::draft(
             &spec.name,
             &spec.task,
@@ -232,7 +232,10 @@ impl Operator {
             &spec.kwargs.to_string(),
             &spec.options.to_string(),
         );
-        self.checker()?.router.check(&row).map_err(invalid)?;
+        self.checker()?
+            .router
+            .check(&row)
+            .map_err(|e| invalid(e.0))?;
         let new = NewRoutine {
             id: uuid::Uuid::new_v4(),
             name: row.name,
@@ -248,13 +251,22 @@ impl Operator {
         Ok(())
     }
 
+    /// Writes a routine as code declares it, as `by`'s edit: inserted if
+    /// no routine has its name (returns `true`), else the existing row
+    /// takes its task, schedule, kwargs, options and state. The serving
+    /// beats see the edit like any other.
+    pub fn upsert(&self, by: &Actor, routine: &Routine) -> Result<bool, Error> {
+        routine.validate()?;
+        Ok(self.store.upsert(by, routine)?)
+    }
+
     /// Changes a routine, as `by`'s edit, checked as [`Operator::add`]
     /// checks.
     pub fn edit(&self, by: &Actor, name: &str, change: &Change) -> Result<(), Error> {
         let row = self.existing(name)?;
         let invalid = |reason: String| Error::from(RoutineError::new(name, reason));
         if let Some(task) = &change.task {
-            check_name("task", task).map_err(invalid)?;
+            check_name("task", task).map_err(|e| invalid(e.0))?;
         }
         let schedule = match (&change.schedule, &change.timezone) {
             (None, None) => None,
@@ -286,7 +298,10 @@ impl Operator {
                 .or(row.options.as_deref())
                 .unwrap_or("{}"),
         );
-        self.checker()?.router.check(&draft).map_err(invalid)?;
+        self.checker()?
+            .router
+            .check(&draft)
+            .map_err(|e| invalid(e.0))?;
         self.store.edit(
             by,
             name,
@@ -327,7 +342,7 @@ impl Operator {
                     problems.push(Problem {
                         name: view.row.name.clone(),
                         id: view.row.id.clone(),
-                        reason,
+                        reason: reason.0,
                     });
                 }
             }

@@ -112,7 +112,10 @@ impl Operator {
                 ),
             }));
         }
-        self.checker()?.router.check(row).map_err(invalid)?;
+        self.checker()?
+            .router
+            .check(row)
+            .map_err(|e| invalid(e.0))?;
         let before = self
             .store
             .runs(&RunFilter {
@@ -151,7 +154,7 @@ impl Operator {
             if let Some(message) = checker
                 .router
                 .celery_message(&row, now, &task_id)
-                .map_err(invalid)?
+                .map_err(|e| invalid(e.0))?
             {
                 broker::connect(url, self.config.broker_dedup_window)?.publish(&[&message])?;
                 let mut run = NewRun::of(

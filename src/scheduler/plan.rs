@@ -5,6 +5,7 @@ use super::Scheduler;
 use crate::dispatch::{storable, Outcome};
 use crate::error::Error;
 use crate::metrics::{RunOutcome, Target};
+use crate::routine::Invalid;
 use crate::store::{NewRun, Plan, RoutineRow};
 use chrono::{DateTime, Utc};
 
@@ -96,7 +97,9 @@ impl Scheduler {
                     row.next_run_at_utc()
                         .or_else(|| checked.schedule.next_after(base)),
                 )?
-                .ok_or_else(|| format!("schedule {} has no run after {base}", row.schedule))
+                .ok_or_else(|| {
+                    Invalid(format!("schedule {} has no run after {base}", row.schedule))
+                })
             });
         match checked {
             Ok(next) => {
@@ -112,7 +115,7 @@ impl Scheduler {
                     "routine {}: {reason}; it will not run until its row is fixed",
                     row.name
                 );
-                plan.last_error = Some(reason);
+                plan.last_error = Some(reason.0);
             }
         }
         plan

@@ -432,7 +432,7 @@ impl RoutineStore {
     /// Asks the serving beats to run the routine called `name` now, for
     /// `by` (see `beat send`): an edit, seen within their watch interval.
     /// Returns whether the routine exists.
-    pub fn request_run(&self, by: &super::Actor, name: &str) -> Result<bool, StoreError> {
+    pub(crate) fn request_run(&self, by: &super::Actor, name: &str) -> Result<bool, StoreError> {
         with_history_conn!(self, |conn, sql| {
             conn.acting_as(by, |conn| {
                 diesel::sql_query(sql.mark_requested)

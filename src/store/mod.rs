@@ -65,8 +65,8 @@ pub enum StoreError {
     Query {
         /// Which statement.
         statement: &'static str,
-        /// Diesel's error.
-        source: diesel::result::Error,
+        /// The database's error.
+        source: DatabaseError,
     },
     /// The schema could not be created or upgraded.
     #[error("migrating the routines table failed: {0}")]
@@ -77,27 +77,38 @@ pub enum StoreError {
     NotMigrated(String),
 }
 
+/// A statement's failure, as the database (through its driver) said it.
+#[derive(Debug)]
+pub struct DatabaseError(diesel::result::Error);
+
+impl std::fmt::Display for DatabaseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for DatabaseError {}
+
+impl DatabaseError {
+    /// Whether the statement lost a race with another transaction (a
+    /// deadlock, a serialization failure).
+    fn lost_a_race(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match &self.0 {
+            Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => true,
+            // PostgreSQL's deadlock (40P01) has no kind of its own in Diesel.
+            Error::DatabaseError(_, info) => info.message().contains("deadlock detected"),
+            _ => false,
+        }
+    }
+}
+
 impl StoreError {
     /// Whether the statement lost a race with another transaction (a
     /// deadlock, a serialization failure): nothing is wrong, and trying
     /// again at once will do. Not an outage.
     pub(crate) fn is_transient(&self) -> bool {
-        match self {
-            StoreError::Query {
-                source:
-                    diesel::result::Error::DatabaseError(
-                        diesel::result::DatabaseErrorKind::SerializationFailure,
-                        _,
-                    ),
-                ..
-            } => true,
-            // PostgreSQL's deadlock (40P01) has no kind of its own in Diesel.
-            StoreError::Query {
-                source: diesel::result::Error::DatabaseError(_, info),
-                ..
-            } => info.message().contains("deadlock detected"),
-            _ => false,
-        }
+        matches!(self, StoreError::Query { source, .. } if source.lost_a_race())
     }
 
     fn checkout(e: r2d2::Error) -> Self {
@@ -105,7 +116,10 @@ impl StoreError {
     }
 
     fn query(statement: &'static str, source: diesel::result::Error) -> Self {
-        StoreError::Query { statement, source }
+        StoreError::Query {
+            statement,
+            source: DatabaseError(source),
+        }
     }
 }
 
@@ -416,7 +430,7 @@ impl RoutineStore {
     /// store.set_active(&me, "cleanup", false)?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn upsert(&self, by: &Actor, routine: &Routine) -> Result<bool, StoreError> {
+    pub(crate) fn upsert(&self, by: &Actor, routine: &Routine) -> Result<bool, StoreError> {
         let row = NewRoutine::from(routine);
         with_conn!(self, |conn, sql| {
             conn.acting_as(by, |conn| {
@@ -441,7 +455,12 @@ impl RoutineStore {
     /// Enables or disables the routine called `name`, as `by`'s edit (which
     /// the serving beats see within their watch interval). Returns whether
     /// it exists.
-    pub fn set_active(&self, by: &Actor, name: &str, active: bool) -> Result<bool, StoreError> {
+    pub(crate) fn set_active(
+        &self,
+        by: &Actor,
+        name: &str,
+        active: bool,
+    ) -> Result<bool, StoreError> {
         with_conn!(self, |conn, sql| {
             conn.acting_as(by, |conn| {
                 diesel::sql_query(sql.set_active)
@@ -456,7 +475,7 @@ impl RoutineStore {
 
     /// Deletes the routine called `name`, as `by`'s edit. Returns whether
     /// it existed.
-    pub fn remove(&self, by: &Actor, name: &str) -> Result<bool, StoreError> {
+    pub(crate) fn remove(&self, by: &Actor, name: &str) -> Result<bool, StoreError> {
         with_conn!(self, |conn, sql| {
             conn.acting_as(by, |conn| {
                 diesel::sql_query(sql.delete_by_name)

@@ -16,8 +16,9 @@ use serde::Serialize;
 pub struct RoutineRow {
     /// The routine's uuid, as text.
     pub id: String,
-    /// The routine's name, unique among the rows that run (see
-    /// `duplicate_name`).
+    /// The routine's name, unique among the rows that run (a row adopted
+    /// with a name another row has never runs, and its `last_error` says
+    /// so).
     pub name: String,
     /// The task it runs: a registered in-process task or a Celery task name.
     pub task: String,
@@ -37,12 +38,12 @@ pub struct RoutineRow {
     /// When it is next due (naive UTC); `None` while not planned.
     pub next_run_at: Option<NaiveDateTime>,
     /// Edited since the beat last planned it.
-    pub needs_sync: bool,
+    pub(crate) needs_sync: bool,
     /// Why the beat does not run it, if it does not.
     pub last_error: Option<String>,
     /// Another row has the same name and runs in its stead: this one never
     /// runs (rows adopted from a table that had duplicate names).
-    pub duplicate_name: bool,
+    pub(crate) duplicate_name: bool,
     /// When `beat send` (or an `UPDATE`) asked for a run now; the beat that
     /// plans the row runs it and clears this.
     pub run_requested_at: Option<NaiveDateTime>,
@@ -80,6 +81,12 @@ impl RoutineRow {
             unreadable: None,
             locator: String::new(),
         }
+    }
+
+    /// Whether it was edited since a beat last planned it: the serving
+    /// beats have not taken the edit in yet.
+    pub fn awaits_planning(&self) -> bool {
+        self.needs_sync
     }
 
     /// `last_run_at` as a UTC instant.

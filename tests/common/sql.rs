@@ -93,3 +93,18 @@ fn mysql_number(url: &str, query: &str) -> Result<i64, String> {
 fn mysql_number(_url: &str, _query: &str) -> Result<i64, String> {
     Err("this build has no MySQL/MariaDB support (the `mysql` feature)".into())
 }
+
+/// Whether the routine called `name` is marked edited (`needs_sync`): the
+/// triggers' mark, which the beat clears when it plans the row.
+pub fn needs_sync(url: &str, name: &str) -> bool {
+    let query = format!("SELECT COUNT(*) AS n FROM routines WHERE name = '{name}' AND needs_sync");
+    number(url, &query).expect("reading needs_sync") > 0
+}
+
+/// Whether the row of id `id` lost its name to another (`name_unique` is
+/// NULL for every row but the one that runs).
+pub fn duplicate_name(url: &str, id: &str) -> bool {
+    let query =
+        format!("SELECT COUNT(*) AS n FROM routines WHERE id = '{id}' AND name_unique IS NULL");
+    number(url, &query).expect("reading name_unique") > 0
+}
