@@ -92,9 +92,9 @@ pub use routine::{Routine, RoutineError};
 pub use schedule::{Crontab, Misfire, MisfirePolicy, Schedule, ScheduleError};
 pub use scheduler::Tick;
 pub use store::{
-    Actor, Backend, BeatRow, DatabaseError, EditAction, EditFilter, EditRow, FieldChange,
-    RoutineCounts, RoutineQuery, RoutineRow, RoutineState, RoutineStore, RunFilter, RunOutcome,
-    RunRow, StoreError, Via,
+    Actor, Backend, BeatRow, Beats, DatabaseError, EditAction, EditFilter, EditRow, Edits,
+    FieldChange, RoutineCounts, RoutineQuery, RoutineRow, RoutineState, RoutineStore, RunFilter,
+    RunOutcome, RunRow, Runs, StoreError, Via,
 };
 pub use task::{AsyncTask, SyncTask, TaskContext, TaskError, TaskResult};
 

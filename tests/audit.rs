@@ -27,7 +27,7 @@ fn at(seconds: i64) -> DateTime<Utc> {
 fn edits(store: &RoutineStore) -> Vec<EditRow> {
     let mut filter = EditFilter::default();
     filter.limit = 10_000;
-    let mut all = store.edits(&filter).unwrap();
+    let mut all = store.edits().list(&filter).unwrap();
     all.reverse();
     all
 }
@@ -184,7 +184,7 @@ backend_tests! {
         let mut filter = EditFilter::default();
         filter.routine_id = Some(id);
         filter.limit = 100;
-        assert_eq!(store.edits(&filter).unwrap().len(), 6);
+        assert_eq!(store.edits().list(&filter).unwrap().len(), 6);
         drop(server);
         beat_handle.stop();
     }

@@ -372,7 +372,7 @@ fn two_beat_processes_never_overlap_a_routine_and_a_killed_one_frees_it() {
     let running = || runs(&config).into_iter().find(|r| r.outcome == "running");
     assert!(wait_until(Duration::from_secs(10), || running().is_some()));
     let victim = running().unwrap();
-    let beat_rows = store.beats().unwrap();
+    let beat_rows = store.beats().list().unwrap();
     let pid = beat_rows
         .iter()
         .find(|b| Some(&b.id) == victim.beat_id.as_ref())

@@ -254,7 +254,7 @@ fn named_operators_act_under_their_names_and_ambiguous_tokens_are_refused() {
     }
     let mut filter = EditFilter::default();
     filter.limit = 10;
-    let mut edits = db.store().edits(&filter).unwrap();
+    let mut edits = db.store().edits().list(&filter).unwrap();
     edits.reverse();
     let who: Vec<(Option<&str>, Via, Option<serde_json::Value>)> = edits
         .iter()

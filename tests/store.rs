@@ -90,7 +90,7 @@ backend_tests! {
         // the migration have no edits, and the beat's runs of them none.
         let mut filter = celery_diesel_kit::EditFilter::default();
         filter.limit = 10;
-        let edits = db.store().edits(&filter).unwrap();
+        let edits = db.store().edits().list(&filter).unwrap();
         let seen: Vec<(&str, celery_diesel_kit::EditAction, celery_diesel_kit::Via)> =
             edits.iter().map(|e| (e.routine.as_str(), e.action, e.via)).collect();
         assert_eq!(

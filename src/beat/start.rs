@@ -31,7 +31,7 @@ impl BeatBuilder {
         let broker = open_broker(&config, claimers, &health)?;
         let registry = Arc::new(self.registry);
         let beat = beat_info(&beat_id, &registry, broker.is_some());
-        store.register_beat(&beat)?;
+        store.beats().register(&beat)?;
         log::info!("beat: registered as {beat_id} in the beats table");
         let metrics = Arc::new(Metrics::default());
         let (events, events_rx) = crossbeam_channel::unbounded();

@@ -87,7 +87,7 @@ impl Operator {
 
     /// Every beat recorded, newest first.
     pub fn beats(&self) -> Result<Vec<BeatRow>, Error> {
-        Ok(self.store.beats()?)
+        Ok(self.store.beats().list()?)
     }
 
     /// Whether `beat` is alive by `scheduler_dead_after`.

@@ -192,14 +192,14 @@ impl Operator {
             }
             _ => Vec::new(),
         };
-        let runs = self.store.runs(&RunFilter {
+        let runs = self.store.runs().list(&RunFilter {
             routine_id: Some(view.row.id.clone()),
             limit: runs,
             ..RunFilter::default()
         })?;
         let edits = match edits {
             0 => Vec::new(),
-            limit => self.store.edits(&EditFilter {
+            limit => self.store.edits().list(&EditFilter {
                 routine_id: Some(view.row.id.clone()),
                 limit,
                 ..EditFilter::default()

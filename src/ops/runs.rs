@@ -55,7 +55,7 @@ impl Operator {
                 None => filter.routine = Some(name.to_owned()),
             }
         }
-        Ok(self.store.runs(&filter)?)
+        Ok(self.store.runs().list(&filter)?)
     }
 
     /// The edits recorded in the audit trail, newest first: of the routine
@@ -78,7 +78,7 @@ impl Operator {
                 None => filter.routine = Some(name.to_owned()),
             }
         }
-        Ok(self.store.edits(&filter)?)
+        Ok(self.store.edits().list(&filter)?)
     }
 
     /// Asks the serving beats to run the routine called `name` now, for
@@ -118,7 +118,8 @@ impl Operator {
             .map_err(|e| invalid(e.0))?;
         let before = self
             .store
-            .runs(&RunFilter {
+            .runs()
+            .list(&RunFilter {
                 routine_id: Some(row.id.clone()),
                 limit: 1,
                 ..RunFilter::default()
@@ -166,7 +167,7 @@ impl Operator {
                     None,
                 );
                 run.on_demand = 1;
-                self.store.record_runs(&[run], now, None)?;
+                self.store.runs().record(&[run], now, None)?;
                 return Ok(Sent::Published { task_id });
             }
         }
@@ -180,7 +181,8 @@ impl Operator {
             if taken {
                 let run = self
                     .store
-                    .runs(&RunFilter {
+                    .runs()
+                    .list(&RunFilter {
                         routine_id: Some(row.id.clone()),
                         limit: 10,
                         ..RunFilter::default()

@@ -108,7 +108,8 @@ impl Housekeeper {
         self.write(&mut pending, &mut quiet);
         match self
             .store
-            .beat_stopped(&self.beat.id, self.clock.now(), self.settings.history)
+            .beats()
+            .stopped(&self.beat.id, self.clock.now(), self.settings.history)
         {
             Ok(0) => {}
             Ok(n) => log::warn!("beat: {n} in-process run(s) had not ended at the stop"),
@@ -160,7 +161,7 @@ impl Housekeeper {
         if pending.is_empty() {
             return;
         }
-        match self.store.update_runs(&self.beat.id, pending) {
+        match self.store.runs().update(&self.beat.id, pending) {
             Ok(()) => pending.clear(),
             Err(e) => quiet.warn("history: cannot record run outcomes (will retry)", &e),
         }
@@ -168,11 +169,11 @@ impl Housekeeper {
 
     /// The periodic work: heartbeat, dead beats, pruning.
     fn cycle(&self, quiet: &mut Quiet, edits_seen: &mut i64) {
-        match self.store.heartbeat(&self.beat.id) {
+        match self.store.beats().heartbeat(&self.beat.id) {
             Ok(true) => quiet.ok(),
             Ok(false) => {
                 log::warn!("beat: this beat's row in the beats table was gone; registering again");
-                if let Err(e) = self.store.register_beat(&self.beat) {
+                if let Err(e) = self.store.beats().register(&self.beat) {
                     quiet.warn("beat: cannot register in the beats table", &e);
                 }
             }
@@ -184,7 +185,7 @@ impl Housekeeper {
         let now = self.clock.now();
         match self
             .store
-            .mark_lost(&self.beat.id, self.settings.dead_after, now)
+            .runs().mark_lost(&self.beat.id, self.settings.dead_after, now)
         {
             Ok(0) => {}
             Ok(n) => log::warn!(
@@ -208,7 +209,8 @@ impl Housekeeper {
         for _ in 0..PRUNE_STEPS {
             match self
                 .store
-                .prune_aged_edits(self.settings.audit_max_age, PRUNE_BATCH)
+                .edits()
+                .prune_aged(self.settings.audit_max_age, PRUNE_BATCH)
             {
                 Ok(n) => {
                     deleted += n;
@@ -224,11 +226,13 @@ impl Housekeeper {
         }
         let trimmed = self
             .store
+            .edits()
             .routines_edited_after(*edits_seen, EDITS_WALK)
             .and_then(|(routines, last)| {
                 let n = self
                     .store
-                    .prune_excess_edits(&routines, self.settings.audit_max_edits)?;
+                    .edits()
+                    .prune_excess(&routines, self.settings.audit_max_edits)?;
                 *edits_seen = last;
                 Ok(n)
             });
@@ -245,7 +249,7 @@ impl Housekeeper {
         let cutoff = now - TimeDelta::from_std(self.settings.max_age).unwrap_or(TimeDelta::MAX);
         let mut deleted = 0;
         for _ in 0..PRUNE_STEPS {
-            match self.store.prune_aged(cutoff, PRUNE_BATCH) {
+            match self.store.runs().prune_aged(cutoff, PRUNE_BATCH) {
                 Ok(n) => {
                     deleted += n;
                     if n < PRUNE_BATCH {
@@ -265,6 +269,7 @@ impl Housekeeper {
             }
             match self
                 .store
+                .runs()
                 .prune_excess(&ids, self.settings.max_runs, PRUNE_BATCH * 10)
             {
                 Ok(n) => deleted += n,
@@ -276,7 +281,7 @@ impl Housekeeper {
                 }
             }
         }
-        if let Err(e) = self.store.prune_beats(self.settings.max_age) {
+        if let Err(e) = self.store.beats().prune(self.settings.max_age) {
             log::debug!("history: pruning beats: {e}");
         }
         if deleted > 0 {

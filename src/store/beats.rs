@@ -101,11 +101,22 @@ pub(crate) struct BeatInfo {
     pub(crate) broker: bool,
 }
 
+/// The registry of beats (`beats`), from [`RoutineStore::beats`].
+#[derive(Debug, Clone, Copy)]
+pub struct Beats<'s>(&'s RoutineStore);
+
 impl RoutineStore {
+    /// The registry of beats (`beats`).
+    pub fn beats(&self) -> Beats<'_> {
+        Beats(self)
+    }
+}
+
+impl Beats<'_> {
     /// Records this beat in `beats` (at start, and again should its row
     /// have gone).
-    pub(crate) fn register_beat(&self, beat: &BeatInfo) -> Result<(), StoreError> {
-        with_history_conn!(self, |conn, sql| {
+    pub(crate) fn register(&self, beat: &BeatInfo) -> Result<(), StoreError> {
+        with_history_conn!(self.0, |conn, sql| {
             diesel::sql_query(&sql.register)
                 .bind::<Text, _>(&beat.id)
                 .bind::<Text, _>(&beat.host)
@@ -121,7 +132,7 @@ impl RoutineStore {
 
     /// Says this beat is alive. Returns whether its row was there.
     pub(crate) fn heartbeat(&self, beat_id: &str) -> Result<bool, StoreError> {
-        with_history_conn!(self, |conn, sql| {
+        with_history_conn!(self.0, |conn, sql| {
             diesel::sql_query(&sql.heartbeat)
                 .bind::<Text, _>(beat_id)
                 .execute(conn)
@@ -132,14 +143,14 @@ impl RoutineStore {
 
     /// At a clean stop: this beat's runs that never ended are abandoned
     /// (or forgotten, without history), and the beat is marked stopped.
-    pub(crate) fn beat_stopped(
+    pub(crate) fn stopped(
         &self,
         beat_id: &str,
         now: DateTime<Utc>,
         history: bool,
     ) -> Result<usize, StoreError> {
         let now = format_timestamp(now);
-        with_history_conn!(self, |conn, sql| {
+        with_history_conn!(self.0, |conn, sql| {
             conn.transaction(|conn| {
                 let ended = match history {
                     true => diesel::sql_query(&sql.end_own_runs)
@@ -160,8 +171,8 @@ impl RoutineStore {
     }
 
     /// Deletes beats silent for longer than `age`.
-    pub(crate) fn prune_beats(&self, age: Duration) -> Result<usize, StoreError> {
-        with_history_conn!(self, |conn, sql| {
+    pub(crate) fn prune(&self, age: Duration) -> Result<usize, StoreError> {
+        with_history_conn!(self.0, |conn, sql| {
             diesel::sql_query(&sql.prune_beats)
                 .bind::<BigInt, _>(millis(age))
                 .execute(conn)
@@ -170,8 +181,8 @@ impl RoutineStore {
     }
 
     /// Every beat recorded, newest first.
-    pub fn beats(&self) -> Result<Vec<BeatRow>, StoreError> {
-        with_history_conn!(self, |conn, sql| {
+    pub fn list(&self) -> Result<Vec<BeatRow>, StoreError> {
+        with_history_conn!(self.0, |conn, sql| {
             let rows: Vec<RawBeat> = diesel::sql_query(&sql.beats)
                 .load(conn)
                 .map_err(|e| StoreError::query("beats", e))?;

@@ -307,10 +307,21 @@ struct EditOf {
     routine_id: String,
 }
 
+/// The audit trail (`routine_edits`), from [`RoutineStore::edits`].
+#[derive(Debug, Clone, Copy)]
+pub struct Edits<'s>(&'s RoutineStore);
+
 impl RoutineStore {
+    /// The audit trail (`routine_edits`).
+    pub fn edits(&self) -> Edits<'_> {
+        Edits(self)
+    }
+}
+
+impl Edits<'_> {
     /// Recorded edits matching `filter`, newest first.
-    pub fn edits(&self, filter: &EditFilter) -> Result<Vec<EditRow>, StoreError> {
-        let statement = self.history.dialect.edits(
+    pub fn list(&self, filter: &EditFilter) -> Result<Vec<EditRow>, StoreError> {
+        let statement = self.0.history.dialect.edits(
             filter.routine_id.is_some(),
             filter.routine.is_some(),
             filter.since.is_some(),
@@ -320,21 +331,17 @@ impl RoutineStore {
             .chain([filter.since.map(format_timestamp)])
             .flatten()
             .collect();
-        let rows: Vec<RawEdit> = self.newest("edits", &statement, texts, filter.limit)?;
+        let rows: Vec<RawEdit> = self.0.newest("edits", &statement, texts, filter.limit)?;
         Ok(rows.into_iter().map(EditRow::from).collect())
     }
 
     /// Deletes the edits older than `age` (by the database's clock, which
     /// dated them) among the `batch` oldest. Returns how many went (fewer
     /// than `batch`: no more are due to go).
-    pub(crate) fn prune_aged_edits(
-        &self,
-        age: Duration,
-        batch: usize,
-    ) -> Result<usize, StoreError> {
+    pub(crate) fn prune_aged(&self, age: Duration, batch: usize) -> Result<usize, StoreError> {
         let batch = i64::try_from(batch).unwrap_or(i64::MAX);
-        let ids: Vec<EditId> = with_conn!(self, |conn, _sql| {
-            diesel::sql_query(&self.history.aged_edits)
+        let ids: Vec<EditId> = with_conn!(self.0, |conn, _sql| {
+            diesel::sql_query(&self.0.history.aged_edits)
                 .bind::<BigInt, _>(batch)
                 .bind::<BigInt, _>(millis(age))
                 .load(conn)
@@ -352,8 +359,8 @@ impl RoutineStore {
         batch: usize,
     ) -> Result<(Vec<String>, i64), StoreError> {
         let batch = i64::try_from(batch).unwrap_or(i64::MAX);
-        let rows: Vec<EditOf> = with_conn!(self, |conn, _sql| {
-            diesel::sql_query(&self.history.edits_after)
+        let rows: Vec<EditOf> = with_conn!(self.0, |conn, _sql| {
+            diesel::sql_query(&self.0.history.edits_after)
                 .bind::<BigInt, _>(after)
                 .bind::<BigInt, _>(batch)
                 .load(conn)
@@ -368,7 +375,7 @@ impl RoutineStore {
 
     /// Deletes the edits of `routine_ids` beyond each one's newest `keep`.
     /// Returns how many went.
-    pub(crate) fn prune_excess_edits(
+    pub(crate) fn prune_excess(
         &self,
         routine_ids: &[String],
         keep: usize,
@@ -378,8 +385,8 @@ impl RoutineStore {
         }
         let ids_json = serde_json::Value::from(routine_ids.to_vec()).to_string();
         let keep = i64::try_from(keep).unwrap_or(i64::MAX);
-        let ids: Vec<EditId> = with_conn!(self, |conn, _sql| {
-            diesel::sql_query(&self.history.excess_edits)
+        let ids: Vec<EditId> = with_conn!(self.0, |conn, _sql| {
+            diesel::sql_query(&self.0.history.excess_edits)
                 .bind::<Text, _>(&ids_json)
                 .bind::<BigInt, _>(keep)
                 .load(conn)
@@ -395,8 +402,8 @@ impl RoutineStore {
             return Ok(0);
         }
         let json = serde_json::Value::from(ids).to_string();
-        with_conn!(self, |conn, _sql| {
-            diesel::sql_query(self.history.json_ids_delete_edits)
+        with_conn!(self.0, |conn, _sql| {
+            diesel::sql_query(self.0.history.json_ids_delete_edits)
                 .bind::<Text, _>(&json)
                 .execute(conn)
                 .map_err(|e| StoreError::query("delete_edits", e))

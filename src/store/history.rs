@@ -271,7 +271,18 @@ pub(super) struct TextRow {
     pub(super) value: String,
 }
 
+/// The run history (`routine_runs`), from [`RoutineStore::runs`].
+#[derive(Debug, Clone, Copy)]
+pub struct Runs<'s>(&'s RoutineStore);
+
 impl RoutineStore {
+    /// The run history (`routine_runs`).
+    pub fn runs(&self) -> Runs<'_> {
+        Runs(self)
+    }
+}
+
+impl Runs<'_> {
     /// Ends as `lost` the unfinished runs of beats that stopped or have
     /// been silent for `dead_after`. Returns how many.
     pub(crate) fn mark_lost(
@@ -281,7 +292,7 @@ impl RoutineStore {
         now: DateTime<Utc>,
     ) -> Result<usize, StoreError> {
         let now = format_timestamp(now);
-        with_history_conn!(self, |conn, sql| {
+        with_history_conn!(self.0, |conn, sql| {
             diesel::sql_query(&sql.mark_lost)
                 .bind::<Text, _>(&now)
                 .bind::<Text, _>(own_id)
@@ -293,15 +304,11 @@ impl RoutineStore {
 
     /// Writes what became of this beat's in-process runs, in one
     /// transaction.
-    pub(crate) fn update_runs(
-        &self,
-        beat_id: &str,
-        updates: &[RunUpdate],
-    ) -> Result<(), StoreError> {
+    pub(crate) fn update(&self, beat_id: &str, updates: &[RunUpdate]) -> Result<(), StoreError> {
         if updates.is_empty() {
             return Ok(());
         }
-        with_history_conn!(self, |conn, sql| {
+        with_history_conn!(self.0, |conn, sql| {
             let update = &sql.update_run;
             let delete = &sql.delete_run;
             conn.transaction(|conn| {
@@ -340,7 +347,7 @@ impl RoutineStore {
     ) -> Result<usize, StoreError> {
         let before = format_timestamp(before);
         let batch = i64::try_from(batch).unwrap_or(i64::MAX);
-        let ids: Vec<IdRow> = with_history_conn!(self, |conn, sql| {
+        let ids: Vec<IdRow> = with_history_conn!(self.0, |conn, sql| {
             diesel::sql_query(&sql.aged_runs)
                 .bind::<BigInt, _>(batch)
                 .bind::<Text, _>(&before)
@@ -364,7 +371,7 @@ impl RoutineStore {
         let ids_json = serde_json::Value::from(routine_ids.to_vec()).to_string();
         let keep = i64::try_from(keep).unwrap_or(i64::MAX);
         let batch = i64::try_from(batch).unwrap_or(i64::MAX);
-        let ids: Vec<IdRow> = with_history_conn!(self, |conn, sql| {
+        let ids: Vec<IdRow> = with_history_conn!(self.0, |conn, sql| {
             diesel::sql_query(&sql.excess_runs)
                 .bind::<Text, _>(&ids_json)
                 .bind::<BigInt, _>(keep)
@@ -382,7 +389,7 @@ impl RoutineStore {
         }
         let json =
             serde_json::Value::from(ids.iter().map(|r| r.id).collect::<Vec<_>>()).to_string();
-        with_history_conn!(self, |conn, sql| {
+        with_history_conn!(self.0, |conn, sql| {
             diesel::sql_query(sql.json_ids_delete)
                 .bind::<Text, _>(&json)
                 .execute(conn)
@@ -391,8 +398,8 @@ impl RoutineStore {
     }
 
     /// Recorded runs matching `filter`, newest first.
-    pub fn runs(&self, filter: &RunFilter) -> Result<Vec<RunRow>, StoreError> {
-        let statement = self.history.dialect.runs(
+    pub fn list(&self, filter: &RunFilter) -> Result<Vec<RunRow>, StoreError> {
+        let statement = self.0.history.dialect.runs(
             filter.routine_id.is_some(),
             filter.routine.is_some(),
             filter.failed,
@@ -403,10 +410,26 @@ impl RoutineStore {
             .chain([filter.since.map(format_timestamp)])
             .flatten()
             .collect();
-        let rows: Vec<RawRun> = self.newest("runs", &statement, texts, filter.limit)?;
+        let rows: Vec<RawRun> = self.0.newest("runs", &statement, texts, filter.limit)?;
         Ok(rows.into_iter().map(RunRow::from).collect())
     }
 
+    /// Records runs dispatched outside a claim: on demand, by beat `beat`
+    /// (`None`: `beat send` publishing to Celery itself).
+    pub(crate) fn record(
+        &self,
+        runs: &[NewRun],
+        dispatched_at: DateTime<Utc>,
+        beat: Option<&str>,
+    ) -> Result<(), StoreError> {
+        with_history_conn!(self.0, |conn, sql| {
+            conn.write_runs(sql.insert_runs, runs, dispatched_at, beat)
+                .map_err(|e| StoreError::query("record_runs", e))
+        })
+    }
+}
+
+impl RoutineStore {
     /// The rows of `statement` (see `Dialect::newest`), with `texts` bound
     /// in order, then the limit (at least 1).
     pub(super) fn newest<R: ByName>(
@@ -426,35 +449,6 @@ impl RoutineStore {
                 .bind::<BigInt, _>(limit)
                 .load(conn)
                 .map_err(|e| StoreError::query(what, e))
-        })
-    }
-
-    /// Asks the serving beats to run the routine called `name` now, for
-    /// `by` (see `beat send`): an edit, seen within their watch interval.
-    /// Returns whether the routine exists.
-    pub(crate) fn request_run(&self, by: &super::Actor, name: &str) -> Result<bool, StoreError> {
-        with_history_conn!(self, |conn, sql| {
-            conn.acting_as(by, |conn| {
-                diesel::sql_query(sql.mark_requested)
-                    .bind::<Text, _>(name)
-                    .execute(conn)
-            })
-            .map(|n| n > 0)
-            .map_err(|e| StoreError::query("request_run", e))
-        })
-    }
-
-    /// Records runs dispatched outside a claim: on demand, by beat `beat`
-    /// (`None`: `beat send` publishing to Celery itself).
-    pub(crate) fn record_runs(
-        &self,
-        runs: &[NewRun],
-        dispatched_at: DateTime<Utc>,
-        beat: Option<&str>,
-    ) -> Result<(), StoreError> {
-        with_history_conn!(self, |conn, sql| {
-            conn.write_runs(sql.insert_runs, runs, dispatched_at, beat)
-                .map_err(|e| StoreError::query("record_runs", e))
         })
     }
 }

@@ -1,16 +1,16 @@
-//! The `routines` table: every statement the beat issues, as one small
-//! function each.
+//! The beat's tables, one part each: `routines` (here, with `find`:
+//! what operators read; their edits are the crate's, for `ops::Operator`),
+//! the run history `routine_runs` ([`Runs`], in `history`), the registry
+//! of beats ([`Beats`], in `beats`), the audit trail `routine_edits`
+//! ([`Edits`], in `edits`), migrations and pools (`pool`), the scheduler's
+//! claim transaction ([`ClaimTx`], in `claim`) and its other statements
+//! (`claims`). Every statement, in each dialect, is in `sql`.
 //!
-//! The store knows rows, not schedules: the scheduler hands it closures that
-//! decide each row's fate, and the store runs them inside the transaction
-//! that holds the rows' locks. Concurrency safety comes from the database:
-//! `FOR UPDATE SKIP LOCKED` on PostgreSQL and MySQL/MariaDB, `BEGIN
-//! IMMEDIATE` on SQLite.
-//!
-//! What users may do with the table is public and small: read routines,
-//! upsert one, enable or disable it, remove it. The scheduler's own
-//! statements (plan, claim, the periodic checks) are the crate's, in
-//! `claims`; the run history and the beats' registry are in `history`.
+//! The store knows rows, not schedules: the scheduler opens a claim
+//! transaction, decides each row's fate itself, and has the store write
+//! the outcome; the store never calls back into it. Concurrency safety
+//! comes from the database: `FOR UPDATE SKIP LOCKED` on PostgreSQL and
+//! MySQL/MariaDB, `BEGIN IMMEDIATE` on SQLite.
 
 mod models;
 mod pool;
@@ -18,11 +18,11 @@ mod sql;
 mod write;
 
 pub(crate) use beats::BeatInfo;
-pub use beats::BeatRow;
-pub use edits::{Actor, EditAction, EditFilter, EditRow, FieldChange, Via};
+pub use beats::{BeatRow, Beats};
+pub use edits::{Actor, EditAction, EditFilter, EditRow, Edits, FieldChange, Via};
 pub use find::{RoutineCounts, RoutineQuery, RoutineState};
 pub(crate) use history::RunUpdate;
-pub use history::{RunFilter, RunOutcome, RunRow};
+pub use history::{RunFilter, RunOutcome, RunRow, Runs};
 use models::RawRow;
 pub use models::RoutineRow;
 pub(crate) use models::{NewRoutine, NewRun, Plan, LATEST_STORABLE};
@@ -200,7 +200,9 @@ mod history;
 
 pub(crate) use claims::Claimant;
 
-/// The `routines` table in one database.
+/// The beat's tables in one database: `routines` itself (read here;
+/// changed through [`Operator`](crate::ops::Operator)), and a handle for
+/// each other table ([`Self::runs`], [`Self::beats`], [`Self::edits`]).
 pub struct RoutineStore {
     backend: Backend,
     pools: Pools,
@@ -470,6 +472,21 @@ impl RoutineStore {
             })
             .map(|n| n > 0)
             .map_err(|e| StoreError::query("set_active", e))
+        })
+    }
+
+    /// Asks the serving beats to run the routine called `name` now, for
+    /// `by` (see `beat send`): an edit, seen within their watch interval.
+    /// Returns whether the routine exists.
+    pub(crate) fn request_run(&self, by: &super::Actor, name: &str) -> Result<bool, StoreError> {
+        with_history_conn!(self, |conn, sql| {
+            conn.acting_as(by, |conn| {
+                diesel::sql_query(sql.mark_requested)
+                    .bind::<Text, _>(name)
+                    .execute(conn)
+            })
+            .map(|n| n > 0)
+            .map_err(|e| StoreError::query("request_run", e))
         })
     }
 
