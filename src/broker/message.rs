@@ -8,36 +8,10 @@
 //! the delivery tag and times taken from the clock. How it travels (the
 //! Redis envelope, AMQP's frames) is the transport's business.
 
-use super::options::{Expires, SendOptions};
+use super::options::{Destination, Expires, SendOptions};
 use super::pyjson::{saferepr, write_py_json, write_py_string};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Map, Number, Value};
-
-/// Celery's default queue (and exchange, and routing key).
-pub(crate) const DEFAULT_QUEUE: &str = "celery";
-
-/// Where a message goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Destination {
-    /// Straight to the queue's list (the anonymous exchange).
-    Queue { queue: String },
-    /// To every queue bound to `exchange` with `routing_key` (direct
-    /// exchange). `queue` is still declared, as Celery declares it.
-    Exchange {
-        queue: String,
-        exchange: String,
-        routing_key: String,
-    },
-}
-
-impl Destination {
-    /// The queue Celery declares for this message.
-    pub(crate) fn declared_queue(&self) -> &str {
-        match self {
-            Destination::Queue { queue } | Destination::Exchange { queue, .. } => queue,
-        }
-    }
-}
 
 /// A Celery message, ready for any transport.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,10 +1,35 @@
 //! A routine's `options` column, as Celery's beat passes it to
 //! `apply_async`: validated once, and read into where its messages go.
 
-use super::message::{Destination, DEFAULT_QUEUE};
 use crate::routine::Invalid;
 use chrono::{DateTime, FixedOffset, NaiveDateTime, Utc};
 use serde_json::{Map, Number, Value};
+
+/// Celery's default queue (and exchange, and routing key).
+pub(crate) const DEFAULT_QUEUE: &str = "celery";
+
+/// Where a message goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Destination {
+    /// Straight to the queue's list (the anonymous exchange).
+    Queue { queue: String },
+    /// To every queue bound to `exchange` with `routing_key` (direct
+    /// exchange). `queue` is still declared, as Celery declares it.
+    Exchange {
+        queue: String,
+        exchange: String,
+        routing_key: String,
+    },
+}
+
+impl Destination {
+    /// The queue Celery declares for this message.
+    pub(crate) fn declared_queue(&self) -> &str {
+        match self {
+            Destination::Queue { queue } | Destination::Exchange { queue, .. } => queue,
+        }
+    }
+}
 
 /// Options a routine may carry (its `options` column), as Celery's beat
 /// passes them to `apply_async`.

@@ -1,7 +1,8 @@
 //! Publishing to Redis the way kombu's Redis transport does: each
 //! message as kombu's JSON envelope, pushed to the lists of its queues.
 
-use super::message::{Destination, Message};
+use super::message::Message;
+use super::options::Destination;
 use super::pyjson::write_py_string;
 use super::{BrokerError, Delivery, Transport};
 use crate::config::{redact_message, redact_url};

@@ -45,7 +45,7 @@ macro_rules! keys {
         impl std::fmt::Debug for Config {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.debug_struct("Config")
-                    $( .field(stringify!($key), &$crate::config::keys::$shown(&self.$key)) )*
+                    $( .field(stringify!($key), &keys::$shown(&self.$key)) )*
                     .finish()
             }
         }

@@ -72,7 +72,7 @@ fn mask_query_password(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Config;
+    use crate::config::Config;
 
     #[test]
     fn messages_lose_the_password() {

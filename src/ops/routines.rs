@@ -255,6 +255,19 @@ impl Operator {
     /// no routine has its name (returns `true`), else the existing row
     /// takes its task, schedule, kwargs, options and state. The serving
     /// beats see the edit like any other.
+    ///
+    /// ```no_run
+    /// use celery_diesel_kit::ops::Operator;
+    /// use celery_diesel_kit::{Actor, Config, Routine, Schedule, Via};
+    /// use std::time::Duration;
+    ///
+    /// let op = Operator::migrate(Config::default())?;
+    /// let me = Actor::os_user(Via::Library);
+    /// let every_minute = Schedule::every(Duration::from_secs(60))?;
+    /// op.upsert(&me, &Routine::new("cleanup", "tasks.cleanup", every_minute))?;
+    /// op.set_active(&me, "cleanup", false)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn upsert(&self, by: &Actor, routine: &Routine) -> Result<bool, Error> {
         routine.validate()?;
         Ok(self.store.upsert(by, routine)?)

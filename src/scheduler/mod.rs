@@ -70,7 +70,7 @@ pub(crate) struct Settings {
 }
 
 impl Settings {
-    pub(crate) fn of(config: &crate::Config) -> Self {
+    pub(crate) fn of(config: &crate::config::Config) -> Self {
         Settings {
             max_interval: config.scheduler_max_interval,
             watch_interval: config.scheduler_watch_interval,

@@ -6,7 +6,7 @@
 //! lost, and pruning, which deletes by primary key in small batches so that
 //! it never holds locks a claim could wait on.
 
-use super::models::{format_timestamp, parse_timestamp, NewRun};
+use super::models::{format_timestamp, parse_timestamp, NewRun, RunOutcome};
 use super::pool::Pools;
 use super::sql::history::millis;
 use super::write::WriteTransaction;
@@ -17,88 +17,6 @@ use diesel::sql_types::{BigInt, Bool, Integer, Nullable, Text};
 use diesel::{Connection, QueryableByName, RunQueryDsl};
 
 use std::time::Duration;
-
-/// What became of a run, as `routine_runs.outcome` names it (and the
-/// command line and the dashboard show it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum RunOutcome {
-    /// Published to the broker (its end is the Celery worker's to know).
-    Published,
-    /// Queued for this beat's workers.
-    Queued,
-    /// Running on a worker.
-    Running,
-    /// An attempt failed; it is waiting for its next.
-    Retrying,
-    /// It ran and succeeded.
-    Succeeded,
-    /// It failed (every attempt), or could not run at all.
-    Failed,
-    /// Not run: its previous run was still going.
-    Skipped,
-    /// Not run: later than its misfire grace time, under the `skip` policy.
-    Missed,
-    /// Dropped at a stop, before a worker took it.
-    Abandoned,
-    /// Its beat died before it ended.
-    Lost,
-    /// A name this version does not know (written by hand, or by a newer
-    /// beat).
-    Unknown,
-}
-
-impl RunOutcome {
-    const ALL: [RunOutcome; 10] = [
-        RunOutcome::Published,
-        RunOutcome::Queued,
-        RunOutcome::Running,
-        RunOutcome::Retrying,
-        RunOutcome::Succeeded,
-        RunOutcome::Failed,
-        RunOutcome::Skipped,
-        RunOutcome::Missed,
-        RunOutcome::Abandoned,
-        RunOutcome::Lost,
-    ];
-
-    /// Its name in `routine_runs.outcome`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunOutcome::Published => "published",
-            RunOutcome::Queued => "queued",
-            RunOutcome::Running => "running",
-            RunOutcome::Retrying => "retrying",
-            RunOutcome::Succeeded => "succeeded",
-            RunOutcome::Failed => "failed",
-            RunOutcome::Skipped => "skipped",
-            RunOutcome::Missed => "missed",
-            RunOutcome::Abandoned => "abandoned",
-            RunOutcome::Lost => "lost",
-            RunOutcome::Unknown => "unknown",
-        }
-    }
-
-    /// The outcome of this name.
-    pub fn from_name(name: &str) -> Self {
-        RunOutcome::ALL
-            .into_iter()
-            .find(|o| o.as_str() == name)
-            .unwrap_or(RunOutcome::Unknown)
-    }
-}
-
-impl std::fmt::Display for RunOutcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl PartialEq<&str> for RunOutcome {
-    fn eq(&self, name: &&str) -> bool {
-        self.as_str() == *name
-    }
-}
 
 /// One run as `routine_runs` records it.
 #[derive(Debug, Clone, PartialEq)]

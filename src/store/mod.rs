@@ -12,6 +12,7 @@
 //! comes from the database: `FOR UPDATE SKIP LOCKED` on PostgreSQL and
 //! MySQL/MariaDB, `BEGIN IMMEDIATE` on SQLite.
 
+mod error;
 mod models;
 mod pool;
 mod sql;
@@ -20,12 +21,13 @@ mod write;
 pub(crate) use beats::BeatInfo;
 pub use beats::{BeatRow, Beats};
 pub use edits::{Actor, EditAction, EditFilter, EditRow, Edits, FieldChange, Via};
+pub use error::{DatabaseError, StoreError};
 pub use find::{RoutineCounts, RoutineQuery, RoutineState};
 pub(crate) use history::RunUpdate;
-pub use history::{RunFilter, RunOutcome, RunRow, Runs};
+pub use history::{RunFilter, RunRow, Runs};
 use models::RawRow;
-pub use models::RoutineRow;
 pub(crate) use models::{NewRoutine, NewRun, Plan, LATEST_STORABLE};
+pub use models::{RoutineRow, RunOutcome};
 pub use pool::Backend;
 
 use crate::config::redact_url;
@@ -40,88 +42,6 @@ use write::WriteTransaction;
 /// The newest migration, by Diesel's version (its directory's date and
 /// number): a beat that does not create its tables needs it to have run.
 const LATEST_MIGRATION: &str = "20261201000002";
-
-/// A failure to talk to the database.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StoreError {
-    /// `scheduler_db_uri` names no supported database.
-    #[error("unsupported scheduler_db_uri {0}")]
-    UnsupportedUrl(String),
-    /// The database could not be reached at start.
-    #[error("cannot connect to {url}: {reason}")]
-    Connect {
-        /// The URL, password masked.
-        url: String,
-        /// The driver's reason, password masked.
-        reason: String,
-    },
-    /// No pooled connection became available (the database is down or
-    /// overloaded).
-    #[error("database unavailable: {0}")]
-    Unavailable(String),
-    /// A statement failed.
-    #[error("{statement}: {source}")]
-    Query {
-        /// Which statement.
-        statement: &'static str,
-        /// The database's error.
-        source: DatabaseError,
-    },
-    /// The schema could not be created or upgraded.
-    #[error("migrating the routines table failed: {0}")]
-    Migration(String),
-    /// The tables lack what this version needs (not created, or created by
-    /// an older version) and `create_table` is off.
-    #[error("the tables are missing or older than this version ({0}); run `beat migrate` or `diesel migration run`, or set create_table = true")]
-    NotMigrated(String),
-}
-
-/// A statement's failure, as the database (through its driver) said it.
-#[derive(Debug)]
-pub struct DatabaseError(diesel::result::Error);
-
-impl std::fmt::Display for DatabaseError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::error::Error for DatabaseError {}
-
-impl DatabaseError {
-    /// Whether the statement lost a race with another transaction (a
-    /// deadlock, a serialization failure).
-    fn lost_a_race(&self) -> bool {
-        use diesel::result::{DatabaseErrorKind, Error};
-        match &self.0 {
-            Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => true,
-            // PostgreSQL's deadlock (40P01) has no kind of its own in Diesel.
-            Error::DatabaseError(_, info) => info.message().contains("deadlock detected"),
-            _ => false,
-        }
-    }
-}
-
-impl StoreError {
-    /// Whether the statement lost a race with another transaction (a
-    /// deadlock, a serialization failure): nothing is wrong, and trying
-    /// again at once will do. Not an outage.
-    pub(crate) fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Query { source, .. } if source.lost_a_race())
-    }
-
-    fn checkout(e: r2d2::Error) -> Self {
-        StoreError::Unavailable(e.to_string())
-    }
-
-    fn query(statement: &'static str, source: diesel::result::Error) -> Self {
-        StoreError::Query {
-            statement,
-            source: DatabaseError(source),
-        }
-    }
-}
 
 /// Runs `$body` with `$conn` bound to a pooled connection of whichever
 /// backend the store uses, and `$sql` to that backend's statements. The body
@@ -201,7 +121,7 @@ mod history;
 pub(crate) use claims::Claimant;
 
 /// The beat's tables in one database: `routines` itself (read here;
-/// changed through [`Operator`](crate::ops::Operator)), and a handle for
+/// changed through `ops::Operator`), and a handle for
 /// each other table ([`Self::runs`], [`Self::beats`], [`Self::edits`]).
 pub struct RoutineStore {
     backend: Backend,
@@ -419,19 +339,6 @@ impl RoutineStore {
     /// within their watch interval (a changed schedule takes its next run
     /// after `last_run_at`, so it never fires early), and the audit trail
     /// (`routine_edits`) records it. Returns whether a row was inserted.
-    ///
-    /// ```no_run
-    /// use celery_diesel_kit::{Actor, Routine, RoutineStore, Schedule, Via};
-    /// use std::time::Duration;
-    ///
-    /// let store = RoutineStore::connect("sqlite://celery-beat.sqlite3")?;
-    /// store.migrate()?;
-    /// let me = Actor::os_user(Via::Library);
-    /// let every_minute = Schedule::every(Duration::from_secs(60))?;
-    /// store.upsert(&me, &Routine::new("cleanup", "tasks.cleanup", every_minute))?;
-    /// store.set_active(&me, "cleanup", false)?;
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
     pub(crate) fn upsert(&self, by: &Actor, routine: &Routine) -> Result<bool, StoreError> {
         let row = NewRoutine::from(routine);
         with_conn!(self, |conn, sql| {
@@ -478,7 +385,7 @@ impl RoutineStore {
     /// Asks the serving beats to run the routine called `name` now, for
     /// `by` (see `beat send`): an edit, seen within their watch interval.
     /// Returns whether the routine exists.
-    pub(crate) fn request_run(&self, by: &super::Actor, name: &str) -> Result<bool, StoreError> {
+    pub(crate) fn request_run(&self, by: &Actor, name: &str) -> Result<bool, StoreError> {
         with_history_conn!(self, |conn, sql| {
             conn.acting_as(by, |conn| {
                 diesel::sql_query(sql.mark_requested)

@@ -1,7 +1,6 @@
 //! What the store reads and writes: rows of `routines` and the beat's
 //! updates to them.
 
-use super::history::RunOutcome;
 use crate::metrics::Target;
 use crate::routine::Routine;
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -353,6 +352,88 @@ mod tests {
             });
             assert_eq!(parsed, expected, "{text:?}");
         }
+    }
+}
+
+/// What became of a run, as `routine_runs.outcome` names it (and the
+/// command line and the dashboard show it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RunOutcome {
+    /// Published to the broker (its end is the Celery worker's to know).
+    Published,
+    /// Queued for this beat's workers.
+    Queued,
+    /// Running on a worker.
+    Running,
+    /// An attempt failed; it is waiting for its next.
+    Retrying,
+    /// It ran and succeeded.
+    Succeeded,
+    /// It failed (every attempt), or could not run at all.
+    Failed,
+    /// Not run: its previous run was still going.
+    Skipped,
+    /// Not run: later than its misfire grace time, under the `skip` policy.
+    Missed,
+    /// Dropped at a stop, before a worker took it.
+    Abandoned,
+    /// Its beat died before it ended.
+    Lost,
+    /// A name this version does not know (written by hand, or by a newer
+    /// beat).
+    Unknown,
+}
+
+impl RunOutcome {
+    const ALL: [RunOutcome; 10] = [
+        RunOutcome::Published,
+        RunOutcome::Queued,
+        RunOutcome::Running,
+        RunOutcome::Retrying,
+        RunOutcome::Succeeded,
+        RunOutcome::Failed,
+        RunOutcome::Skipped,
+        RunOutcome::Missed,
+        RunOutcome::Abandoned,
+        RunOutcome::Lost,
+    ];
+
+    /// Its name in `routine_runs.outcome`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunOutcome::Published => "published",
+            RunOutcome::Queued => "queued",
+            RunOutcome::Running => "running",
+            RunOutcome::Retrying => "retrying",
+            RunOutcome::Succeeded => "succeeded",
+            RunOutcome::Failed => "failed",
+            RunOutcome::Skipped => "skipped",
+            RunOutcome::Missed => "missed",
+            RunOutcome::Abandoned => "abandoned",
+            RunOutcome::Lost => "lost",
+            RunOutcome::Unknown => "unknown",
+        }
+    }
+
+    /// The outcome of this name.
+    pub fn from_name(name: &str) -> Self {
+        RunOutcome::ALL
+            .into_iter()
+            .find(|o| o.as_str() == name)
+            .unwrap_or(RunOutcome::Unknown)
+    }
+}
+
+impl std::fmt::Display for RunOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for RunOutcome {
+    fn eq(&self, name: &&str) -> bool {
+        self.as_str() == *name
     }
 }
 
