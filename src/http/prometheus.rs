@@ -330,45 +330,65 @@ fn gauge(
 
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        {
-            let mut metric = encoder.encode_descriptor(
-                "runs",
-                "Runs by task, target (celery, in_process, none: not routed) and outcome \
-                 (dispatched, skipped, missed, abandoned; invalid: rows found invalid; \
-                 in-process attempts: succeeded, failed, gave_up).",
-                None,
-                MetricType::Counter,
-            )?;
-            for (task, target, outcome, n) in &self.runs {
-                let labels = [
-                    ("task", label(task)),
-                    ("target", target.label().to_owned()),
-                    ("outcome", outcome.label().to_owned()),
-                ];
-                ConstCounter::new(*n).encode(metric.encode_family(&labels)?)?;
-            }
+        self.encode_runs(&mut encoder)?;
+        self.encode_durations(&mut encoder)?;
+        self.encode_health(&mut encoder)?;
+        if let Some(db) = &self.db {
+            encode_db_counts(&mut encoder, db)?;
         }
+        self.encode_server(&mut encoder)
+    }
+}
+
+impl Snapshot {
+    /// `runs`: the counter of runs by task, target and outcome.
+    fn encode_runs(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut metric = encoder.encode_descriptor(
+            "runs",
+            "Runs by task, target (celery, in_process, none: not routed) and outcome \
+             (dispatched, skipped, missed, abandoned; invalid: rows found invalid; \
+             in-process attempts: succeeded, failed, gave_up).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (task, target, outcome, n) in &self.runs {
+            let labels = [
+                ("task", label(task)),
+                ("target", target.label().to_owned()),
+                ("outcome", outcome.label().to_owned()),
+            ];
+            ConstCounter::new(*n).encode(metric.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+
+    /// The histograms: lateness, and how long passes and claims take.
+    fn encode_durations(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         histogram(
-            &mut encoder,
+            encoder,
             "lateness",
             "From a run's due time to its hand-over (in Redis, or in the worker queue).",
             &self.lateness,
         )?;
         histogram(
-            &mut encoder,
+            encoder,
             "pass_duration",
             "Scheduler passes (look for edits, claim what is due, find the next due time).",
             &self.pass,
         )?;
         histogram(
-            &mut encoder,
+            encoder,
             "claim_duration",
             "Claim transactions (lock due rows, dispatch, advance, commit).",
             &self.claim,
-        )?;
+        )
+    }
+
+    /// The health gauges: database, broker (if any), `/healthz`, last pass.
+    fn encode_health(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let h = &self.health;
         gauge(
-            &mut encoder,
+            encoder,
             "database_up",
             "1 if the scheduler's last pass reached the database.",
             None,
@@ -376,7 +396,7 @@ impl Collector for Snapshot {
         )?;
         if let Some(up) = h.broker_up {
             gauge(
-                &mut encoder,
+                encoder,
                 "broker_up",
                 "1 unless the last publish to the broker failed.",
                 None,
@@ -384,7 +404,7 @@ impl Collector for Snapshot {
             )?;
         }
         gauge(
-            &mut encoder,
+            encoder,
             "healthy",
             "1 while /healthz answers 200.",
             None,
@@ -392,41 +412,21 @@ impl Collector for Snapshot {
         )?;
         if let Some(at) = h.last_pass {
             gauge(
-                &mut encoder,
+                encoder,
                 "last_pass_timestamp",
                 "When the last scheduler pass succeeded (Unix time).",
                 Some(&Unit::Seconds),
                 at.timestamp_micros() as f64 / 1e6,
             )?;
         }
-        if let Some(db) = &self.db {
-            let mut metric = encoder.encode_descriptor(
-                "routines",
-                "Routines by state: active, inactive (disabled), error (active, with last_error).",
-                None,
-                MetricType::Gauge,
-            )?;
-            let r = db.routines;
-            for (state, n) in [
-                ("active", r.active),
-                ("inactive", r.inactive),
-                ("error", r.error),
-            ] {
-                metric
-                    .encode_family(&[("state", state)])?
-                    .encode_gauge(&(n as f64))?;
-            }
-            gauge(
-                &mut encoder,
-                "beats_alive",
-                "Beats that heartbeat within scheduler_dead_after (this one included).",
-                None,
-                db.beats_alive as f64,
-            )?;
-        }
+        Ok(())
+    }
+
+    /// The listener's own metrics: open connections, refused requests.
+    fn encode_server(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let server = &self.server;
         gauge(
-            &mut encoder,
+            encoder,
             "http_connections",
             "Connections open to this listener.",
             None,
@@ -450,6 +450,33 @@ impl Collector for Snapshot {
         }
         Ok(())
     }
+}
+
+/// The gauges read from the database: routines by state, live beats.
+fn encode_db_counts(encoder: &mut DescriptorEncoder, db: &DbCounts) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(
+        "routines",
+        "Routines by state: active, inactive (disabled), error (active, with last_error).",
+        None,
+        MetricType::Gauge,
+    )?;
+    let r = db.routines;
+    for (state, n) in [
+        ("active", r.active),
+        ("inactive", r.inactive),
+        ("error", r.error),
+    ] {
+        metric
+            .encode_family(&[("state", state)])?
+            .encode_gauge(&(n as f64))?;
+    }
+    gauge(
+        encoder,
+        "beats_alive",
+        "Beats that heartbeat within scheduler_dead_after (this one included).",
+        None,
+        db.beats_alive as f64,
+    )
 }
 
 #[cfg(test)]

@@ -11,10 +11,9 @@
 use crate::clock::Clock;
 use crate::metrics::{Metrics, RunOutcome, Target};
 use crate::shutdown::Shutdown;
-use crate::task::{Registered, TaskContext, TaskRegistry};
+use crate::task::{TaskContext, TaskRegistry};
 use crossbeam_channel::{bounded, select, Receiver, Sender, TrySendError};
 use std::collections::HashSet;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -25,8 +24,10 @@ use std::time::{Duration, Instant};
 const QUEUE_PER_WORKER: usize = 64;
 
 mod retry;
+mod thread;
 
 use retry::retry_timer;
+use thread::Worker;
 
 /// One run of a routine's task.
 #[derive(Debug, Clone)]
@@ -381,154 +382,4 @@ impl JobQueue {
             .send_deadline(job, deadline)
             .map_err(|e| Box::new(e.into_inner()))
     }
-}
-
-struct Worker {
-    index: usize,
-    running: Arc<Running>,
-    jobs: Receiver<Job>,
-    retries: Sender<(Instant, Job)>,
-    registry: Arc<TaskRegistry>,
-    retry: RetryPolicy,
-    in_flight: Arc<InFlight>,
-    metrics: Arc<Metrics>,
-    abandon: Arc<Abandon>,
-    exited: Sender<()>,
-    reporter: Reporter,
-}
-
-impl Worker {
-    fn run(self) {
-        let mut runtime = None;
-        for job in self.jobs.iter() {
-            if self.abandon.started() {
-                self.abandon.job(&job);
-                continue;
-            }
-            self.set_running(Some((job.ctx.routine.clone(), job.ctx.scheduled_at)));
-            self.run_job(job, &mut runtime);
-            self.set_running(None);
-        }
-        let _ = self.exited.send(());
-    }
-
-    fn set_running(&self, run: Option<(String, chrono::DateTime<chrono::Utc>)>) {
-        if let Some(slot) = self
-            .running
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get_mut(self.index)
-        {
-            *slot = run;
-        }
-    }
-
-    fn run_job(&self, job: Job, runtime: &mut Option<tokio::runtime::Runtime>) {
-        self.reporter.report(&job, Happened::Started);
-        let ctx = &job.ctx;
-        let outcome = match self.registry.get(&ctx.task) {
-            None => Err(format!("task {} is not registered", ctx.task)),
-            Some(Registered::Sync(task)) => {
-                let task = Arc::clone(task);
-                catch_unwind(AssertUnwindSafe(|| task.run(ctx)))
-                    .map_err(panic_message)
-                    .and_then(|r| r.map_err(|e| e.to_string()))
-            }
-            Some(Registered::Async(task)) => {
-                let task = Arc::clone(task);
-                match runtime_for(runtime) {
-                    Err(e) => Err(format!("cannot start a tokio runtime: {e}")),
-                    Ok(rt) => {
-                        let result = catch_unwind(AssertUnwindSafe(|| {
-                            rt.block_on(task.run_boxed(ctx.clone()))
-                        }));
-                        if result.is_err() {
-                            // A panic may leave the runtime's tasks in any
-                            // state: the next run gets a fresh one.
-                            *runtime = None;
-                        }
-                        result
-                            .map_err(panic_message)
-                            .and_then(|r| r.map_err(|e| e.to_string()))
-                    }
-                }
-            }
-        };
-        match outcome {
-            Ok(()) => {
-                log::debug!("routine {}: task {} succeeded", ctx.routine, ctx.task);
-                // Released before counted: whoever sees the count may fire
-                // again. Recorded before released: another beat learns of
-                // the end from the record.
-                self.reporter.report(&job, Happened::Succeeded);
-                self.in_flight.end(&job);
-                Metrics::bump(&self.metrics.succeeded);
-                self.metrics
-                    .count_runs(&ctx.task, Target::InProcess, RunOutcome::Succeeded, 1);
-            }
-            Err(reason) => self.failed(job, reason),
-        }
-    }
-
-    fn failed(&self, mut job: Job, reason: String) {
-        Metrics::bump(&self.metrics.failed);
-        let ctx = &job.ctx;
-        self.metrics
-            .count_runs(&ctx.task, Target::InProcess, RunOutcome::Failed, 1);
-        if ctx.attempt >= self.retry.max_retries {
-            Metrics::bump(&self.metrics.gave_up);
-            self.metrics
-                .count_runs(&ctx.task, Target::InProcess, RunOutcome::GaveUp, 1);
-            log::error!(
-                "routine {}: task {} failed (attempt {} of {}), giving up: {reason}",
-                ctx.routine,
-                ctx.task,
-                ctx.attempt + 1,
-                self.retry.max_retries + 1
-            );
-            self.reporter.report(&job, Happened::Failed(reason));
-            self.in_flight.end(&job);
-            return;
-        }
-        log::warn!(
-            "routine {}: task {} failed (attempt {} of {}), retrying in {:?}: {reason}",
-            ctx.routine,
-            ctx.task,
-            ctx.attempt + 1,
-            self.retry.max_retries + 1,
-            self.retry.delay
-        );
-        self.reporter.report(&job, Happened::Retrying(reason));
-        job.ctx.attempt += 1;
-        if let Err(e) = self.retries.send((Instant::now() + self.retry.delay, job)) {
-            // The timer is gone: the beat is stopping.
-            let job = e.into_inner().1;
-            self.reporter.report(&job, Happened::Abandoned);
-            self.in_flight.end(&job);
-        }
-    }
-}
-
-fn runtime_for(
-    slot: &mut Option<tokio::runtime::Runtime>,
-) -> std::io::Result<&tokio::runtime::Runtime> {
-    if slot.is_none() {
-        *slot = Some(
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?,
-        );
-    }
-    // Just filled above.
-    slot.as_ref()
-        .ok_or_else(|| std::io::Error::other("runtime missing"))
-}
-
-fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    let text = payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a non-string payload".to_owned());
-    format!("panicked: {text}")
 }

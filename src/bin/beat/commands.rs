@@ -6,7 +6,7 @@ use crate::{Cli, Command, ScheduleArgs};
 use anyhow::Context;
 use celery_diesel_kit::ops::{self, Change, NewRoutineSpec, Operator, Sent};
 use celery_diesel_kit::{Actor, Config, OperatorToken, Via};
-use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use std::io::Write;
 use std::time::Duration;
@@ -33,15 +33,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Some(Command::Next(args)) => return next(&config, args, json),
         Some(Command::Token { name }) => return token(&name, json),
-        Some(Command::Migrate) => {
-            let op = Operator::migrate(config)?;
-            if json {
-                println!("{}", json!({ "ok": true, "migrated": op.store().url() }));
-            } else {
-                println!("{}: tables are up to date", op.store().url());
-            }
-            return Ok(0);
-        }
+        Some(Command::Migrate) => return migrate(config, json),
         Some(command) => command,
     };
     let op = Operator::connect(config)?;
@@ -53,39 +45,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Show { name } => show(&op, &name, json),
         Command::History(args) => history(&op, args, json),
         Command::Log(args) => log(&op, args, json),
-        Command::Add(args) => {
-            let Some(schedule) = schedule(&args.schedule, args.fields.timezone.as_deref()) else {
-                return usage("beat add needs a schedule: --every or --crontab");
-            };
-            let mut spec = NewRoutineSpec::new(&args.name, &args.task, schedule);
-            if let Some(kwargs) = args.fields.kwargs {
-                spec.kwargs = kwargs;
-            }
-            if let Some(options) = args.fields.options {
-                spec.options = options;
-            }
-            spec.active = !args.inactive;
-            op.add(&me, &spec)?;
-            done(json, "added", &args.name)
-        }
-        Command::Edit(args) => {
-            let mut change = Change::default();
-            change.task = args.task;
-            change.schedule = schedule(&args.schedule, None);
-            change.timezone = args.fields.timezone;
-            change.kwargs = args.fields.kwargs;
-            change.options = args.fields.options;
-            let nothing = change.task.is_none()
-                && change.schedule.is_none()
-                && change.timezone.is_none()
-                && change.kwargs.is_none()
-                && change.options.is_none();
-            if nothing {
-                return usage("nothing to change: give --task, --every, --crontab, --timezone, --kwargs or --options");
-            }
-            op.edit(&me, &args.name, &change)?;
-            done(json, "edited", &args.name)
-        }
+        Command::Add(args) => add(&op, &me, args, json),
+        Command::Edit(args) => edit(&op, &me, args, json),
         Command::Enable { name } => {
             op.set_active(&me, &name, true)?;
             done(json, "enabled", &name)
@@ -102,6 +63,56 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Check => check(&op, json),
         Command::Beats => beats(&op, json),
     }
+}
+
+/// `beat migrate`: creates or updates the tables.
+fn migrate(config: Config, json: bool) -> anyhow::Result<i32> {
+    let op = Operator::migrate(config)?;
+    if json {
+        println!("{}", json!({ "ok": true, "migrated": op.store().url() }));
+    } else {
+        println!("{}: tables are up to date", op.store().url());
+    }
+    Ok(0)
+}
+
+/// `beat add`: a new routine, from the flags.
+fn add(op: &Operator, me: &Actor, args: crate::AddArgs, json: bool) -> anyhow::Result<i32> {
+    let Some(schedule) = schedule(&args.schedule, args.fields.timezone.as_deref()) else {
+        return usage("beat add needs a schedule: --every or --crontab");
+    };
+    let mut spec = NewRoutineSpec::new(&args.name, &args.task, schedule);
+    if let Some(kwargs) = args.fields.kwargs {
+        spec.kwargs = kwargs;
+    }
+    if let Some(options) = args.fields.options {
+        spec.options = options;
+    }
+    spec.active = !args.inactive;
+    op.add(me, &spec)?;
+    done(json, "added", &args.name)
+}
+
+/// `beat edit`: changes the columns the flags give (at least one).
+fn edit(op: &Operator, me: &Actor, args: crate::EditArgs, json: bool) -> anyhow::Result<i32> {
+    let mut change = Change::default();
+    change.task = args.task;
+    change.schedule = schedule(&args.schedule, None);
+    change.timezone = args.fields.timezone;
+    change.kwargs = args.fields.kwargs;
+    change.options = args.fields.options;
+    let nothing = change.task.is_none()
+        && change.schedule.is_none()
+        && change.timezone.is_none()
+        && change.kwargs.is_none()
+        && change.options.is_none();
+    if nothing {
+        return usage(
+            "nothing to change: give --task, --every, --crontab, --timezone, --kwargs or --options",
+        );
+    }
+    op.edit(me, &args.name, &change)?;
+    done(json, "edited", &args.name)
 }
 
 /// The schedule JSON the flags give, if any.
@@ -432,70 +443,4 @@ fn next(config: &Config, args: crate::NextArgs, json: bool) -> anyhow::Result<i3
         println!("  {}", output::local_and_utc(local(t), t, shown));
     }
     Ok(0)
-}
-
-/// `--every`: `30s`, `5m`, `1h`, `1d`, or plain seconds.
-pub fn parse_every(text: &str) -> Result<f64, String> {
-    let seconds = parse_duration(text)?;
-    if seconds <= 0.0 {
-        return Err("must be positive".to_owned());
-    }
-    Ok(seconds)
-}
-
-fn parse_duration(text: &str) -> Result<f64, String> {
-    let text = text.trim();
-    let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
-    };
-    let factor = match unit {
-        "s" | "sec" | "secs" | "second" | "seconds" => 1.0,
-        "m" | "min" | "mins" | "minute" | "minutes" => 60.0,
-        "h" | "hour" | "hours" => 3600.0,
-        "d" | "day" | "days" => 86_400.0,
-        _ => return Err(format!("unknown unit {unit:?} (use s, m, h or d)")),
-    };
-    let value: f64 = number
-        .trim()
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration such as 30s, 5m, 1h, 1d"))?;
-    if !value.is_finite() || value < 0.0 {
-        return Err(format!(
-            "{text:?} is not a duration such as 30s, 5m, 1h, 1d"
-        ));
-    }
-    Ok(value * factor)
-}
-
-/// `--as`: a name for the audit trail: printable, at most 64 characters.
-pub fn parse_actor(text: &str) -> Result<String, String> {
-    let name = text.trim();
-    if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
-        return Err("expected a name of 1 to 64 printable characters".to_owned());
-    }
-    Ok(name.to_owned())
-}
-
-/// `--since`: a duration ago, or a UTC time.
-pub fn parse_since(text: &str) -> Result<DateTime<Utc>, String> {
-    if let Ok(seconds) = parse_duration(text) {
-        let ago = TimeDelta::try_milliseconds((seconds * 1000.0) as i64)
-            .ok_or_else(|| format!("{text:?} is too long ago"))?;
-        return Ok(Utc::now() - ago);
-    }
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Ok(t.with_timezone(&Utc));
-    }
-    for format in ["%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S"] {
-        if let Ok(t) = NaiveDateTime::parse_from_str(text, format) {
-            return Ok(t.and_utc());
-        }
-    }
-    if let Ok(d) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        return Ok(d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc());
-    }
-    Err(format!(
-        "{text:?}: expected a duration ago (30m, 2h, 7d) or a UTC time (2026-11-27 09:00)"
-    ))
 }

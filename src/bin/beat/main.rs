@@ -6,6 +6,7 @@
 //! (`--config`). Exit status: 0 success, 1 failure, 2 usage error.
 
 mod commands;
+mod flags;
 mod output;
 mod serve;
 
@@ -31,7 +32,7 @@ struct Cli {
     json: bool,
     /// Who makes the changes, as the audit trail records them (default:
     /// your OS user, $USER).
-    #[arg(long = "as", global = true, value_name = "NAME", value_parser = commands::parse_actor)]
+    #[arg(long = "as", global = true, value_name = "NAME", value_parser = flags::parse_actor)]
     as_name: Option<String>,
     /// Routines to declare when serving (see `beat serve --help`).
     #[arg(long, value_name = "FILE")]
@@ -133,7 +134,7 @@ struct HistoryArgs {
     failed: bool,
     /// Only runs dispatched since: a duration ago (`30m`, `2h`, `7d`) or a
     /// UTC time (`2026-11-27 09:00`).
-    #[arg(long, value_parser = commands::parse_since)]
+    #[arg(long, value_parser = flags::parse_since)]
     since: Option<chrono::DateTime<chrono::Utc>>,
     /// At most this many runs.
     #[arg(long, default_value_t = 50)]
@@ -146,7 +147,7 @@ struct LogArgs {
     name: Option<String>,
     /// Only edits made since: a duration ago (`30m`, `2h`, `7d`) or a UTC
     /// time (`2026-11-27 09:00`).
-    #[arg(long, value_parser = commands::parse_since)]
+    #[arg(long, value_parser = flags::parse_since)]
     since: Option<chrono::DateTime<chrono::Utc>>,
     /// At most this many edits.
     #[arg(long, default_value_t = 50)]
@@ -158,7 +159,7 @@ struct LogArgs {
 #[group(required = false, multiple = false)]
 struct ScheduleArgs {
     /// An interval: `30s`, `5m`, `1h`, `1d`, or seconds (`90`, `1.5`).
-    #[arg(long, value_name = "DURATION", value_parser = commands::parse_every)]
+    #[arg(long, value_name = "DURATION", value_parser = flags::parse_every)]
     every: Option<f64>,
     /// A Celery crontab as the kit's JSON: `'{"minute": "*/5"}'`.
     #[arg(long, value_name = "JSON", value_parser = celery_diesel_kit::ops::parse_json)]

@@ -19,7 +19,8 @@ pub(super) use routine::{act, routine};
 
 use super::auth::Caller;
 use super::{encode, App, Reply, Request};
-use crate::store::{RoutineQuery, RoutineState};
+use crate::ops::RoutineView;
+use crate::store::{RoutineCounts, RoutineQuery, RoutineState};
 use chrono::NaiveDateTime;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
@@ -169,13 +170,6 @@ pub(super) fn routines(app: &App, r: &Request) -> Reply {
     };
     let found = app.operator.find(&query);
     let counts = app.prometheus.db_counts();
-    let filter_link = |s: Option<RoutineState>| {
-        format!(
-            "/?q={}&state={}",
-            encode(&search),
-            s.map_or("", RoutineState::as_str)
-        )
-    };
     let (status, body) = match found {
         Err(e) => (
             503,
@@ -187,7 +181,7 @@ pub(super) fn routines(app: &App, r: &Request) -> Reply {
             let next = views.last().filter(|_| more).map(|v| {
                 format!(
                     "{}&after_name={}&after_id={}",
-                    filter_link(state),
+                    filter_link(&search, state),
                     encode(&v.row.name),
                     encode(&v.row.id)
                 )
@@ -195,50 +189,12 @@ pub(super) fn routines(app: &App, r: &Request) -> Reply {
             (
                 200,
                 html! {
-                    form method="get" action="/" {
-                        input type="search" name="q" value=(search) placeholder="name or task contains…" autofocus;
-                        " "
-                        select name="state" {
-                            option value="" selected[state.is_none()] { "any state" }
-                            @for s in [RoutineState::Active, RoutineState::Inactive, RoutineState::Error] {
-                                option value=(s.as_str()) selected[state == Some(s)] { (s.as_str()) }
-                            }
-                        }
-                        " "
-                        button type="submit" { "Search" }
-                    }
-                    @if let Some(c) = counts {
-                        p {
-                            a href=(filter_link(Some(RoutineState::Active))) { (c.routines.active) " active" } " · "
-                            a href=(filter_link(Some(RoutineState::Inactive))) { (c.routines.inactive) " inactive" } " · "
-                            a href=(filter_link(Some(RoutineState::Error))) { (c.routines.error) " in error" }
-                            " (counted within the last 15 s)"
-                        }
-                    }
-                    table #routines {
-                        thead { tr {
-                            th { "Name" } th { "Task" } th { "Schedule" } th { "Zone" } th { "State" }
-                            th { "Next run" } th { "Last run" } th { "Runs" } th { "Error" }
-                        } }
-                        tbody {
-                            @for v in &views {
-                                tr {
-                                    td { a href=(routine_link(&v.row.name)) { (v.row.name) } }
-                                    td { code { (v.row.task) } }
-                                    td { (v.words) }
-                                    td { (v.zone.name()) }
-                                    td { (pill(state_of(v.row.active, v.row.last_error.is_some()))) }
-                                    td { @if let Some(t) = v.row.next_run_at_utc() { (v.local(t)) } @else { "–" } }
-                                    td { @if let Some(t) = v.row.last_run_at_utc() { (v.local(t)) } @else { "–" } }
-                                    td { (v.row.total_run_count.unwrap_or(0)) }
-                                    td.error { (v.row.last_error.as_deref().unwrap_or("")) }
-                                }
-                            }
-                        }
-                    }
+                    (search_form(&search, state))
+                    @if let Some(c) = counts { (state_counts(&search, &c.routines)) }
+                    (routines_table(&views))
                     @if views.is_empty() { p { "No routine matches." } }
                     p {
-                        @if after.is_some() { a href=(filter_link(state)) { "« first page" } " " }
+                        @if after.is_some() { a href=(filter_link(&search, state)) { "« first page" } " " }
                         @if let Some(next) = next { a #next href=(next) { "next page »" } }
                     }
                 },
@@ -246,6 +202,74 @@ pub(super) fn routines(app: &App, r: &Request) -> Reply {
         }
     };
     Reply::html(status, layout(app, r, "Routines", body))
+}
+
+/// The first page of the routines matching `search`, in `state` (any if
+/// `None`).
+fn filter_link(search: &str, state: Option<RoutineState>) -> String {
+    format!(
+        "/?q={}&state={}",
+        encode(search),
+        state.map_or("", RoutineState::as_str)
+    )
+}
+
+/// The search box and the state filter.
+fn search_form(search: &str, state: Option<RoutineState>) -> Markup {
+    html! {
+        form method="get" action="/" {
+            input type="search" name="q" value=(search) placeholder="name or task contains…" autofocus;
+            " "
+            select name="state" {
+                option value="" selected[state.is_none()] { "any state" }
+                @for s in [RoutineState::Active, RoutineState::Inactive, RoutineState::Error] {
+                    option value=(s.as_str()) selected[state == Some(s)] { (s.as_str()) }
+                }
+            }
+            " "
+            button type="submit" { "Search" }
+        }
+    }
+}
+
+/// The routines by state (from the database's counts), each a link to
+/// the routines in that state that match `search`.
+fn state_counts(search: &str, c: &RoutineCounts) -> Markup {
+    html! {
+        p {
+            a href=(filter_link(search, Some(RoutineState::Active))) { (c.active) " active" } " · "
+            a href=(filter_link(search, Some(RoutineState::Inactive))) { (c.inactive) " inactive" } " · "
+            a href=(filter_link(search, Some(RoutineState::Error))) { (c.error) " in error" }
+            " (counted within the last 15 s)"
+        }
+    }
+}
+
+/// One page of routines, a row each.
+fn routines_table(views: &[RoutineView]) -> Markup {
+    html! {
+        table #routines {
+            thead { tr {
+                th { "Name" } th { "Task" } th { "Schedule" } th { "Zone" } th { "State" }
+                th { "Next run" } th { "Last run" } th { "Runs" } th { "Error" }
+            } }
+            tbody {
+                @for v in views {
+                    tr {
+                        td { a href=(routine_link(&v.row.name)) { (v.row.name) } }
+                        td { code { (v.row.task) } }
+                        td { (v.words) }
+                        td { (v.zone.name()) }
+                        td { (pill(state_of(v.row.active, v.row.last_error.is_some()))) }
+                        td { @if let Some(t) = v.row.next_run_at_utc() { (v.local(t)) } @else { "–" } }
+                        td { @if let Some(t) = v.row.last_run_at_utc() { (v.local(t)) } @else { "–" } }
+                        td { (v.row.total_run_count.unwrap_or(0)) }
+                        td.error { (v.row.last_error.as_deref().unwrap_or("")) }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// `/beats`: the beats, and this beat's view of the database and broker.

@@ -3,10 +3,12 @@
 //! it (enable, disable, run now, edit), each as the operator logged in.
 
 use super::{csrf, layout, pill, routine_link, state_of, time};
+use crate::error::Error;
 use crate::http::{App, Reply, Request};
-use crate::ops::{self, Change};
-use crate::store::{EditAction, EditRow, RunRow};
-use chrono::Utc;
+use crate::ops::{self, Change, RoutineView, Shown};
+use crate::schedule::Schedule;
+use crate::store::{EditAction, EditRow, RoutineRow, RunRow};
+use chrono::{DateTime, Utc};
 use maud::{html, Markup};
 
 /// Next fire times shown (and previewed).
@@ -22,6 +24,10 @@ struct Draft {
     kwargs: String,
     options: String,
 }
+
+/// What `ops::preview` gives: the typed schedule and its next fire times,
+/// or why it does not parse.
+type Preview = Result<(Schedule, Vec<DateTime<Utc>>), Error>;
 
 /// A line at the top of a routine's page.
 enum Said {
@@ -42,20 +48,51 @@ fn routine_with(app: &App, r: &Request, said: Option<Said>, draft: Option<Draft>
         .show(&name, NEXT_TIMES, LAST_RUNS, LAST_EDITS, Utc::now())
     {
         Ok(shown) => shown,
-        Err(e) => {
-            let status = match e {
-                crate::error::Error::NoSuchRoutine(_) => 404,
-                crate::error::Error::Routine(_) => 400,
-                _ => 503,
-            };
-            return Reply::html(
-                status,
-                layout(app, r, "Routine", html! { p.message.bad { (e) } }),
-            );
-        }
+        Err(e) => return not_shown(app, r, &e),
     };
     let row = &shown.view.row;
-    let done = r.field("done").and_then(|d| match d {
+    let said = said.or_else(|| done(r).map(|d| Said::Done(d.to_owned())));
+    let draft = draft.unwrap_or_else(|| Draft::typed_or_saved(r, row));
+    let preview = (r.field("preview").is_some())
+        .then(|| ops::preview(&draft.schedule, app.operator.zone(), NEXT_TIMES, Utc::now()));
+    let token = csrf(r);
+    let body = html! {
+        (said_line(said.as_ref()))
+        (facts(&shown.view))
+        @if let Some(csrf) = token { (actions(row, csrf)) }
+        (next_times(&shown))
+        (edit_form(row, token, &draft))
+        (preview_times(preview.as_ref()))
+        h2 { "Last runs" }
+        (runs_table(&shown.runs))
+        h2 { "Last changes" }
+        (edits_table(&shown.edits))
+    };
+    let status = match said {
+        Some(Said::Failed(_)) => 422,
+        _ => 200,
+    };
+    Reply::html(status, layout(app, r, &row.name, body))
+}
+
+/// The page for a routine that cannot be shown: 404 if there is no such
+/// routine, 400 if it is invalid, 503 if the database cannot be read.
+fn not_shown(app: &App, r: &Request, e: &Error) -> Reply {
+    let status = match e {
+        Error::NoSuchRoutine(_) => 404,
+        Error::Routine(_) => 400,
+        _ => 503,
+    };
+    Reply::html(
+        status,
+        layout(app, r, "Routine", html! { p.message.bad { (e) } }),
+    )
+}
+
+/// The line saying what the last change did, from the `done` field of the
+/// redirect that follows it.
+fn done(r: &Request) -> Option<&'static str> {
+    r.field("done").and_then(|d| match d {
         "enabled" => Some("Enabled: the serving beats will run it."),
         "disabled" => Some("Disabled: the serving beats will not run it."),
         "saved" => Some("Saved: the serving beats plan it again within their watch interval."),
@@ -63,30 +100,42 @@ fn routine_with(app: &App, r: &Request, said: Option<Said>, draft: Option<Draft>
             "Run requested: it appears in the last runs below once a beat has taken it (within its watch interval).",
         ),
         _ => None,
-    });
-    let said = said.or_else(|| done.map(|d| Said::Done(d.to_owned())));
-    let draft = draft.unwrap_or_else(|| Draft {
-        schedule: r.field("schedule").unwrap_or(&row.schedule).to_owned(),
-        kwargs: r
-            .field("kwargs")
-            .unwrap_or(row.kwargs.as_deref().unwrap_or("{}"))
-            .to_owned(),
-        options: r
-            .field("options")
-            .unwrap_or(row.options.as_deref().unwrap_or("{}"))
-            .to_owned(),
-    });
-    let preview = (r.field("preview").is_some())
-        .then(|| ops::preview(&draft.schedule, app.operator.zone(), NEXT_TIMES, Utc::now()));
-    let token = csrf(r);
-    let state = state_of(row.active, row.last_error.is_some());
-    let view = &shown.view;
-    let body = html! {
-        @match &said {
+    })
+}
+
+impl Draft {
+    /// What was typed (a preview), else the row's values.
+    fn typed_or_saved(r: &Request, row: &RoutineRow) -> Self {
+        Draft {
+            schedule: r.field("schedule").unwrap_or(&row.schedule).to_owned(),
+            kwargs: r
+                .field("kwargs")
+                .unwrap_or(row.kwargs.as_deref().unwrap_or("{}"))
+                .to_owned(),
+            options: r
+                .field("options")
+                .unwrap_or(row.options.as_deref().unwrap_or("{}"))
+                .to_owned(),
+        }
+    }
+}
+
+/// The line at the top: what was done, or why it failed.
+fn said_line(said: Option<&Said>) -> Markup {
+    html! {
+        @match said {
             Some(Said::Done(text)) => p.message { (text) },
             Some(Said::Failed(text)) => p.message.bad #problem { (text) },
             None => {},
         }
+    }
+}
+
+/// The routine's row, its schedule in words and its zone.
+fn facts(view: &RoutineView) -> Markup {
+    let row = &view.row;
+    let state = state_of(row.active, row.last_error.is_some());
+    html! {
         dl {
             dt { "Task" } dd { code { (row.task) } }
             dt { "State" } dd { (pill(state)) }
@@ -99,24 +148,43 @@ fn routine_with(app: &App, r: &Request, said: Option<Said>, draft: Option<Draft>
             dt { "Error" } dd.error #last-error { (row.last_error.as_deref().unwrap_or("none")) }
             dt { "Id" } dd { code { (row.id) } }
         }
-        @if let Some(csrf) = token {
-            p {
-                @for (action, label) in [(if row.active { "disable" } else { "enable" }, if row.active { "Disable" } else { "Enable" }), ("run", "Run now")] {
-                    form.inline method="post" action={ "/routine/" (action) } {
-                        input type="hidden" name="name" value=(row.name);
-                        input type="hidden" name="csrf" value=(csrf);
-                        button type="submit" #{ "action-" (action) } { (label) }
-                    }
-                    " "
+    }
+}
+
+/// The buttons of a caller who may change things: enable or disable, and
+/// run now.
+fn actions(row: &RoutineRow, csrf: &str) -> Markup {
+    html! {
+        p {
+            @for (action, label) in [(if row.active { "disable" } else { "enable" }, if row.active { "Disable" } else { "Enable" }), ("run", "Run now")] {
+                form.inline method="post" action={ "/routine/" (action) } {
+                    input type="hidden" name="name" value=(row.name);
+                    input type="hidden" name="csrf" value=(csrf);
+                    button type="submit" #{ "action-" (action) } { (label) }
                 }
+                " "
             }
         }
+    }
+}
+
+/// The routine's next fire times, in its zone and in UTC.
+fn next_times(shown: &Shown) -> Markup {
+    let view = &shown.view;
+    html! {
         h2 { "Next " (NEXT_TIMES) " fire times" }
         @if shown.next.is_empty() {
             p { "None: the routine is disabled, in error, or its schedule has no more runs." }
         } @else {
             ol #next-times { @for t in &shown.next { li { (view.local(*t)) " (" (t.format("%Y-%m-%d %H:%M:%S UTC")) ")" } } }
         }
+    }
+}
+
+/// The edit form: Preview for anyone who may read, Save for a caller with
+/// a form token (`token`).
+fn edit_form(row: &RoutineRow, token: Option<&str>, draft: &Draft) -> Markup {
+    html! {
         h2 { "Edit" }
         form method="post" action="/routine/edit" {
             input type="hidden" name="name" value=(row.name);
@@ -130,7 +198,13 @@ fn routine_with(app: &App, r: &Request, said: Option<Said>, draft: Option<Draft>
             @if token.is_some() { button type="submit" #save { "Save" } }
             @else { " (saving needs a login)" }
         }
-        @match &preview {
+    }
+}
+
+/// The previewed schedule's next fire times, or why it does not parse.
+fn preview_times(preview: Option<&Preview>) -> Markup {
+    html! {
+        @match preview {
             Some(Ok((_, times))) => {
                 h2 { "Preview: next " (times.len()) " fire times of the schedule above" }
                 ol #preview-times { @for t in times { li { (t.format("%Y-%m-%d %H:%M:%S UTC")) } } }
@@ -138,18 +212,10 @@ fn routine_with(app: &App, r: &Request, said: Option<Said>, draft: Option<Draft>
             Some(Err(e)) => p.message.bad #preview-error { (e) },
             None => {},
         }
-        h2 { "Last runs" }
-        (runs_table(&shown.runs))
-        h2 { "Last changes" }
-        (edits_table(&shown.edits))
-    };
-    let status = match said {
-        Some(Said::Failed(_)) => 422,
-        _ => 200,
-    };
-    Reply::html(status, layout(app, r, &row.name, body))
+    }
 }
 
+/// The routine's last runs: when, the outcome, and how long it took.
 fn runs_table(runs: &[RunRow]) -> Markup {
     html! {
         @if runs.is_empty() { p { "No recorded runs." } }
