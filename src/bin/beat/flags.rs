@@ -4,17 +4,17 @@
 use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
 
 /// `--every`: `30s`, `5m`, `1h`, `1d`, or plain seconds.
-pub fn parse_every(text: &str) -> Result<f64, String> {
+pub fn parse_every(text: &str) -> anyhow::Result<f64> {
     let seconds = parse_duration(text)?;
     if seconds <= 0.0 {
-        return Err("must be positive".to_owned());
+        anyhow::bail!("must be positive");
     }
     Ok(seconds)
 }
 
 /// A duration in seconds: a number, with a unit (s, m, h or d) or none
 /// (seconds).
-fn parse_duration(text: &str) -> Result<f64, String> {
+fn parse_duration(text: &str) -> anyhow::Result<f64> {
     let text = text.trim();
     let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
         Some(i) => text.split_at(i),
@@ -25,34 +25,32 @@ fn parse_duration(text: &str) -> Result<f64, String> {
         "m" | "min" | "mins" | "minute" | "minutes" => 60.0,
         "h" | "hour" | "hours" => 3600.0,
         "d" | "day" | "days" => 86_400.0,
-        _ => return Err(format!("unknown unit {unit:?} (use s, m, h or d)")),
+        _ => anyhow::bail!("unknown unit {unit:?} (use s, m, h or d)"),
     };
     let value: f64 = number
         .trim()
         .parse()
-        .map_err(|_| format!("{text:?} is not a duration such as 30s, 5m, 1h, 1d"))?;
+        .map_err(|_| anyhow::anyhow!("{text:?} is not a duration such as 30s, 5m, 1h, 1d"))?;
     if !value.is_finite() || value < 0.0 {
-        return Err(format!(
-            "{text:?} is not a duration such as 30s, 5m, 1h, 1d"
-        ));
+        anyhow::bail!("{text:?} is not a duration such as 30s, 5m, 1h, 1d");
     }
     Ok(value * factor)
 }
 
 /// `--as`: a name for the audit trail: printable, at most 64 characters.
-pub fn parse_actor(text: &str) -> Result<String, String> {
+pub fn parse_actor(text: &str) -> anyhow::Result<String> {
     let name = text.trim();
     if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
-        return Err("expected a name of 1 to 64 printable characters".to_owned());
+        anyhow::bail!("expected a name of 1 to 64 printable characters");
     }
     Ok(name.to_owned())
 }
 
 /// `--since`: a duration ago, or a UTC time.
-pub fn parse_since(text: &str) -> Result<DateTime<Utc>, String> {
+pub fn parse_since(text: &str) -> anyhow::Result<DateTime<Utc>> {
     if let Ok(seconds) = parse_duration(text) {
         let ago = TimeDelta::try_milliseconds((seconds * 1000.0) as i64)
-            .ok_or_else(|| format!("{text:?} is too long ago"))?;
+            .ok_or_else(|| anyhow::anyhow!("{text:?} is too long ago"))?;
         return Ok(Utc::now() - ago);
     }
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
@@ -66,7 +64,7 @@ pub fn parse_since(text: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(d) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
         return Ok(d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc());
     }
-    Err(format!(
+    anyhow::bail!(
         "{text:?}: expected a duration ago (30m, 2h, 7d) or a UTC time (2026-11-27 09:00)"
-    ))
+    )
 }

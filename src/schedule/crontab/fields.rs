@@ -92,7 +92,7 @@ pub(super) fn expand_spec(field: &Field, spec: &Value) -> Result<BTreeSet<u32>, 
         Value::Number(n) => BTreeSet::from([n
             .as_i64()
             .ok_or_else(|| bad(format!("{n} is not an integer")))?]),
-        Value::String(s) => parse_field(field, s).map_err(&bad)?,
+        Value::String(s) => parse_field(field, s)?,
         Value::Array(items) => items
             .iter()
             .map(|item| {
@@ -125,11 +125,14 @@ pub(super) fn expand_spec(field: &Field, spec: &Value) -> Result<BTreeSet<u32>, 
 }
 
 /// Celery's `crontab_parser(max_, min_).parse(spec)`.
-fn parse_field(field: &Field, spec: &str) -> Result<BTreeSet<i64>, String> {
+fn parse_field(field: &Field, spec: &str) -> Result<BTreeSet<i64>, ScheduleError> {
     let mut acc = BTreeSet::new();
     for part in spec.split(',') {
         if part.is_empty() {
-            return Err(format!("empty part in {:?}", truncated(spec.to_owned())));
+            return Err(bad(
+                field,
+                format!("empty part in {:?}", truncated(spec.to_owned())),
+            ));
         }
         acc.extend(parse_part(field, part)?);
     }
@@ -140,14 +143,14 @@ fn parse_field(field: &Field, spec: &str) -> Result<BTreeSet<i64>, String> {
 /// `(\w+?)-(\w+)/(\w+)?`, `(\w+?)-(\w+)`, `\*/(\w+)?` and `^\*$` with
 /// `re.match` (anchored at the start only: text after a match is ignored),
 /// and otherwise reads the part as a single number or name.
-fn parse_part(field: &Field, part: &str) -> Result<Vec<i64>, String> {
+fn parse_part(field: &Field, part: &str) -> Result<Vec<i64>, ScheduleError> {
     if let Some((from, rest)) = split_word(part) {
         if let Some(rest) = rest.strip_prefix('-') {
             if let Some((to, rest)) = split_word(rest) {
                 if let Some(step) = rest.strip_prefix('/') {
                     let step = split_word(step).map(|(w, _)| w);
-                    let step = step.ok_or_else(|| "empty filter".to_owned())?;
-                    return every_nth(expand_range(field, from, Some(to))?, step);
+                    let step = step.ok_or_else(|| bad(field, "empty filter"))?;
+                    return every_nth(field, expand_range(field, from, Some(to))?, step);
                 }
                 return expand_range(field, from, Some(to));
             }
@@ -155,8 +158,12 @@ fn parse_part(field: &Field, part: &str) -> Result<Vec<i64>, String> {
     }
     if let Some(step) = part.strip_prefix("*/") {
         let step = split_word(step).map(|(w, _)| w);
-        let step = step.ok_or_else(|| "empty filter".to_owned())?;
-        return every_nth(full(field).into_iter().map(i64::from).collect(), step);
+        let step = step.ok_or_else(|| bad(field, "empty filter"))?;
+        return every_nth(
+            field,
+            full(field).into_iter().map(i64::from).collect(),
+            step,
+        );
     }
     if part == "*" {
         return Ok(full(field).into_iter().map(i64::from).collect());
@@ -174,18 +181,18 @@ fn split_word(s: &str) -> Option<(&str, &str)> {
 }
 
 /// Python's `values[::step]`.
-fn every_nth(values: Vec<i64>, step: &str) -> Result<Vec<i64>, String> {
-    let step = python_int(step).ok_or_else(|| format!("invalid step {step:?}"))?;
+fn every_nth(field: &Field, values: Vec<i64>, step: &str) -> Result<Vec<i64>, ScheduleError> {
+    let step = python_int(step).ok_or_else(|| bad(field, format!("invalid step {step:?}")))?;
     let step = usize::try_from(step)
         .ok()
         .filter(|&s| s > 0)
-        .ok_or_else(|| format!("step must be positive, got {step}"))?;
+        .ok_or_else(|| bad(field, format!("step must be positive, got {step}")))?;
     Ok(values.into_iter().step_by(step).collect())
 }
 
 /// Celery's `_expand_range`: a single value, or `from-to` (wrapping past the
 /// field's end when `to < from`, so `fri-mon` is fri, sat, sun, mon).
-fn expand_range(field: &Field, from: &str, to: Option<&str>) -> Result<Vec<i64>, String> {
+fn expand_range(field: &Field, from: &str, to: Option<&str>) -> Result<Vec<i64>, ScheduleError> {
     let from = expand_number(field, from)?;
     let Some(to) = to else { return Ok(vec![from]) };
     let to = expand_number(field, to)?;
@@ -199,9 +206,9 @@ fn expand_range(field: &Field, from: &str, to: Option<&str>) -> Result<Vec<i64>,
 
 /// Celery's `_expand_number`: an integer, else a month name, else a weekday
 /// name (each by its first three letters, in any field), range-checked.
-fn expand_number(field: &Field, s: &str) -> Result<i64, String> {
+fn expand_number(field: &Field, s: &str) -> Result<i64, ScheduleError> {
     if s.starts_with('-') {
-        return Err("negative numbers not supported".to_owned());
+        return Err(bad(field, "negative numbers not supported"));
     }
     let value = match python_int(s) {
         Some(v) => v,
@@ -213,21 +220,38 @@ fn expand_number(field: &Field, s: &str) -> Result<i64, String> {
                 .map(|i| i + 1);
             let weekday = WEEKDAYS.iter().position(|d| *d == abbreviation);
             match month.or(weekday) {
-                Some(v) => i64::try_from(v).map_err(|e| e.to_string())?,
-                None => return Err(format!("invalid literal {:?}", truncated(s.to_owned()))),
+                Some(v) => i64::try_from(v).map_err(|e| bad(field, e.to_string()))?,
+                None => {
+                    return Err(bad(
+                        field,
+                        format!("invalid literal {:?}", truncated(s.to_owned())),
+                    ))
+                }
             }
         }
     };
     let (min, max) = (i64::from(field.min), i64::from(field.min + field.count - 1));
     if value > max {
-        return Err(format!("invalid end range: {value} must be {max} or less"));
+        return Err(bad(
+            field,
+            format!("invalid end range: {value} must be {max} or less"),
+        ));
     }
     if value < min {
-        return Err(format!(
-            "invalid beginning range: {value} must be {min} or greater"
+        return Err(bad(
+            field,
+            format!("invalid beginning range: {value} must be {min} or greater"),
         ));
     }
     Ok(value)
+}
+
+/// `reason`, as the error of `field`.
+fn bad(field: &Field, reason: impl Into<String>) -> ScheduleError {
+    ScheduleError::BadField {
+        field: field.name,
+        reason: reason.into(),
+    }
 }
 
 /// Python's `int(s)` for ASCII input: surrounding whitespace, an optional
