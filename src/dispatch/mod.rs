@@ -23,7 +23,7 @@
 
 use crate::broker::{Broker, BrokerError, Delivery, Message};
 use crate::clock::Clock;
-use crate::metrics::{Counts, Metrics, RunOutcome, Target};
+use crate::metrics::{Counted, Counts, Metrics, Target};
 use crate::routine::Invalid;
 use crate::schedule::MisfirePolicy;
 use crate::shutdown::Shutdown;
@@ -180,7 +180,7 @@ impl Dispatcher {
     /// in-process runs and counts every fate.
     pub(crate) fn hand_over(&self, outcomes: Vec<Outcome>) -> Counts {
         let mut counts = Counts::default();
-        let mut by_task: Vec<(String, Target, RunOutcome)> = Vec::with_capacity(outcomes.len());
+        let mut by_task: Vec<(String, Target, Counted)> = Vec::with_capacity(outcomes.len());
         for outcome in outcomes {
             for note in &outcome.notes {
                 note.log(&outcome.routine);
@@ -189,27 +189,27 @@ impl Dispatcher {
                 Fate::Run(job) => {
                     if self.queue(job) {
                         counts.fired += 1;
-                        RunOutcome::Dispatched
+                        Counted::Dispatched
                     } else {
                         counts.abandoned += 1;
-                        RunOutcome::Abandoned
+                        Counted::Abandoned
                     }
                 }
                 Fate::Sent(..) => {
                     counts.fired += 1;
-                    RunOutcome::Dispatched
+                    Counted::Dispatched
                 }
                 Fate::Skip => {
                     counts.skipped += 1;
-                    RunOutcome::Skipped
+                    Counted::Skipped
                 }
                 Fate::Missed => {
                     counts.missed += 1;
-                    RunOutcome::Missed
+                    Counted::Missed
                 }
                 Fate::Invalid => {
                     counts.invalid += 1;
-                    RunOutcome::Invalid
+                    Counted::Invalid
                 }
             };
             by_task.push((outcome.task, outcome.target, counted));

@@ -13,7 +13,7 @@
 
 use super::server::ServerStats;
 use super::Reply;
-use crate::metrics::{BucketsSnapshot, HealthReport, Monitor, RunOutcome, Target};
+use crate::metrics::{BucketsSnapshot, Counted, HealthReport, Monitor, Target};
 use crate::ops::Operator;
 use crate::store::RoutineCounts;
 use prometheus_client::collector::Collector;
@@ -277,7 +277,7 @@ impl ServerSnapshot {
 /// Everything one scrape reports, read at one moment.
 #[derive(Debug)]
 struct Snapshot {
-    runs: Vec<(String, Target, RunOutcome, u64)>,
+    runs: Vec<(String, Target, Counted, u64)>,
     lateness: BucketsSnapshot,
     pass: BucketsSnapshot,
     claim: BucketsSnapshot,

@@ -104,9 +104,13 @@ impl PartialEq<&str> for Target {
     }
 }
 
-/// What became of a run, as the metrics say it.
+/// What the metrics count of runs (the `outcome` label): a run
+/// dispatched, and the ends of in-process attempts. Where a name is also a
+/// `RunOutcome` of the history, it means the same thing,
+/// except `failed`: here one failed attempt (a retry may follow), there a
+/// run that failed for good (`gave_up` here).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RunOutcome {
+pub(crate) enum Counted {
     /// Published to the broker, or queued for a worker.
     Dispatched,
     Skipped,
@@ -119,34 +123,34 @@ pub(crate) enum RunOutcome {
     GaveUp,
 }
 
-impl RunOutcome {
-    pub(crate) const ALL: [RunOutcome; 8] = [
-        RunOutcome::Dispatched,
-        RunOutcome::Skipped,
-        RunOutcome::Missed,
-        RunOutcome::Invalid,
-        RunOutcome::Abandoned,
-        RunOutcome::Succeeded,
-        RunOutcome::Failed,
-        RunOutcome::GaveUp,
+impl Counted {
+    pub(crate) const ALL: [Counted; 8] = [
+        Counted::Dispatched,
+        Counted::Skipped,
+        Counted::Missed,
+        Counted::Invalid,
+        Counted::Abandoned,
+        Counted::Succeeded,
+        Counted::Failed,
+        Counted::GaveUp,
     ];
 
     pub(crate) fn label(self) -> &'static str {
         match self {
-            RunOutcome::Dispatched => "dispatched",
-            RunOutcome::Skipped => "skipped",
-            RunOutcome::Missed => "missed",
-            RunOutcome::Invalid => "invalid",
-            RunOutcome::Abandoned => "abandoned",
-            RunOutcome::Succeeded => "succeeded",
-            RunOutcome::Failed => "failed",
-            RunOutcome::GaveUp => "gave_up",
+            Counted::Dispatched => "dispatched",
+            Counted::Skipped => "skipped",
+            Counted::Missed => "missed",
+            Counted::Invalid => "invalid",
+            Counted::Abandoned => "abandoned",
+            Counted::Succeeded => "succeeded",
+            Counted::Failed => "failed",
+            Counted::GaveUp => "gave_up",
         }
     }
 }
 
 /// One task's counts, by target and outcome.
-type TaskCounts = [[u64; RunOutcome::ALL.len()]; Target::ALL.len()];
+type TaskCounts = [[u64; Counted::ALL.len()]; Target::ALL.len()];
 
 /// Distinct task names counted apart; the rest are counted together under
 /// [`OTHER_TASKS`], so that a table of a million distinct task names cannot
@@ -282,14 +286,14 @@ impl Metrics {
     }
 
     /// Counts `n` runs of `task` that went to `target` and came to `outcome`.
-    pub(crate) fn count_runs(&self, task: &str, target: Target, outcome: RunOutcome, n: u64) {
+    pub(crate) fn count_runs(&self, task: &str, target: Target, outcome: Counted, n: u64) {
         self.count_many([(task, target, outcome)].into_iter(), n);
     }
 
     /// Counts `n` runs for each of `runs` (a claim's batch: one lock).
     pub(crate) fn count_many<'a>(
         &self,
-        runs: impl Iterator<Item = (&'a str, Target, RunOutcome)>,
+        runs: impl Iterator<Item = (&'a str, Target, Counted)>,
         n: u64,
     ) {
         let mut by_task = self.by_task.lock().unwrap_or_else(PoisonError::into_inner);
@@ -309,12 +313,12 @@ impl Metrics {
     }
 
     /// Every non-zero count of runs: `(task, target, outcome, runs)`, by task.
-    pub(crate) fn runs_by_task(&self) -> Vec<(String, Target, RunOutcome, u64)> {
+    pub(crate) fn runs_by_task(&self) -> Vec<(String, Target, Counted, u64)> {
         let by_task = self.by_task.lock().unwrap_or_else(PoisonError::into_inner);
         let mut all = Vec::new();
         for (task, counts) in by_task.iter() {
             for target in Target::ALL {
-                for outcome in RunOutcome::ALL {
+                for outcome in Counted::ALL {
                     let n = counts[target as usize][outcome as usize];
                     if n > 0 {
                         all.push((task.clone(), target, outcome, n));

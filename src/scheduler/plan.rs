@@ -4,7 +4,7 @@
 use super::Scheduler;
 use crate::dispatch::{storable, Outcome};
 use crate::error::Error;
-use crate::metrics::{RunOutcome, Target};
+use crate::metrics::{Counted, Target};
 use crate::routine::Invalid;
 use crate::store::{NewRun, Plan, RoutineRow};
 use chrono::{DateTime, Utc};
@@ -23,7 +23,7 @@ impl Scheduler {
             let (planned, invalid) = self.plan_batch(now)?;
             for task in &invalid {
                 self.metrics
-                    .count_runs(task, Target::Unrouted, RunOutcome::Invalid, 1);
+                    .count_runs(task, Target::Unrouted, Counted::Invalid, 1);
             }
             total += planned;
             total_invalid += invalid.len();

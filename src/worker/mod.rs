@@ -9,7 +9,7 @@
 //! succeeded or used up its retries.
 
 use crate::clock::Clock;
-use crate::metrics::{Metrics, RunOutcome, Target};
+use crate::metrics::{Counted, Metrics, Target};
 use crate::shutdown::Shutdown;
 use crate::task::{TaskContext, TaskRegistry};
 use crossbeam_channel::{bounded, select, Receiver, Sender, TrySendError};
@@ -331,7 +331,7 @@ impl Abandon {
         self.reporter.report(job, Happened::Abandoned);
         Metrics::bump(&self.metrics.abandoned);
         self.metrics
-            .count_runs(&job.ctx.task, Target::InProcess, RunOutcome::Abandoned, 1);
+            .count_runs(&job.ctx.task, Target::InProcess, Counted::Abandoned, 1);
     }
 }
 

@@ -3,7 +3,7 @@
 //! runs to the retry timer.
 
 use super::{Abandon, Happened, InFlight, Job, Reporter, RetryPolicy, Running};
-use crate::metrics::{Metrics, RunOutcome, Target};
+use crate::metrics::{Counted, Metrics, Target};
 use crate::task::{Registered, TaskRegistry};
 use crossbeam_channel::{Receiver, Sender};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -95,7 +95,7 @@ impl Worker {
                 self.in_flight.end(&job);
                 Metrics::bump(&self.metrics.succeeded);
                 self.metrics
-                    .count_runs(&ctx.task, Target::InProcess, RunOutcome::Succeeded, 1);
+                    .count_runs(&ctx.task, Target::InProcess, Counted::Succeeded, 1);
             }
             Err(reason) => self.failed(job, reason),
         }
@@ -105,11 +105,11 @@ impl Worker {
         Metrics::bump(&self.metrics.failed);
         let ctx = &job.ctx;
         self.metrics
-            .count_runs(&ctx.task, Target::InProcess, RunOutcome::Failed, 1);
+            .count_runs(&ctx.task, Target::InProcess, Counted::Failed, 1);
         if ctx.attempt >= self.retry.max_retries {
             Metrics::bump(&self.metrics.gave_up);
             self.metrics
-                .count_runs(&ctx.task, Target::InProcess, RunOutcome::GaveUp, 1);
+                .count_runs(&ctx.task, Target::InProcess, Counted::GaveUp, 1);
             log::error!(
                 "routine {}: task {} failed (attempt {} of {}), giving up: {reason}",
                 ctx.routine,
