@@ -3,10 +3,10 @@
 mod common;
 
 use celery_diesel_kit::{Beat, ManualBeat, Routine, Schedule};
-use chrono::{DateTime, Duration as TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use common::{
-    body, celery_python, envelopes, recorded_calls, redis_conn, redis_db, utc, wait_until,
-    CeleryWorker, Proxy, Recorder, TestDb,
+    at, body, celery_python, envelopes, every, recorded_calls, redis_conn, redis_db, utc,
+    wait_until, CeleryWorker, Proxy, Recorder, TestDb,
 };
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
@@ -14,10 +14,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 const SEP: &str = "\x06\x16";
-
-fn at(seconds: i64) -> DateTime<Utc> {
-    utc("2030-01-01 00:00:00") + TimeDelta::seconds(seconds)
-}
 
 /// Everything a Celery test needs, or `None` when a service is missing.
 fn setup(test: &str, redis: u8) -> Option<(PathBuf, String, TestDb)> {
@@ -37,10 +33,6 @@ fn manual(db: &TestDb, broker: &str, routines: Vec<Routine>) -> ManualBeat {
         .routines(routines)
         .start_manual()
         .expect("start")
-}
-
-fn every(seconds: u64) -> Schedule {
-    Schedule::every(Duration::from_secs(seconds)).unwrap()
 }
 
 #[test]
@@ -396,8 +388,8 @@ fn a_broker_outage_loses_no_routine_and_doubles_none() {
     let Some(direct) = redis_db(test, 7) else {
         return;
     };
-    let proxy = Proxy::start(common::REDIS_HOST);
-    let broker = format!("redis://127.0.0.1:{}/7", proxy.port);
+    let proxy = Proxy::in_front_of(&direct);
+    let broker = proxy.url(&direct);
     let db = TestDb::sqlite(test);
     let local = Recorder::new("local");
     let config = {

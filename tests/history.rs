@@ -9,19 +9,11 @@ use celery_diesel_kit::ops::Operator;
 use celery_diesel_kit::{
     task_id, Beat, Config, ManualBeat, Routine, RunRow, Schedule, SyncTask, TaskContext, TaskResult,
 };
-use chrono::{DateTime, Duration as TimeDelta, Utc};
-use common::{gate, utc, wait_until, BeatProcess, Recorder, TestClock, TestDb};
+use chrono::{DateTime, Utc};
+use common::{at, every, gate, wait_until, BeatProcess, Recorder, TestClock, TestDb};
 use serde_json::json;
 use std::collections::HashMap;
 use std::time::Duration;
-
-fn at(seconds: i64) -> DateTime<Utc> {
-    utc("2030-01-01 00:00:00") + TimeDelta::seconds(seconds)
-}
-
-fn every(seconds: u64) -> Schedule {
-    Schedule::every(Duration::from_secs(seconds)).unwrap()
-}
 
 /// Every recorded run, oldest first.
 fn runs(config: &Config) -> Vec<RunRow> {
@@ -377,10 +369,7 @@ fn two_beat_processes_never_overlap_a_routine_and_a_killed_one_frees_it() {
         .find(|b| Some(&b.id) == victim.beat_id.as_ref())
         .unwrap()
         .pid;
-    let index = beats
-        .iter()
-        .position(|b| b.child.id() as i32 == pid)
-        .unwrap();
+    let index = beats.iter().position(|b| b.pid() as i32 == pid).unwrap();
     beats[index].kill();
     let killed_at = Utc::now();
     let survivor = &mut beats[1 - index];
@@ -459,12 +448,8 @@ fn two_beat_processes_never_overlap_a_routine_and_a_killed_one_frees_it() {
         Some(fired as i32),
         "history agrees with total_run_count"
     );
-    let _ = std::io::Write::write_all(
-        &mut std::io::stderr(),
-        format!(
-            "two beats, 3 s task every 1 s: {} runs (one lost at the kill), {skipped} skipped, resumed {waited:?} after the SIGKILL\n",
-            spans.len()
-        )
-        .as_bytes(),
-    );
+    common::report(&format!(
+        "two beats, 3 s task every 1 s: {} runs (one lost at the kill), {skipped} skipped, resumed {waited:?} after the SIGKILL",
+        spans.len()
+    ));
 }

@@ -4,16 +4,13 @@
 
 mod common;
 
-use celery_diesel_kit::{Beat, Routine, Schedule};
-use chrono::{DateTime, Duration as TimeDelta, Utc};
+use celery_diesel_kit::{Beat, Routine};
 use common::cli::{beat, beat_with};
-use common::{published, redis_queue, utc, wait_until, BeatProcess, Recorder, TestClock, TestDb};
+use common::{
+    at, every, published, redis_queue, wait_until, BeatProcess, Recorder, TestClock, TestDb,
+};
 use serde_json::{json, Value};
 use std::time::Duration;
-
-fn at(seconds: i64) -> DateTime<Utc> {
-    utc("2030-01-01 00:00:00") + TimeDelta::seconds(seconds)
-}
 
 /// The error a beat records for a row with this schedule.
 fn beats_error(db: &TestDb, schedule: &str) -> String {
@@ -304,13 +301,9 @@ fn send_publishes_a_celery_routine_with_a_fresh_id_and_records_it() {
     store
         .upsert(
             &common::tester(),
-            &Routine::new(
-                "remote",
-                "tasks.record",
-                Schedule::every(Duration::from_secs(3600)).unwrap(),
-            )
-            .kwargs(json!({"r": "remote"}))
-            .options(json!({"queue": queue})),
+            &Routine::new("remote", "tasks.record", every(3600))
+                .kwargs(json!({"r": "remote"}))
+                .options(json!({"queue": queue})),
         )
         .unwrap();
     let ran = beat_with(

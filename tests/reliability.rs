@@ -10,7 +10,7 @@ use celery_diesel_kit::ops::Operator;
 use celery_diesel_kit::{task_id, RoutineRow, RoutineStore};
 use chrono::{DateTime, Duration as TimeDelta, Utc};
 use common::{
-    published, published_count, redis_queue, wait_until, BeatProcess, Kind, Proxy, Published,
+    at, published, published_count, redis_queue, wait_until, BeatProcess, Kind, Proxy, Published,
     TestDb,
 };
 use std::collections::{HashMap, HashSet};
@@ -396,7 +396,7 @@ fn database_outage(kind: Kind) {
         proxy.cut();
         std::thread::sleep(Duration::from_secs(cut));
         assert!(
-            beat.child.try_wait().unwrap().is_none(),
+            beat.is_running(),
             "the beat exited during an outage:\n{}",
             beat.log()
         );
@@ -540,14 +540,14 @@ fn transactions(url: &str) -> i64 {
 fn cost(beat: &BeatProcess, url: &str, seconds: u64) -> (f64, f64) {
     let (tx0, cpu0, t0) = (
         transactions(url),
-        common::cpu_seconds(beat.child.id()),
+        common::cpu_seconds(beat.pid()),
         Instant::now(),
     );
     std::thread::sleep(Duration::from_secs(seconds));
     let wall = t0.elapsed().as_secs_f64();
     (
         (transactions(url) - tx0) as f64 / wall,
-        (common::cpu_seconds(beat.child.id()) - cpu0) / wall,
+        (common::cpu_seconds(beat.pid()) - cpu0) / wall,
     )
 }
 
@@ -706,7 +706,7 @@ fn a_frozen_beat(kind: Kind, then: Then) {
     assert!(wait_until(Duration::from_secs(20), || published_count(
         &broker, &queue
     ) > 4000));
-    let pid = frozen.child.id();
+    let pid = frozen.pid();
     let mut rng = common::Rng(0xf402e);
     let mut caught = None;
     for _ in 0..200 {
@@ -902,8 +902,7 @@ fn no_password_appears_in_any_log_line_or_error() {
     ] {
         let mut failing =
             BeatProcess::start(&[("SCHEDULER_DB_URI", url.as_str()), ("RUST_LOG", "debug")]);
-        let _ = failing.child.wait();
-        std::thread::sleep(Duration::from_millis(100));
+        assert!(failing.wait_exit(Duration::from_secs(30)).is_some());
         output.push_str(&failing.log());
         let config = {
             let mut c = celery_diesel_kit::Config::default();
@@ -1047,7 +1046,6 @@ backend_tests! {
         for chunk in values.chunks(200) {
             db.exec(&format!("INSERT INTO routines (name, task, schedule, kwargs, options) VALUES {}", chunk.join(", ")));
         }
-        let at = |s: i64| common::utc("2030-01-01 00:00:00") + TimeDelta::seconds(s);
         let tick = beat.tick(at(0)).unwrap();
         assert_eq!((tick.planned, tick.invalid), (2020, 2000));
         let rows = beat.store().routines().unwrap();
@@ -1145,7 +1143,6 @@ backend_tests! {
                 r#"INSERT INTO routines (name, task, schedule, last_run_at) VALUES ('{name}', 'record', '{{"timedelta": 10}}', {value})"#
             ));
         }
-        let at = |s: i64| common::utc("2030-01-01 00:00:00") + TimeDelta::seconds(s);
         let tick = beat.tick(at(0)).unwrap();
         assert_eq!(tick.planned, rows.len() + unreadable.len());
         let all = beat.store().routines().unwrap();

@@ -7,19 +7,9 @@ mod common;
 
 use celery_diesel_kit::{Beat, ManualBeat, Routine, RoutineRow, Schedule};
 use chrono::{DateTime, Duration as TimeDelta, Utc};
-use common::{utc, wait_until, Recorder, TestDb};
+use common::{at, every, wait_until, Recorder, TestDb};
 use serde_json::json;
 use std::time::{Duration, Instant};
-
-const T0: &str = "2030-01-01 00:00:00";
-
-fn at(seconds: i64) -> DateTime<Utc> {
-    utc(T0) + TimeDelta::seconds(seconds)
-}
-
-fn every(seconds: u64) -> Schedule {
-    Schedule::every(Duration::from_secs(seconds)).unwrap()
-}
 
 fn manual(db: &TestDb, recorder: &Recorder, routines: Vec<Routine>) -> ManualBeat {
     Beat::builder(db.config())
@@ -434,7 +424,7 @@ backend_tests! {
 
         latencies.sort();
         let (p50, max) = (latencies[latencies.len() / 2], latencies[latencies.len() - 1]);
-        let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("edit-to-effect latency on {:?}: p50 {p50:?}, max {max:?}\n", db.kind).as_bytes());
+        common::report(&format!("edit-to-effect latency on {:?}: p50 {p50:?}, max {max:?}", db.kind));
         assert!(max < Duration::from_millis(1500), "edit latency max {max:?} (p50 {p50:?})");
     }
 }

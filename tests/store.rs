@@ -3,8 +3,8 @@
 
 mod common;
 
-use celery_diesel_kit::{Beat, Config, Error, Routine, RoutineStore, Schedule};
-use common::{wait_until, Kind, Recorder, TestDb};
+use celery_diesel_kit::{Beat, Config, Error, Routine, RoutineStore};
+use common::{at, every, wait_until, Kind, Recorder, TestDb};
 use std::time::Duration;
 
 /// The kit's table exactly as SQLAlchemy 2.0 creates it from the kit's model.
@@ -110,8 +110,7 @@ backend_tests! {
             .task(rec.clone()).task(twin.clone()).task(single.clone())
             .start_manual()
             .unwrap();
-        let t0 = common::utc("2030-01-01 00:00:00");
-        let tick = beat.tick(t0).unwrap();
+        let tick = beat.tick(at(0)).unwrap();
         assert_eq!((tick.planned, tick.invalid), (6, 3), "three rows share a name with another");
         let rows = db.store().routines().unwrap();
         for name in ["dup", "twin", "single"] {
@@ -129,7 +128,7 @@ backend_tests! {
         assert_eq!(dup.total_run_count, Some(5), "the row that has run most keeps running");
         let ran = || rec.count() + twin.count() + single.count();
         for k in 1..=3 {
-            assert_eq!(beat.tick(t0 + chrono::Duration::seconds(10 * k)).unwrap().fired, 3);
+            assert_eq!(beat.tick(at(10 * k)).unwrap().fired, 3);
             // Each run ends before the next is due (a run still going is
             // skipped); `succeeded` counts a run once it has left the
             // in-flight set.
@@ -152,10 +151,10 @@ backend_tests! {
         let rec = Recorder::new("record");
         let mut beat = Beat::builder(db.config())
             .task(rec.clone())
-            .routine(Routine::new("r", "record", Schedule::every(Duration::from_secs(60)).unwrap()))
+            .routine(Routine::new("r", "record", every(60)))
             .start_manual()
             .unwrap();
-        let now = common::utc("2030-01-01 00:00:00");
+        let now = at(0);
         beat.tick(now).unwrap();
         let store = db.store();
         let get = || store.routine("r").unwrap().unwrap();
@@ -188,12 +187,9 @@ backend_tests! {
         let rec = Recorder::new("record");
         let mut beat = Beat::builder(db.config()).task(rec.clone()).start_manual().unwrap();
         let store = db.store();
-        let every = |s| Schedule::every(Duration::from_secs(s)).unwrap();
-        let t0 = common::utc("2030-01-01 00:00:00");
-        let at = |s| t0 + chrono::Duration::seconds(s);
 
         assert!(store.upsert(&common::tester(), &Routine::new("r", "record", every(10))).unwrap(), "inserted");
-        beat.tick(t0).unwrap();
+        beat.tick(at(0)).unwrap();
         assert_eq!(store.routine("r").unwrap().unwrap().next_run_at_utc(), Some(at(10)));
         assert_eq!(beat.tick(at(10)).unwrap().fired, 1);
         // `succeeded` counts a run once it has left the in-flight set.
@@ -240,9 +236,8 @@ fn mysql_urls_without_the_mysql_feature_say_how_to_turn_it_on() {
     );
     // The MariaDB variants of the backend tests are not in this build; say
     // so where `cargo test` shows it (.ci/run runs them with the feature).
-    let _ = std::io::Write::write_all(
-        &mut std::io::stderr(),
-        b"\n*** NOT BUILT: the MySQL/MariaDB tests (`cargo test --features mysql` runs them) ***\n",
+    common::report(
+        "\n*** NOT BUILT: the MySQL/MariaDB tests (`cargo test --features mysql` runs them) ***",
     );
 }
 
@@ -294,11 +289,7 @@ fn diesel_migration_run_from_the_repository_root_creates_the_schema() {
     };
     let beat = Beat::builder(config)
         .task(Recorder::new("record"))
-        .routine(Routine::new(
-            "r",
-            "record",
-            Schedule::every(Duration::from_secs(5)).unwrap(),
-        ))
+        .routine(Routine::new("r", "record", every(5)))
         .start()
         .expect("the CLI's schema is the beat's schema");
     assert!(beat.store().routine("r").unwrap().is_some());

@@ -5,21 +5,12 @@
 mod common;
 
 use celery_diesel_kit::{
-    AsyncTask, Beat, Config, ManualBeat, Routine, Schedule, SyncTask, TaskContext, TaskResult,
+    AsyncTask, Beat, Config, ManualBeat, Routine, SyncTask, TaskContext, TaskResult,
 };
-use chrono::{DateTime, Duration as TimeDelta, Utc};
-use common::{gate, utc, wait_until, Recorder};
+use common::{at, every, gate, wait_until, Recorder};
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-fn at(seconds: i64) -> DateTime<Utc> {
-    utc("2030-01-01 00:00:00") + TimeDelta::seconds(seconds)
-}
-
-fn every(seconds: u64) -> Schedule {
-    Schedule::every(Duration::from_secs(seconds)).unwrap()
-}
 
 /// A task whose kwargs are typed.
 struct Greet(Arc<Mutex<Vec<String>>>);
