@@ -1,4 +1,5 @@
-//! A database of the test's own on each backend.
+//! A database of the test's own on each backend, and what tests ask of a
+//! database beyond the library's API (its sessions, its overdue rows).
 
 use super::{reachable, skip, sql, unique};
 use celery_diesel_kit::{Config, RoutineStore};
@@ -109,9 +110,71 @@ impl TestDb {
         sql::execute(&self.url, statements).unwrap_or_else(|e| panic!("{statements}: {e}"));
     }
 
+    /// The number `query` returns (one row, one BIGINT column named `n`).
+    pub fn number(&self, query: &str) -> i64 {
+        sql::number(&self.url, query).unwrap_or_else(|e| panic!("{query}: {e}"))
+    }
+
     /// SQL for a timestamp literal.
     pub fn timestamp(&self, t: DateTime<Utc>) -> String {
         format!("'{}'", t.naive_utc().format("%Y-%m-%d %H:%M:%S%.6f"))
+    }
+
+    /// Whether the process `pid` holds a transaction with rows locked in
+    /// it (its sessions are told from others by their client ports).
+    pub fn locked_by(&self, pid: u32) -> bool {
+        let ports = super::tcp_ports(pid);
+        if ports.is_empty() {
+            return false;
+        }
+        let list = |f: &dyn Fn(&u16) -> String| ports.iter().map(f).collect::<Vec<_>>().join(", ");
+        let query = match self.kind {
+            Kind::Postgres => format!(
+                "SELECT COUNT(*)::bigint AS n FROM pg_stat_activity \
+                 WHERE client_port IN ({}) AND state = 'idle in transaction'",
+                list(&|p| p.to_string())
+            ),
+            Kind::Mysql => format!(
+                "SELECT COUNT(*) AS n FROM information_schema.innodb_trx t \
+                 JOIN information_schema.processlist p ON p.ID = t.trx_mysql_thread_id \
+                 WHERE p.HOST IN ({}) AND t.trx_rows_locked > 0",
+                list(&|p| format!("'127.0.0.1:{p}'"))
+            ),
+            Kind::Sqlite => unreachable!("SQLite has no sessions to tell apart"),
+        };
+        self.number(&query) > 0
+    }
+
+    /// Routines due more than `seconds` ago, by the database's clock: on a
+    /// busy healthy beat, none (PostgreSQL and MySQL/MariaDB).
+    pub fn overdue(&self, seconds: f64) -> i64 {
+        let micros = (seconds * 1e6) as i64;
+        let query = match self.kind {
+            Kind::Postgres => format!(
+                "SELECT COUNT(*)::bigint AS n FROM routines \
+                 WHERE next_run_at < (now() AT TIME ZONE 'UTC') - interval '{micros} microseconds'"
+            ),
+            Kind::Mysql => format!(
+                "SELECT COUNT(*) AS n FROM routines \
+                 WHERE next_run_at < UTC_TIMESTAMP(6) - INTERVAL {micros} MICROSECOND"
+            ),
+            Kind::Sqlite => unreachable!("not needed on SQLite"),
+        };
+        self.number(&query)
+    }
+
+    /// Transactions this PostgreSQL database has seen (committed or
+    /// rolled back).
+    pub fn transactions(&self) -> i64 {
+        assert_eq!(
+            self.kind,
+            Kind::Postgres,
+            "pg_stat_database is PostgreSQL's"
+        );
+        self.number(
+            "SELECT (xact_commit + xact_rollback)::bigint AS n FROM pg_stat_database \
+             WHERE datname = current_database()",
+        )
     }
 }
 

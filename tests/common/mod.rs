@@ -8,15 +8,16 @@
 //! Layout, one module per concern (the names tests use most are
 //! re-exported here):
 //! - `db`: a database of the test's own (`TestDb`), one test per backend
-//!   (`backend_tests!`).
-//! - `routines`: routines as tests write them (`every`) and read them back
-//!   (`is_active`).
+//!   (`backend_tests!`), and what a test asks of the database's sessions.
+//! - `routines`: routines as tests write them (`every`, tagged rows seeded
+//!   by SQL) and read them back (`is_active`).
 //! - `clock`: fixed times (`at`, `utc`) and a clock the test moves.
 //! - `wait`: waiting on a condition (`wait_until`), and checking one over a
 //!   window (`holds_for`); the one place tests poll.
 //! - `tasks`: tasks that record their runs or block until released.
 //! - `redis`: a Redis database or queue of the test's own, and the
 //!   messages a beat left there.
+//! - `tally`: those messages checked against each routine's due times.
 //! - `celery`: the Celery virtualenv and a real Celery worker.
 //! - `process`: `beat` processes, their logs and their exit.
 //! - `proc`: what `/proc` says about a process, and signals.
@@ -39,6 +40,7 @@ pub mod redis;
 pub mod rng;
 pub mod routines;
 pub mod sql;
+pub mod tally;
 pub mod tasks;
 pub mod wait;
 pub mod web;
@@ -107,6 +109,15 @@ pub fn host_port(url: &str) -> Option<&str> {
     let rest = url.split("://").nth(1)?;
     let authority = rest.split(['/', '?']).next().unwrap_or("");
     authority.rsplit('@').next()
+}
+
+/// Seconds from the environment variable `var` (a longer soak, a longer
+/// measurement), or `default`.
+pub fn env_seconds(var: &str, default: u64) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
 }
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);

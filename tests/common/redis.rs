@@ -82,7 +82,8 @@ pub fn body(envelope: &serde_json::Value) -> serde_json::Value {
 }
 
 /// Every message waiting in the Redis list `queue`, oldest first. The
-/// routines of these tests carry their own name in kwargs (`{"r": name}`).
+/// routines of these tests carry their own name in kwargs (`{"r": name}`,
+/// as [`super::routines::insert_tagged`] writes them).
 pub fn published(redis_url: &str, queue: &str) -> Vec<Published> {
     envelopes(redis_url, queue)
         .iter()
