@@ -5,8 +5,8 @@ mod common;
 use celery_diesel_kit::{Beat, ManualBeat, Routine, Schedule};
 use chrono::{DateTime, Utc};
 use common::{
-    at, body, celery_python, envelopes, every, recorded_calls, redis_conn, redis_db, utc,
-    wait_until, CeleryWorker, Proxy, Recorder, TestDb,
+    at, body, celery_python, envelopes, every, holds_for, recorded_calls, redis_conn, redis_db,
+    utc, wait_until, CeleryWorker, Proxy, Recorder, TestDb,
 };
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
@@ -123,7 +123,15 @@ fn queue_and_exchange_routing_reach_a_worker_on_that_queue() {
         "{}",
         worker.log()
     );
-    std::thread::sleep(Duration::from_millis(500));
+    // No third call: the worker takes a message it is sent within
+    // milliseconds, so none in half a second means the default-queue
+    // message was not for it.
+    assert!(
+        holds_for(Duration::from_millis(500), || recorded_calls(&broker).len()
+            == 2),
+        "{}",
+        worker.log()
+    );
     let calls = recorded_calls(&broker);
     let via: HashSet<&str> = calls
         .iter()

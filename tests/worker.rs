@@ -46,6 +46,7 @@ impl AsyncTask for Nap {
     async fn run(&self, ctx: TaskContext) -> TaskResult {
         // Not Send across the await: fine on a current-thread runtime.
         let local = std::rc::Rc::new(ctx.routine.clone());
+        // Awaiting a timer is the point: the runtime must drive it.
         tokio::time::sleep(Duration::from_millis(20)).await;
         self.0
             .lock()
@@ -187,6 +188,8 @@ backend_tests! {
         beat.tick(at(10)).unwrap();
         started.recv_timeout(Duration::from_secs(10)).unwrap();
         let releaser = std::thread::spawn(move || {
+            // A slow task: time passing is the point. It ends 0.3 s into
+            // the stop, well before the 10 s deadline.
             std::thread::sleep(Duration::from_millis(300));
             release.send(()).unwrap();
         });
