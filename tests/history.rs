@@ -404,6 +404,8 @@ fn two_beat_processes_never_overlap_a_routine_and_a_killed_one_frees_it() {
         .unwrap()
         .and_utc();
     let waited = (first_after - killed_at).to_std().unwrap();
+    // The bound counts from the victim's last heartbeat, up to one
+    // heartbeat interval (0.5 s) before the kill.
     assert!(
         waited >= Duration::from_millis(2500),
         "resumed {waited:?} after the kill, inside the 3 s bound"

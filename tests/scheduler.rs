@@ -27,13 +27,15 @@ fn row(beat: &ManualBeat, name: &str) -> RoutineRow {
 }
 
 /// Waits until `n` runs have finished in all (and so left the in-flight
-/// set: a routine whose run is still going is not queued again).
+/// set: a routine whose run is still going is not queued again), then
+/// checks there were no more.
 fn settle(beat: &ManualBeat, n: u64) {
     assert!(
         wait_until(Duration::from_secs(10), || beat.stats().succeeded >= n),
         "{:?}, expected {n} runs",
         beat.stats()
     );
+    assert_eq!(beat.stats().succeeded, n, "{:?}", beat.stats());
 }
 
 /// Waits for the workers to have run `n` tasks in all, then checks it stays `n`.
@@ -430,6 +432,9 @@ backend_tests! {
         latencies.sort();
         let (p50, max) = (latencies[latencies.len() / 2], latencies[latencies.len() - 1]);
         common::report(&format!("edit-to-effect latency on {:?}: p50 {p50:?}, max {max:?}", db.kind));
-        assert!(max < Duration::from_millis(1500), "edit latency max {max:?} (p50 {p50:?})");
+        // Edits are looked for every half second (the shipped watch
+        // interval), and applied in the pass that finds them: half a second
+        // and a pass, so a second bounds it with room to spare.
+        assert!(max < Duration::from_secs(1), "edit latency max {max:?} (p50 {p50:?})");
     }
 }

@@ -208,7 +208,11 @@ backend_tests! {
         let report = beat.stop_within(Duration::from_millis(300));
         let took = stopping.elapsed();
         assert_eq!((report.busy_workers, report.stats.succeeded), (1, 0));
-        assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(5), "stop took {took:?}");
+        // The stop waits out its deadline and no more: after it comes only
+        // the housekeeper's last write (the stop, in the beats table), a
+        // few milliseconds on a local database; 0.2 s covers a loaded
+        // machine.
+        assert!(took >= Duration::from_millis(300) && took < Duration::from_millis(500), "stop took {took:?}");
         release.send(()).unwrap();
     }
 }
@@ -282,8 +286,12 @@ fn stop_returns_within_its_timeout_and_names_every_run_it_abandons() {
     let report = beat.stop();
     let took = stopping.elapsed();
     release.send(()).unwrap();
+    // The stuck task holds the stop to its deadline; after it come only
+    // the abandoned runs' log lines and the housekeeper's last writes
+    // (their outcomes), tens of milliseconds on SQLite; 0.5 s covers a
+    // loaded machine.
     assert!(
-        took < Duration::from_secs(2),
+        took >= Duration::from_secs(1) && took < Duration::from_millis(1500),
         "stop took {took:?} with a 1 s shutdown_timeout"
     );
     assert_eq!(report.busy_workers, 1, "the stuck task still running");
