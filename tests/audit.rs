@@ -10,18 +10,14 @@ use celery_diesel_kit::ops::Operator;
 use celery_diesel_kit::{
     Beat, EditAction, EditFilter, EditRow, HttpServer, Routine, RoutineStore, Via,
 };
-use chrono::{DateTime, Duration as TimeDelta, Utc};
+use chrono::{Duration as TimeDelta, Utc};
 use common::cli::{beat, beat_with};
 use common::web::post;
-use common::{every, utc, wait_until, Kind, Recorder, TestClock, TestDb};
+use common::{at, every, wait_until, Kind, Recorder, TestClock, TestDb};
 use serde_json::{json, Value};
 use std::time::Duration;
 
 const ALICE: &str = "alice-operator-token-0123";
-
-fn at(seconds: i64) -> DateTime<Utc> {
-    utc("2030-01-01 00:00:00") + TimeDelta::seconds(seconds)
-}
 
 /// Every edit recorded, oldest first.
 fn edits(store: &RoutineStore) -> Vec<EditRow> {

@@ -17,7 +17,7 @@ use celery_diesel_kit::ops::Operator;
 use celery_diesel_kit::Via;
 use chrono::{DateTime, Timelike, Utc};
 use common::web::{get, tool};
-use common::{celery_python, wait_until, BeatProcess, TestDb};
+use common::{celery_python, holds_for, wait_until, BeatProcess, TestDb};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -123,22 +123,27 @@ fn an_operator_steers_the_beat_from_the_dashboard_in_a_real_browser() {
     let disabled_at: DateTime<Utc> = seen["disabled_at"].as_str().unwrap().parse().unwrap();
     let row = op.store().routine("tick-every-second").unwrap().unwrap();
     assert!(!row.active);
-    // Long enough after the disable that a routine firing every second
-    // would have fired again (the watch interval is 0.2 s).
-    while Utc::now() < disabled_at + chrono::Duration::seconds(3) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let runs = op
-        .history(Some("tick-every-second"), false, None, 1000)
-        .unwrap();
-    let after: Vec<_> = runs
-        .iter()
-        .filter(|r| {
-            r.dispatched_at
-                .is_some_and(|t| t.and_utc() > disabled_at + chrono::Duration::seconds(1))
-        })
-        .collect();
-    assert!(after.is_empty(), "fired after the disable: {after:?}");
+    // Nothing dispatched more than a second after the disable (the watch
+    // interval is 0.2 s), checked until 3 s after it: long enough that a
+    // routine firing every second would have fired again.
+    let after = || {
+        op.history(Some("tick-every-second"), false, None, 1000)
+            .unwrap()
+            .into_iter()
+            .filter(|r| {
+                r.dispatched_at
+                    .is_some_and(|t| t.and_utc() > disabled_at + chrono::Duration::seconds(1))
+            })
+            .collect::<Vec<_>>()
+    };
+    let window = (disabled_at + chrono::Duration::seconds(3) - Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    assert!(
+        holds_for(window, || after().is_empty()),
+        "fired after the disable: {:?}",
+        after()
+    );
 
     // The audit trail names the operator, for the disable and the fix.
     let edits = op.edits(None, None, 100).unwrap();

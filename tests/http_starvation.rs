@@ -21,6 +21,7 @@
 
 mod common;
 
+use common::proc::rss_kib;
 use common::web::{connect_from, request_from, sample};
 use common::{wait_until, BeatProcess, TestDb};
 use std::io::{Read, Write};
@@ -262,16 +263,6 @@ fn probe(addr: SocketAddr) -> Probed {
     probed
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn probes_answer_within_100_ms_while_slow_clients_floods_and_slow_pages_run() {
     let Some(db) = TestDb::postgres("http_starvation") else {
@@ -300,7 +291,7 @@ fn probes_answer_within_100_ms_while_slow_clients_floods_and_slow_pages_run() {
             ("RUST_LOG", "warn"),
         ],
     );
-    let pid = beat.child.id();
+    let pid = beat.pid();
     assert!(
         wait_until(Duration::from_secs(30), || {
             std::net::TcpStream::connect(addr).is_ok()

@@ -4,16 +4,15 @@
 
 mod common;
 
-use celery_diesel_kit::{Beat, Routine, Schedule};
-use chrono::{DateTime, Duration as TimeDelta, Utc};
+use celery_diesel_kit::ops::Operator;
+use celery_diesel_kit::{Beat, Routine};
 use common::cli::{beat, beat_with};
-use common::{published, redis_queue, utc, wait_until, BeatProcess, Recorder, TestClock, TestDb};
+use common::{
+    at, every, holds_for, published, redis_queue, wait_until, BeatProcess, Recorder, TestClock,
+    TestDb,
+};
 use serde_json::{json, Value};
 use std::time::Duration;
-
-fn at(seconds: i64) -> DateTime<Utc> {
-    utc("2030-01-01 00:00:00") + TimeDelta::seconds(seconds)
-}
 
 /// The error a beat records for a row with this schedule.
 fn beats_error(db: &TestDb, schedule: &str) -> String {
@@ -204,6 +203,15 @@ backend_tests! {
         ]);
         assert!(wait_until(Duration::from_secs(30), || !serving.lines_with("beat: running").is_empty()), "{}", serving.log());
         let greetings = |who: &str| serving.lines_with(&format!("[hi] hello, {who}!")).len();
+        // Every run of `hi` the serving beat claimed (its claims are in the
+        // history) has ended, and greeted.
+        let op = Operator::connect(db.config()).unwrap();
+        let all_greeted = || {
+            let runs = op.history(Some("hi"), false, None, 1000).unwrap();
+            let ended = runs.iter().all(|r| !matches!(r.outcome.as_str(), "queued" | "running" | "retrying"));
+            let succeeded = runs.iter().filter(|r| r.outcome == "succeeded").count();
+            ended && succeeded == greetings("first") + greetings("second")
+        };
 
         let ran = beat(url, &["add", "hi", "--task", "demo.hello", "--every", "1s", "--kwargs", r#"{"who": "first"}"#]);
         assert_eq!(ran.code, 0, "{ran:?}");
@@ -211,10 +219,11 @@ backend_tests! {
         assert_eq!(beat(url, &["edit", "hi", "--kwargs", r#"{"who": "second"}"#]).code, 0);
         assert!(wait_until(Duration::from_secs(10), || greetings("second") >= 1), "{}", serving.log());
         assert_eq!(beat(url, &["disable", "hi"]).code, 0);
-        std::thread::sleep(Duration::from_millis(1500));
+        let seen = || !serving.lines_with("routine hi: inactive").is_empty();
+        assert!(wait_until(Duration::from_secs(10), || seen() && all_greeted()), "{}", serving.log());
         let quiet = greetings("second");
-        std::thread::sleep(Duration::from_millis(2500));
-        assert_eq!(greetings("second"), quiet, "a disabled routine runs no more");
+        // Two and a half periods of the routine (every 1 s) without a run.
+        assert!(holds_for(Duration::from_millis(2500), || greetings("second") == quiet), "a disabled routine runs no more:\n{}", serving.log());
         assert_eq!(beat(url, &["enable", "hi"]).code, 0);
         assert!(wait_until(Duration::from_secs(10), || greetings("second") > quiet), "{}", serving.log());
 
@@ -240,11 +249,13 @@ backend_tests! {
         assert!(beats[0]["tasks"].as_array().unwrap().contains(&json!("demo.sleep")));
         assert_eq!(beat(url, &["check"]).code, 0);
 
+        // Once the row is gone no claim finds it: only runs claimed before
+        // may still greet.
         assert_eq!(beat(url, &["remove", "hi"]).code, 0);
-        std::thread::sleep(Duration::from_millis(1500));
+        assert!(wait_until(Duration::from_secs(10), all_greeted), "{}", serving.log());
         let after = greetings("second");
-        std::thread::sleep(Duration::from_millis(2000));
-        assert_eq!(greetings("second"), after, "a removed routine runs no more");
+        // Two periods of the routine without a run.
+        assert!(holds_for(Duration::from_secs(2), || greetings("second") == after), "a removed routine runs no more:\n{}", serving.log());
         assert!(serving.terminate(Duration::from_secs(30)), "{}", serving.log());
         let beats = beat(url, &["beats", "--json"]).json();
         assert_eq!(beats[0]["status"], "stopped", "{beats}");
@@ -304,13 +315,9 @@ fn send_publishes_a_celery_routine_with_a_fresh_id_and_records_it() {
         .unwrap()
         .upsert(
             &common::tester(),
-            &Routine::new(
-                "remote",
-                "tasks.record",
-                Schedule::every(Duration::from_secs(3600)).unwrap(),
-            )
-            .kwargs(json!({"r": "remote"}))
-            .options(json!({"queue": queue})),
+            &Routine::new("remote", "tasks.record", every(3600))
+                .kwargs(json!({"r": "remote"}))
+                .options(json!({"queue": queue})),
         )
         .unwrap();
     let ran = beat_with(

@@ -7,19 +7,9 @@ mod common;
 
 use celery_diesel_kit::{Beat, ManualBeat, Routine, RoutineRow, Schedule};
 use chrono::{DateTime, Duration as TimeDelta, Utc};
-use common::{utc, wait_until, Recorder, TestDb};
+use common::{at, every, holds_for, wait_until, Recorder, TestDb};
 use serde_json::json;
 use std::time::{Duration, Instant};
-
-const T0: &str = "2030-01-01 00:00:00";
-
-fn at(seconds: i64) -> DateTime<Utc> {
-    utc(T0) + TimeDelta::seconds(seconds)
-}
-
-fn every(seconds: u64) -> Schedule {
-    Schedule::every(Duration::from_secs(seconds)).unwrap()
-}
 
 fn manual(db: &TestDb, recorder: &Recorder, routines: Vec<Routine>) -> ManualBeat {
     Beat::builder(db.config())
@@ -37,13 +27,15 @@ fn row(beat: &ManualBeat, name: &str) -> RoutineRow {
 }
 
 /// Waits until `n` runs have finished in all (and so left the in-flight
-/// set: a routine whose run is still going is not queued again).
+/// set: a routine whose run is still going is not queued again), then
+/// checks there were no more.
 fn settle(beat: &ManualBeat, n: u64) {
     assert!(
         wait_until(Duration::from_secs(10), || beat.stats().succeeded >= n),
         "{:?}, expected {n} runs",
         beat.stats()
     );
+    assert_eq!(beat.stats().succeeded, n, "{:?}", beat.stats());
 }
 
 /// Waits for the workers to have run `n` tasks in all, then checks it stays `n`.
@@ -374,7 +366,13 @@ backend_tests! {
         let routines: Vec<Routine> = (0..20).map(|i| Routine::new(format!("r{i:02}"), "record", every(1))).collect();
         let first = Beat::builder(db.config()).task(rec.clone()).routines(routines.clone()).start().unwrap();
         let second = Beat::builder(db.config()).task(rec.clone()).routines(routines).start().unwrap();
-        std::thread::sleep(Duration::from_secs(5));
+        // Both serve until every routine has had five due times: the fifth
+        // is due 5 s after the start, and 2 s more allow for a slow start.
+        let runs_of_each = || {
+            let runs = rec.runs();
+            (0..20).map(|i| runs.iter().filter(|r| r.routine == format!("r{i:02}")).count()).min().unwrap_or(0)
+        };
+        assert!(wait_until(Duration::from_secs(7), || runs_of_each() >= 5), "only {} runs of a routine in 7 s", runs_of_each());
         let (a, b) = (first.stop(), second.stop());
         let rows = db.store().routines().unwrap();
         assert_eq!(rows.len(), 20);
@@ -387,7 +385,6 @@ backend_tests! {
             due.dedup();
             assert_eq!(due.len(), count, "{}: a due time dispatched twice", r.name);
             assert_eq!(Some(count as i32), r.total_run_count, "{}: dispatches vs total_run_count", r.name);
-            assert!(count >= 3, "{}: only {count} runs in 5 s", r.name);
             for pair in due.windows(2) {
                 let gap = pair[1] - pair[0];
                 assert!(gap >= TimeDelta::seconds(1) && gap.subsec_nanos() == 0, "{}: due times {pair:?} off the 1 s grid", r.name);
@@ -428,15 +425,18 @@ backend_tests! {
             beat.store().routine("r").unwrap().is_some() && !common::sql::needs_sync(&db.url, "r")
         }));
         let settled = Instant::now();
-        std::thread::sleep(Duration::from_millis(700));
+        // Over 0.7 s, three and a half periods of the routine, none runs.
+        let late = || rec.runs().into_iter().filter(|r| r.at > settled).collect::<Vec<_>>();
+        assert!(holds_for(Duration::from_millis(700), || late().is_empty()), "runs after deactivation took effect: {:?}", late());
         beat.stop();
-        let late: Vec<_> = rec.runs().into_iter().filter(|r| r.at > settled).collect();
-        assert!(late.is_empty(), "runs after deactivation took effect: {late:?}");
         assert!(rec.runs().iter().all(|r| r.scheduled_at <= deactivated + TimeDelta::seconds(1)));
 
         latencies.sort();
         let (p50, max) = (latencies[latencies.len() / 2], latencies[latencies.len() - 1]);
-        let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("edit-to-effect latency on {:?}: p50 {p50:?}, max {max:?}\n", db.kind).as_bytes());
-        assert!(max < Duration::from_millis(1500), "edit latency max {max:?} (p50 {p50:?})");
+        common::report(&format!("edit-to-effect latency on {:?}: p50 {p50:?}, max {max:?}", db.kind));
+        // Edits are looked for every half second (the shipped watch
+        // interval), and applied in the pass that finds them: half a second
+        // and a pass, so a second bounds it with room to spare.
+        assert!(max < Duration::from_secs(1), "edit latency max {max:?} (p50 {p50:?})");
     }
 }

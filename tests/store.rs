@@ -4,8 +4,8 @@
 mod common;
 
 use celery_diesel_kit::ops::Operator;
-use celery_diesel_kit::{Beat, Config, Error, Routine, RoutineStore, Schedule};
-use common::{wait_until, Kind, Recorder, TestDb};
+use celery_diesel_kit::{Beat, Config, Error, Routine, RoutineStore};
+use common::{at, every, wait_until, Kind, Recorder, TestDb};
 use std::time::Duration;
 
 /// The kit's table exactly as SQLAlchemy 2.0 creates it from the kit's model.
@@ -83,8 +83,9 @@ backend_tests! {
         db.exec(&kit_insert(db.kind, "inserted later by the kit", r#"{"timedelta": 15}"#));
         let row = db.store().routine("inserted later by the kit").unwrap().unwrap();
         assert!(common::sql::needs_sync(&db.url, &row.name) && row.next_run_at.is_none(), "a kit insert waits for planning: {row:?}");
+        // The stop let every claimed run finish: the count is the runs.
         let row = db.store().routine("celery test").unwrap().unwrap();
-        assert!(row.total_run_count.unwrap() >= 1 && row.last_run_at.is_some());
+        assert_eq!((row.total_run_count, row.last_run_at.is_some()), (Some(rec.count() as i32), true));
         // The audit trail is adopted with the table: the kit's insert made
         // after the migration is in it, as plain SQL; the rows from before
         // the migration have no edits, and the beat's runs of them none.
@@ -111,8 +112,7 @@ backend_tests! {
             .task(rec.clone()).task(twin.clone()).task(single.clone())
             .start_manual()
             .unwrap();
-        let t0 = common::utc("2030-01-01 00:00:00");
-        let tick = beat.tick(t0).unwrap();
+        let tick = beat.tick(at(0)).unwrap();
         assert_eq!((tick.planned, tick.invalid), (6, 3), "three rows share a name with another");
         let rows = db.store().routines().unwrap();
         for name in ["dup", "twin", "single"] {
@@ -130,7 +130,7 @@ backend_tests! {
         assert_eq!(dup.total_run_count, Some(5), "the row that has run most keeps running");
         let ran = || rec.count() + twin.count() + single.count();
         for k in 1..=3 {
-            assert_eq!(beat.tick(t0 + chrono::Duration::seconds(10 * k)).unwrap().fired, 3);
+            assert_eq!(beat.tick(at(10 * k)).unwrap().fired, 3);
             // Each run ends before the next is due (a run still going is
             // skipped); `succeeded` counts a run once it has left the
             // in-flight set.
@@ -153,10 +153,10 @@ backend_tests! {
         let rec = Recorder::new("record");
         let mut beat = Beat::builder(db.config())
             .task(rec.clone())
-            .routine(Routine::new("r", "record", Schedule::every(Duration::from_secs(60)).unwrap()))
+            .routine(Routine::new("r", "record", every(60)))
             .start_manual()
             .unwrap();
-        let now = common::utc("2030-01-01 00:00:00");
+        let now = at(0);
         beat.tick(now).unwrap();
         let store = db.store();
         let get = || store.routine("r").unwrap().unwrap();
@@ -193,12 +193,9 @@ backend_tests! {
         let op = Operator::connect(db.config()).unwrap();
         let me = common::tester();
         let marked = |name: &str| common::sql::needs_sync(&db.url, name);
-        let every = |s| Schedule::every(Duration::from_secs(s)).unwrap();
-        let t0 = common::utc("2030-01-01 00:00:00");
-        let at = |s| t0 + chrono::Duration::seconds(s);
 
         assert!(op.upsert(&me, &Routine::new("r", "record", every(10))).unwrap(), "inserted");
-        beat.tick(t0).unwrap();
+        beat.tick(at(0)).unwrap();
         assert_eq!(store.routine("r").unwrap().unwrap().next_run_at_utc(), Some(at(10)));
         assert_eq!(beat.tick(at(10)).unwrap().fired, 1);
         // `succeeded` counts a run once it has left the in-flight set.
@@ -245,9 +242,8 @@ fn mysql_urls_without_the_mysql_feature_say_how_to_turn_it_on() {
     );
     // The MariaDB variants of the backend tests are not in this build; say
     // so where `cargo test` shows it (.ci/run runs them with the feature).
-    let _ = std::io::Write::write_all(
-        &mut std::io::stderr(),
-        b"\n*** NOT BUILT: the MySQL/MariaDB tests (`cargo test --features mysql` runs them) ***\n",
+    common::report(
+        "\n*** NOT BUILT: the MySQL/MariaDB tests (`cargo test --features mysql` runs them) ***",
     );
 }
 
@@ -299,11 +295,7 @@ fn diesel_migration_run_from_the_repository_root_creates_the_schema() {
     };
     let beat = Beat::builder(config)
         .task(Recorder::new("record"))
-        .routine(Routine::new(
-            "r",
-            "record",
-            Schedule::every(Duration::from_secs(5)).unwrap(),
-        ))
+        .routine(Routine::new("r", "record", every(5)))
         .start()
         .expect("the CLI's schema is the beat's schema");
     assert!(beat.store().routine("r").unwrap().is_some());

@@ -669,11 +669,9 @@ fn random_crontabs_near_changes_fire_as_the_brute_force_enumerator_says() {
         checked += 1;
         fires += expected.len();
     }
-    let _ = std::io::Write::write_all(
-        &mut std::io::stderr(),
-        format!("{checked} random crontabs near changes of offset: {fires} fire times, all as enumerated\n")
-            .as_bytes(),
-    );
+    common::report(&format!(
+        "{checked} random crontabs near changes of offset: {fires} fire times, all as enumerated"
+    ));
 }
 
 // ---------------------------------------------------------------------------

@@ -1,0 +1,122 @@
+//! Python's Celery: a virtualenv with it installed, and a real `celery
+//! worker` that runs what a beat published.
+
+use super::process::collect_stderr;
+use super::redis::redis_conn;
+use super::skip;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A Python with `celery` installed: `CDK_CELERY_PYTHON`, or a virtualenv
+/// under `target/celery-venv`, created on first use. `None` (skipped) if it
+/// cannot be made.
+pub fn celery_python(test: &str) -> Option<PathBuf> {
+    if let Ok(python) = std::env::var("CDK_CELERY_PYTHON") {
+        return Some(PathBuf::from(python));
+    }
+    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target");
+    std::fs::create_dir_all(&target).ok()?;
+    let venv = target.join("celery-venv");
+    let python = venv.join("bin").join("python");
+    let ready = venv.join(".ready");
+    // One test process at a time builds it; the others wait on the lock.
+    let lock = std::fs::File::create(target.join("celery-venv.lock")).ok()?;
+    lock.lock().ok()?;
+    if !ready.exists() {
+        let ok = std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .is_ok_and(|s| s.success())
+            && std::process::Command::new(&python)
+                .args(["-m", "pip", "install", "--quiet", "celery[redis]>=5.5,<6"])
+                .status()
+                .is_ok_and(|s| s.success());
+        if !ok {
+            skip(
+                test,
+                "cannot install celery into target/celery-venv (python3 -m venv / pip)",
+            );
+            return None;
+        }
+        std::fs::write(&ready, "").ok()?;
+    }
+    Some(python)
+}
+
+/// A real `celery worker` (solo pool, one task at a time) on `broker`,
+/// consuming `queues`; killed when dropped.
+pub struct CeleryWorker {
+    child: std::process::Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl CeleryWorker {
+    pub fn start(python: &Path, broker: &str, queues: &str) -> CeleryWorker {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python");
+        let mut child = std::process::Command::new(python)
+            .args([
+                "-m",
+                "celery",
+                "-A",
+                "celery_app",
+                "worker",
+                "--pool",
+                "solo",
+                "--concurrency",
+                "1",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-l",
+                "info",
+                "-Q",
+                queues,
+            ])
+            .arg(format!("--hostname=cdk-{}@%h", std::process::id()))
+            .current_dir(dir)
+            .env("CDK_BROKER_URL", broker)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start celery worker");
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (log, _reader) = collect_stderr(&mut child, move |line| {
+            if line.contains(" ready.") {
+                let _ = ready_tx.send(());
+            }
+        });
+        let worker = CeleryWorker { child, log };
+        if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            panic!("celery worker not ready in 60 s:\n{}", worker.log());
+        }
+        worker
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for CeleryWorker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The calls `tasks.record` (tests/python/celery_app.py) saw, in order.
+pub fn recorded_calls(redis_url: &str) -> Vec<serde_json::Value> {
+    let mut conn = redis_conn(redis_url);
+    let lines: Vec<String> = ::redis::cmd("LRANGE")
+        .arg("calls")
+        .arg(0)
+        .arg(-1)
+        .query(&mut conn)
+        .unwrap();
+    lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
