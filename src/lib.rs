@@ -15,13 +15,12 @@
 //!   remove, send, check, history, beats, migrate), for the `beat` command
 //!   line; it calls only the library below.
 //! - `beat`: [`Beat`], its builder, and the [`BeatHandle`] and
-//!   [`ManualBeat`] that run and stop it.
+//!   [`ManualBeat`] that run and stop it; its start-up in order (`start`).
 //! - `scheduler`: the blocking scheduler thread: the loop (`mod.rs`),
 //!   planning edited rows (`plan`), claiming due ones (`claim`), outages of
-//!   the database and the broker (`outage`); and the housekeeper thread
-//!   beside it (`housekeeping`: heartbeats, run outcomes, dead beats,
-//!   pruning the history).
-//! - `scheduler`'s claim reads one due run from top to bottom: it opens a
+//!   the database (`outage`); and the housekeeper thread beside it
+//!   (`housekeeping`: heartbeats, run outcomes, dead beats, pruning the
+//!   history). Its claim reads one due run from top to bottom: it opens a
 //!   claim transaction (`store::ClaimTx`), has `dispatch` route, decide and
 //!   record each row, publishes through `broker`, records, advances,
 //!   commits, and hands the in-process runs to `worker`.
@@ -29,29 +28,32 @@
 //!   (`route`: valid, and in-process or Celery), decide (`decide`: misfire,
 //!   overlap, advance), record (`record`), what to log (`notes`); and runs
 //!   on demand (`on_demand`).
-//! - `worker`: the worker pool running in-process tasks, and the timer
-//!   that holds their retries (`retry`).
+//! - `worker`: the worker pool running in-process tasks (its threads'
+//!   loop in `thread`), and the timer that holds their retries (`retry`).
 //! - `broker`: Celery protocol v2 messages (`message`, from a routine's
 //!   `options`), built once for any transport; the `Transport` interface
 //!   ("publish these messages, once for their due second, or fail") with
 //!   Redis behind it (`redis`); and the `Broker` the beat publishes
 //!   through, with its health (`health`).
-//! - `store`: the `routines`, `routine_runs`, `routine_edits` and `beats`
-//!   tables ([`RoutineStore`]): migrations, pools, the rows (`models`), the
-//!   scheduler's claim transaction (`claim`) and its other statements
-//!   (`claims`), the history and the beats
-//!   (`history`), the audit trail and who acts (`edits`), the backends'
-//!   batch writes and edits (`write`), and every statement the beat
-//!   issues, in each dialect (`sql`, `sql/history`).
+//! - `store`: the beat's tables ([`RoutineStore`]): `routines` (`mod.rs`,
+//!   `find`), the run history ([`Runs`], `history`), the beats ([`Beats`],
+//!   `beats`), the audit trail and who acts ([`Edits`], `edits`); the
+//!   rows (`models`), the scheduler's claim transaction (`claim`) and its
+//!   other statements (`claims`), migrations and pools (`pool`), the
+//!   backends' batch writes and edits (`write`), the errors (`error`), and
+//!   every statement the beat issues, in each dialect (`sql`,
+//!   `sql/history`).
 //! - `routine`: a [`Routine`] as code declares it.
-//! - `metrics`: what the beat counts ([`Stats`]), and how it is (its
-//!   health, read through a [`Monitor`]).
-//! - `config`: the kit's configuration keys ([`Config`]), their values'
-//!   parsing (`values`), the dashboard's operators and their tokens
-//!   (`operators`), and what is never printed (`secrets`).
-//! - `schedule`: the kit's schedule JSON (interval or Celery crontab),
-//!   parsed, validated, and the next-run math ([`Schedule`]). Knows nothing
-//!   of databases.
+//! - `metrics`: what the beat counts ([`Stats`]), where a run goes
+//!   ([`Target`]), and how the beat is (`health`, read through a
+//!   [`Monitor`]).
+//! - `config`: the kit's configuration keys ([`Config`]), each declared
+//!   once (`keys`), their values' parsing (`values`), the dashboard's
+//!   operators and their tokens (`operators`), and what is never printed
+//!   (`secrets`).
+//! - `schedule`: the kit's schedule JSON (interval or Celery crontab, its
+//!   field syntax in `crontab/fields`), parsed, validated, and the
+//!   next-run math ([`Schedule`]). Knows nothing of databases.
 //! - `task`: the [`SyncTask`] and [`AsyncTask`] traits.
 //! - `clock`, `shutdown`, `backoff`, `error`: the injected time, the stop
 //!   signal, the waits between retries, and the crate's [`Error`].
