@@ -4,7 +4,7 @@
 mod common;
 
 use celery_diesel_kit::ops::Operator;
-use celery_diesel_kit::{Beat, Config, Error, Routine, RoutineStore};
+use celery_diesel_kit::{Beat, Config, Error, Routine, RoutineStore, RunFilter, Target};
 use common::{at, every, wait_until, Kind, Recorder, TestDb};
 use std::time::Duration;
 
@@ -61,6 +61,32 @@ fn kit_insert_run(kind: Kind, name: &str, schedule: &str, count: i32) -> String 
 }
 
 backend_tests! {
+    fn a_run_recorded_as_local_reads_and_migrates_as_in_process(db) {
+        // A history written before the run target had one name: put the
+        // newest migration back to pending, and a run recorded as `local`.
+        let store = db.store();
+        let no = if db.kind == Kind::Postgres { "false" } else { "0" };
+        db.exec(&format!(
+            "INSERT INTO routine_runs (routine_id, routine, task, due_at, dispatched_at, task_id, \
+             target, on_demand, outcome) VALUES ('r1', 'r', 't', '2030-01-01 00:00:00', \
+             '2030-01-01 00:00:00', 'id1', 'local', {no}, 'succeeded')"
+        ));
+        db.exec("DELETE FROM __diesel_schema_migrations WHERE version = '20261201000002'");
+        let err = store.check_schema().unwrap_err().to_string();
+        assert!(err.contains("migration 20261201000002 has not run"), "{err}");
+        // An older beat's `local` still reads as in-process.
+        let mut filter = RunFilter::default();
+        filter.limit = 10;
+        let runs = |store: &RoutineStore| store.runs().list(&filter).unwrap();
+        assert_eq!(runs(&store)[0].target, Target::InProcess);
+        // The migration renames it in the table.
+        store.migrate().unwrap();
+        store.check_schema().unwrap();
+        assert_eq!(db.number("SELECT COUNT(*) AS n FROM routine_runs WHERE target = 'in_process'"), 1);
+        assert_eq!(db.number("SELECT COUNT(*) AS n FROM routine_runs WHERE target = 'local'"), 0);
+        assert_eq!(runs(&store)[0].target, Target::InProcess);
+    }
+
     fn migrating_twice_changes_nothing(db) {
         let store = db.store();
         store.migrate().unwrap();

@@ -63,10 +63,10 @@ impl Dispatcher {
         if let Ok(outcome) = &outcome {
             self.publish(None, std::slice::from_ref(outcome))?;
         }
-        let mut claim = store.begin_claim()?;
-        claim.record(&runs, now)?;
-        claim.commit()?;
         if !runs.is_empty() {
+            let mut claim = store.begin_claim()?;
+            claim.record(&runs, now)?;
+            claim.commit()?;
             self.touched.note([row.id.as_str()]);
         }
         let outcome = outcome.map_err(|reason| RoutineError::new(&row.name, reason))?;

@@ -164,7 +164,7 @@ pub(in crate::store) fn mysql() -> HistorySql {
             SELECT v.r, v.n, v.t, v.d, v.i, v.g, v.o, v.x, v.e, ?, ? \
             FROM JSON_TABLE(?, '$[*]' COLUMNS ( \
                 r VARCHAR(36) PATH '$.r', n VARCHAR(255) PATH '$.n', t VARCHAR(255) PATH '$.t', \
-                d VARCHAR(32) PATH '$.d', i VARCHAR(64) PATH '$.i', g VARCHAR(8) PATH '$.g', \
+                d VARCHAR(32) PATH '$.d', i VARCHAR(64) PATH '$.i', g VARCHAR(16) PATH '$.g', \
                 o INT PATH '$.o', x VARCHAR(16) PATH '$.x', e TEXT PATH '$.e')) AS v",
         json_texts: "SELECT v FROM JSON_TABLE({p}, '$[*]' COLUMNS (v VARCHAR(255) PATH '$')) AS t",
         json_ids_delete: "DELETE r FROM routine_runs AS r \
