@@ -7,8 +7,8 @@ mod common;
 
 use celery_diesel_kit::ops::Operator;
 use celery_diesel_kit::{
-    task_id, Beat, Config, ManualBeat, Routine, RunRow, Schedule, SyncTask, Target, TaskContext,
-    TaskResult,
+    task_id, Beat, Config, ManualBeat, Routine, RunOutcome, RunRow, Schedule, SyncTask, Target,
+    TaskContext, TaskResult,
 };
 use chrono::{DateTime, Utc};
 use common::{at, every, gate, holds_for, wait_until, BeatProcess, Recorder, TestClock, TestDb};
@@ -455,4 +455,45 @@ fn two_beat_processes_never_overlap_a_routine_and_a_killed_one_frees_it() {
         "two beats, 3 s task every 1 s: {} runs (one lost at the kill), {skipped} skipped, resumed {waited:?} after the SIGKILL",
         spans.len()
     ));
+}
+
+/// `BeatHandle::send_now` takes the path `beat send` takes: a routine that
+/// cannot run is an error for the caller, and, with `history`, a failed
+/// run on demand in the table (target `none`), so that an operator sees
+/// why; its schedule is left as it is.
+#[test]
+fn a_run_sent_now_that_cannot_run_is_an_error_and_a_failed_record() {
+    let db = TestDb::sqlite("history_send_now_invalid");
+    let config = db.config();
+    let clock = TestClock::at(at(0));
+    let beat = start(
+        Beat::builder(config.clone())
+            .clock(clock.clone())
+            // Not registered here, and no broker_url: it cannot run.
+            .routine(Routine::new("orphan", "nowhere.task", every(3600))),
+    );
+    let err = beat.send_now("orphan").unwrap_err().to_string();
+    assert!(err.contains("routine orphan: unknown task"), "{err}");
+    let all = runs(&config);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    let run = &all[0];
+    assert_eq!(
+        (run.on_demand, run.target, run.outcome),
+        (true, Target::Unrouted, RunOutcome::Failed)
+    );
+    assert!(
+        run.error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("cannot run: unknown task")),
+        "{run:?}"
+    );
+    assert_eq!(
+        beat.store()
+            .routine("orphan")
+            .unwrap()
+            .unwrap()
+            .total_run_count,
+        Some(0)
+    );
+    beat.stop();
 }

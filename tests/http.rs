@@ -455,6 +455,14 @@ fn changes_need_the_token_and_forged_requests_change_nothing() {
     // The counts shown (kept up to 15 s) are read again after a change.
     assert!(request_page(addr, "/", &session).contains(">0 inactive<"));
     let page = request_page(addr, "/routine?name=r", &session);
+    // A name no routine has is 404, and says so.
+    let missing = web::request(addr, "GET", "/routine?name=nope", &session, "");
+    assert_eq!(missing.status, 404, "{}", missing.body);
+    assert!(
+        missing.body.contains("routine nope: no such routine"),
+        "{}",
+        missing.body
+    );
     let csrf = csrf_of(&page);
     assert_eq!(disable(&session, Some(&csrf)), 303);
     assert!(!is_active(&config, "r"));
