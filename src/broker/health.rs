@@ -85,3 +85,59 @@ impl Outages {
         self.outage.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// When the broker is next tried, as a wait from `before` (taken just
+    /// before the failure): at least `wait`, and at most the moments the
+    /// test itself took.
+    fn retry_in(outages: &Outages, before: Instant, wait: Duration) {
+        let after = Instant::now();
+        let at = outages.retry_at().expect("an outage");
+        assert!(
+            at >= before + wait && at <= after + wait,
+            "retry {:?} after the failure, expected {wait:?}",
+            at - before
+        );
+    }
+
+    #[test]
+    fn a_broker_outage_pauses_claims_with_a_doubling_capped_wait_until_a_publish_succeeds() {
+        let health = Arc::new(Health::default());
+        let outages = Outages::new(Arc::clone(&health));
+        let down = BrokerError::Unavailable("connection refused".into());
+        assert!(!outages.paused() && outages.retry_at().is_none());
+        for wait in [250, 500, 1000, 2000, 4000, 5000, 5000] {
+            let before = Instant::now();
+            outages.failed(&down);
+            retry_in(&outages, before, Duration::from_millis(wait));
+            assert!(outages.paused(), "claims leave the broker alone until then");
+        }
+        assert_eq!(
+            broker_up(&health),
+            Some(false),
+            "health sees the broker down"
+        );
+        outages.succeeded();
+        assert!(!outages.paused() && outages.retry_at().is_none());
+        assert_eq!(broker_up(&health), Some(true), "health sees it up again");
+        let before = Instant::now();
+        outages.failed(&down);
+        retry_in(&outages, before, Duration::from_millis(250));
+    }
+
+    fn broker_up(health: &Arc<Health>) -> Option<bool> {
+        crate::metrics::Monitor {
+            metrics: Arc::default(),
+            health: Arc::clone(health),
+            bound: Duration::from_secs(10),
+            has_broker: true,
+            beat_id: String::new(),
+        }
+        .health()
+        .broker_up
+    }
+}

@@ -191,3 +191,135 @@ impl Monitor {
 pub(crate) fn health_bound(watch_interval: Duration) -> Duration {
     (watch_interval * 20).max(Duration::from_secs(10))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BOUND: Duration = Duration::from_secs(10);
+
+    fn monitor(has_broker: bool) -> Monitor {
+        let health = Health::default();
+        health.set_running(true);
+        Monitor {
+            metrics: Arc::default(),
+            health: Arc::new(health),
+            bound: BOUND,
+            has_broker,
+            beat_id: "b".into(),
+        }
+    }
+
+    fn ago(d: Duration) -> Instant {
+        Instant::now().checked_sub(d).expect("uptime")
+    }
+
+    /// Makes a failure in `slot` (or the last pass) `age` old.
+    fn age(slot: &Mutex<Option<Failing>>, age: Duration) {
+        lock(slot).as_mut().expect("failing").since = ago(age);
+    }
+
+    #[test]
+    fn ready_after_the_first_pass_and_healthy_while_the_scheduler_runs() {
+        let m = monitor(false);
+        let r = m.health();
+        assert_eq!(
+            (r.healthy, r.ready, r.database_up, r.broker_up, r.last_pass),
+            (true, false, false, None, None),
+            "running, no pass yet"
+        );
+        m.health.pass_succeeded();
+        let r = m.health();
+        assert_eq!(
+            (r.healthy, r.ready, r.database_up, r.broker_up),
+            (true, true, true, None)
+        );
+        assert!(r.last_pass.is_some() && r.reason.is_none() && r.last_error.is_none());
+        m.health.set_running(false);
+        let r = m.health();
+        assert_eq!((r.healthy, r.ready), (false, false));
+        assert_eq!(
+            r.reason.as_deref(),
+            Some("the scheduler thread is not running")
+        );
+    }
+
+    #[test]
+    fn a_database_failure_turns_unhealthy_only_past_the_bound() {
+        let m = monitor(true);
+        m.health.pass_succeeded();
+        m.health
+            .database_failed(&"connection refused\n   is the server up?");
+        let r = m.health();
+        assert_eq!((r.healthy, r.ready, r.database_up), (true, true, false));
+        assert_eq!(
+            r.last_error.as_deref(),
+            Some("connection refused is the server up?"),
+            "one line"
+        );
+        // The pass is as old as the failure: both just inside the bound.
+        age(&m.health.database, BOUND - Duration::from_secs(1));
+        lock(&m.health.last_pass).as_mut().unwrap().0 = ago(BOUND - Duration::from_secs(1));
+        assert!(m.health().healthy, "{:?}", m.health().reason);
+        // Just past it.
+        age(&m.health.database, BOUND + Duration::from_secs(1));
+        let r = m.health();
+        assert_eq!((r.healthy, r.ready), (false, false));
+        assert_eq!(
+            r.reason.as_deref(),
+            Some("database failing for 11s: connection refused is the server up?")
+        );
+        // A pass succeeds: healthy again at once.
+        m.health.pass_succeeded();
+        let r = m.health();
+        assert_eq!((r.healthy, r.database_up, r.last_error), (true, true, None));
+    }
+
+    #[test]
+    fn a_broker_failure_turns_unhealthy_only_past_the_bound() {
+        let m = monitor(true);
+        m.health.pass_succeeded();
+        assert_eq!(m.health().broker_up, Some(true));
+        m.health.broker_failed(&"broker unavailable: refused");
+        age(&m.health.broker, BOUND - Duration::from_secs(1));
+        let r = m.health();
+        assert_eq!((r.healthy, r.broker_up), (true, Some(false)));
+        assert_eq!(r.last_error.as_deref(), Some("broker unavailable: refused"));
+        m.health.broker_failed(&"broker unavailable: timed out");
+        age(&m.health.broker, BOUND + Duration::from_secs(1));
+        let r = m.health();
+        assert_eq!(
+            r.reason.as_deref(),
+            Some("broker failing for 11s: broker unavailable: timed out"),
+            "the outage keeps its start, the error is the latest"
+        );
+        m.health.broker_succeeded();
+        let r = m.health();
+        assert_eq!((r.healthy, r.broker_up), (true, Some(true)));
+    }
+
+    #[test]
+    fn no_pass_for_longer_than_the_bound_is_unhealthy_even_without_an_error() {
+        let m = monitor(false);
+        m.health.pass_succeeded();
+        lock(&m.health.last_pass).as_mut().unwrap().0 = ago(BOUND - Duration::from_secs(1));
+        assert!(m.health().healthy);
+        lock(&m.health.last_pass).as_mut().unwrap().0 = ago(BOUND + Duration::from_secs(2));
+        let r = m.health();
+        assert!(!r.healthy && !r.ready);
+        assert_eq!(
+            r.reason.as_deref(),
+            Some("no scheduler pass has succeeded for 12s (one may be waiting on the database)")
+        );
+    }
+
+    #[test]
+    fn the_bound_is_twenty_watch_intervals_and_at_least_ten_seconds() {
+        assert_eq!(health_bound(Duration::from_millis(100)), BOUND);
+        assert_eq!(health_bound(Duration::from_millis(500)), BOUND);
+        assert_eq!(
+            health_bound(Duration::from_secs(1)),
+            Duration::from_secs(20)
+        );
+    }
+}

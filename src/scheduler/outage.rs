@@ -39,3 +39,41 @@ impl Database {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_database_outage_doubles_its_wait_to_the_cap_and_a_success_resets_it() {
+        let mut db = Database::default();
+        db.succeeded(); // no outage: nothing to end
+        let waits: Vec<Duration> = (0..8).map(|_| db.failed(&"refused")).collect();
+        assert_eq!(
+            waits,
+            [
+                ms(250),
+                ms(500),
+                ms(1000),
+                ms(2000),
+                ms(4000),
+                ms(5000),
+                ms(5000),
+                ms(5000)
+            ],
+            "250 ms doubling, capped at 5 s"
+        );
+        assert!(db.failing_since.is_some());
+        db.succeeded();
+        assert!(db.failing_since.is_none());
+        assert_eq!(
+            (db.failed(&"refused"), db.failed(&"refused")),
+            (ms(250), ms(500)),
+            "the next outage starts from the first wait"
+        );
+    }
+}
