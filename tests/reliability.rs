@@ -384,6 +384,16 @@ fn a_frozen_beat(kind: Kind, then: Then) {
         took_over <= Duration::from_secs(BOUND + 2),
         "took {took_over:?} with scheduler_db_timeout = {BOUND} s"
     );
+    // And no sooner than the database ends the frozen session: its last
+    // statement came at most one step of a claim (a batch's publish, well
+    // under a second) before the freeze. A killed beat's session ends at
+    // the kill.
+    if then == Then::Resumed {
+        assert!(
+            took_over >= Duration::from_secs(BOUND - 1),
+            "the held rows were claimed {took_over:?} after the freeze, before the {BOUND} s timeout"
+        );
+    }
     assert_eq!(tally.repeats, 0, "a held run reached Redis twice");
     assert_eq!(tally.strays, 0);
     assert!(

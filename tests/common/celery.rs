@@ -9,20 +9,22 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A Python with `celery` installed: `CDK_CELERY_PYTHON`, or a virtualenv
-/// under `target/celery-venv`, created on first use. `None` (skipped) if it
-/// cannot be made.
+/// under `target/celery-venv`, created on first use. `None` (skipped, a
+/// failure under CI) if `python3 -m venv` or `pip` cannot make it; a
+/// file that cannot be written is a failure.
 pub fn celery_python(test: &str) -> Option<PathBuf> {
     if let Ok(python) = std::env::var("CDK_CELERY_PYTHON") {
         return Some(PathBuf::from(python));
     }
     let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target");
-    std::fs::create_dir_all(&target).ok()?;
+    std::fs::create_dir_all(&target).expect("create target/");
     let venv = target.join("celery-venv");
     let python = venv.join("bin").join("python");
     let ready = venv.join(".ready");
     // One test process at a time builds it; the others wait on the lock.
-    let lock = std::fs::File::create(target.join("celery-venv.lock")).ok()?;
-    lock.lock().ok()?;
+    let lock =
+        std::fs::File::create(target.join("celery-venv.lock")).expect("create the lock file");
+    lock.lock().expect("lock target/celery-venv.lock");
     if !ready.exists() {
         let ok = std::process::Command::new("python3")
             .args(["-m", "venv"])
@@ -40,7 +42,7 @@ pub fn celery_python(test: &str) -> Option<PathBuf> {
             );
             return None;
         }
-        std::fs::write(&ready, "").ok()?;
+        std::fs::write(&ready, "").expect("write target/celery-venv/.ready");
     }
     Some(python)
 }

@@ -148,10 +148,13 @@ impl BeatProcess {
         });
         status?;
         if let Some(reader) = self.reader.take() {
-            // The pipe ends with the process (the beat starts no children).
-            if wait_until(LOG_DRAIN, || reader.is_finished()) {
-                let _ = reader.join();
-            }
+            // The pipe ends with the process (the beat starts no children):
+            // a check on the log after this sees its last line.
+            assert!(
+                wait_until(LOG_DRAIN, || reader.is_finished()),
+                "the beat exited but its stderr was not read to the end in {LOG_DRAIN:?}"
+            );
+            reader.join().expect("the stderr reader panicked");
         }
         status
     }

@@ -6,17 +6,15 @@ use super::{reachable, skip, unique};
 pub const REDIS_HOST: &str = "127.0.0.1:6379";
 
 /// A Redis database of the test's own (each test passes a distinct
-/// number), emptied first; `None` (skipped) without a server.
+/// number), emptied first; `None` (skipped) without a server. A server
+/// that answers but refuses us is a failure, not a skip.
 pub fn redis_db(test: &str, db: u8) -> Option<String> {
     let url = format!("redis://{REDIS_HOST}/{db}");
     if !reachable(&url) {
         skip(test, &format!("Redis not reachable at {REDIS_HOST}"));
         return None;
     }
-    let mut conn = ::redis::Client::open(url.as_str())
-        .ok()?
-        .get_connection()
-        .ok()?;
+    let mut conn = redis_conn(&url);
     ::redis::cmd("FLUSHDB")
         .query::<()>(&mut conn)
         .expect("FLUSHDB");
@@ -37,9 +35,8 @@ pub fn redis_queue(test: &str) -> Option<(String, String)> {
 
 pub fn redis_conn(url: &str) -> ::redis::Connection {
     ::redis::Client::open(url)
-        .unwrap()
-        .get_connection()
-        .unwrap()
+        .and_then(|client| client.get_connection())
+        .unwrap_or_else(|e| panic!("Redis at {url}: {e}"))
 }
 
 /// A message a beat published, as the tests read it back.

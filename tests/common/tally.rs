@@ -62,6 +62,13 @@ pub fn tally(rows: &[RoutineRow], messages: &[Published]) -> Tally {
         // Walk the grid back from the next run (always on the grid) until
         // every dispatched id is accounted for.
         let Some(next) = row.next_run_at_utc() else {
+            // Every routine these tests tally is active and valid: without
+            // a next run, its messages match no grid.
+            tally.strays += ids.len();
+            tally.miscounted.push(format!(
+                "{}: no next_run_at ({:?})",
+                row.name, row.last_error
+            ));
             continue;
         };
         let period = period_of(row);
