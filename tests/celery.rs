@@ -321,6 +321,14 @@ fn a_run_claimed_again_is_pushed_once_within_the_window_and_with_its_id_after() 
     };
     let first = ids();
     assert_eq!(first.len(), 1);
+    // Redis remembers the run for the window, 1 s, and no longer: the
+    // marker's time to live is the window less the moments since the push.
+    let marker = format!("_beat.sent.{}", at(10).timestamp());
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&marker)
+        .query(&mut redis_conn(&broker))
+        .unwrap();
+    assert!((800..=1000).contains(&ttl), "{marker} lives {ttl} ms");
     // What a crash (or a failed commit) between publishing and committing
     // leaves: the row still due at the time that was just published.
     let rewind = || {
@@ -337,7 +345,6 @@ fn a_run_claimed_again_is_pushed_once_within_the_window_and_with_its_id_after() 
         "the same run is not pushed twice within the window"
     );
     // Beyond the window Redis has forgotten the run: pushed again, with its id.
-    let marker = format!("_beat.sent.{}", at(10).timestamp());
     assert!(wait_until(Duration::from_secs(5), || {
         let remembered: bool = redis::cmd("SISMEMBER")
             .arg(&marker)
@@ -676,4 +683,83 @@ fn without_a_broker_an_unknown_task_is_an_error_for_that_routine_only() {
         "{error}"
     );
     assert_eq!(beat.tick(at(10)).unwrap().fired, 1);
+}
+
+/// kombu's direct exchange on Redis: a message goes to every queue bound
+/// with its routing key (`_kombu.binding.<exchange>`, as workers declare
+/// them), and one that matches no binding goes nowhere, as Celery's own
+/// client drops it; the beat says so, naming the routine and the task id.
+#[test]
+fn an_exchange_reaches_every_queue_bound_with_its_key_and_a_message_bound_to_none_is_logged() {
+    // Installed before the beat exists, so that nothing it logs is missed.
+    let log = common::captured_log();
+    let test = "celery_exchange_bindings";
+    let Some(broker) = redis_db(test, 14) else {
+        return;
+    };
+    let binding = |key: &str, queue: &str| format!("{key}{SEP}{SEP}{queue}");
+    let _: () = redis::cmd("SADD")
+        .arg("_kombu.binding.fan")
+        .arg(binding("k", "q1"))
+        .arg(binding("k", "q2"))
+        .arg(binding("other", "q3"))
+        .query(&mut redis_conn(&broker))
+        .unwrap();
+    let db = TestDb::sqlite(test);
+    let mut beat = manual(
+        &db,
+        &broker,
+        vec![
+            Routine::new("fan out", "tasks.record", every(10))
+                .options(json!({"exchange": "fan", "routing_key": "k"})),
+            Routine::new("bound to none", "tasks.record", every(10))
+                .options(json!({"exchange": "fan", "routing_key": "nobody"})),
+        ],
+    );
+    beat.tick(at(0)).unwrap();
+    assert_eq!(beat.tick(at(10)).unwrap().fired, 2);
+    let id = |routine: &str| {
+        celery_diesel_kit::task_id(&beat.store().routine(routine).unwrap().unwrap().id, at(10))
+    };
+    let ids_in = |queue: &str| -> Vec<String> {
+        envelopes(&broker, queue)
+            .iter()
+            .map(|e| e["headers"]["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids_in("q1"), [id("fan out")]);
+    assert_eq!(ids_in("q2"), [id("fan out")]);
+    assert_eq!(ids_in("q3"), Vec::<String>::new(), "another routing key");
+    // Nothing else anywhere: every list in the database is q1 or q2.
+    let mut conn = redis_conn(&broker);
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
+    let lists: Vec<&String> = keys
+        .iter()
+        .filter(|k| {
+            redis::cmd("TYPE")
+                .arg(k.as_str())
+                .query::<String>(&mut conn)
+                .unwrap()
+                == "list"
+        })
+        .collect();
+    assert_eq!(lists.len(), 2, "{keys:?}");
+    let lines = |routine: &str| -> Vec<String> {
+        log.lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(&format!("routine {routine}: no queue is bound to")))
+            .cloned()
+            .collect()
+    };
+    let dropped = lines("bound to none");
+    assert_eq!(dropped.len(), 1, "{dropped:?}");
+    assert!(
+        dropped[0].starts_with("ERROR ")
+            && dropped[0].contains("Celery would drop message")
+            && dropped[0].contains(&id("bound to none")),
+        "{}",
+        dropped[0]
+    );
+    assert_eq!(lines("fan out"), Vec::<String>::new());
 }
