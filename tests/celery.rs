@@ -423,6 +423,8 @@ fn a_broker_outage_loses_no_routine_and_doubles_none() {
     beat.tick(at(0)).unwrap();
     assert_eq!(beat.tick(at(1)).unwrap().fired, 6);
     proxy.cut();
+    // The pass at 2 s is the first to fail to publish, no sooner than this.
+    let cut = std::time::Instant::now();
     for t in [2, 3, 4] {
         assert!(wait_until(Duration::from_secs(10), || beat
             .stats()
@@ -453,6 +455,7 @@ fn a_broker_outage_loses_no_routine_and_doubles_none() {
         "not advanced while unpublished"
     );
     proxy.restore();
+    let restored = std::time::Instant::now();
     // The broker is retried after its back-off; then each routine fires
     // once for everything it missed, and is back on its 1 s grid.
     assert!(wait_until(Duration::from_secs(10), || beat
@@ -465,6 +468,20 @@ fn a_broker_outage_loses_no_routine_and_doubles_none() {
             envelopes(&direct, "celery").len() == 10
         }),
         "the routines never reached Redis again"
+    );
+    // The cut refused connections at once: at most three publishes failed
+    // (one per pass at 2, 3 and 4), so the back-off was at most 0.25 +
+    // 0.5 s, and the wait for the retry at most 1 s from the restore;
+    // 1 s more covers a loaded machine. A back-off that ignored its cap or
+    // a broker never retried until a later pass fails here.
+    let took = restored.elapsed();
+    assert!(took < Duration::from_secs(2), "back after {took:?}");
+    // And not before the first back-off (0.25 s) from the first failure:
+    // the passes at 3, 4 and 5 s left the broker alone until then.
+    let since_cut = cut.elapsed();
+    assert!(
+        since_cut >= Duration::from_millis(250),
+        "retried {since_cut:?} after the cut"
     );
     assert_eq!(progress(&beat), vec![(Some(2), Some(at(6))); 5]);
     let ids: HashSet<String> = envelopes(&direct, "celery")
