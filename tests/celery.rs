@@ -780,3 +780,50 @@ fn an_exchange_reaches_every_queue_bound_with_its_key_and_a_message_bound_to_non
     );
     assert_eq!(lines("fan out"), Vec::<String>::new());
 }
+
+/// Options Celery's beat does not pass on to its message (a `shadow`
+/// name, a `serializer`) leave no trace in ours, and the beat says which,
+/// once per routine, when it reads the row.
+#[test]
+fn options_celerys_beat_does_not_pass_on_are_left_out_with_one_warning() {
+    // Installed before the beat exists, so that nothing it logs is missed.
+    let log = common::captured_log();
+    let test = "celery_ignored_options";
+    let Some((broker, queue)) = common::redis_queue(test) else {
+        return;
+    };
+    let db = TestDb::sqlite(test);
+    let mut beat = manual(
+        &db,
+        &broker,
+        vec![
+            Routine::new("with-ignored", "tasks.record", every(10))
+                .options(json!({"queue": queue, "shadow": "alias", "serializer": "pickle"})),
+            Routine::new("without-ignored", "tasks.record", every(10))
+                .options(json!({"queue": queue})),
+        ],
+    );
+    beat.tick(at(0)).unwrap();
+    assert_eq!(beat.tick(at(10)).unwrap().fired, 2);
+    assert_eq!(beat.tick(at(20)).unwrap().fired, 2);
+    let sent = envelopes(&broker, &queue);
+    assert_eq!(sent.len(), 4);
+    for message in &sent {
+        assert_eq!(message["headers"]["shadow"], Value::Null, "{message}");
+        assert_eq!(message["content-type"], "application/json");
+    }
+    let lines = |routine: &str| -> Vec<String> {
+        log.lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(&format!("routine {routine}: ignoring options")))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(
+        lines("with-ignored"),
+        ["WARN routine with-ignored: ignoring options Celery's beat does not pass on: shadow, serializer"],
+        "one warning for three passes, naming both"
+    );
+    assert_eq!(lines("without-ignored"), Vec::<String>::new());
+}

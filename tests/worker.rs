@@ -40,7 +40,7 @@ impl SyncTask for Greet {
 }
 
 /// An async task that awaits tokio timers and reports the thread it ran on.
-struct Nap(Arc<Mutex<Vec<(String, std::thread::ThreadId)>>>);
+struct Nap(Arc<Mutex<Vec<(String, String)>>>);
 
 impl AsyncTask for Nap {
     fn name(&self) -> &str {
@@ -51,10 +51,10 @@ impl AsyncTask for Nap {
         let local = std::rc::Rc::new(ctx.routine.clone());
         // Awaiting a timer is the point: the runtime must drive it.
         tokio::time::sleep(Duration::from_millis(20)).await;
-        self.0
-            .lock()
-            .unwrap()
-            .push(((*local).clone(), std::thread::current().id()));
+        self.0.lock().unwrap().push((
+            (*local).clone(),
+            std::thread::current().name().unwrap_or("").to_owned(),
+        ));
         Ok(())
     }
 }
@@ -106,9 +106,12 @@ backend_tests! {
         assert_eq!(beat.tick(at(10)).unwrap().fired, 3);
         assert!(wait_until(Duration::from_secs(10), || beat.stats().succeeded == 3), "{:?}", beat.stats());
         assert_eq!(*greetings.lock().unwrap(), ["adax2"]);
-        let mut napped: Vec<String> = naps.lock().unwrap().iter().map(|(r, _)| r.clone()).collect();
+        let mut napped: Vec<(String, String)> = naps.lock().unwrap().clone();
         napped.sort();
-        assert_eq!(napped, ["nap a", "nap b"]);
+        assert_eq!(napped.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(), ["nap a", "nap b"]);
+        // On the pool's own threads (each a current-thread runtime), not
+        // on a runtime of the caller's.
+        assert!(napped.iter().all(|(_, thread)| thread.starts_with("beat-worker-")), "{napped:?}");
         // Kwargs that do not fit the task's type fail the run, naming both.
         db.exec(r#"UPDATE routines SET kwargs = '{"whom": "bob"}' WHERE name = 'greeting'"#);
         beat.tick(at(11)).unwrap();
