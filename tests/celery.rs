@@ -505,7 +505,9 @@ fn our_message_matches_celerys_send_task_field_by_field() {
         return;
     };
     let db = TestDb::sqlite(test);
-    let kwargs = json!({"report": "daily", "to": ["ops@example.com"], "n": 3, "ratio": 0.25, "big": 1e16, "uni": "é ü 🎉", "quote": "it's"});
+    // Long enough that Celery's kwargsrepr cuts it (at 1024 characters).
+    let notes = "lorem ipsum dolor ".repeat(80);
+    let kwargs = json!({"report": "daily", "to": ["ops@example.com"], "n": 3, "ratio": 0.25, "big": 1e16, "uni": "é ü 🎉", "quote": "it's", "notes": notes});
     let options = json!({"queue": "reports", "priority": 5, "expires": 60, "time_limit": 30, "soft_time_limit": 20,
                          "headers": {"x_trace": "abc"}});
     // An on-demand send builds the message a scheduled run does, at the

@@ -135,62 +135,119 @@ pub(crate) fn py_float(f: f64) -> String {
     }
 }
 
-/// Celery's `saferepr` for argsrepr/kwargsrepr: Python literal syntax,
-/// strings in single quotes with only `'` escaped, at most 1024 characters.
+/// Celery's `saferepr(value, 1024)` for argsrepr/kwargsrepr, token for
+/// token as `celery.utils.saferepr` streams it: Python literal syntax,
+/// strings in single quotes with only `'` escaped, containers below the
+/// third level as `{...}`/`[...]`. Each string, key and scalar is cut to
+/// the characters left of the 1024 (at its last space, with `...`); once
+/// none are left, `, ...` and the brackets still open end it.
 pub(crate) fn saferepr(value: &Value) -> String {
+    let mut tokens = Vec::new();
+    tokenize(value, 0, &mut tokens);
     let mut out = String::new();
-    write_repr(value, 0, &mut out);
-    if out.chars().count() > REPR_MAX {
-        out = out.chars().take(REPR_MAX).collect::<String>() + "...";
+    let mut left = REPR_MAX as i64;
+    let mut rest: &[Token] = &[];
+    for (i, token) in tokens.iter().enumerate() {
+        if left <= 0 {
+            if let Token::Literal(text, _, -1) = token {
+                out.push_str(text);
+                continue;
+            }
+            out.push_str(", ...");
+            rest = &tokens[i..];
+            break;
+        }
+        let text = match token {
+            Token::Literal(text, _, _) => (*text).to_owned(),
+            Token::Quoted(s) => quoted(s, left),
+            Token::Plain(s) => truncate(s, left),
+        };
+        left -= text.chars().count() as i64;
+        out.push_str(&text);
+    }
+    // Celery closes what is still open: the bracket literals after the
+    // cut whose depth falls below where it stopped.
+    let mut depth = 0;
+    for token in rest {
+        if let Token::Literal(text, false, direction) = token {
+            depth += direction;
+            if depth < 0 {
+                depth = 0;
+                out.push_str(text);
+            }
+        }
     }
     out
 }
 
-fn write_repr(value: &Value, level: usize, out: &mut String) {
+/// One of saferepr's tokens: a literal (its text, whether it may be cut,
+/// and the depth it opens or closes), a string, or a scalar's repr.
+enum Token {
+    Literal(&'static str, bool, i64),
+    Quoted(String),
+    Plain(String),
+}
+
+fn tokenize(value: &Value, level: usize, out: &mut Vec<Token>) {
     const MAX_LEVELS: usize = 3;
+    const SEP: Token = Token::Literal(", ", true, 0);
     match value {
-        Value::Null => out.push_str("None"),
-        Value::Bool(b) => out.push_str(if *b { "True" } else { "False" }),
-        Value::Number(n) => match n.as_f64() {
-            Some(f) if n.is_f64() => out.push_str(&py_float(f)),
-            _ => out.push_str(&n.to_string()),
-        },
-        Value::String(s) => {
-            out.push('\'');
-            out.push_str(&s.replace('\'', "\\'"));
-            out.push('\'');
+        Value::Null => out.push(Token::Plain("None".into())),
+        Value::Bool(b) => out.push(Token::Plain(if *b { "True" } else { "False" }.into())),
+        Value::Number(n) => out.push(Token::Plain(match n.as_f64() {
+            Some(f) if n.is_f64() => py_float(f),
+            _ => n.to_string(),
+        })),
+        Value::String(s) => out.push(Token::Quoted(s.clone())),
+        Value::Array(_) | Value::Object(_) if level >= MAX_LEVELS => {
+            out.push(Token::Literal(
+                if value.is_array() { "[...]" } else { "{...}" },
+                false,
+                0,
+            ));
         }
         Value::Array(items) => {
-            if level >= MAX_LEVELS {
-                out.push_str("[...]");
-                return;
-            }
-            out.push('[');
+            out.push(Token::Literal("[", false, 1));
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push_str(", ");
+                    out.push(SEP);
                 }
-                write_repr(item, level + 1, out);
+                tokenize(item, level + 1, out);
             }
-            out.push(']');
+            out.push(Token::Literal("]", false, -1));
         }
         Value::Object(map) => {
-            if level >= MAX_LEVELS {
-                out.push_str("{...}");
-                return;
-            }
-            out.push('{');
+            out.push(Token::Literal("{", false, 1));
             for (i, (key, item)) in map.iter().enumerate() {
                 if i > 0 {
-                    out.push_str(", ");
+                    out.push(SEP);
                 }
-                write_repr(&Value::String(key.clone()), level + 1, out);
-                out.push_str(": ");
-                write_repr(item, level + 1, out);
+                out.push(Token::Quoted(key.clone()));
+                out.push(Token::Literal(": ", true, 0));
+                tokenize(item, level + 1, out);
             }
-            out.push('}');
+            out.push(Token::Literal("}", false, -1));
         }
     }
+}
+
+/// Celery's `truncate(s, left)`: at `left` characters or more, the first
+/// `left` up to their last space, and `...`.
+fn truncate(s: &str, left: i64) -> String {
+    let left = usize::try_from(left).unwrap_or(0);
+    if s.chars().count() < left {
+        return s.to_owned();
+    }
+    let head: String = s.chars().take(left).collect();
+    let cut = head
+        .rsplit_once(' ')
+        .map_or(head.as_str(), |(before, _)| before);
+    format!("{cut}...")
+}
+
+/// A string as saferepr quotes it: cut first, then `'` escaped.
+fn quoted(s: &str, left: i64) -> String {
+    format!("'{}'", truncate(s, left).replace('\'', "\\'"))
 }
 
 #[cfg(test)]
@@ -239,6 +296,70 @@ mod tests {
             saferepr(&json!({"a": {"b": {"c": {"d": 1}}}})),
             "{'a': {'b': {'c': {...}}}}"
         );
-        assert!(saferepr(&json!({"long": "x".repeat(5000)})).len() <= REPR_MAX + 3);
+    }
+
+    /// Past 1024 characters, as Celery 5.5's `saferepr(kwargs, 1024)`
+    /// writes them (its length, first 30 and last 40 characters, from
+    /// Python).
+    #[test]
+    fn long_reprs_are_cut_as_celerys_saferepr_cuts_them() {
+        let words = "lorem ipsum dolor ".repeat(100);
+        let mixed: Vec<Value> = (0..100)
+            .flat_map(|_| [json!(1.5), Value::Null, json!(true), json!(1e16)])
+            .collect();
+        let cases = [
+            (
+                json!({"long": "x".repeat(5000), "n": 3}),
+                1035,
+                "{'long': 'xxxxxxxxxxxxxxxxxxxx",
+                "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...', ...}",
+            ),
+            (
+                json!({"l": (0..400).collect::<Vec<_>>()}),
+                1034,
+                "{'l': [0, 1, 2, 3, 4, 5, 6, 7,",
+                "9, 220, 221, 222, 223, 224, 22..., ...]}",
+            ),
+            (
+                json!({"words": words, "after": {"a": 1}}),
+                1034,
+                "{'words': 'lorem ipsum dolor l",
+                " dolor lorem ipsum dolor lorem...', ...}",
+            ),
+            (
+                json!({"a": "q'uote".repeat(300)}),
+                1200,
+                r"{'a': 'q\'uoteq\'uoteq\'uoteq\",
+                r"teq\'uoteq\'uoteq\'uoteq\'uoteq\'uo...'}",
+            ),
+            (
+                json!({"k".repeat(2000): 1}),
+                1035,
+                "{'kkkkkkkkkkkkkkkkkkkkkkkkkkkk",
+                "kkkkkkkkkkkkkkkkkkkkkkkkkkkkkk...', ...}",
+            ),
+            (
+                json!({"f": mixed}),
+                1034,
+                "{'f': [1.5, None, True, 1e+16,",
+                ", None, True, 1e+16, 1.5, None..., ...]}",
+            ),
+        ];
+        for (value, len, head, tail) in cases {
+            let repr = saferepr(&value);
+            assert_eq!(
+                (
+                    repr.chars().count(),
+                    &repr[..head.len()],
+                    &repr[repr.len() - tail.len()..]
+                ),
+                (len, head, tail),
+                "{head}"
+            );
+        }
+        assert_eq!(
+            saferepr(&json!({"deep": [[[[1]]]], "x": "y"})),
+            "{'deep': [[[...]]], 'x': 'y'}"
+        );
     }
 }
