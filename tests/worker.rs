@@ -362,6 +362,44 @@ fn stop_returns_within_its_timeout_and_names_every_run_it_abandons() {
             lines.join("\n")
         );
     }
+    // And the history (on by default) says the same, written before the
+    // stop returned: every run dropped ends as `abandoned`, with why and
+    // the attempts it made; the one still running is ended as abandoned
+    // too (its end will never be recorded), and says so.
+    let runs = |filter: &str| {
+        db.number(&format!(
+            "SELECT COUNT(*) AS n FROM routine_runs WHERE {filter}"
+        ))
+    };
+    // 100 stuck runs, the failing routine's run at 5 s, and its run at
+    // 10 s skipped (the first still waited for its retry).
+    assert_eq!(runs("1 = 1"), 102);
+    assert_eq!(runs("outcome = 'skipped' AND routine = 'stop-failing'"), 1);
+    let dropped = "outcome = 'abandoned' AND error = 'the beat stopped before it ran'";
+    assert_eq!(runs(dropped), 100);
+    assert_eq!(
+        runs(&format!(
+            "{dropped} AND routine LIKE 'stop-stuck-%' AND attempts = 0"
+        )),
+        99
+    );
+    assert_eq!(
+        runs(&format!(
+            "{dropped} AND routine = 'stop-failing' AND attempts = 1"
+        )),
+        1
+    );
+    assert_eq!(
+        runs("outcome = 'abandoned' AND error = 'the beat stopped before the run ended' AND routine LIKE 'stop-stuck-%'"),
+        1
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("beat: 1 in-process run(s) had not ended at the stop"))
+            .count(),
+        1
+    );
 }
 
 #[test]
