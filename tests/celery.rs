@@ -508,7 +508,7 @@ fn our_message_matches_celerys_send_task_field_by_field() {
     // Long enough that Celery's kwargsrepr cuts it (at 1024 characters).
     let notes = "lorem ipsum dolor ".repeat(80);
     let kwargs = json!({"report": "daily", "to": ["ops@example.com"], "n": 3, "ratio": 0.25, "big": 1e16, "uni": "é ü 🎉", "quote": "it's", "notes": notes});
-    let options = json!({"queue": "reports", "priority": 5, "expires": 60, "time_limit": 30, "soft_time_limit": 20,
+    let options = json!({"queue": "reports", "priority": 5, "expires": 60, "countdown": 3, "time_limit": 30, "soft_time_limit": 20,
                          "headers": {"x_trace": "abc"}});
     // An on-demand send builds the message a scheduled run does, at the
     // real time, so that both clients' `expires` can be compared.
@@ -563,9 +563,9 @@ fn our_message_matches_celerys_send_task_field_by_field() {
                     "{value} vs {other}"
                 );
             }
-            // now + 60 s, ours first, theirs at most `apart` later (a
-            // second more for either's rounding).
-            "expires" => {
+            // now + 60 s (expires) or + 3 s (eta), ours first, theirs
+            // at most `apart` later (a second more for either's rounding).
+            "expires" | "eta" => {
                 let t = |v: &Value| DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
                 let later = (t(other) - t(value)).num_milliseconds();
                 assert!(
@@ -613,6 +613,7 @@ fn our_message_matches_celerys_send_task_field_by_field() {
     for (path, field) in [
         ("headers", "origin"),
         ("headers", "expires"),
+        ("headers", "eta"),
         ("properties", "reply_to"),
         ("properties", "delivery_tag"),
         ("properties", "expiration"),
@@ -625,13 +626,20 @@ fn our_message_matches_celerys_send_task_field_by_field() {
     theirs_raw = theirs_raw.replace("\"ignore_result\": null", "\"ignore_result\": false");
     assert_eq!(raw(&broker), theirs_raw);
 
-    // And a worker runs ours with everything in place.
+    // And a worker runs ours with everything in place, at its eta: 3 s
+    // after the send, not when it reads the message (a worker is ready in
+    // about a second); 2 s more covers a loaded machine.
     let worker = CeleryWorker::start(&python, &broker, "reports");
     assert!(
         wait_until(Duration::from_secs(30), || recorded_calls(&broker).len()
             == 1),
         "{}",
         worker.log()
+    );
+    let ran = sent.elapsed();
+    assert!(
+        ran >= Duration::from_secs(3) && ran < Duration::from_secs(5),
+        "ran {ran:?} after the send"
     );
     let call = &recorded_calls(&broker)[0];
     assert_eq!(
