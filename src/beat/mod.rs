@@ -128,9 +128,10 @@ impl BeatBuilder {
     }
 }
 
-/// How long a stop waits for the housekeeper's last writes beyond the
-/// stop's deadline (it marks the beat stopped: worth a moment).
-const HOUSEKEEPER_GRACE: Duration = Duration::from_secs(2);
+/// How long a stop waits beyond its deadline for the scheduler thread to
+/// abandon what it still holds and for the housekeeper's last writes (it
+/// records the abandoned runs and marks the beat stopped: worth a moment).
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// What a running beat owns besides its scheduler.
 struct Parts {
@@ -165,28 +166,32 @@ impl Parts {
     /// deadline.
     fn stop(&mut self, scheduler: Option<JoinHandle<()>>, timeout: Duration) -> StopReport {
         let deadline = Instant::now() + timeout;
+        let grace = deadline + STOP_GRACE;
         if let Some(trigger) = self.trigger.take() {
             trigger.fire(deadline);
         }
         if let Some(thread) = scheduler {
             // A pass in progress finishes its transaction (claims are
-            // atomic), then the thread sees the shutdown. A pass held up
-            // by the database past the deadline is left to end on its own.
-            while !thread.is_finished() && Instant::now() < deadline {
+            // atomic), then the thread sees the shutdown. A pass handing
+            // runs to a full queue waits until the deadline, then abandons
+            // the rest (each counted, logged and recorded), which takes a
+            // moment past it: the grace, or the stop would report and
+            // record fewer abandoned runs than there are. A pass held up
+            // by the database past the grace is left to end on its own.
+            while !thread.is_finished() && Instant::now() < grace {
                 std::thread::sleep(Duration::from_millis(2));
             }
             if thread.is_finished() {
                 let _ = thread.join();
             } else {
-                log::warn!("beat: the scheduler is still in a database call at the stop deadline; not waiting for it");
+                log::warn!("beat: the scheduler is still in a database call past the stop deadline; not waiting for it");
             }
         }
         drop(self.dispatcher.take());
         let busy_workers = self.pool.take().map_or(0, |pool| pool.stop(deadline));
         if let Some((stop, thread)) = self.housekeeper.take() {
             drop(stop);
-            let until = deadline.max(Instant::now()) + HOUSEKEEPER_GRACE;
-            while !thread.is_finished() && Instant::now() < until {
+            while !thread.is_finished() && Instant::now() < grace {
                 std::thread::sleep(Duration::from_millis(2));
             }
             if thread.is_finished() {
