@@ -86,6 +86,23 @@ impl SyncTask for Flaky {
     }
 }
 
+/// An async task that panics on its first attempt, after awaiting a timer.
+struct AsyncPanic(Arc<Mutex<Vec<u32>>>);
+
+impl AsyncTask for AsyncPanic {
+    fn name(&self) -> &str {
+        "async panic"
+    }
+    async fn run(&self, ctx: TaskContext) -> TaskResult {
+        self.0.lock().unwrap().push(ctx.attempt);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if ctx.attempt == 0 {
+            panic!("async task panics on attempt 0");
+        }
+        Ok(())
+    }
+}
+
 fn start(builder: celery_diesel_kit::BeatBuilder) -> ManualBeat {
     builder.start_manual().expect("start")
 }
@@ -199,6 +216,28 @@ backend_tests! {
         let runs = rec.runs();
         assert_eq!(runs.len(), 1);
         assert!(runs[0].at > attempts[0].1, "the single worker ran a task after the panic");
+    }
+
+    fn a_panicking_async_task_is_a_failed_task_and_its_worker_runs_async_tasks_after_it(db) {
+        let attempts = Arc::new(Mutex::new(Vec::new()));
+        let naps = Arc::new(Mutex::new(Vec::new()));
+        let config = { let mut c = db.config(); c.worker_concurrency = 1; c.celery_max_retry = 1; c };
+        let mut beat = start(Beat::builder(config)
+            .async_task(AsyncPanic(attempts.clone()))
+            .async_task(Nap(naps.clone()))
+            .routine(Routine::new("panics", "async panic", every(10)))
+            .routine(Routine::new("naps", "nap", every(3600))));
+        beat.tick(at(0)).unwrap();
+        assert_eq!(beat.tick(at(10)).unwrap().fired, 1);
+        assert!(wait_until(Duration::from_secs(10), || beat.stats().failed == 1), "{:?}", beat.stats());
+        // Only after the panic: the single worker must still run async tasks.
+        beat.send_now("naps").unwrap();
+        assert!(wait_until(Duration::from_secs(10), || beat.stats().succeeded == 2), "{:?}", beat.stats());
+        assert_eq!((beat.stats().failed, beat.stats().gave_up), (1, 0));
+        assert_eq!(*attempts.lock().unwrap(), [0, 1], "the panic was retried, and the retry succeeded");
+        let naps = naps.lock().unwrap().clone();
+        assert_eq!(naps.len(), 1);
+        assert_eq!(naps[0].1, "beat-worker-0", "on the one worker that saw the panic");
     }
 
     fn a_routine_whose_run_is_still_going_is_not_queued_again(db) {
