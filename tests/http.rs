@@ -297,8 +297,15 @@ fn health_turns_503_while_the_database_is_cut_and_200_after() {
     proxy.cut();
     let cut = Instant::now();
     let (earliest, latest) = (bound - watch - Duration::from_millis(100), bound + SLACK);
+    // The first 503: when it was asked for, and when it was answered.
+    let mut turned = None;
     assert!(
-        wait_until(latest, || healthz() == 503),
+        wait_until(latest, || {
+            let asked = chrono::Utc::now();
+            let unhealthy = healthz() == 503;
+            turned = unhealthy.then(|| (asked, chrono::Utc::now()));
+            unhealthy
+        }),
         "still healthy {:?} after the cut",
         cut.elapsed()
     );
@@ -306,6 +313,22 @@ fn health_turns_503_while_the_database_is_cut_and_200_after() {
     assert!(
         unhealthy_after >= earliest && unhealthy_after <= latest + SLACK,
         "503 after {unhealthy_after:?}, not in [{earliest:?}, {latest:?}]"
+    );
+    // Exactly, from the last good pass (its time is on /metrics): not
+    // answered before the bound had passed, and asked for within SLACK
+    // after it.
+    let (asked, answered) = turned.unwrap();
+    let last_pass = sample(
+        &get(addr, "/metrics").body,
+        "beat_last_pass_timestamp_seconds",
+    )
+    .map(|t| chrono::DateTime::from_timestamp_micros((t * 1e6).round() as i64).unwrap())
+    .unwrap();
+    let bound_td = chrono::TimeDelta::from_std(bound).unwrap();
+    let slack_td = chrono::TimeDelta::from_std(SLACK).unwrap();
+    assert!(
+        answered - last_pass >= bound_td && asked - last_pass <= bound_td + slack_td,
+        "last pass {last_pass}, 503 asked {asked}, answered {answered} (bound {bound:?})"
     );
     let health = get(addr, "/healthz");
     assert!(
