@@ -166,7 +166,8 @@ keys! {
         /// in-process runs are recorded, while they last (so that no other beat
         /// overlaps them), and nothing is kept.
         history: bool = true, boolean, plain;
-        /// `history_max_age`: runs older than this are pruned.
+        /// `history_max_age`: runs older than this are pruned, and beats
+        /// silent for longer (with the history off too).
         history_max_age: Duration = Duration::from_secs(7 * 86_400), positive_seconds, plain;
         /// `history_max_runs`: the runs kept per routine, newest first.
         history_max_runs: usize = 100, at_least_one, plain;
