@@ -5,7 +5,7 @@ mod common;
 
 use celery_diesel_kit::ops::Operator;
 use celery_diesel_kit::{Beat, Config, Error, Routine, RoutineStore, RunFilter, Target};
-use common::{at, every, wait_until, Kind, Recorder, TestDb};
+use common::{at, every, sql, wait_until, Kind, Recorder, TestDb};
 use std::time::Duration;
 
 /// The kit's table exactly as SQLAlchemy 2.0 creates it from the kit's model.
@@ -254,6 +254,83 @@ backend_tests! {
         assert!(ran(&beat, 2));
         assert_eq!(rec.count(), 2);
     }
+
+    // The kit's table holds names and tasks of 1 to 50 characters: an
+    // operator's upsert, a beat's declared routines and `beat add` refuse
+    // others with the reason; a row written by SQL that breaks the rule
+    // (an empty name anywhere; on SQLite, any length) is refused by the
+    // beat, which records why and never runs it. 50 characters is allowed.
+    fn names_empty_or_over_50_characters_are_refused_on_every_write_path(db) {
+        let config = db.config();
+        let op = Operator::migrate(config.clone()).unwrap();
+        let me = common::tester();
+        let (fifty, long) = ("n".repeat(50), "n".repeat(51));
+        let cases = [
+            ("", "name must not be empty"),
+            ("  ", "name must not be empty"),
+            (long.as_str(), "name is longer than 50 characters"),
+        ];
+        for (name, reason) in cases {
+            let err = op.upsert(&me, &Routine::new(name, "record", every(60))).unwrap_err();
+            assert_eq!(err.to_string(), format!("routine {name}: {reason}"));
+            let err = Beat::builder(config.clone())
+                .routine(Routine::new(name, "record", every(60)))
+                .start_manual()
+                .err()
+                .expect("refused");
+            assert_eq!(err.to_string(), format!("routine {name}: {reason}"));
+            let ran = common::cli::beat(&db.url, &["add", name, "--task", "demo.hello", "--every", "30"]);
+            assert_eq!(ran.code, 1, "{ran:?}");
+            assert!(ran.err.contains(&format!("routine {name}: {reason}")), "{ran:?}");
+        }
+        let err = op.upsert(&me, &Routine::new("t", "t".repeat(51), every(60))).unwrap_err();
+        assert_eq!(err.to_string(), "routine t: task is longer than 50 characters");
+        assert!(op.upsert(&me, &Routine::new(fifty.as_str(), "record", every(60))).unwrap());
+        let names: Vec<String> = op.store().routines().unwrap().into_iter().map(|r| r.name).collect();
+        assert_eq!(names, [fifty.clone()], "only the 50-character name was written");
+
+        db.exec(&sql_row(db.kind, "", "record"));
+        let long_by_sql = sql::execute(&db.url, &sql_row(db.kind, &long, "record"));
+        let long_task = sql::execute(&db.url, &sql_row(db.kind, "long task", &"t".repeat(51)));
+        match db.kind {
+            // SQLite does not enforce VARCHAR(50).
+            Kind::Sqlite => assert!(long_by_sql.is_ok() && long_task.is_ok()),
+            // The others refuse the row (PostgreSQL always, MariaDB in
+            // its default strict mode).
+            Kind::Postgres | Kind::Mysql => assert!(long_by_sql.is_err() && long_task.is_err()),
+        }
+        let rec = Recorder::new("record");
+        let mut beat = Beat::builder(config.clone()).task(rec.clone()).start_manual().unwrap();
+        let tick = beat.tick(at(0)).unwrap();
+        let refused = if db.kind == Kind::Sqlite { 3 } else { 1 };
+        assert_eq!(tick.invalid, refused, "{tick:?}");
+        let tick = beat.tick(at(60)).unwrap();
+        assert_eq!(tick.fired, 1, "only the valid routine runs: {tick:?}");
+        assert!(wait_until(Duration::from_secs(10), || rec.count() == 1));
+        let rows = op.store().routines().unwrap();
+        let error = |name: &str| rows.iter().find(|r| r.name == name).unwrap().last_error.clone();
+        assert_eq!(error(""), Some("name must not be empty".to_owned()));
+        if db.kind == Kind::Sqlite {
+            assert_eq!(error(&long), Some("name is longer than 50 characters".to_owned()));
+            assert_eq!(error("long task"), Some("task is longer than 50 characters".to_owned()));
+        }
+        assert_eq!(error(&fifty), None);
+        beat.stop();
+    }
+}
+
+/// A row written by SQL, as an operator at a prompt would.
+fn sql_row(kind: Kind, name: &str, task: &str) -> String {
+    let id = uuid::Uuid::new_v4();
+    let id = match kind {
+        Kind::Postgres => id.to_string(),
+        Kind::Sqlite | Kind::Mysql => id.simple().to_string(),
+    };
+    format!(
+        "INSERT INTO routines (id, name, task, schedule, active, kwargs, options) \
+         VALUES ('{id}', '{name}', '{task}', '{{\"timedelta\": 60}}', {}, '{{}}', '{{}}')",
+        if kind == Kind::Postgres { "true" } else { "1" }
+    )
 }
 
 #[cfg(not(feature = "mysql"))]
