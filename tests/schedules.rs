@@ -487,7 +487,15 @@ fn crontabs_match_celery_on_random_specs() {
                 rejected += 1;
             }
             (Err(e), Some(celery_error)) => {
-                let _ = (e, celery_error);
+                // The same kind of error: a bad field, one Celery rejects too.
+                let theirs = celery["fields"].as_array().unwrap();
+                match &e {
+                    ScheduleError::BadField { field, .. } => assert!(
+                        theirs.iter().any(|f| f == field),
+                        "{spec}: we reject {field} ({e}), Celery rejects {theirs:?} ({celery_error})"
+                    ),
+                    _ => panic!("{spec}: we reject with {e:?}, Celery with {celery_error}"),
+                }
                 rejected += 1;
             }
             (Err(e), None) => panic!("{spec}: we reject ({e}), Celery accepts: {celery}"),
