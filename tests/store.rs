@@ -5,7 +5,7 @@ mod common;
 
 use celery_diesel_kit::ops::Operator;
 use celery_diesel_kit::{Beat, Config, Error, Routine, RoutineStore, RunFilter, Target};
-use common::{at, every, sql, wait_until, Kind, Recorder, TestDb};
+use common::{at, every, sql, wait_until, Kind, Recorder, TestClock, TestDb};
 use std::time::Duration;
 
 /// The kit's table exactly as SQLAlchemy 2.0 creates it from the kit's model.
@@ -87,11 +87,47 @@ backend_tests! {
         assert_eq!(runs(&store)[0].target, Target::InProcess);
     }
 
+    // A second migration of a database in use (a routine, a run, an edit,
+    // a stopped beat) changes nothing: the catalog's schema (columns,
+    // indexes, constraints, triggers, functions), the migrations recorded
+    // and when they ran, and every row as the library reads it.
     fn migrating_twice_changes_nothing(db) {
-        let store = db.store();
+        let config = db.config();
+        let clock = TestClock::at(at(0));
+        let rec = Recorder::new("record");
+        let mut beat = Beat::builder(config.clone())
+            .clock(clock.clone())
+            .task(rec.clone())
+            .routine(Routine::new("r", "record", every(10)))
+            .start_manual()
+            .unwrap();
+        beat.tick(at(0)).unwrap();
+        clock.set(at(10));
+        assert_eq!(beat.tick(at(10)).unwrap().fired, 1);
+        let store = RoutineStore::connect(&db.url).unwrap();
+        let mut filter = RunFilter::default();
+        filter.limit = 100;
+        let succeeded = || store.runs().list(&filter).unwrap().iter().any(|r| r.outcome.as_str() == "succeeded");
+        assert!(wait_until(Duration::from_secs(10), succeeded));
+        Operator::connect(config).unwrap().set_active(&common::tester(), "r", false).unwrap();
+        beat.stop();
+        let data = || {
+            let beats: Vec<_> = store.beats().list().unwrap().into_iter()
+                .map(|b| (b.id, b.host, b.pid, b.version, b.started_at, b.heartbeat_at, b.stopped_at, b.tasks, b.broker))
+                .collect();
+            let edits = db.number("SELECT COUNT(*) AS n FROM routine_edits");
+            format!("{:#?}\n{:#?}\n{beats:#?}\nedits: {edits}", store.routines().unwrap(), store.runs().list(&filter).unwrap())
+        };
+        let (schema, before) = (sql::schema(&db.url), data());
+        for table in ["routines ", "routine_runs ", "beats ", "routine_edits "] {
+            assert!(schema.iter().any(|line| line.contains(table)), "{table}: {schema:#?}");
+        }
+        assert!(before.contains("outcome: Succeeded") && before.contains("edits: 2") && before.contains("active: false"), "{before}");
+        store.migrate().unwrap();
         store.migrate().unwrap();
         store.check_schema().unwrap();
-        assert!(store.routines().unwrap().is_empty());
+        assert_eq!(sql::schema(&db.url), schema);
+        assert_eq!(data(), before);
     }
 
     fn a_table_the_python_kit_created_is_adopted(db) {
