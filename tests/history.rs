@@ -265,11 +265,11 @@ backend_tests! {
             let old = db.timestamp(now - chrono::TimeDelta::seconds(3600 + 120));
             let recent = db.timestamp(now - chrono::TimeDelta::seconds(3600 - 120));
             db.exec(&format!(
-                "INSERT INTO beats (id, host, pid, version, started_at, heartbeat_at, stopped_at) VALUES \
-                 ('old-stopped', 'h', 1, '0', {old}, {old}, {old}), \
-                 ('old-silent', 'h', 2, '0', {old}, {old}, NULL), \
-                 ('recent-stopped', 'h', 3, '0', {recent}, {recent}, {recent}), \
-                 ('recent-silent', 'h', 4, '0', {recent}, {recent}, NULL)"
+                "INSERT INTO beats (id, host, pid, version, started_at, heartbeat_at, stopped_at, tasks, broker) VALUES \
+                 ('old-stopped', 'h', 1, '0', {old}, {old}, {old}, '[]', false), \
+                 ('old-silent', 'h', 2, '0', {old}, {old}, NULL, '[]', false), \
+                 ('recent-stopped', 'h', 3, '0', {recent}, {recent}, {recent}, '[]', false), \
+                 ('recent-silent', 'h', 4, '0', {recent}, {recent}, NULL, '[]', false)"
             ));
             let mut config = db.config();
             config.history = history;
