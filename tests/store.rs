@@ -323,7 +323,7 @@ backend_tests! {
         assert_eq!(err.to_string(), "routine t: task is longer than 50 characters");
         assert!(op.upsert(&me, &Routine::new(fifty.as_str(), "record", every(60))).unwrap());
         let names: Vec<String> = op.store().routines().unwrap().into_iter().map(|r| r.name).collect();
-        assert_eq!(names, [fifty.clone()], "only the 50-character name was written");
+        assert_eq!(names, std::slice::from_ref(&fifty), "only the 50-character name was written");
 
         db.exec(&sql_row(db.kind, "", "record"));
         let long_by_sql = sql::execute(&db.url, &sql_row(db.kind, &long, "record"));

@@ -334,10 +334,12 @@ fn a_file_is_read_line_by_line() {
     )
     .unwrap();
     let loaded = Config::load_with(&path, no_env).unwrap();
-    let mut expected = Config::default();
-    expected.scheduler_max_interval = Duration::from_secs(30);
-    expected.celery_max_retry = 2;
-    expected.timezone = chrono_tz::Asia::Kathmandu;
+    let expected = Config {
+        scheduler_max_interval: Duration::from_secs(30),
+        celery_max_retry: 2,
+        timezone: chrono_tz::Asia::Kathmandu,
+        ..Config::default()
+    };
     assert!(loaded == expected, "{loaded:?}");
 
     std::fs::write(&path, "# ok\nno_such_key = 1\n").unwrap();
