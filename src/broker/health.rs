@@ -85,3 +85,43 @@ impl Outages {
         self.outage.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// Each failed publish puts the next try the next back-off wait away
+    /// (250 ms doubling to 5 s), measured from the failure; a success ends
+    /// the outage, and the next starts again from 250 ms.
+    #[test]
+    fn retries_back_off_doubling_to_the_cap_and_a_success_resets_them() {
+        let outages = Outages::new(Arc::new(Health::default()));
+        let error = BrokerError::Unavailable("connection refused".into());
+        assert!(!outages.paused());
+        assert_eq!(outages.retry_at(), None);
+        for wait in [250, 500, 1000, 2000, 4000, 5000, 5000].map(ms) {
+            let before = Instant::now();
+            outages.failed(&error);
+            let after = Instant::now();
+            let retry_at = outages.retry_at().expect("in an outage");
+            assert!(
+                retry_at >= before + wait && retry_at <= after + wait,
+                "retry {:?} after the failure, expected {wait:?}",
+                retry_at - before
+            );
+            assert!(outages.paused());
+        }
+        outages.succeeded();
+        assert_eq!(outages.retry_at(), None);
+        assert!(!outages.paused());
+        let before = Instant::now();
+        outages.failed(&error);
+        let retry_at = outages.retry_at().unwrap();
+        assert!(retry_at >= before + ms(250) && retry_at <= Instant::now() + ms(250));
+    }
+}
