@@ -44,3 +44,44 @@ impl Backoff {
         self.next = self.first;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// The default: 250 ms doubling to the 5 s cap, and there it stays.
+    #[test]
+    fn waits_double_from_the_first_to_the_cap_and_stay_there() {
+        let mut b = Backoff::default();
+        let waits: Vec<Duration> = (0..9).map(|_| b.failed()).collect();
+        assert_eq!(
+            waits,
+            [250, 500, 1000, 2000, 4000, 5000, 5000, 5000, 5000].map(ms)
+        );
+    }
+
+    #[test]
+    fn a_reset_starts_again_from_the_first_wait() {
+        let mut b = Backoff::new(ms(10), ms(1000));
+        let before: Vec<Duration> = (0..4).map(|_| b.failed()).collect();
+        assert_eq!(before, [10, 20, 40, 80].map(ms));
+        b.reset();
+        let after: Vec<Duration> = (0..3).map(|_| b.failed()).collect();
+        assert_eq!(after, [10, 20, 40].map(ms));
+    }
+
+    /// A cap that is not a power-of-two multiple of the first wait is
+    /// reached exactly; a cap below the first wait is the first wait.
+    #[test]
+    fn the_cap_is_exact_and_never_below_the_first_wait() {
+        let mut b = Backoff::new(ms(300), ms(1000));
+        let waits: Vec<Duration> = (0..4).map(|_| b.failed()).collect();
+        assert_eq!(waits, [300, 600, 1000, 1000].map(ms));
+        let mut b = Backoff::new(ms(300), ms(100));
+        assert_eq!([b.failed(), b.failed()], [ms(300), ms(300)]);
+    }
+}

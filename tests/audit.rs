@@ -288,6 +288,21 @@ fn beat_log_lists_edits_newest_first_by_routine_and_since() {
     );
     assert_eq!(edited.code, 0, "{edited:?}");
     db.exec("UPDATE routines SET active = 0 WHERE name = 'nightly'");
+    // Another routine's edit, which `log nightly` leaves out.
+    let other = beat(
+        &db.url,
+        &[
+            "add",
+            "other",
+            "--task",
+            "app.other",
+            "--every",
+            "1h",
+            "--as",
+            "frank",
+        ],
+    );
+    assert_eq!(other.code, 0, "{other:?}");
     let log = beat(&db.url, &["log", "nightly", "--json"]).json();
     let actions: Vec<(&str, Option<&str>, &str)> = log
         .as_array()
@@ -328,6 +343,33 @@ fn beat_log_lists_edits_newest_first_by_routine_and_since() {
         "{}",
         text.out
     );
+    // Without a name: every routine's, newest first.
+    let all = beat(&db.url, &["log", "--json"]).json();
+    let routines: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["routine"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        routines,
+        ["other", "nightly", "nightly", "nightly"],
+        "{all:#}"
+    );
+    // --since leaves out what came before: nightly's insert, moved back
+    // two hours, is before `1h` ago; its two updates are not.
+    db.exec(&format!(
+        "UPDATE routine_edits SET edited_at = {} WHERE routine = 'nightly' AND action = 'insert'",
+        db.timestamp(Utc::now() - TimeDelta::hours(2))
+    ));
+    let recent: Vec<String> = beat(&db.url, &["log", "nightly", "--since", "1h", "--json"])
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(recent, ["update", "update"]);
     // A routine since deleted is still found by name; --since leaves out
     // what came before.
     assert_eq!(

@@ -149,7 +149,7 @@ fn bad_input_is_a_clear_error_naming_the_culprit() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && err.contains("scheduler_max_interval"),
+        out.status.code() == Some(1) && err.contains("invalid scheduler_max_interval = \"soon\""),
         "{err}"
     );
 
@@ -162,5 +162,104 @@ fn bad_input_is_a_clear_error_naming_the_culprit() {
         !out.status.success() && err.contains("app:***@") && !err.contains("hunter2"),
         "{err}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `beat --config FILE`: the file's keys are used (its database and its
+/// zone), a variable overrides the file and an empty one leaves it, as
+/// `Config::load` documents; a file that cannot be read or has a bad line
+/// is an error naming the file and the line.
+#[test]
+fn a_config_file_is_used_under_the_environment_and_its_errors_name_file_and_line() {
+    let dir = workdir("config");
+    let db_file = dir.join("from-file.sqlite3");
+    std::fs::write(
+        dir.join("beat.conf"),
+        format!(
+            "# the beat's settings\ntimezone = Asia/Kathmandu\nscheduler_db_uri = \"sqlite://{}\"\n",
+            db_file.display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let out = beat(&dir)
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let zone = |env: &[(&str, &str)]| {
+        let next = [
+            "--config",
+            "beat.conf",
+            "--json",
+            "next",
+            r#"{"minute": "0", "hour": "9"}"#,
+        ];
+        let (code, out, err) = run(&next, env);
+        assert_eq!(code, Some(0), "{out}{err}");
+        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+        json["timezone"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(zone(&[]), "Asia/Kathmandu", "the file's zone");
+    assert_eq!(
+        zone(&[("TIMEZONE", "Pacific/Chatham")]),
+        "Pacific/Chatham",
+        "the variable wins"
+    );
+    assert_eq!(
+        zone(&[("TIMEZONE", "")]),
+        "Asia/Kathmandu",
+        "an empty variable leaves the file's"
+    );
+
+    let (code, out, err) = run(&["--config", "beat.conf", "migrate"], &[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        db_file.exists(),
+        "the file's database was not created: {out}{err}"
+    );
+    assert!(
+        !dir.join("celery-beat.sqlite3").exists(),
+        "the default database was used"
+    );
+
+    let errors = [
+        (
+            "missing.conf",
+            None,
+            "error: cannot read missing.conf: No such file",
+        ),
+        (
+            "syntax.conf",
+            Some("history = on\n\njust words\n"),
+            "error: syntax.conf:3: expected `key = value`",
+        ),
+        (
+            "unknown.conf",
+            Some("histroy = on\n"),
+            "error: unknown.conf:1: unknown configuration key \"histroy\"",
+        ),
+        (
+            "value.conf",
+            Some("# ok\nhistory = sometimes\n"),
+            "error: value.conf:2: invalid history = \"sometimes\": expected true or false",
+        ),
+    ];
+    for (file, text, expected) in errors {
+        if let Some(text) = text {
+            std::fs::write(dir.join(file), text).unwrap();
+        }
+        let (code, out, err) = run(&["--config", file, "next", r#"{"timedelta": 5}"#], &[]);
+        assert_eq!(code, Some(1), "{file}: {out}{err}");
+        assert!(out.is_empty(), "{file}: {out}");
+        assert!(
+            err.starts_with(expected),
+            "{file}: expected {expected:?}, got {err:?}"
+        );
+        assert_eq!(err.lines().count(), 1, "{file}: one line: {err}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -199,10 +199,13 @@ backend_tests! {
         silent.scheduler_heartbeat_interval = Duration::from_secs(3600);
         silent.scheduler_dead_after = Duration::from_secs(7200);
         let (gate_a, started_a, release_a) = gate();
+        // A's last heartbeat is at its start, between these two instants.
+        let before_a = std::time::Instant::now();
         let mut a = start(Beat::builder(silent.clone())
             .clock(clock.clone())
             .task(gate_a)
             .routine(Routine::new("exclusive", "gate", every(5))));
+        let after_a = std::time::Instant::now();
         let mut watchful = db.config();
         watchful.scheduler_heartbeat_interval = Duration::from_millis(100);
         watchful.scheduler_dead_after = Duration::from_secs(3);
@@ -215,7 +218,6 @@ backend_tests! {
         clock.set(at(5));
         assert_eq!(a.tick(at(5)).unwrap().fired, 1);
         started_a.recv_timeout(Duration::from_secs(10)).expect("A's run started");
-        let a_alive = std::time::Instant::now();
 
         clock.set(at(10));
         let tick = b.tick(at(10)).unwrap();
@@ -228,7 +230,15 @@ backend_tests! {
         // and the routine is free again.
         let lost = || runs(&watchful).iter().any(|r| r.outcome == "lost" && r.beat_id.as_deref() == Some(a.id()));
         assert!(wait_until(Duration::from_secs(15), lost), "{:#?}", runs(&watchful));
-        assert!(a_alive.elapsed() >= Duration::from_secs(2), "lost after {:?}, before the bound", a_alive.elapsed());
+        // Not before B's 3 s bound from A's last heartbeat; within it, B's
+        // next cycle (0.1 s) and 1 s for a loaded machine and the polling.
+        let bound = watchful.scheduler_dead_after;
+        let (since_before, since_after) = (before_a.elapsed(), after_a.elapsed());
+        assert!(since_before >= bound, "lost {since_before:?} after A's start, inside the {bound:?} bound");
+        assert!(
+            since_after <= bound + watchful.scheduler_heartbeat_interval + Duration::from_secs(1),
+            "lost {since_after:?} after A's start, past the bound"
+        );
         clock.set(at(15));
         assert_eq!(b.tick(at(15)).unwrap().fired, 1);
         started_b.recv_timeout(Duration::from_secs(10)).expect("B's run started");
@@ -241,6 +251,160 @@ backend_tests! {
         b.stop();
         let beats = Operator::connect(watchful.clone()).unwrap().beats().unwrap();
         assert!(beats.iter().all(|x| x.stopped_at.is_some()), "{beats:#?}");
+    }
+
+    // Beats silent for longer than `history_max_age` (1 h here) are
+    // deleted from `beats`, stopped or not; those heard from within it,
+    // and the live beat, stay. With the history off too: the registry is
+    // not the history, and would grow by a row at every start.
+    fn beats_silent_for_longer_than_history_max_age_are_pruned_and_the_others_kept(db) {
+        db.store();
+        for history in [true, false] {
+            db.exec("DELETE FROM beats");
+            let now = Utc::now();
+            let old = db.timestamp(now - chrono::TimeDelta::seconds(3600 + 120));
+            let recent = db.timestamp(now - chrono::TimeDelta::seconds(3600 - 120));
+            db.exec(&format!(
+                "INSERT INTO beats (id, host, pid, version, started_at, heartbeat_at, stopped_at, tasks, broker) VALUES \
+                 ('old-stopped', 'h', 1, '0', {old}, {old}, {old}, '[]', false), \
+                 ('old-silent', 'h', 2, '0', {old}, {old}, NULL, '[]', false), \
+                 ('recent-stopped', 'h', 3, '0', {recent}, {recent}, {recent}, '[]', false), \
+                 ('recent-silent', 'h', 4, '0', {recent}, {recent}, NULL, '[]', false)"
+            ));
+            let mut config = db.config();
+            config.history = history;
+            config.history_max_age = Duration::from_secs(3600);
+            config.scheduler_heartbeat_interval = Duration::from_millis(100);
+            config.scheduler_dead_after = Duration::from_secs(1);
+            let beat = start(Beat::builder(config));
+            let ids = || {
+                let mut ids: Vec<String> = beat.store().beats().list().unwrap().into_iter().map(|b| b.id).collect();
+                ids.sort();
+                ids
+            };
+            let mut kept = vec![beat.id().to_owned(), "recent-silent".to_owned(), "recent-stopped".to_owned()];
+            kept.sort();
+            assert!(wait_until(Duration::from_secs(10), || ids() == kept), "history {history}: {:?}", ids());
+            // Several heartbeat cycles later, the same rows.
+            assert!(holds_for(Duration::from_millis(500), || ids() == kept), "history {history}: {:?}", ids());
+            beat.stop();
+        }
+    }
+
+    // An operator deletes a running beat's row: at its next heartbeat the
+    // beat finds its row gone and registers again, as itself, and goes on
+    // heartbeating, running and recording its runs; its stop is recorded.
+    fn a_beat_whose_row_was_deleted_registers_again_and_keeps_working(db) {
+        let mut config = db.config();
+        config.scheduler_heartbeat_interval = Duration::from_millis(100);
+        config.scheduler_dead_after = Duration::from_secs(1);
+        let clock = TestClock::at(at(0));
+        let ok = Recorder::new("ok");
+        let mut beat = start(Beat::builder(config.clone())
+            .clock(clock.clone())
+            .task(ok.clone())
+            .routine(Routine::new("often", "ok", every(5))));
+        beat.tick(at(0)).unwrap();
+        let id = beat.id().to_owned();
+        let mine = || beat.store().beats().list().unwrap().into_iter().filter(|b| b.id == id).collect::<Vec<_>>();
+        let first = mine().pop().expect("registered at start");
+        db.exec(&format!("DELETE FROM beats WHERE id = '{id}'"));
+        assert_eq!(db.number(&format!("SELECT COUNT(*) AS n FROM beats WHERE id = '{id}'")), 0);
+        assert!(wait_until(Duration::from_secs(10), || mine().len() == 1), "not registered again");
+        let again = mine().pop().unwrap();
+        assert_eq!(
+            (&again.host, again.pid, &again.version, &again.tasks, again.broker),
+            (&first.host, first.pid, &first.version, &first.tasks, first.broker),
+            "registered again as itself"
+        );
+        assert!(again.stopped_at.is_none() && again.is_alive(config.scheduler_dead_after), "{again:?}");
+        let since = again.heartbeat_at;
+        assert!(wait_until(Duration::from_secs(10), || mine().first().is_some_and(|b| b.heartbeat_at > since)),
+            "heartbeats go on: {:?}", mine());
+        clock.set(at(5));
+        assert_eq!(beat.tick(at(5)).unwrap().fired, 1);
+        assert!(wait_until(Duration::from_secs(10), || ok.count() == 1));
+        let recorded = || runs(&config).iter().any(|r| r.outcome == RunOutcome::Succeeded);
+        assert!(wait_until(Duration::from_secs(10), recorded), "{:#?}", runs(&config));
+        let all = runs(&config);
+        assert_eq!(all.len(), 1, "{all:#?}");
+        assert_eq!(all[0].beat_id.as_deref(), Some(id.as_str()));
+        beat.stop();
+        let rows = Operator::connect(config).unwrap().beats().unwrap();
+        assert_eq!(rows.len(), 1, "{rows:#?}");
+        assert!(rows[0].id == id && rows[0].stopped_at.is_some(), "{rows:#?}");
+    }
+
+    // A stop that outlasts `shutdown_timeout` (0.5 s, one worker): the
+    // run still running at the deadline, the run queued behind it and the
+    // retry waiting on its delay are each recorded `abandoned`, with the
+    // reason; the beat does not wait for the running task, and its late
+    // end changes nothing. (A beat that dies instead has its runs marked
+    // `lost` by another: see the test above.)
+    fn runs_a_stop_leaves_behind_are_recorded_as_abandoned(db) {
+        let mut config = db.config();
+        config.worker_concurrency = 1;
+        config.shutdown_timeout = Duration::from_millis(500);
+        config.celery_max_retry = 3;
+        config.celery_retry_delay = Duration::from_secs(3600);
+        let (gate, started, release) = gate();
+        let clock = TestClock::at(at(0));
+        let ok = Recorder::new("ok");
+        let mut beat = start(Beat::builder(config.clone())
+            .clock(clock.clone())
+            .task(ok.clone())
+            .task(Fail)
+            .task(gate)
+            .routine(Routine::new("retrying", "fail", every(3)))
+            .routine(Routine::new("held", "gate", every(5)))
+            .routine(Routine::new("queued", "ok", every(7))));
+        beat.tick(at(0)).unwrap();
+        clock.set(at(3));
+        assert_eq!(beat.tick(at(3)).unwrap().fired, 1);
+        let retrying = || outcomes(&config).get("retrying").is_some_and(|r| r == &[(3, "retrying".to_owned())]);
+        assert!(wait_until(Duration::from_secs(10), retrying), "{:#?}", runs(&config));
+        clock.set(at(5));
+        assert_eq!(beat.tick(at(5)).unwrap().fired, 1);
+        started.recv_timeout(Duration::from_secs(10)).expect("held started");
+        clock.set(at(7));
+        let tick = beat.tick(at(7)).unwrap();
+        assert_eq!((tick.fired, tick.skipped), (1, 1), "{tick:?}");
+        let asked = std::time::Instant::now();
+        let report = beat.stop();
+        let took = asked.elapsed();
+        release.send(()).unwrap();
+        // The stop waits out its 0.5 s for the workers, not the gate, and
+        // at most the housekeeper's 2 s grace for its last writes (and
+        // 0.5 s for threads on a loaded machine).
+        let bound = config.shutdown_timeout + Duration::from_secs(2) + Duration::from_millis(500);
+        assert!(took >= config.shutdown_timeout && took < bound, "stopped in {took:?}");
+        assert_eq!(report.busy_workers, 1, "{report:?}");
+        assert_eq!(report.stats.abandoned, 2, "the queued run and the retry: {report:?}");
+        assert_eq!(ok.count(), 0, "the queued run never ran");
+        let expect = |pairs: &[(i64, &str)]| pairs.iter().map(|(t, s)| (*t, s.to_string())).collect::<Vec<_>>();
+        let settled = || {
+            let o = outcomes(&config);
+            o.len() == 3
+                && o["retrying"] == expect(&[(3, "abandoned"), (6, "skipped")])
+                && o["held"] == expect(&[(5, "abandoned")])
+                && o["queued"] == expect(&[(7, "abandoned")])
+        };
+        assert!(settled(), "{:#?}", runs(&config));
+        let all = runs(&config);
+        let run = |name: &str| all.iter().find(|r| r.routine == name && r.outcome == RunOutcome::Abandoned).unwrap();
+        let held = run("held");
+        assert_eq!(held.error.as_deref(), Some("the beat stopped before the run ended"));
+        assert!(held.started_at.is_some() && held.finished_at == Some(at(7).naive_utc()), "{held:?}");
+        let queued = run("queued");
+        assert_eq!(queued.error.as_deref(), Some("the beat stopped before it ran"));
+        assert_eq!((queued.started_at, queued.attempts), (None, Some(0)), "{queued:?}");
+        assert!(queued.finished_at.is_some(), "{queued:?}");
+        let retry = run("retrying");
+        assert_eq!(retry.error.as_deref(), Some("the beat stopped before it ran"));
+        assert_eq!(retry.attempts, Some(1), "one attempt made: {retry:?}");
+        assert!(retry.started_at.is_some() && retry.finished_at.is_some(), "{retry:?}");
+        // The gate's task ends after the stop: the record stays abandoned.
+        assert!(holds_for(Duration::from_millis(300), settled), "{:#?}", runs(&config));
     }
 }
 

@@ -92,8 +92,11 @@ fn metrics_count_runs_by_task_target_and_outcome_and_pass_promtool() {
         Some(3.0),
         "{m}"
     );
-    assert!(
-        sample(m, "beat_claim_duration_seconds_count").unwrap_or(0.0) >= 1.0,
+    // One claim transaction per tick: each found its due rows (four at
+    // most) in one batch.
+    assert_eq!(
+        sample(m, "beat_claim_duration_seconds_count"),
+        Some(2.0),
         "{m}"
     );
     assert_eq!(
@@ -246,6 +249,17 @@ fn a_real_prometheus_scrapes_the_beat_and_answers_queries() {
     beat.stop();
 }
 
+/// The back-off's cap between tries during an outage, of the database
+/// and of the broker alike (`BACKOFF.1` in src/backoff.rs).
+const BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// The connection pool's checkout timeout (src/store/pool.rs): r2d2 tries
+/// a new connection again after at most half of it.
+const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
+/// What a loaded machine may add to a turn: a pass or a publish on a
+/// local service, and the test's next poll of `/healthz` (10 ms apart,
+/// each a request).
+const SLACK: Duration = Duration::from_millis(500);
+
 #[test]
 fn health_turns_503_while_the_database_is_cut_and_200_after() {
     let Some(db) = TestDb::postgres("health_database_cut") else {
@@ -256,58 +270,98 @@ fn health_turns_503_while_the_database_is_cut_and_200_after() {
     let mut config = db.config();
     config.scheduler_db_uri = proxy.url(&db.url);
     config.scheduler_db_timeout = Duration::from_secs(3);
+    let watch = config.scheduler_watch_interval;
+    assert_eq!(watch, Duration::from_millis(100));
     let beat = Beat::builder(config.clone())
         .task(Recorder::new("ok"))
         .routine(Routine::new("r", "ok", every(1)))
         .start()
         .unwrap();
+    // The bound: 20 watch intervals (2 s), at least 10 s.
     let bound = beat.monitor().bound();
     assert_eq!(bound, Duration::from_secs(10));
     let server = HttpServer::start(any_port(), beat.monitor(), config).unwrap();
     let addr = server.addr();
+    let healthz = || get(addr, "/healthz").status;
     assert!(wait_until(Duration::from_secs(10), || get(addr, "/readyz")
         .status
         == 200));
     assert_eq!(get(addr, "/healthz").body, "ok\n");
 
+    // Cut: /healthz turns 503 once the last good pass is older than the
+    // bound. That pass came at most a watch interval and a pass before
+    // the cut (a pass starts at least every watch interval), and none
+    // came after it; health is judged at each request. So the turn comes
+    // in [bound - watch - a pass, bound + SLACK] after the cut (a pass:
+    // 0.1 s more on the lower side).
     proxy.cut();
     let cut = Instant::now();
-    assert!(wait_until(Duration::from_secs(60), || get(
-        addr, "/healthz"
-    )
-    .status
-        == 503));
+    let (earliest, latest) = (bound - watch - Duration::from_millis(100), bound + SLACK);
+    // The first 503: when it was asked for, and when it was answered.
+    let mut turned = None;
+    assert!(
+        wait_until(latest, || {
+            let asked = chrono::Utc::now();
+            let unhealthy = healthz() == 503;
+            turned = unhealthy.then(|| (asked, chrono::Utc::now()));
+            unhealthy
+        }),
+        "still healthy {:?} after the cut",
+        cut.elapsed()
+    );
     let unhealthy_after = cut.elapsed();
+    assert!(
+        unhealthy_after >= earliest && unhealthy_after <= latest + SLACK,
+        "503 after {unhealthy_after:?}, not in [{earliest:?}, {latest:?}]"
+    );
+    // Exactly, from the last good pass (its time is on /metrics): not
+    // answered before the bound had passed, and asked for within SLACK
+    // after it.
+    let (asked, answered) = turned.unwrap();
+    let last_pass = sample(
+        &get(addr, "/metrics").body,
+        "beat_last_pass_timestamp_seconds",
+    )
+    .map(|t| chrono::DateTime::from_timestamp_micros((t * 1e6).round() as i64).unwrap())
+    .unwrap();
+    let bound_td = chrono::TimeDelta::from_std(bound).unwrap();
+    let slack_td = chrono::TimeDelta::from_std(SLACK).unwrap();
+    assert!(
+        answered - last_pass >= bound_td && asked - last_pass <= bound_td + slack_td,
+        "last pass {last_pass}, 503 asked {asked}, answered {answered} (bound {bound:?})"
+    );
     let health = get(addr, "/healthz");
     assert!(
-        health.body.contains("database") && health.body.lines().count() == 1,
+        health.body.starts_with("database failing for ") && health.body.lines().count() == 1,
         "{}",
         health.body
     );
     assert!(!health.body.contains(&db.url), "{}", health.body);
-    // Unhealthy once the last good pass (at most a watch interval, 0.1 s,
-    // before the cut) is older than the bound: health is judged at each
-    // request, so it turns as the bound passes (0.5 s covers the polling
-    // and a loaded machine).
-    assert!(
-        unhealthy_after + Duration::from_millis(200) >= bound
-            && unhealthy_after < bound + Duration::from_millis(500),
-        "{unhealthy_after:?}"
-    );
     assert_eq!(get(addr, "/readyz").status, 503);
     let m = get(addr, "/metrics").body;
     assert_eq!(sample(&m, "beat_database_up"), Some(0.0), "{m}");
     assert_eq!(sample(&m, "beat_healthy"), Some(0.0), "{m}");
 
+    // Restore: 200 at the first pass that succeeds, and not before (still
+    // 503 up to the restore). The loop's tries are at most the back-off's
+    // cap apart, and one that waits on the pool's checkout gets the
+    // connection r2d2 tries again at most half the checkout timeout after
+    // the restore; a try that timed out just before that sleeps one cap
+    // more. So the turn comes within [0, checkout/2 + cap + SLACK].
+    assert_eq!(healthz(), 503);
     proxy.restore();
-    assert!(wait_until(Duration::from_secs(30), || get(
-        addr, "/healthz"
-    )
-    .status
-        == 200));
+    let restored = Instant::now();
+    let latest = CHECKOUT_TIMEOUT / 2 + BACKOFF_CAP + SLACK;
+    assert!(
+        wait_until(latest, || healthz() == 200),
+        "still unhealthy {:?} after the restore",
+        restored.elapsed()
+    );
+    let healthy_after = restored.elapsed();
+    assert!(healthy_after <= latest + SLACK, "{healthy_after:?}");
     let m = get(addr, "/metrics").body;
     assert_eq!(sample(&m, "beat_database_up"), Some(1.0), "{m}");
-    eprintln!("healthz: 503 after {unhealthy_after:.1?} of a database cut (bound {bound:?}), 200 again after the restore");
+    eprintln!("healthz: 503 after {unhealthy_after:.1?} of a database cut (bound {bound:?}), 200 {healthy_after:.1?} after the restore");
 
     beat.stop();
     let health = get(addr, "/healthz");
@@ -328,47 +382,66 @@ fn health_turns_503_while_the_broker_is_cut_and_200_after() {
     let mut config = db.config();
     config.broker_url = Some(proxy.url(&redis));
     // A Celery routine (its task is not registered here) due every second.
+    let period = Duration::from_secs(1);
     let beat = Beat::builder(config.clone())
         .routine(Routine::new("to celery", "reports.send", every(1)))
         .start()
         .unwrap();
+    // 20 watch intervals of 0.1 s, at least 10 s.
     let bound = beat.monitor().bound();
+    assert_eq!(bound, Duration::from_secs(10));
     let server = HttpServer::start(any_port(), beat.monitor(), config).unwrap();
     let addr = server.addr();
+    let healthz = || get(addr, "/healthz").status;
     let broker_up = || sample(&get(addr, "/metrics").body, "beat_broker_up");
     assert!(wait_until(Duration::from_secs(10), || beat.stats().fired >= 1));
     assert_eq!(broker_up(), Some(1.0));
-    assert_eq!(get(addr, "/healthz").status, 200);
+    assert_eq!(healthz(), 200);
 
+    // Cut: the beat learns of it at its first publish after the cut, at
+    // the routine's next due time (within its period): beat_broker_up
+    // turns 0 then, and the outage counts from then.
     proxy.cut();
     let cut = Instant::now();
-    assert!(wait_until(Duration::from_secs(10), || broker_up() == Some(0.0)));
-    assert!(wait_until(Duration::from_secs(60), || get(
-        addr, "/healthz"
-    )
-    .status
-        == 503));
+    assert!(wait_until(period + SLACK, || broker_up() == Some(0.0)));
+    let down_after = cut.elapsed();
+    assert!(down_after <= period + 2 * SLACK, "{down_after:?}");
+    // /healthz turns 503 once the outage is older than the bound: not
+    // before bound after the cut (the outage starts after it), and within
+    // bound (+ SLACK) after beat_broker_up was seen turning 0.
+    assert!(
+        wait_until(down_after + bound + SLACK, || healthz() == 503),
+        "still healthy {:?} after the cut",
+        cut.elapsed()
+    );
     let unhealthy_after = cut.elapsed();
+    assert!(
+        unhealthy_after >= bound && unhealthy_after <= down_after + bound + 2 * SLACK,
+        "503 after {unhealthy_after:?} (beat_broker_up 0 after {down_after:?}; bound {bound:?})"
+    );
     let health = get(addr, "/healthz").body;
     assert!(
         health.starts_with("broker failing for ") && health.lines().count() == 1,
         "{health}"
     );
-    // The first failed publish came after the cut, at the routine's next
-    // due time (within its 1 s period): the bound counts from it (0.5 s
-    // more covers the polling and a loaded machine).
-    assert!(
-        unhealthy_after >= bound && unhealthy_after < bound + Duration::from_millis(1500),
-        "{unhealthy_after:?}"
-    );
 
+    // Restore: 200 at the first publish that succeeds, and not before
+    // (still 503 up to the restore). Tries are at most the back-off's cap
+    // apart and the beat wakes for each (the routine stays due), so the
+    // turn comes within [0, cap + SLACK] after the restore.
+    assert_eq!(healthz(), 503);
     proxy.restore();
-    assert!(wait_until(Duration::from_secs(30), || get(
-        addr, "/healthz"
-    )
-    .status
-        == 200));
+    let restored = Instant::now();
+    let latest = BACKOFF_CAP + SLACK;
+    assert!(
+        wait_until(latest, || healthz() == 200),
+        "still unhealthy {:?} after the restore",
+        restored.elapsed()
+    );
+    let healthy_after = restored.elapsed();
+    assert!(healthy_after <= latest + SLACK, "{healthy_after:?}");
     assert_eq!(broker_up(), Some(1.0));
+    eprintln!("healthz: broker down {down_after:.1?} and 503 {unhealthy_after:.1?} after a broker cut (bound {bound:?}), 200 {healthy_after:.1?} after the restore");
     drop(server);
     beat.stop();
 }
@@ -485,8 +558,38 @@ fn changes_need_the_token_and_forged_requests_change_nothing() {
         let body = request_page(addr, path, &session);
         assert!(!body.contains(TOKEN), "{path} shows the token");
     }
-    // Logging out ends the session.
+    // A forged logout (a form without the session's form token, or with
+    // a wrong one, e.g. from another site) is refused and ends nothing:
+    // no cookie is cleared and the session still reads and changes.
+    for form in [vec![], vec![("csrf", "forged")]] {
+        let forged = post(addr, "/logout", &session, &form);
+        assert_eq!(forged.status, 403, "{form:?}: {}", forged.body);
+        assert!(
+            forged.body.contains("anti-forgery token"),
+            "{}",
+            forged.body
+        );
+        assert_eq!(forged.header("Set-Cookie"), None, "{form:?}");
+        request_page(addr, "/", &session);
+    }
+    assert_eq!(disable(&session, Some(&csrf)), 303);
+    assert!(!is_active(&config, "r"));
+    let enabled = post(
+        addr,
+        "/routine/enable",
+        &session,
+        &[("name", "r"), ("csrf", &csrf)],
+    );
+    assert_eq!(enabled.status, 303);
+    assert!(is_active(&config, "r"));
+    // Logging out ends the session, and clears its cookie.
     let out = post(addr, "/logout", &session, &[("csrf", &csrf)]);
+    assert!(
+        out.header("Set-Cookie")
+            .is_some_and(|c| c.starts_with("beat_session=;") && c.contains("Max-Age=0")),
+        "{:?}",
+        out.headers
+    );
     assert_eq!(out.status, 303);
     assert_eq!(disable(&session, Some(&csrf)), 401);
 
@@ -506,6 +609,100 @@ fn changes_need_the_token_and_forged_requests_change_nothing() {
         .body
         .contains("Read-only: no http_token or http_tokens is configured"));
     assert!(is_active(&config, "r"));
+    beat.stop();
+}
+
+#[test]
+fn wrong_methods_get_405_naming_the_right_ones_and_bodies_not_utf8_get_400() {
+    let db = TestDb::sqlite("http_methods");
+    let mut config = db.config();
+    config.http_token = Some(TOKEN.into());
+    let beat = Beat::builder(config.clone())
+        .task(Recorder::new("ok"))
+        .routine(Routine::new("r", "ok", every(3600)))
+        .start()
+        .unwrap();
+    let server = HttpServer::start(any_port(), beat.monitor(), config.clone()).unwrap();
+    let addr = server.addr();
+    let bearer = format!("Bearer {TOKEN}");
+    let operator = [("Authorization", bearer.as_str())];
+
+    // Every path with a method it does not serve, as an operator (so that
+    // no refusal of the caller hides the method's): 405, and `Allow`
+    // names the methods it does serve. A GET of a change never changes.
+    for (method, path, allow) in [
+        ("POST", "/metrics", "GET, HEAD"),
+        ("POST", "/healthz", "GET, HEAD"),
+        ("POST", "/readyz", "GET, HEAD"),
+        ("POST", "/", "GET, HEAD"),
+        ("POST", "/routine?name=r", "GET, HEAD"),
+        ("POST", "/beats", "GET, HEAD"),
+        ("GET", "/routine/disable?name=r", "POST"),
+        ("HEAD", "/routine/disable?name=r", "POST"),
+        ("GET", "/routine/run?name=r", "POST"),
+        ("GET", "/routine/edit?name=r&schedule=%7B%7D", "POST"),
+        ("GET", "/logout", "POST"),
+    ] {
+        let answer = web::request(addr, method, path, &operator, "name=r");
+        assert_eq!(
+            (answer.status, answer.header("Allow")),
+            (405, Some(allow)),
+            "{method} {path}: {answer:?}"
+        );
+    }
+    // Methods the listener does not serve at all: 501.
+    for method in ["DELETE", "PUT", "PATCH"] {
+        let answer = web::request(addr, method, "/routine?name=r", &operator, "");
+        assert_eq!(answer.status, 501, "{method}: {answer:?}");
+    }
+    assert!(is_active(&config, "r"));
+
+    // Bodies that are not UTF-8, sent as a client that skips the form's
+    // encoding would: the right name and raw bytes that are no text in
+    // another field (0xFF, an overlong `/` 0xC0 0xAF, a lone surrogate
+    // 0xED 0xA0 0x80). A server that decoded them lossily would act on
+    // `name=r`; this one answers 400 and reads no field.
+    for junk in [&b"\xff"[..], b"\xc0\xaf", b"\xed\xa0\x80"] {
+        let body = [&b"name=r&pad="[..], junk].concat();
+        let answer = web::post_bytes(addr, "/routine/disable", &operator, &body);
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (400, "the request body is not UTF-8 text\n"),
+            "{junk:x?}"
+        );
+        // The same in the name itself, and in a login with the right token.
+        let answer = web::post_bytes(
+            addr,
+            "/routine/disable",
+            &operator,
+            &[&b"name=r"[..], junk].concat(),
+        );
+        assert_eq!(answer.status, 400, "{junk:x?}");
+        let login = web::post_bytes(
+            addr,
+            "/login",
+            &[],
+            &[format!("token={TOKEN}&pad=").as_bytes(), junk].concat(),
+        );
+        assert_eq!(
+            (login.status, login.header("Set-Cookie")),
+            (400, None),
+            "{junk:x?}"
+        );
+    }
+    assert!(is_active(&config, "r"));
+    // Percent-encoded, the same bytes make a text body: the form decodes
+    // them to U+FFFD, a name no routine has, so nothing changes either.
+    let encoded = web::request(addr, "POST", "/routine/disable", &operator, "name=r%FF");
+    assert_eq!(encoded.status, 404, "{}", encoded.body);
+    assert!(encoded.body.contains("no such routine"), "{}", encoded.body);
+    assert!(is_active(&config, "r"));
+    // And a well-formed request still works.
+    assert_eq!(
+        post(addr, "/routine/disable", &operator, &[("name", "r")]).status,
+        303
+    );
+    assert!(!is_active(&config, "r"));
     beat.stop();
 }
 
@@ -629,6 +826,9 @@ fn hostile_values_in_every_field_are_shown_as_text_and_passwords_never() {
 
 #[test]
 fn editing_checks_as_the_beat_does_and_previews_without_saving() {
+    // The capture is installed before the beat and the listener start, so
+    // that it sees every line they log (checked below: the edit's own).
+    let log = captured_log();
     let db = TestDb::sqlite("http_edit");
     let mut config = db.config();
     config.http_token = Some(TOKEN.into());
@@ -710,8 +910,34 @@ fn editing_checks_as_the_beat_does_and_previews_without_saving() {
         .nth(1)
         .unwrap_or("");
     let times = &times[..times.find("</ol>").unwrap_or(0)];
-    assert_eq!(times.matches("<li>").count(), 10, "{}", preview.body);
-    assert!(times.contains(":15:00 UTC") || times.contains(":30:00 UTC"));
+    // Ten times, the next quarter hours from now: each on one, 15 minutes
+    // apart, the first within 15 minutes.
+    let times: Vec<chrono::NaiveDateTime> = times
+        .split("<li>")
+        .skip(1)
+        .map(|li| {
+            let text = &li[..li.find("</li>").unwrap()];
+            chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S UTC").unwrap()
+        })
+        .collect();
+    assert_eq!(times.len(), 10, "{}", preview.body);
+    assert!(
+        times
+            .iter()
+            .all(|t| t.minute() % 15 == 0 && t.second() == 0),
+        "{times:?}"
+    );
+    assert!(
+        times
+            .windows(2)
+            .all(|w| w[1] - w[0] == chrono::TimeDelta::minutes(15)),
+        "{times:?}"
+    );
+    let from_now = times[0] - chrono::Utc::now().naive_utc();
+    assert!(
+        from_now > chrono::TimeDelta::zero() && from_now <= chrono::TimeDelta::minutes(15),
+        "{times:?}"
+    );
     let bad_preview = web::request(
         addr,
         "GET",
@@ -742,8 +968,15 @@ fn editing_checks_as_the_beat_does_and_previews_without_saving() {
             .is_some_and(|t| t.minute() % 15 == 0 && t.second() == 0)
             && !common::sql::needs_sync(&db.url, "e")
     }));
-    let logged = captured_log().lock().unwrap().join("\n");
-    assert!(!logged.contains(TOKEN));
+    // The log saw the listener start and this edit (so it captures), and
+    // no line of this process, at info and above, shows the token.
+    let logged = log.lock().unwrap().join("\n");
+    assert!(
+        logged.contains("INFO http: listening on http://")
+            && logged.contains("INFO http: routine e: edited from the dashboard by http_token"),
+        "{logged}"
+    );
+    assert!(!logged.contains(TOKEN), "{logged}");
     beat.stop();
 }
 

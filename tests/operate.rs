@@ -257,6 +257,9 @@ backend_tests! {
         // Two periods of the routine without a run.
         assert!(holds_for(Duration::from_secs(2), || greetings("second") == after), "a removed routine runs no more:\n{}", serving.log());
         assert!(serving.terminate(Duration::from_secs(30)), "{}", serving.log());
+        // Its log read to the end (the process has exited): no late line.
+        let late = serving.lines_with("[hi] hello, second!").len();
+        assert_eq!(late, after, "{}", serving.log());
         let beats = beat(url, &["beats", "--json"]).json();
         assert_eq!(beats[0]["status"], "stopped", "{beats}");
     }

@@ -107,7 +107,10 @@ fn malformed_schedules_name_the_problem() {
         ("not json", "not valid JSON"),
         ("[1, 2]", "must be a JSON object"),
         (r#"{"minutes": 5}"#, "unknown schedule key \"minutes\""),
-        (r#"{"timedelta": 5, "minute": 1}"#, "mixes"),
+        (
+            r#"{"timedelta": 5, "minute": 1}"#,
+            "schedule mixes \"timedelta\" with crontab fields",
+        ),
         (r#"{"minute": 60}"#, "minute: 60 is out of range 0-59"),
         (
             r#"{"hour": "24"}"#,
@@ -117,15 +120,24 @@ fn malformed_schedules_name_the_problem() {
             r#"{"day_of_week": 7}"#,
             "day_of_week: 7 is out of range 0-6",
         ),
-        (r#"{"day_of_week": "7"}"#, "day_of_week"),
+        (
+            r#"{"day_of_week": "7"}"#,
+            "day_of_week: invalid end range: 7 must be 6 or less",
+        ),
         (
             r#"{"day_of_month": 0}"#,
             "day_of_month: 0 is out of range 1-31",
         ),
-        (r#"{"month_of_year": "13"}"#, "month_of_year"),
+        (
+            r#"{"month_of_year": "13"}"#,
+            "month_of_year: invalid end range: 13 must be 12 or less",
+        ),
         (r#"{"minute": 1.5}"#, "1.5 is not an integer"),
         (r#"{"minute": ["5"]}"#, "list item \"5\" is not an integer"),
-        (r#"{"minute": null}"#, "minute"),
+        (
+            r#"{"minute": null}"#,
+            "minute: null is not an integer, a list of integers or a string",
+        ),
         (r#"{"minute": "5/10"}"#, "invalid literal \"5/10\""),
         (r#"{"minute": "*/0"}"#, "step must be positive"),
         (r#"{"minute": "*/"}"#, "empty filter"),
@@ -487,7 +499,15 @@ fn crontabs_match_celery_on_random_specs() {
                 rejected += 1;
             }
             (Err(e), Some(celery_error)) => {
-                let _ = (e, celery_error);
+                // The same kind of error: a bad field, one Celery rejects too.
+                let theirs = celery["fields"].as_array().unwrap();
+                match &e {
+                    ScheduleError::BadField { field, .. } => assert!(
+                        theirs.iter().any(|f| f == field),
+                        "{spec}: we reject {field} ({e}), Celery rejects {theirs:?} ({celery_error})"
+                    ),
+                    _ => panic!("{spec}: we reject with {e:?}, Celery with {celery_error}"),
+                }
                 rejected += 1;
             }
             (Err(e), None) => panic!("{spec}: we reject ({e}), Celery accepts: {celery}"),
@@ -554,13 +574,22 @@ fn misfire_keys_extend_the_kits_json_without_changing_it() {
         Misfire::from_json(&json!({"timedelta": 1})).unwrap(),
         Misfire::default()
     );
-    for bad in [
-        json!({"misfire_policy": "sometimes"}),
-        json!({"misfire_policy": 1}),
-        json!({"misfire_grace_time": -1}),
+    for (bad, expected) in [
+        (
+            json!({"misfire_policy": "sometimes"}),
+            "misfire_policy \"sometimes\": expected \"fire_once\" or \"skip\"",
+        ),
+        (
+            json!({"misfire_policy": 1}),
+            "misfire_policy must be a string, got 1",
+        ),
+        (
+            json!({"misfire_grace_time": -1}),
+            "misfire_grace_time must be seconds ≥ 0, got -1",
+        ),
     ] {
         let err = Misfire::from_json(&bad).unwrap_err().to_string();
-        assert!(err.contains("misfire"), "{bad}: {err}");
+        assert_eq!(err, expected, "{bad}");
     }
     let mut written = json!({"timedelta": 15});
     Misfire {

@@ -5,7 +5,7 @@ mod common;
 
 use celery_diesel_kit::ops::Operator;
 use celery_diesel_kit::{Beat, Config, Error, Routine, RoutineStore, RunFilter, Target};
-use common::{at, every, wait_until, Kind, Recorder, TestDb};
+use common::{at, every, sql, wait_until, Kind, Recorder, TestClock, TestDb};
 use std::time::Duration;
 
 /// The kit's table exactly as SQLAlchemy 2.0 creates it from the kit's model.
@@ -87,11 +87,47 @@ backend_tests! {
         assert_eq!(runs(&store)[0].target, Target::InProcess);
     }
 
+    // A second migration of a database in use (a routine, a run, an edit,
+    // a stopped beat) changes nothing: the catalog's schema (columns,
+    // indexes, constraints, triggers, functions), the migrations recorded
+    // and when they ran, and every row as the library reads it.
     fn migrating_twice_changes_nothing(db) {
-        let store = db.store();
+        let config = db.config();
+        let clock = TestClock::at(at(0));
+        let rec = Recorder::new("record");
+        let mut beat = Beat::builder(config.clone())
+            .clock(clock.clone())
+            .task(rec.clone())
+            .routine(Routine::new("r", "record", every(10)))
+            .start_manual()
+            .unwrap();
+        beat.tick(at(0)).unwrap();
+        clock.set(at(10));
+        assert_eq!(beat.tick(at(10)).unwrap().fired, 1);
+        let store = RoutineStore::connect(&db.url).unwrap();
+        let mut filter = RunFilter::default();
+        filter.limit = 100;
+        let succeeded = || store.runs().list(&filter).unwrap().iter().any(|r| r.outcome.as_str() == "succeeded");
+        assert!(wait_until(Duration::from_secs(10), succeeded));
+        Operator::connect(config).unwrap().set_active(&common::tester(), "r", false).unwrap();
+        beat.stop();
+        let data = || {
+            let beats: Vec<_> = store.beats().list().unwrap().into_iter()
+                .map(|b| (b.id, b.host, b.pid, b.version, b.started_at, b.heartbeat_at, b.stopped_at, b.tasks, b.broker))
+                .collect();
+            let edits = db.number("SELECT COUNT(*) AS n FROM routine_edits");
+            format!("{:#?}\n{:#?}\n{beats:#?}\nedits: {edits}", store.routines().unwrap(), store.runs().list(&filter).unwrap())
+        };
+        let (schema, before) = (sql::schema(&db.url), data());
+        for table in ["routines ", "routine_runs ", "beats ", "routine_edits "] {
+            assert!(schema.iter().any(|line| line.contains(table)), "{table}: {schema:#?}");
+        }
+        assert!(before.contains("outcome: Succeeded") && before.contains("edits: 2") && before.contains("active: false"), "{before}");
+        store.migrate().unwrap();
         store.migrate().unwrap();
         store.check_schema().unwrap();
-        assert!(store.routines().unwrap().is_empty());
+        assert_eq!(sql::schema(&db.url), schema);
+        assert_eq!(data(), before);
     }
 
     fn a_table_the_python_kit_created_is_adopted(db) {
@@ -254,6 +290,83 @@ backend_tests! {
         assert!(ran(&beat, 2));
         assert_eq!(rec.count(), 2);
     }
+
+    // The kit's table holds names and tasks of 1 to 50 characters: an
+    // operator's upsert, a beat's declared routines and `beat add` refuse
+    // others with the reason; a row written by SQL that breaks the rule
+    // (an empty name anywhere; on SQLite, any length) is refused by the
+    // beat, which records why and never runs it. 50 characters is allowed.
+    fn names_empty_or_over_50_characters_are_refused_on_every_write_path(db) {
+        let config = db.config();
+        let op = Operator::migrate(config.clone()).unwrap();
+        let me = common::tester();
+        let (fifty, long) = ("n".repeat(50), "n".repeat(51));
+        let cases = [
+            ("", "name must not be empty"),
+            ("  ", "name must not be empty"),
+            (long.as_str(), "name is longer than 50 characters"),
+        ];
+        for (name, reason) in cases {
+            let err = op.upsert(&me, &Routine::new(name, "record", every(60))).unwrap_err();
+            assert_eq!(err.to_string(), format!("routine {name}: {reason}"));
+            let err = Beat::builder(config.clone())
+                .routine(Routine::new(name, "record", every(60)))
+                .start_manual()
+                .err()
+                .expect("refused");
+            assert_eq!(err.to_string(), format!("routine {name}: {reason}"));
+            let ran = common::cli::beat(&db.url, &["add", name, "--task", "demo.hello", "--every", "30"]);
+            assert_eq!(ran.code, 1, "{ran:?}");
+            assert!(ran.err.contains(&format!("routine {name}: {reason}")), "{ran:?}");
+        }
+        let err = op.upsert(&me, &Routine::new("t", "t".repeat(51), every(60))).unwrap_err();
+        assert_eq!(err.to_string(), "routine t: task is longer than 50 characters");
+        assert!(op.upsert(&me, &Routine::new(fifty.as_str(), "record", every(60))).unwrap());
+        let names: Vec<String> = op.store().routines().unwrap().into_iter().map(|r| r.name).collect();
+        assert_eq!(names, std::slice::from_ref(&fifty), "only the 50-character name was written");
+
+        db.exec(&sql_row(db.kind, "", "record"));
+        let long_by_sql = sql::execute(&db.url, &sql_row(db.kind, &long, "record"));
+        let long_task = sql::execute(&db.url, &sql_row(db.kind, "long task", &"t".repeat(51)));
+        match db.kind {
+            // SQLite does not enforce VARCHAR(50).
+            Kind::Sqlite => assert!(long_by_sql.is_ok() && long_task.is_ok()),
+            // The others refuse the row (PostgreSQL always, MariaDB in
+            // its default strict mode).
+            Kind::Postgres | Kind::Mysql => assert!(long_by_sql.is_err() && long_task.is_err()),
+        }
+        let rec = Recorder::new("record");
+        let mut beat = Beat::builder(config.clone()).task(rec.clone()).start_manual().unwrap();
+        let tick = beat.tick(at(0)).unwrap();
+        let refused = if db.kind == Kind::Sqlite { 3 } else { 1 };
+        assert_eq!(tick.invalid, refused, "{tick:?}");
+        let tick = beat.tick(at(60)).unwrap();
+        assert_eq!(tick.fired, 1, "only the valid routine runs: {tick:?}");
+        assert!(wait_until(Duration::from_secs(10), || rec.count() == 1));
+        let rows = op.store().routines().unwrap();
+        let error = |name: &str| rows.iter().find(|r| r.name == name).unwrap().last_error.clone();
+        assert_eq!(error(""), Some("name must not be empty".to_owned()));
+        if db.kind == Kind::Sqlite {
+            assert_eq!(error(&long), Some("name is longer than 50 characters".to_owned()));
+            assert_eq!(error("long task"), Some("task is longer than 50 characters".to_owned()));
+        }
+        assert_eq!(error(&fifty), None);
+        beat.stop();
+    }
+}
+
+/// A row written by SQL, as an operator at a prompt would.
+fn sql_row(kind: Kind, name: &str, task: &str) -> String {
+    let id = uuid::Uuid::new_v4();
+    let id = match kind {
+        Kind::Postgres => id.to_string(),
+        Kind::Sqlite | Kind::Mysql => id.simple().to_string(),
+    };
+    format!(
+        "INSERT INTO routines (id, name, task, schedule, active, kwargs, options) \
+         VALUES ('{id}', '{name}', '{task}', '{{\"timedelta\": 60}}', {}, '{{}}', '{{}}')",
+        if kind == Kind::Postgres { "true" } else { "1" }
+    )
 }
 
 #[cfg(not(feature = "mysql"))]
@@ -325,8 +438,11 @@ fn diesel_migration_run_from_the_repository_root_creates_the_schema() {
         .start()
         .expect("the CLI's schema is the beat's schema");
     assert!(beat.store().routine("r").unwrap().is_some());
-    // The embedded migrations agree that nothing is pending.
+    // The embedded migrations agree that nothing is pending: running them
+    // changes no part of the schema, nor the migrations recorded.
+    let schema = sql::schema(&db.url);
     beat.store().migrate().unwrap();
+    assert_eq!(sql::schema(&db.url), schema);
 }
 
 #[test]

@@ -151,7 +151,7 @@ fn parse_args(args: Vec<String>) -> anyhow::Result<Options> {
                 o.burst = 2_000;
                 o.steady_routines = 200;
                 o.steady_seconds = 3;
-                o.edits = 10;
+                o.edits = smoke::EDITS;
                 o.idle_seconds = 1;
             }
             "-h" | "--help" => {

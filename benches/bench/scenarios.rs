@@ -411,22 +411,41 @@ pub(crate) fn edit(backend: Backend, edits: usize, o: &Options) -> anyhow::Resul
     std::thread::sleep(Duration::from_secs(1));
     let mut latencies = Vec::with_capacity(edits);
     let mut state: u64 = 0x00C0_FFEE;
+    let name_of = |i: usize| format!("bench{}", 1 + i * 7 % 1_000);
     for i in 0..edits {
         // An irregular pause, so that edits fall anywhere in the beat's cycle.
         state = state
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
         std::thread::sleep(Duration::from_millis((state >> 33) % 500));
-        let name = format!("bench{}", 1 + i * 7 % 1_000);
-        let sql = if i % 2 == 0 {
-            format!(
-                "UPDATE routines SET schedule = '{{\"timedelta\": {}}}' WHERE name = '{name}'",
-                100 + i
-            )
-        } else {
-            let value = if i % 4 == 1 { "false" } else { "true" };
-            format!("UPDATE routines SET active = {value} WHERE name = '{name}'")
+        // Every edit changes its row (an unchanged value is no edit, and
+        // would be "applied" at once): a new interval, a routine disabled,
+        // the routine disabled two edits before enabled again.
+        let (name, sql) = match i % 4 {
+            0 | 2 => {
+                let name = name_of(i);
+                let sql = format!(
+                    "UPDATE routines SET schedule = '{{\"timedelta\": {}}}' WHERE name = '{name}'",
+                    100 + i
+                );
+                (name, sql)
+            }
+            1 => {
+                let name = name_of(i);
+                let sql = format!("UPDATE routines SET active = false WHERE name = '{name}'");
+                (name, sql)
+            }
+            _ => {
+                let name = name_of(i - 2);
+                let sql = format!("UPDATE routines SET active = true WHERE name = '{name}'");
+                (name, sql)
+            }
         };
+        let before = store.routine(&name)?.context("no such routine")?;
+        if before.awaits_planning() {
+            bail!("edit {i}: {name} was not planned before the edit");
+        }
+        let edited_at = Utc::now();
         let edited = Instant::now();
         db.execute(&sql)?;
         let applied = wait_for(Duration::from_secs(10), || {
@@ -436,6 +455,24 @@ pub(crate) fn edit(backend: Backend, edits: usize, o: &Options) -> anyhow::Resul
             bail!("edit {i} not applied within 10 s");
         }
         latencies.push(edited.elapsed());
+        // The beat took the edit in: the row's plan is the edit's.
+        let after = store.routine(&name)?.context("routine gone")?;
+        let next = after.next_run_at_utc();
+        let took_in = match i % 4 {
+            0 | 2 => {
+                let every = TimeDelta::seconds(100 + i as i64);
+                let second = TimeDelta::seconds(1);
+                after.schedule != before.schedule
+                    && next.is_some_and(|t| {
+                        t >= edited_at + every - second && t <= Utc::now() + every + second
+                    })
+            }
+            1 => before.active && !after.active && next.is_none(),
+            _ => !before.active && after.active && next.is_some(),
+        };
+        if !took_in {
+            bail!("edit {i} ({sql}) not taken in: {after:?}");
+        }
     }
     beat.stop();
     latencies.sort();
@@ -444,6 +481,7 @@ pub(crate) fn edit(backend: Backend, edits: usize, o: &Options) -> anyhow::Resul
     };
     emit(json!({
         "scenario": "edit", "backend": backend.name(), "edits": edits,
+        "applied": latencies.len(),
         "p50_ms": round(at(0.5).as_secs_f64() * 1e3, 1),
         "p99_ms": round(at(0.99).as_secs_f64() * 1e3, 1),
         "max_ms": round(latencies[latencies.len() - 1].as_secs_f64() * 1e3, 1),

@@ -9,6 +9,9 @@ use crate::common;
 use serde_json::Value;
 use std::process::ExitCode;
 
+/// The edits the smoke run makes (`--smoke`).
+pub(crate) const EDITS: usize = 10;
+
 /// Options of the bench itself; with any of them it measures.
 const BENCH_OPTIONS: [&str; 13] = [
     "--bench",
@@ -113,7 +116,8 @@ fn case(name: &str, backend: Backend) -> Result<bool, String> {
 }
 
 /// What every smoke run must show: each scenario once, and the beat's
-/// guarantees (nothing missed, nothing repeated, every row advanced once).
+/// guarantees (nothing missed, nothing repeated, every row advanced once,
+/// every edit taken in).
 fn check(lines: &[Value]) -> Result<(), String> {
     let mut seen: Vec<&str> = lines
         .iter()
@@ -133,7 +137,18 @@ fn check(lines: &[Value]) -> Result<(), String> {
                     && line["rows_advanced"] == line["routines"]
             }
             Some("steady") => number("misses") == 0.0 && number("repeats") == 0.0,
-            Some("edit") => number("p99_ms") > 0.0,
+            // Every edit made, each taken in by the beat (the scenario
+            // checks the row's new plan), and the latencies in order;
+            // 10 s is the scenario's own bound on one edit.
+            Some("edit") => {
+                let (p50, p99, max) = (number("p50_ms"), number("p99_ms"), number("max_ms"));
+                number("edits") == EDITS as f64
+                    && number("applied") == EDITS as f64
+                    && 0.0 < p50
+                    && p50 <= p99
+                    && p99 <= max
+                    && max < 10_000.0
+            }
             _ => false,
         };
         if !ok {

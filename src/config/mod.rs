@@ -75,6 +75,16 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
+    /// A line of a configuration file whose value is rejected.
+    #[error("{path}:{line}: {source}")]
+    Line {
+        /// The configuration file.
+        path: String,
+        /// Its line number, from 1.
+        line: usize,
+        /// Why the value is rejected.
+        source: Box<ConfigError>,
+    },
     /// The configuration file could not be read.
     #[error("cannot read {path}: {source}")]
     Io {
@@ -156,7 +166,8 @@ keys! {
         /// in-process runs are recorded, while they last (so that no other beat
         /// overlaps them), and nothing is kept.
         history: bool = true, boolean, plain;
-        /// `history_max_age`: runs older than this are pruned.
+        /// `history_max_age`: runs older than this are pruned, and beats
+        /// silent for longer (with the history off too).
         history_max_age: Duration = Duration::from_secs(7 * 86_400), positive_seconds, plain;
         /// `history_max_runs`: the runs kept per routine, newest first.
         history_max_runs: usize = 100, at_least_one, plain;
@@ -208,6 +219,14 @@ impl Config {
     /// Defaults, overridden by the `key = value` file at `path`, overridden
     /// by the environment.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Config::load_with(path, |name| std::env::var(name).ok())
+    }
+
+    /// [`Config::load`] with the environment `lookup` gives.
+    fn load_with(
+        path: &Path,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: shown.clone(),
@@ -224,7 +243,12 @@ impl Config {
                 line: index + 1,
             })?;
             let (key, value) = (key.trim(), unquote(value.trim()));
-            if !config.set(key, value)? {
+            let known = config.set(key, value).map_err(|e| ConfigError::Line {
+                path: shown.clone(),
+                line: index + 1,
+                source: Box::new(e),
+            })?;
+            if !known {
                 return Err(ConfigError::UnknownKey {
                     path: shown.clone(),
                     line: index + 1,
@@ -232,7 +256,7 @@ impl Config {
                 });
             }
         }
-        config.apply_env(|name| std::env::var(name).ok())?;
+        config.apply_env(lookup)?;
         Ok(config)
     }
 
@@ -277,193 +301,4 @@ impl Config {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::HashMap;
-
-    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move |name| map.get(name).cloned()
-    }
-
-    #[test]
-    fn defaults_are_the_kits() {
-        let c = Config::default();
-        assert_eq!(c.scheduler_max_interval, Duration::from_secs(300));
-        assert_eq!(c.scheduler_sync_every, Duration::from_secs(180));
-        assert_eq!(c.celery_max_retry, 3);
-        assert_eq!(c.celery_retry_delay, Duration::from_secs(300));
-        assert!(c.create_table);
-        assert_eq!(c.broker_url, None);
-        assert_eq!(c.scheduler_db_uri, DEFAULT_DB_URI);
-    }
-
-    #[test]
-    fn every_key_is_read_from_its_upper_case_variable() {
-        let mut c = Config::default();
-        c.apply_env(env(&[
-            ("SCHEDULER_DB_URI", "postgres://u:p@h/db"),
-            ("SCHEDULER_MAX_INTERVAL", "12.5"),
-            ("SCHEDULER_SYNC_EVERY", "60"),
-            ("SCHEDULER_WATCH_INTERVAL", "0.25"),
-            ("SCHEDULER_DB_TIMEOUT", "7"),
-            ("CELERY_MAX_RETRY", "7"),
-            ("CELERY_RETRY_DELAY", "0"),
-            ("CREATE_TABLE", "False"),
-            ("CELERY_BROKER_URL", "redis://localhost:6379/3"),
-            ("BROKER_DEDUP_WINDOW", "600"),
-            ("WORKER_CONCURRENCY", "5"),
-            ("SHUTDOWN_TIMEOUT", "9"),
-            ("SCHEDULER_MISFIRE_POLICY", "skip"),
-            ("SCHEDULER_MISFIRE_GRACE_TIME", "2.5"),
-            ("TIMEZONE", "Europe/Berlin"),
-            ("HTTP_ADDR", "127.0.0.1:9808"),
-            ("HTTP_TOKEN", "0123456789abcdef-token"),
-            ("HTTP_TOKENS", "alice:alice-token-0123456789"),
-            ("HTTP_TOKENS_FILE", "/etc/beat/operators"),
-            ("HTTP_PUBLIC_READ", "yes"),
-            ("AUDIT_MAX_AGE", "3600"),
-            ("AUDIT_MAX_EDITS", "7"),
-        ]))
-        .unwrap();
-        assert_eq!(c.http_tokens.len(), 1);
-        assert_eq!(c.http_tokens[0].name(), "alice");
-        assert!(!format!("{c:?}").contains("alice-token-0123456789"));
-        assert_eq!(
-            c.http_tokens_file.as_deref(),
-            Some(Path::new("/etc/beat/operators"))
-        );
-        assert!(c.http_public_read);
-        assert_eq!(c.audit_max_age, Duration::from_secs(3600));
-        assert_eq!(c.audit_max_edits, 7);
-        assert_eq!(c.http_addr, Some("127.0.0.1:9808".parse().unwrap()));
-        assert_eq!(c.http_token.as_deref(), Some("0123456789abcdef-token"));
-        assert!(!format!("{c:?}").contains("0123456789abcdef-token"));
-        assert_eq!(c.scheduler_db_uri, "postgres://u:p@h/db");
-        assert_eq!(c.scheduler_max_interval, Duration::from_millis(12_500));
-        assert_eq!(c.scheduler_sync_every, Duration::from_secs(60));
-        assert_eq!(c.scheduler_watch_interval, Duration::from_millis(250));
-        assert_eq!(c.scheduler_db_timeout, Duration::from_secs(7));
-        assert_eq!(c.celery_max_retry, 7);
-        assert_eq!(c.celery_retry_delay, Duration::ZERO);
-        assert!(!c.create_table);
-        assert_eq!(c.broker_url.as_deref(), Some("redis://localhost:6379/3"));
-        assert_eq!(c.broker_dedup_window, Duration::from_secs(600));
-        assert_eq!(c.worker_concurrency, 5);
-        assert_eq!(c.shutdown_timeout, Duration::from_secs(9));
-        assert_eq!(c.scheduler_misfire_policy, MisfirePolicy::Skip);
-        assert_eq!(c.scheduler_misfire_grace_time, Duration::from_millis(2500));
-        assert_eq!(c.timezone.name(), "Europe/Berlin");
-    }
-
-    #[test]
-    fn http_settings_are_checked_and_a_bad_token_is_not_repeated() {
-        let mut c = Config::default();
-        let e = c.set("http_addr", "localhost").unwrap_err().to_string();
-        assert!(
-            e.contains("http_addr") && e.contains("127.0.0.1:9808"),
-            "{e}"
-        );
-        let e = c.set("http_token", "short-secret").unwrap_err().to_string();
-        assert!(e.contains("http_token") && e.contains("16"), "{e}");
-        assert!(!e.contains("short-secret"), "{e}");
-    }
-
-    #[test]
-    fn the_zone_is_read_from_timezone_then_celerys_name_and_checked() {
-        let mut c = Config::default();
-        assert_eq!(c.timezone.name(), "UTC");
-        c.apply_env(env(&[("CELERY_TIMEZONE", "Asia/Kathmandu")]))
-            .unwrap();
-        assert_eq!(c.timezone.name(), "Asia/Kathmandu");
-        c.apply_env(env(&[
-            ("TIMEZONE", "Pacific/Chatham"),
-            ("CELERY_TIMEZONE", "Asia/Kathmandu"),
-        ]))
-        .unwrap();
-        assert_eq!(c.timezone.name(), "Pacific/Chatham", "TIMEZONE wins");
-        let err = Config::default()
-            .apply_env(env(&[("TIMEZONE", "Mars/Olympus_Mons")]))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("timezone") && err.contains("Mars/Olympus_Mons"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn the_kits_default_prefixed_retry_variables_are_read_too() {
-        let mut c = Config::default();
-        c.apply_env(env(&[
-            ("DEFAULT_CELERY_MAX_RETRY", "9"),
-            ("DEFAULT_CELERY_RETRY_DELAY", "7"),
-        ]))
-        .unwrap();
-        assert_eq!(
-            (c.celery_max_retry, c.celery_retry_delay),
-            (9, Duration::from_secs(7))
-        );
-        c.apply_env(env(&[
-            ("CELERY_MAX_RETRY", "1"),
-            ("DEFAULT_CELERY_MAX_RETRY", "9"),
-        ]))
-        .unwrap();
-        assert_eq!(c.celery_max_retry, 1, "the documented name wins");
-    }
-
-    #[test]
-    fn bad_values_name_the_key_and_the_value() {
-        for (var, value, key) in [
-            ("SCHEDULER_MAX_INTERVAL", "soon", "scheduler_max_interval"),
-            ("SCHEDULER_MAX_INTERVAL", "0", "scheduler_max_interval"),
-            ("SCHEDULER_SYNC_EVERY", "-1", "scheduler_sync_every"),
-            ("CELERY_MAX_RETRY", "-3", "celery_max_retry"),
-            ("CELERY_RETRY_DELAY", "NaN", "celery_retry_delay"),
-            ("CREATE_TABLE", "maybe", "create_table"),
-            ("WORKER_CONCURRENCY", "0", "worker_concurrency"),
-            (
-                "SCHEDULER_MISFIRE_POLICY",
-                "never",
-                "scheduler_misfire_policy",
-            ),
-        ] {
-            let err = Config::default()
-                .apply_env(env(&[(var, value)]))
-                .unwrap_err();
-            let text = err.to_string();
-            assert!(
-                text.contains(key) && text.contains(value),
-                "{var}={value}: {text}"
-            );
-        }
-    }
-
-    #[test]
-    fn a_file_is_read_line_by_line() {
-        let dir = std::env::temp_dir().join(format!("cdk-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("beat.conf");
-        std::fs::write(
-            &path,
-            "# comment\nscheduler_max_interval = 30\ncelery_max_retry = \"2\"\n\n",
-        )
-        .unwrap();
-        let loaded = Config::load(&path).unwrap();
-        assert_eq!(loaded.scheduler_max_interval, Duration::from_secs(30));
-        assert_eq!(loaded.celery_max_retry, 2);
-
-        std::fs::write(&path, "no_such_key = 1\n").unwrap();
-        let err = Config::load(&path).unwrap_err().to_string();
-        assert!(err.contains(":1:") && err.contains("no_such_key"), "{err}");
-        std::fs::write(&path, "just words\n").unwrap();
-        assert!(matches!(
-            Config::load(&path),
-            Err(ConfigError::Syntax { line: 1, .. })
-        ));
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
+mod tests;

@@ -2,7 +2,7 @@
 //! with its schedule, kwargs and options parsed once per text.
 
 use crate::broker::{message, Message, SendOptions, Sender as CelerySender};
-use crate::routine::Invalid;
+use crate::routine::{check_name, Invalid};
 use crate::schedule::{truncated, Misfire, Schedule, ScheduleError};
 use crate::store::{RoutineRow, LATEST_STORABLE};
 use crate::task::{TaskContext, TaskRegistry};
@@ -95,6 +95,10 @@ impl Router {
         if let Some(reason) = &row.unreadable {
             return Err(Invalid(reason.clone()));
         }
+        // What every other write path refuses, a row written by SQL may
+        // hold (an empty name; on SQLite, any length).
+        check_name("name", &row.name)?;
+        check_name("task", &row.task)?;
         let (schedule, misfire) = self.parsed.schedule(&row.schedule)?;
         let kwargs = json_object("kwargs", row.kwargs.as_deref())?;
         if self.local.contains(&row.task) {

@@ -201,6 +201,18 @@ impl Auth {
         cookie: Option<&str>,
         peer: IpAddr,
     ) -> Caller {
+        self.caller_at(authorization, cookie, peer, Instant::now())
+    }
+
+    /// [`Self::caller`] as of `now` (sessions older than
+    /// [`SESSION_LIFETIME`] then are over).
+    fn caller_at(
+        &self,
+        authorization: Option<&str>,
+        cookie: Option<&str>,
+        peer: IpAddr,
+        now: Instant,
+    ) -> Caller {
         if !self.has_operators() {
             return Caller::Anonymous;
         }
@@ -232,7 +244,7 @@ impl Auth {
         // Session ids are looked up by hash, which does not compare in
         // constant time; they are 122 random bits, not guessable anyway.
         match sessions.get(&id) {
-            Some(s) if s.created.elapsed() < SESSION_LIFETIME => Caller::Session {
+            Some(s) if alive(s, now) => Caller::Session {
                 csrf: s.csrf.clone(),
                 operator: s.operator.clone(),
                 id,
@@ -248,6 +260,17 @@ impl Auth {
     /// Checks `given` from `peer`; on a match, a new session, its operator
     /// and the `Set-Cookie` value that carries it.
     pub(crate) fn login(&self, given: &str, peer: IpAddr) -> Result<(String, String), Caller> {
+        self.login_at(given, peer, Instant::now())
+    }
+
+    /// [`Self::login`] as of `now`: sessions over by then are dropped, and
+    /// with [`MAX_SESSIONS`] left the oldest goes.
+    fn login_at(
+        &self,
+        given: &str,
+        peer: IpAddr,
+        now: Instant,
+    ) -> Result<(String, String), Caller> {
         if let Some(wait) = self.throttled(peer) {
             return Err(Caller::Throttled(wait));
         }
@@ -259,7 +282,7 @@ impl Auth {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let csrf = uuid::Uuid::new_v4().simple().to_string();
         let mut sessions = self.sessions();
-        sessions.retain(|_, s| s.created.elapsed() < SESSION_LIFETIME);
+        sessions.retain(|_, s| alive(s, now));
         if sessions.len() >= MAX_SESSIONS {
             let oldest = sessions
                 .iter()
@@ -274,7 +297,7 @@ impl Auth {
             Session {
                 csrf,
                 operator: operator.clone(),
-                created: Instant::now(),
+                created: now,
             },
         );
         log::info!("http: operator {operator} logged in from {peer}");
@@ -353,6 +376,11 @@ impl Auth {
             refused => Err(refusal(refused)),
         }
     }
+}
+
+/// Whether session `s` is still on at `now`.
+fn alive(s: &Session, now: Instant) -> bool {
+    now.saturating_duration_since(s.created) < SESSION_LIFETIME
 }
 
 /// An allowance as it stands now (refilled since it was last charged).
@@ -468,5 +496,89 @@ mod tests {
         let refused = refusal(&Caller::Throttled(Duration::from_millis(300)));
         assert_eq!(refused.status, 429);
         assert!(refused.headers.contains(&("Retry-After", "1".into())));
+    }
+
+    fn session_of(cookie: &str) -> String {
+        cookie.split(';').next().unwrap_or_default().to_owned()
+    }
+
+    #[test]
+    fn a_session_ends_when_its_lifetime_is_over_and_is_dropped() {
+        let auth = auth();
+        let t0 = Instant::now();
+        let (_, cookie) = auth
+            .login_at("alice-token-0123456789", local(), t0)
+            .unwrap();
+        assert!(cookie.contains(&format!("Max-Age={}", SESSION_LIFETIME.as_secs())));
+        let pair = session_of(&cookie);
+        let at = |now: Instant| auth.caller_at(None, Some(&pair), local(), now);
+        let last = t0 + SESSION_LIFETIME - Duration::from_millis(1);
+        assert!(matches!(at(last), Caller::Session { operator, .. } if operator == "alice"));
+        assert_eq!(at(t0 + SESSION_LIFETIME), Caller::Anonymous);
+        // Dropped, not only refused: asked about earlier again, it is gone.
+        assert_eq!(auth.sessions().len(), 0);
+        assert_eq!(at(t0), Caller::Anonymous);
+    }
+
+    #[test]
+    fn past_max_sessions_a_login_drops_the_ended_ones_else_the_oldest_only() {
+        let auth = auth();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let login = |now: Instant| {
+            session_of(
+                &auth
+                    .login_at("bob-token-0123456789ab", local(), now)
+                    .unwrap()
+                    .1,
+            )
+        };
+        let on = |pair: &str, now: Instant| {
+            matches!(
+                auth.caller_at(None, Some(pair), local(), now),
+                Caller::Session { .. }
+            )
+        };
+        // MAX_SESSIONS logins, each 1 ms after the one before: all kept.
+        let first: Vec<String> = (0..MAX_SESSIONS as u32)
+            .map(|i| login(t0 + ms(i.into())))
+            .collect();
+        assert_eq!(auth.sessions().len(), MAX_SESSIONS);
+        // One more: the oldest goes, and only it.
+        let now = t0 + ms(MAX_SESSIONS as u64);
+        let newest = login(now);
+        assert_eq!(auth.sessions().len(), MAX_SESSIONS);
+        assert!(!on(&first[0], now));
+        assert!(first[1..].iter().all(|pair| on(pair, now)));
+        assert!(on(&newest, now));
+
+        // Sessions over are dropped first: with the two oldest ended, a
+        // login drops both and evicts no session that is still on.
+        let auth = Auth::new(auth.operators.clone(), false);
+        let login = |now: Instant| {
+            session_of(
+                &auth
+                    .login_at("bob-token-0123456789ab", local(), now)
+                    .unwrap()
+                    .1,
+            )
+        };
+        let on = |pair: &str, now: Instant| {
+            matches!(
+                auth.caller_at(None, Some(pair), local(), now),
+                Caller::Session { .. }
+            )
+        };
+        let later = t0 + Duration::from_secs(3600);
+        let ended: Vec<String> = (0..2).map(|i| login(t0 + ms(i))).collect();
+        let live: Vec<String> = (0..MAX_SESSIONS as u32 - 2)
+            .map(|i| login(later + ms(i.into())))
+            .collect();
+        assert_eq!(auth.sessions().len(), MAX_SESSIONS);
+        let now = t0 + ms(1) + SESSION_LIFETIME;
+        let newest = login(now);
+        assert_eq!(auth.sessions().len(), MAX_SESSIONS - 1);
+        assert!(live.iter().all(|pair| on(pair, now)) && on(&newest, now));
+        assert!(ended.iter().all(|pair| !on(pair, now)));
     }
 }

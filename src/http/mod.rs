@@ -216,9 +216,7 @@ impl server::Handler for App {
             }
             "/healthz" if get => return Next::Answer(health(&self.monitor, false)),
             "/readyz" if get => return Next::Answer(health(&self.monitor, true)),
-            "/metrics" | "/healthz" | "/readyz" => {
-                return Next::Answer(Reply::text(405, "method not allowed\n"))
-            }
+            "/metrics" | "/healthz" | "/readyz" => return Next::Answer(not_allowed("GET, HEAD")),
             _ => {}
         }
         let caller = self.auth.caller(
@@ -246,9 +244,9 @@ impl server::Handler for App {
                 )),
                 None => Next::Answer(auth::refusal(&caller)),
             },
-            _ if PAGES.contains(&path) || CHANGES.contains(&path) || path == "/login" => {
-                Next::Answer(Reply::text(405, "method not allowed\n"))
-            }
+            _ if PAGES.contains(&path) => Next::Answer(not_allowed("GET, HEAD")),
+            _ if CHANGES.contains(&path) || path == "/logout" => Next::Answer(not_allowed("POST")),
+            "/login" => Next::Answer(not_allowed("GET, HEAD, POST")),
             _ => Next::Answer(Reply::text(404, "not found\n")),
         }
     }
@@ -332,6 +330,13 @@ impl App {
         }
         Reply::see_other("/".into()).with_header("Set-Cookie", auth::clear_cookie())
     }
+}
+
+/// 405 for a path served with other methods: the `Allow` header names
+/// them (RFC 9110 wants it).
+fn not_allowed(allow: &'static str) -> Reply {
+    Reply::text(405, format!("method not allowed: {allow} only\n"))
+        .with_header("Allow", allow.into())
 }
 
 /// `/healthz` (liveness) and `/readyz` (readiness): 200 `ok`, or 503 with

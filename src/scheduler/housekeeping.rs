@@ -196,6 +196,10 @@ impl Housekeeper {
         if self.settings.history {
             self.prune(now);
         }
+        // With the history off too: every start registers a beat.
+        if let Err(e) = self.store.beats().prune(self.settings.max_age) {
+            log::debug!("beats: pruning: {e}");
+        }
         self.prune_edits(edits_seen);
     }
 
@@ -280,9 +284,6 @@ impl Housekeeper {
                     break;
                 }
             }
-        }
-        if let Err(e) = self.store.beats().prune(self.settings.max_age) {
-            log::debug!("history: pruning beats: {e}");
         }
         if deleted > 0 {
             log::debug!("history: pruned {deleted} run(s)");

@@ -303,6 +303,9 @@ impl Scheduler {
                 }
                 None => match self.next_due(now) {
                     Ok(next) => {
+                        // The database answered: a later outage starts
+                        // from the first wait again.
+                        backoff.reset();
                         let until = next.map_or(Duration::MAX, |due| {
                             (due - self.clock.now()).to_std().unwrap_or(Duration::ZERO)
                         });

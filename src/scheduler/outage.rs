@@ -48,32 +48,28 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// The database outage waits [`BACKOFF`]'s doubling waits, and a pass
+    /// that succeeds ends the outage: the next one starts from the first.
     #[test]
-    fn a_database_outage_doubles_its_wait_to_the_cap_and_a_success_resets_it() {
+    fn an_outage_backs_off_to_the_cap_and_a_success_resets_it() {
         let mut db = Database::default();
-        db.succeeded(); // no outage: nothing to end
-        let waits: Vec<Duration> = (0..8).map(|_| db.failed(&"refused")).collect();
-        assert_eq!(
-            waits,
-            [
-                ms(250),
-                ms(500),
-                ms(1000),
-                ms(2000),
-                ms(4000),
-                ms(5000),
-                ms(5000),
-                ms(5000)
-            ],
-            "250 ms doubling, capped at 5 s"
-        );
+        let error = "connection refused";
+        let waits: Vec<Duration> = (0..7).map(|_| db.failed(&error)).collect();
+        assert_eq!(waits, [250, 500, 1000, 2000, 4000, 5000, 5000].map(ms));
+        assert_eq!((BACKOFF.0, BACKOFF.1), (ms(250), ms(5000)));
         assert!(db.failing_since.is_some());
         db.succeeded();
         assert!(db.failing_since.is_none());
-        assert_eq!(
-            (db.failed(&"refused"), db.failed(&"refused")),
-            (ms(250), ms(500)),
-            "the next outage starts from the first wait"
-        );
+        assert_eq!([db.failed(&error), db.failed(&error)], [ms(250), ms(500)]);
+    }
+
+    /// Successes between outages do not touch the back-off.
+    #[test]
+    fn successes_without_an_outage_change_nothing() {
+        let mut db = Database::default();
+        db.succeeded();
+        db.succeeded();
+        assert_eq!(db.failed(&"down"), ms(250));
+        assert_eq!(db.failed(&"down"), ms(500));
     }
 }

@@ -451,6 +451,15 @@ mod tests {
         let a = Actor::new("ali\nce", Via::Cli);
         assert_eq!((a.name(), a.via()), ("ali?ce", Via::Cli));
         assert_eq!(Actor::new("  ", Via::Dashboard).name(), "unknown");
-        assert_eq!(Actor::new(&"x".repeat(100), Via::Cli).name().len(), 64);
+        assert_eq!(
+            Actor::new(&"x".repeat(100), Via::Cli).name(),
+            "x".repeat(64)
+        );
+        // Cut at 64 characters, not bytes.
+        assert_eq!(
+            Actor::new(&"é".repeat(100), Via::Cli).name(),
+            "é".repeat(64)
+        );
+        assert_eq!(Actor::new(&"y".repeat(64), Via::Cli).name(), "y".repeat(64));
     }
 }

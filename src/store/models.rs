@@ -376,7 +376,8 @@ pub enum RunOutcome {
     Skipped,
     /// Not run: later than its misfire grace time, under the `skip` policy.
     Missed,
-    /// Dropped at a stop, before a worker took it.
+    /// Left behind at a stop: not run (queued, or waiting for a retry)
+    /// or still running when `shutdown_timeout` ran out.
     Abandoned,
     /// Its beat died before it ended.
     Lost,

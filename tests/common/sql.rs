@@ -108,3 +108,96 @@ pub fn duplicate_name(url: &str, id: &str) -> bool {
         format!("SELECT COUNT(*) AS n FROM routines WHERE id = '{id}' AND name_unique IS NULL");
     number(url, &query).expect("reading name_unique") > 0
 }
+
+#[derive(diesel::QueryableByName)]
+struct Text {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    s: String,
+}
+
+/// The texts `query` returns (one TEXT column named `s`), in its order.
+pub fn texts(url: &str, query: &str) -> Result<Vec<String>, String> {
+    use diesel::RunQueryDsl;
+    let lower = url.to_ascii_lowercase();
+    let rows: Vec<Text> = if lower.starts_with("postgres") {
+        let mut conn = diesel::pg::PgConnection::establish(url).map_err(|e| e.to_string())?;
+        diesel::sql_query(query)
+            .load(&mut conn)
+            .map_err(|e| e.to_string())?
+    } else if lower.starts_with("mysql") || lower.starts_with("mariadb") {
+        return mysql_texts(url, query);
+    } else {
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
+        let mut conn =
+            diesel::sqlite::SqliteConnection::establish(path).map_err(|e| e.to_string())?;
+        diesel::sql_query(query)
+            .load(&mut conn)
+            .map_err(|e| e.to_string())?
+    };
+    Ok(rows.into_iter().map(|r| r.s).collect())
+}
+
+#[cfg(feature = "mysql")]
+fn mysql_texts(url: &str, query: &str) -> Result<Vec<String>, String> {
+    use diesel::RunQueryDsl;
+    let url = format!("mysql://{}", &url[url.find("://").map_or(0, |i| i + 3)..]);
+    let mut conn = diesel::mysql::MysqlConnection::establish(&url).map_err(|e| e.to_string())?;
+    let rows: Vec<Text> = diesel::sql_query(query)
+        .load(&mut conn)
+        .map_err(|e| e.to_string())?;
+    Ok(rows.into_iter().map(|r| r.s).collect())
+}
+
+#[cfg(not(feature = "mysql"))]
+fn mysql_texts(_url: &str, _query: &str) -> Result<Vec<String>, String> {
+    Err("this build has no MySQL/MariaDB support (the `mysql` feature)".into())
+}
+
+/// The schema as the database's catalog describes it: tables and their
+/// columns, indexes, constraints, triggers and functions, one line each,
+/// sorted; and the migrations recorded, with when each ran.
+pub fn schema(url: &str) -> Vec<String> {
+    let lower = url.to_ascii_lowercase();
+    let queries: &[&str] = if lower.starts_with("postgres") {
+        &[
+            "SELECT CONCAT_WS(' ', table_name, column_name, data_type, character_maximum_length, \
+             is_nullable, column_default) AS s FROM information_schema.columns \
+             WHERE table_schema = 'public' ORDER BY 1",
+            "SELECT indexdef AS s FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1",
+            "SELECT CONCAT_WS(' ', conrelid::regclass, conname, pg_get_constraintdef(oid)) AS s \
+             FROM pg_constraint WHERE connamespace = 'public'::regnamespace ORDER BY 1",
+            "SELECT CONCAT_WS(' ', event_object_table, trigger_name, action_timing, \
+             event_manipulation, action_condition, action_statement) AS s \
+             FROM information_schema.triggers ORDER BY 1",
+            "SELECT CONCAT_WS(' ', p.proname, md5(p.prosrc)) AS s FROM pg_proc p \
+             JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public' ORDER BY 1",
+            "SELECT CONCAT_WS(' ', version, run_on) AS s FROM __diesel_schema_migrations ORDER BY 1",
+        ]
+    } else if lower.starts_with("mysql") || lower.starts_with("mariadb") {
+        &[
+            "SELECT CONCAT_WS(' ', table_name, column_name, column_type, is_nullable, \
+             column_default, extra) AS s FROM information_schema.columns \
+             WHERE table_schema = DATABASE() ORDER BY 1",
+            "SELECT CONCAT_WS(' ', table_name, index_name, seq_in_index, column_name, non_unique) AS s \
+             FROM information_schema.statistics WHERE table_schema = DATABASE() ORDER BY 1",
+            "SELECT CONCAT_WS(' ', event_object_table, trigger_name, action_timing, \
+             event_manipulation, MD5(action_statement)) AS s FROM information_schema.triggers \
+             WHERE trigger_schema = DATABASE() ORDER BY 1",
+            "SELECT CONCAT_WS(' ', routine_name, MD5(routine_definition)) AS s \
+             FROM information_schema.routines WHERE routine_schema = DATABASE() ORDER BY 1",
+            "SELECT CONCAT_WS(' ', version, run_on) AS s FROM __diesel_schema_migrations ORDER BY 1",
+        ]
+    } else {
+        &[
+            "SELECT type || ' ' || name || ' ' || COALESCE(sql, '') AS s FROM sqlite_master ORDER BY 1",
+            "SELECT version || ' ' || run_on AS s FROM __diesel_schema_migrations ORDER BY 1",
+        ]
+    };
+    queries
+        .iter()
+        .flat_map(|q| texts(url, q).unwrap_or_else(|e| panic!("{q}: {e}")))
+        .collect()
+}

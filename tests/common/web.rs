@@ -58,12 +58,30 @@ pub fn request_from(
 
 /// `method path` on a connected `stream`.
 pub fn request_on(
-    mut stream: TcpStream,
+    stream: TcpStream,
     addr: SocketAddr,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: &str,
+) -> Answer {
+    request_bytes_on(stream, addr, method, path, headers, body.as_bytes())
+}
+
+/// A POST of a form whose body is `body` as given, bytes that need not be
+/// text (a client's own encoding, or none).
+pub fn post_bytes(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
+    let stream = TcpStream::connect(addr).expect("connect to the beat's http_addr");
+    request_bytes_on(stream, addr, "POST", path, headers, body)
+}
+
+fn request_bytes_on(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
 ) -> Answer {
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -78,7 +96,7 @@ pub fn request_on(
     }
     head.push_str("\r\n");
     stream.write_all(head.as_bytes()).expect("send");
-    stream.write_all(body.as_bytes()).expect("send body");
+    stream.write_all(body).expect("send body");
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).expect("read the answer");
     let text = String::from_utf8_lossy(&raw).into_owned();

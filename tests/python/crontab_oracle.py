@@ -1,8 +1,8 @@
 """Celery's own crontab, as an oracle for tests/schedules.rs.
 
 Reads JSON lines on stdin: {"fields": {...}, "after": ["YYYY-MM-DD HH:MM:SS", ...]}.
-Writes one JSON line per input: {"error": "..."} if Celery rejects the
-fields, else the expanded fields and, for each "after" time t, the next run
+Writes one JSON line per input: {"error": "...", "fields": [...]} if Celery
+rejects the fields (with the fields it rejects, each tried alone), else the expanded fields and, for each "after" time t, the next run
 Celery's beat computes for an entry whose last run was t (with "now" = t).
 """
 
@@ -27,7 +27,15 @@ def main():
         try:
             cron = crontab(**{f: fields.get(f, "*") for f in FIELDS}, app=app)
         except Exception as exc:  # Celery raises ValueError, TypeError, ParseException
-            print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
+            # Which fields Celery rejects, each alone (the others "*").
+            bad = []
+            for f in FIELDS:
+                if f in fields:
+                    try:
+                        crontab(**{f: fields[f]}, app=app)
+                    except Exception:
+                        bad.append(f)
+            print(json.dumps({"error": f"{type(exc).__name__}: {exc}", "fields": bad}), flush=True)
             continue
         out = {f: sorted(getattr(cron, f)) for f in FIELDS}
         nexts = []
