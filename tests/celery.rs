@@ -5,8 +5,8 @@ mod common;
 use celery_diesel_kit::{Beat, ManualBeat, Routine, Schedule};
 use chrono::{DateTime, Utc};
 use common::{
-    at, body, celery_python, envelopes, every, holds_for, recorded_calls, redis_conn, redis_db,
-    utc, wait_until, CeleryWorker, Proxy, Recorder, TestDb,
+    at, body, celery_python, envelopes, every, holds_for, published_count, recorded_calls,
+    redis_conn, redis_db, utc, wait_until, CeleryWorker, Proxy, Recorder, TestDb,
 };
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
@@ -838,4 +838,47 @@ fn options_celerys_beat_does_not_pass_on_are_left_out_with_one_warning() {
         "one warning for three passes, naming both"
     );
     assert_eq!(lines("without-ignored"), Vec::<String>::new());
+}
+
+/// `stats().lateness` (and `beat_lateness_seconds`): from a run's due time
+/// to its hand-over, a message in Redis or a job in the worker queue, on
+/// the beat's clock, for both kinds of run.
+#[test]
+fn lateness_runs_from_the_due_time_to_the_hand_over_on_the_beats_clock() {
+    let test = "celery_lateness";
+    let Some((broker, queue)) = common::redis_queue(test) else {
+        return;
+    };
+    let db = TestDb::sqlite(test);
+    let clock = common::TestClock::at(at(0));
+    let local = Recorder::new("local");
+    let config = {
+        let mut c = db.config();
+        c.broker_url = Some(broker.clone());
+        c
+    };
+    let mut beat = Beat::builder(config)
+        .clock(clock.clone())
+        .task(local.clone())
+        .routine(Routine::new("remote", "tasks.record", every(10)).options(json!({"queue": queue})))
+        .routine(Routine::new("here", "local", every(10)))
+        .start_manual()
+        .unwrap();
+    beat.tick(at(0)).unwrap();
+    assert_eq!(beat.stats().lateness.count, 0);
+    // The histogram is exact to 1%.
+    let close = |d: Duration, secs: f64| (d.as_secs_f64() - secs).abs() <= secs * 0.01;
+    // Both were due at 10 s and are handed over at 12 s, then at 20 s and
+    // 25 s: 2 s late twice, 5 s late twice.
+    for (t, late) in [(12, 2.0), (25, 5.0)] {
+        clock.set(at(t));
+        assert_eq!(beat.tick(at(t)).unwrap().fired, 2, "at {t}");
+        let l = beat.stats().lateness;
+        assert!(close(l.max, late), "at {t}: {l:?}");
+    }
+    let l = beat.stats().lateness;
+    assert_eq!(l.count, 4, "{l:?}");
+    assert!(close(l.p50, 2.0), "{l:?}");
+    assert_eq!(published_count(&broker, &queue), 2);
+    assert!(wait_until(Duration::from_secs(10), || local.count() == 2));
 }
