@@ -311,6 +311,16 @@ mod tests {
             r.reason.as_deref(),
             Some("no scheduler pass has succeeded for 12s (one may be waiting on the database)")
         );
+        // A database failure younger than the bound, but no pass since
+        // long before it: unhealthy, and the failure named.
+        m.health.database_failed(&"timed out");
+        age(&m.health.database, Duration::from_secs(5));
+        let r = m.health();
+        assert!(!r.healthy);
+        assert_eq!(
+            r.reason.as_deref(),
+            Some("database failing for 5s (no pass has succeeded for 12s): timed out")
+        );
     }
 
     #[test]
