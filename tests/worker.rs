@@ -259,12 +259,21 @@ backend_tests! {
         assert_eq!(beat.stats().skipped, 2);
     }
 
-    fn stop_lets_running_tasks_finish_before_the_deadline(db) {
+    fn stop_lets_running_and_queued_tasks_finish_before_the_deadline(db) {
         let (gate, started, release) = gate();
-        let mut beat = start(Beat::builder(db.config()).task(gate).routine(Routine::new("slow", "gate", every(10))));
+        let rec = Recorder::new("record");
+        let config = { let mut c = db.config(); c.worker_concurrency = 1; c };
+        let mut beat = start(Beat::builder(config)
+            .task(gate)
+            .task(rec.clone())
+            .routine(Routine::new("slow", "gate", every(5)))
+            .routines((0..3).map(|i| Routine::new(format!("queued {i}"), "record", every(10)))));
         beat.tick(at(0)).unwrap();
-        beat.tick(at(10)).unwrap();
+        assert_eq!(beat.tick(at(5)).unwrap().fired, 1);
         started.recv_timeout(Duration::from_secs(10)).unwrap();
+        // Three runs queued behind the slow one on the only worker.
+        assert_eq!(beat.tick(at(10)).unwrap().fired, 3);
+        assert_eq!(rec.count(), 0);
         let stopping = Instant::now();
         let releaser = std::thread::spawn(move || {
             // A slow task: time passing is the point. It ends 0.3 s into
@@ -275,11 +284,16 @@ backend_tests! {
         let report = beat.stop_within(Duration::from_secs(10));
         let took = stopping.elapsed();
         releaser.join().unwrap();
-        assert_eq!((report.busy_workers, report.stats.succeeded), (0, 1), "stop waited for the task");
-        // It waited for the task (0.3 s) and returned when the task ended,
-        // not at the 10 s deadline: after the task come only the
-        // housekeeper's last writes, milliseconds; 0.5 s covers a loaded
-        // machine.
+        assert_eq!(
+            (report.busy_workers, report.stats.succeeded, report.stats.abandoned),
+            (0, 4, 0),
+            "stop waited for the task, then ran the queue: {report:?}"
+        );
+        assert_eq!(rec.count(), 3);
+        // It waited for the task (0.3 s) and returned when the task and
+        // the queue behind it ended, not at the 10 s deadline: after them
+        // come only the housekeeper's last writes, milliseconds; 0.5 s
+        // covers a loaded machine.
         assert!(took >= Duration::from_millis(300) && took < Duration::from_millis(800), "stop took {took:?}");
     }
 
