@@ -39,7 +39,8 @@ impl SyncTask for Greet {
     }
 }
 
-/// An async task that awaits tokio timers and reports the thread it ran on.
+/// An async task that awaits tokio timers and reports its routine and
+/// kwargs, and the thread it ran on.
 struct Nap(Arc<Mutex<Vec<(String, String)>>>);
 
 impl AsyncTask for Nap {
@@ -52,7 +53,7 @@ impl AsyncTask for Nap {
         // Awaiting a timer is the point: the runtime must drive it.
         tokio::time::sleep(Duration::from_millis(20)).await;
         self.0.lock().unwrap().push((
-            (*local).clone(),
+            format!("{} {}", *local, ctx.kwargs),
             std::thread::current().name().unwrap_or("").to_owned(),
         ));
         Ok(())
@@ -117,7 +118,7 @@ backend_tests! {
             .task(Greet(greetings.clone(), errors.clone()))
             .async_task(Nap(naps.clone()))
             .routine(Routine::new("greeting", "greet", every(10)).kwargs(json!({"who": "ada", "times": 2})))
-            .routine(Routine::new("nap a", "nap", every(10)))
+            .routine(Routine::new("nap a", "nap", every(10)).kwargs(json!({"n": 1})))
             .routine(Routine::new("nap b", "nap", every(10))));
         beat.tick(at(0)).unwrap();
         assert_eq!(beat.tick(at(10)).unwrap().fired, 3);
@@ -125,7 +126,7 @@ backend_tests! {
         assert_eq!(*greetings.lock().unwrap(), ["adax2"]);
         let mut napped: Vec<(String, String)> = naps.lock().unwrap().clone();
         napped.sort();
-        assert_eq!(napped.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(), ["nap a", "nap b"]);
+        assert_eq!(napped.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(), [r#"nap a {"n":1}"#, "nap b {}"]);
         // On the pool's own threads (each a current-thread runtime), not
         // on a runtime of the caller's.
         assert!(napped.iter().all(|(_, thread)| thread.starts_with("beat-worker-")), "{napped:?}");
