@@ -129,9 +129,14 @@ impl BeatBuilder {
 }
 
 /// How long a stop waits beyond its deadline for the scheduler thread to
-/// abandon what it still holds and for the housekeeper's last writes (it
-/// records the abandoned runs and marks the beat stopped: worth a moment).
-const STOP_GRACE: Duration = Duration::from_secs(2);
+/// abandon the runs it still holds (each is counted, logged and recorded:
+/// milliseconds for a whole batch). A pass held up by the database longer
+/// is not waited for.
+const SCHEDULER_GRACE: Duration = Duration::from_millis(500);
+
+/// How long a stop waits for the housekeeper's last writes beyond the
+/// stop's deadline (it marks the beat stopped: worth a moment).
+const HOUSEKEEPER_GRACE: Duration = Duration::from_secs(2);
 
 /// What a running beat owns besides its scheduler.
 struct Parts {
@@ -166,7 +171,6 @@ impl Parts {
     /// deadline.
     fn stop(&mut self, scheduler: Option<JoinHandle<()>>, timeout: Duration) -> StopReport {
         let deadline = Instant::now() + timeout;
-        let grace = deadline + STOP_GRACE;
         if let Some(trigger) = self.trigger.take() {
             trigger.fire(deadline);
         }
@@ -175,9 +179,10 @@ impl Parts {
             // atomic), then the thread sees the shutdown. A pass handing
             // runs to a full queue waits until the deadline, then abandons
             // the rest (each counted, logged and recorded), which takes a
-            // moment past it: the grace, or the stop would report and
+            // moment past it: without a grace, the stop would report and
             // record fewer abandoned runs than there are. A pass held up
             // by the database past the grace is left to end on its own.
+            let grace = deadline + SCHEDULER_GRACE;
             while !thread.is_finished() && Instant::now() < grace {
                 std::thread::sleep(Duration::from_millis(2));
             }
@@ -191,7 +196,8 @@ impl Parts {
         let busy_workers = self.pool.take().map_or(0, |pool| pool.stop(deadline));
         if let Some((stop, thread)) = self.housekeeper.take() {
             drop(stop);
-            while !thread.is_finished() && Instant::now() < grace {
+            let until = deadline.max(Instant::now()) + HOUSEKEEPER_GRACE;
+            while !thread.is_finished() && Instant::now() < until {
                 std::thread::sleep(Duration::from_millis(2));
             }
             if thread.is_finished() {
