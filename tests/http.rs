@@ -7,7 +7,7 @@
 mod common;
 
 use celery_diesel_kit::ops::{Change, Operator};
-use celery_diesel_kit::{Beat, HttpServer, Routine};
+use celery_diesel_kit::{Beat, BeatHandle, HttpServer, Routine};
 use chrono::Timelike;
 use common::web::{self, any_port, csrf_of, encode, get, post, sample, tool};
 use common::{at, captured_log, every, is_active, wait_until, Recorder, TestClock, TestDb};
@@ -464,9 +464,9 @@ fn an_address_in_use_is_an_error_naming_http_addr() {
     );
 }
 
-#[test]
-fn changes_need_the_token_and_forged_requests_change_nothing() {
-    let db = TestDb::sqlite("http_auth");
+/// A beat with one hourly routine `r`, and its dashboard guarded by the
+/// operator token `TOKEN`.
+fn guarded_dashboard(db: &TestDb) -> (celery_diesel_kit::Config, BeatHandle, HttpServer) {
     let mut config = db.config();
     config.http_token = Some(TOKEN.into());
     let beat = Beat::builder(config.clone())
@@ -475,6 +475,13 @@ fn changes_need_the_token_and_forged_requests_change_nothing() {
         .start()
         .unwrap();
     let server = HttpServer::start(any_port(), beat.monitor(), config.clone()).unwrap();
+    (config, beat, server)
+}
+
+#[test]
+fn changes_need_the_token_and_forged_requests_change_nothing() {
+    let db = TestDb::sqlite("http_auth");
+    let (config, beat, server) = guarded_dashboard(&db);
     let addr = server.addr();
     let disable = |headers: &[(&str, &str)], csrf: Option<&str>| {
         let mut form = vec![("name", "r")];
@@ -615,14 +622,7 @@ fn changes_need_the_token_and_forged_requests_change_nothing() {
 #[test]
 fn wrong_methods_get_405_naming_the_right_ones_and_bodies_not_utf8_get_400() {
     let db = TestDb::sqlite("http_methods");
-    let mut config = db.config();
-    config.http_token = Some(TOKEN.into());
-    let beat = Beat::builder(config.clone())
-        .task(Recorder::new("ok"))
-        .routine(Routine::new("r", "ok", every(3600)))
-        .start()
-        .unwrap();
-    let server = HttpServer::start(any_port(), beat.monitor(), config.clone()).unwrap();
+    let (config, beat, server) = guarded_dashboard(&db);
     let addr = server.addr();
     let bearer = format!("Bearer {TOKEN}");
     let operator = [("Authorization", bearer.as_str())];

@@ -520,25 +520,31 @@ mod tests {
         assert_eq!(at(t0), Caller::Anonymous);
     }
 
+    /// bob logs in at `now`; his session's cookie pair.
+    fn bob_logs_in(auth: &Auth, now: Instant) -> String {
+        session_of(
+            &auth
+                .login_at("bob-token-0123456789ab", local(), now)
+                .unwrap()
+                .1,
+        )
+    }
+
+    /// Whether the cookie pair is a live session at `now`.
+    fn has_session(auth: &Auth, pair: &str, now: Instant) -> bool {
+        matches!(
+            auth.caller_at(None, Some(pair), local(), now),
+            Caller::Session { .. }
+        )
+    }
+
     #[test]
     fn past_max_sessions_a_login_drops_the_ended_ones_else_the_oldest_only() {
         let auth = auth();
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let login = |now: Instant| {
-            session_of(
-                &auth
-                    .login_at("bob-token-0123456789ab", local(), now)
-                    .unwrap()
-                    .1,
-            )
-        };
-        let on = |pair: &str, now: Instant| {
-            matches!(
-                auth.caller_at(None, Some(pair), local(), now),
-                Caller::Session { .. }
-            )
-        };
+        let login = |now| bob_logs_in(&auth, now);
+        let on = |pair: &str, now| has_session(&auth, pair, now);
         // MAX_SESSIONS logins, each 1 ms after the one before: all kept.
         let first: Vec<String> = (0..MAX_SESSIONS as u32)
             .map(|i| login(t0 + ms(i.into())))
@@ -555,20 +561,8 @@ mod tests {
         // Sessions over are dropped first: with the two oldest ended, a
         // login drops both and evicts no session that is still on.
         let auth = Auth::new(auth.operators.clone(), false);
-        let login = |now: Instant| {
-            session_of(
-                &auth
-                    .login_at("bob-token-0123456789ab", local(), now)
-                    .unwrap()
-                    .1,
-            )
-        };
-        let on = |pair: &str, now: Instant| {
-            matches!(
-                auth.caller_at(None, Some(pair), local(), now),
-                Caller::Session { .. }
-            )
-        };
+        let login = |now| bob_logs_in(&auth, now);
+        let on = |pair: &str, now| has_session(&auth, pair, now);
         let later = t0 + Duration::from_secs(3600);
         let ended: Vec<String> = (0..2).map(|i| login(t0 + ms(i))).collect();
         let live: Vec<String> = (0..MAX_SESSIONS as u32 - 2)

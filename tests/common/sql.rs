@@ -5,40 +5,101 @@
 //! the edit, as they see any session but the beat's).
 
 use diesel::connection::{Connection, SimpleConnection};
+use diesel::deserialize::QueryableByName;
+use diesel::pg::{Pg, PgConnection};
+use diesel::sqlite::{Sqlite, SqliteConnection};
+use diesel::RunQueryDsl;
+
+/// A connection of its own to one database.
+enum Conn {
+    Pg(PgConnection),
+    Sqlite(SqliteConnection),
+    #[cfg(feature = "mysql")]
+    Mysql(diesel::mysql::MysqlConnection),
+}
+
+/// A row type readable on every backend this build has.
+#[cfg(feature = "mysql")]
+trait Row:
+    QueryableByName<Pg> + QueryableByName<Sqlite> + QueryableByName<diesel::mysql::Mysql> + 'static
+{
+}
+#[cfg(feature = "mysql")]
+impl<T> Row for T where
+    T: QueryableByName<Pg>
+        + QueryableByName<Sqlite>
+        + QueryableByName<diesel::mysql::Mysql>
+        + 'static
+{
+}
+#[cfg(not(feature = "mysql"))]
+trait Row: QueryableByName<Pg> + QueryableByName<Sqlite> + 'static {}
+#[cfg(not(feature = "mysql"))]
+impl<T> Row for T where T: QueryableByName<Pg> + QueryableByName<Sqlite> + 'static {}
+
+impl Conn {
+    /// Connects to the database `url` names: `postgres://…`, `mysql://…`
+    /// (or `mariadb://…`), `sqlite://path` or a plain SQLite path.
+    fn to(url: &str) -> Result<Conn, String> {
+        let lower = url.to_ascii_lowercase();
+        if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+            return PgConnection::establish(url)
+                .map(Conn::Pg)
+                .map_err(|e| e.to_string());
+        }
+        if lower.starts_with("mysql://") || lower.starts_with("mariadb://") {
+            return Conn::mysql(url);
+        }
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
+        let mut conn = SqliteConnection::establish(path).map_err(|e| e.to_string())?;
+        // The beat may hold the write lock for a moment: wait our turn.
+        conn.batch_execute("PRAGMA busy_timeout = 10000")
+            .map_err(|e| e.to_string())?;
+        Ok(Conn::Sqlite(conn))
+    }
+
+    #[cfg(feature = "mysql")]
+    fn mysql(url: &str) -> Result<Conn, String> {
+        let url = format!("mysql://{}", &url[url.find("://").map_or(0, |i| i + 3)..]);
+        diesel::mysql::MysqlConnection::establish(&url)
+            .map(Conn::Mysql)
+            .map_err(|e| e.to_string())
+    }
+
+    #[cfg(not(feature = "mysql"))]
+    fn mysql(_url: &str) -> Result<Conn, String> {
+        Err("this build has no MySQL/MariaDB support (the `mysql` feature)".into())
+    }
+
+    fn execute(&mut self, sql: &str) -> Result<(), String> {
+        let result = match self {
+            Conn::Pg(c) => c.batch_execute(sql),
+            Conn::Sqlite(c) => c.batch_execute(sql),
+            #[cfg(feature = "mysql")]
+            Conn::Mysql(c) => c.batch_execute(sql),
+        };
+        result.map_err(|e| e.to_string())
+    }
+
+    fn load<T: Row>(&mut self, query: &str) -> Result<Vec<T>, String> {
+        let query = diesel::sql_query(query);
+        let result = match self {
+            Conn::Pg(c) => query.load(c),
+            Conn::Sqlite(c) => query.load(c),
+            #[cfg(feature = "mysql")]
+            Conn::Mysql(c) => query.load(c),
+        };
+        result.map_err(|e| e.to_string())
+    }
+}
 
 /// Runs `sql` (one or more statements) on the database `url` names:
 /// `postgres://…`, `mysql://…`, `sqlite://path` or a plain SQLite path.
 pub fn execute(url: &str, sql: &str) -> Result<(), String> {
-    let lower = url.to_ascii_lowercase();
-    let run = |conn: &mut dyn SimpleConnection| conn.batch_execute(sql).map_err(|e| e.to_string());
-    if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
-        let mut conn = diesel::pg::PgConnection::establish(url).map_err(|e| e.to_string())?;
-        return run(&mut conn);
-    }
-    if lower.starts_with("mysql://") || lower.starts_with("mariadb://") {
-        return mysql(url, sql);
-    }
-    let path = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-        .unwrap_or(url);
-    let mut conn = diesel::sqlite::SqliteConnection::establish(path).map_err(|e| e.to_string())?;
-    // The beat may hold the write lock for a moment: wait our turn.
-    conn.batch_execute("PRAGMA busy_timeout = 10000")
-        .map_err(|e| e.to_string())?;
-    run(&mut conn)
-}
-
-#[cfg(feature = "mysql")]
-fn mysql(url: &str, sql: &str) -> Result<(), String> {
-    let url = format!("mysql://{}", &url[url.find("://").map_or(0, |i| i + 3)..]);
-    let mut conn = diesel::mysql::MysqlConnection::establish(&url).map_err(|e| e.to_string())?;
-    conn.batch_execute(sql).map_err(|e| e.to_string())
-}
-
-#[cfg(not(feature = "mysql"))]
-fn mysql(_url: &str, _sql: &str) -> Result<(), String> {
-    Err("this build has no MySQL/MariaDB support (the `mysql` feature)".into())
+    Conn::to(url)?.execute(sql)
 }
 
 #[derive(diesel::QueryableByName)]
@@ -49,49 +110,10 @@ struct Number {
 
 /// The number `query` returns (one row, one BIGINT column named `n`).
 pub fn number(url: &str, query: &str) -> Result<i64, String> {
-    use diesel::RunQueryDsl;
-    let lower = url.to_ascii_lowercase();
-    let rows: Vec<Number> = if lower.starts_with("postgres") {
-        let mut conn = diesel::pg::PgConnection::establish(url).map_err(|e| e.to_string())?;
-        diesel::sql_query(query)
-            .load(&mut conn)
-            .map_err(|e| e.to_string())?
-    } else if lower.starts_with("mysql") || lower.starts_with("mariadb") {
-        return mysql_number(url, query);
-    } else {
-        let path = url
-            .strip_prefix("sqlite://")
-            .or_else(|| url.strip_prefix("sqlite:"))
-            .unwrap_or(url);
-        let mut conn =
-            diesel::sqlite::SqliteConnection::establish(path).map_err(|e| e.to_string())?;
-        conn.batch_execute("PRAGMA busy_timeout = 10000")
-            .map_err(|e| e.to_string())?;
-        diesel::sql_query(query)
-            .load(&mut conn)
-            .map_err(|e| e.to_string())?
-    };
+    let rows: Vec<Number> = Conn::to(url)?.load(query)?;
     rows.first()
         .map(|r| r.n)
         .ok_or_else(|| format!("no row from {query}"))
-}
-
-#[cfg(feature = "mysql")]
-fn mysql_number(url: &str, query: &str) -> Result<i64, String> {
-    use diesel::RunQueryDsl;
-    let url = format!("mysql://{}", &url[url.find("://").map_or(0, |i| i + 3)..]);
-    let mut conn = diesel::mysql::MysqlConnection::establish(&url).map_err(|e| e.to_string())?;
-    let rows: Vec<Number> = diesel::sql_query(query)
-        .load(&mut conn)
-        .map_err(|e| e.to_string())?;
-    rows.first()
-        .map(|r| r.n)
-        .ok_or_else(|| format!("no row from {query}"))
-}
-
-#[cfg(not(feature = "mysql"))]
-fn mysql_number(_url: &str, _query: &str) -> Result<i64, String> {
-    Err("this build has no MySQL/MariaDB support (the `mysql` feature)".into())
 }
 
 /// Whether the routine called `name` is marked edited (`needs_sync`): the
@@ -117,43 +139,8 @@ struct Text {
 
 /// The texts `query` returns (one TEXT column named `s`), in its order.
 pub fn texts(url: &str, query: &str) -> Result<Vec<String>, String> {
-    use diesel::RunQueryDsl;
-    let lower = url.to_ascii_lowercase();
-    let rows: Vec<Text> = if lower.starts_with("postgres") {
-        let mut conn = diesel::pg::PgConnection::establish(url).map_err(|e| e.to_string())?;
-        diesel::sql_query(query)
-            .load(&mut conn)
-            .map_err(|e| e.to_string())?
-    } else if lower.starts_with("mysql") || lower.starts_with("mariadb") {
-        return mysql_texts(url, query);
-    } else {
-        let path = url
-            .strip_prefix("sqlite://")
-            .or_else(|| url.strip_prefix("sqlite:"))
-            .unwrap_or(url);
-        let mut conn =
-            diesel::sqlite::SqliteConnection::establish(path).map_err(|e| e.to_string())?;
-        diesel::sql_query(query)
-            .load(&mut conn)
-            .map_err(|e| e.to_string())?
-    };
+    let rows: Vec<Text> = Conn::to(url)?.load(query)?;
     Ok(rows.into_iter().map(|r| r.s).collect())
-}
-
-#[cfg(feature = "mysql")]
-fn mysql_texts(url: &str, query: &str) -> Result<Vec<String>, String> {
-    use diesel::RunQueryDsl;
-    let url = format!("mysql://{}", &url[url.find("://").map_or(0, |i| i + 3)..]);
-    let mut conn = diesel::mysql::MysqlConnection::establish(&url).map_err(|e| e.to_string())?;
-    let rows: Vec<Text> = diesel::sql_query(query)
-        .load(&mut conn)
-        .map_err(|e| e.to_string())?;
-    Ok(rows.into_iter().map(|r| r.s).collect())
-}
-
-#[cfg(not(feature = "mysql"))]
-fn mysql_texts(_url: &str, _query: &str) -> Result<Vec<String>, String> {
-    Err("this build has no MySQL/MariaDB support (the `mysql` feature)".into())
 }
 
 /// The schema as the database's catalog describes it: tables and their
