@@ -260,6 +260,26 @@ const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
 /// each a request).
 const SLACK: Duration = Duration::from_millis(500);
 
+/// Restores the cut and waits for `/healthz` to answer 200, for at most
+/// `latest` (still 503 just before the restore); how long it took.
+fn healthy_after_restore(
+    proxy: &common::Proxy,
+    latest: Duration,
+    healthz: impl Fn() -> u16,
+) -> Duration {
+    assert_eq!(healthz(), 503);
+    proxy.restore();
+    let restored = Instant::now();
+    assert!(
+        wait_until(latest, || healthz() == 200),
+        "still unhealthy {:?} after the restore",
+        restored.elapsed()
+    );
+    let healthy_after = restored.elapsed();
+    assert!(healthy_after <= latest + SLACK, "{healthy_after:?}");
+    healthy_after
+}
+
 #[test]
 fn health_turns_503_while_the_database_is_cut_and_200_after() {
     let Some(db) = TestDb::postgres("health_database_cut") else {
@@ -348,17 +368,8 @@ fn health_turns_503_while_the_database_is_cut_and_200_after() {
     // connection r2d2 tries again at most half the checkout timeout after
     // the restore; a try that timed out just before that sleeps one cap
     // more. So the turn comes within [0, checkout/2 + cap + SLACK].
-    assert_eq!(healthz(), 503);
-    proxy.restore();
-    let restored = Instant::now();
-    let latest = CHECKOUT_TIMEOUT / 2 + BACKOFF_CAP + SLACK;
-    assert!(
-        wait_until(latest, || healthz() == 200),
-        "still unhealthy {:?} after the restore",
-        restored.elapsed()
-    );
-    let healthy_after = restored.elapsed();
-    assert!(healthy_after <= latest + SLACK, "{healthy_after:?}");
+    let healthy_after =
+        healthy_after_restore(&proxy, CHECKOUT_TIMEOUT / 2 + BACKOFF_CAP + SLACK, healthz);
     let m = get(addr, "/metrics").body;
     assert_eq!(sample(&m, "beat_database_up"), Some(1.0), "{m}");
     eprintln!("healthz: 503 after {unhealthy_after:.1?} of a database cut (bound {bound:?}), 200 {healthy_after:.1?} after the restore");
@@ -429,17 +440,7 @@ fn health_turns_503_while_the_broker_is_cut_and_200_after() {
     // (still 503 up to the restore). Tries are at most the back-off's cap
     // apart and the beat wakes for each (the routine stays due), so the
     // turn comes within [0, cap + SLACK] after the restore.
-    assert_eq!(healthz(), 503);
-    proxy.restore();
-    let restored = Instant::now();
-    let latest = BACKOFF_CAP + SLACK;
-    assert!(
-        wait_until(latest, || healthz() == 200),
-        "still unhealthy {:?} after the restore",
-        restored.elapsed()
-    );
-    let healthy_after = restored.elapsed();
-    assert!(healthy_after <= latest + SLACK, "{healthy_after:?}");
+    let healthy_after = healthy_after_restore(&proxy, BACKOFF_CAP + SLACK, healthz);
     assert_eq!(broker_up(), Some(1.0));
     eprintln!("healthz: broker down {down_after:.1?} and 503 {unhealthy_after:.1?} after a broker cut (bound {bound:?}), 200 {healthy_after:.1?} after the restore");
     drop(server);
