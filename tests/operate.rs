@@ -277,6 +277,8 @@ fn next_previews_fire_times_without_a_database() {
             "Europe/Berlin",
             "-n",
             "3",
+            "--after",
+            "2026-01-05 07:50",
             "--json",
         ],
     );
@@ -284,13 +286,58 @@ fn next_previews_fire_times_without_a_database() {
     let preview = ran.json();
     assert_eq!(preview["timezone"], "Europe/Berlin");
     assert_eq!(preview["schedule"], "every 15 minutes past hour 9");
-    let local: Vec<String> = preview["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["local"].as_str().unwrap()[11..16].to_owned())
-        .collect();
-    assert_eq!(local, ["09:00", "09:15", "09:30"]);
+    // 07:50 UTC is 08:50 in Berlin in January (CET, UTC+1).
+    let runs = |preview: &serde_json::Value, key: &str| -> Vec<String> {
+        preview["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t[key].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        runs(&preview, "local"),
+        [
+            "2026-01-05 09:00:00 CET",
+            "2026-01-05 09:15:00 CET",
+            "2026-01-05 09:30:00 CET"
+        ]
+    );
+    assert_eq!(runs(&preview, "utc")[0], "2026-01-05T08:00:00.000000Z");
+    // The same instant written with its offset; then the hour itself: the
+    // times are after it, so 09:00 is not among them.
+    for (after, first) in [
+        ("2026-01-05T08:50:00+01:00", "09:00"),
+        ("2026-01-05 08:00", "09:15"),
+    ] {
+        let ran = beat(
+            "sqlite://unused",
+            &[
+                "next",
+                r#"{"minute": "*/15", "hour": "9"}"#,
+                "--timezone",
+                "Europe/Berlin",
+                "--after",
+                after,
+                "--json",
+            ],
+        );
+        assert_eq!(ran.code, 0, "{ran:?}");
+        assert_eq!(
+            &runs(&ran.json(), "local")[0][11..16],
+            first,
+            "after {after}"
+        );
+    }
+    let ran = beat(
+        "sqlite://unused",
+        &["next", r#"{"timedelta": 90}"#, "--after", "tomorrow"],
+    );
+    assert_eq!(ran.code, 2, "{ran:?}");
+    assert!(
+        ran.err.contains("\"tomorrow\": expected a UTC time"),
+        "{ran:?}"
+    );
     let ran = beat("sqlite://unused", &["next", r#"{"hour": 25}"#]);
     assert_eq!(ran.code, 1, "{ran:?}");
     assert!(ran.err.contains("hour"), "{ran:?}");

@@ -416,7 +416,12 @@ fn next(config: &Config, args: crate::NextArgs, json: bool) -> anyhow::Result<i3
             .map_err(|_| anyhow::anyhow!("unknown time zone {name:?}"))?,
         None => config.timezone,
     };
-    let (schedule, runs) = ops::preview(&args.schedule, zone, args.count, Utc::now())?;
+    let (schedule, runs) = ops::preview(
+        &args.schedule,
+        zone,
+        args.count,
+        args.after.unwrap_or_else(Utc::now),
+    )?;
     let shown = schedule
         .timezone()
         .and_then(|name| name.parse::<chrono_tz::Tz>().ok())

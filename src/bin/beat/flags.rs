@@ -1,5 +1,6 @@
 //! The flag values clap cannot parse alone: `--every` (a duration),
-//! `--since` (a duration ago, or a UTC time) and `--as` (a name).
+//! `--since` (a duration ago, or a UTC time), `--after` (a time) and
+//! `--as` (a name).
 
 use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
 
@@ -53,18 +54,35 @@ pub fn parse_since(text: &str) -> anyhow::Result<DateTime<Utc>> {
             .ok_or_else(|| anyhow::anyhow!("{text:?} is too long ago"))?;
         return Ok(Utc::now() - ago);
     }
+    instant(text).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{text:?}: expected a duration ago (30m, 2h, 7d) or a UTC time (2026-11-27 09:00)"
+        )
+    })
+}
+
+/// `--after`: a UTC time, or an RFC 3339 time with its offset.
+pub fn parse_after(text: &str) -> anyhow::Result<DateTime<Utc>> {
+    instant(text).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{text:?}: expected a UTC time (2026-11-27 09:00) or one with its offset (2026-11-27T09:00:00+01:00)"
+        )
+    })
+}
+
+/// An RFC 3339 time, or a UTC time to the minute or second, or a UTC date
+/// (its midnight).
+fn instant(text: &str) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Ok(t.with_timezone(&Utc));
+        return Some(t.with_timezone(&Utc));
     }
     for format in ["%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S"] {
         if let Ok(t) = NaiveDateTime::parse_from_str(text, format) {
-            return Ok(t.and_utc());
+            return Some(t.and_utc());
         }
     }
-    if let Ok(d) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        return Ok(d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc());
-    }
-    anyhow::bail!(
-        "{text:?}: expected a duration ago (30m, 2h, 7d) or a UTC time (2026-11-27 09:00)"
-    )
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
 }

@@ -230,6 +230,10 @@ struct NextArgs {
     /// How many fire times.
     #[arg(short = 'n', default_value_t = 10)]
     count: usize,
+    /// The fire times after this time instead of now: a UTC time
+    /// (`2027-03-01 08:00`) or one with its offset (RFC 3339).
+    #[arg(long, value_name = "TIME", value_parser = flags::parse_after)]
+    after: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// The error and its causes, each cause once: a library error that shows
