@@ -8,8 +8,36 @@
 /// assert_eq!(redact_url("redis://:s3cret@host:6379/0"), "redis://:***@host:6379/0");
 /// assert_eq!(redact_url("postgres://app:pw@db/app"), "postgres://app:***@db/app");
 /// assert_eq!(redact_url("sqlite://beat.sqlite3"), "sqlite://beat.sqlite3");
+/// // kombu's failover list: each URL masked.
+/// assert_eq!(redact_url("amqp://u:a@h1//;amqp://u:b@h2//"), "amqp://u:***@h1//;amqp://u:***@h2//");
 /// ```
 pub fn redact_url(url: &str) -> String {
+    // kombu reads `url1;url2` as a list of brokers to fail over to: a ';'
+    // that starts another URL (a scheme and "://") separates them; any
+    // other ';' may belong to a password.
+    let starts_url = |rest: &str| {
+        rest.find("://").is_some_and(|end| {
+            end > 0
+                && rest[..end]
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        })
+    };
+    if let Some(split) = url
+        .match_indices(';')
+        .map(|(i, _)| i)
+        .find(|&i| starts_url(&url[i + 1..]))
+    {
+        return format!(
+            "{};{}",
+            redact_one(&url[..split]),
+            redact_url(&url[split + 1..])
+        );
+    }
+    redact_one(url)
+}
+
+fn redact_one(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
     };
@@ -102,6 +130,13 @@ mod tests {
             "postgres://h/db?user=u&password=***&sslmode=require"
         );
         assert_eq!(redact_url("beat.sqlite3"), "beat.sqlite3");
+        // kombu's failover list: every URL in it is masked; a ';' that
+        // starts no URL is part of a password.
+        assert_eq!(
+            redact_url("redis://:one@h1/0;redis://:two@h2/0;rediss://u:three@h3/0"),
+            "redis://:***@h1/0;redis://:***@h2/0;rediss://u:***@h3/0"
+        );
+        assert_eq!(redact_url("amqp://u:pa;ss@h//"), "amqp://u:***@h//");
         let c = Config {
             broker_url: Some("redis://:hunter2@h/1".into()),
             ..Config::default()
