@@ -92,6 +92,12 @@ fn request_bytes_on(
     }
     if method == "POST" {
         head.push_str("Content-Type: application/x-www-form-urlencoded\r\n");
+    }
+    // A body is always announced: bytes sent past a head without a length
+    // are another request to the server, which it leaves unread when it
+    // closes, and the close then resets the connection (the answer may be
+    // lost before it is read).
+    if method == "POST" || !body.is_empty() {
         head.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     head.push_str("\r\n");
