@@ -308,9 +308,20 @@ backend_tests! {
         let id = beat.id().to_owned();
         let mine = || beat.store().beats().list().unwrap().into_iter().filter(|b| b.id == id).collect::<Vec<_>>();
         let first = mine().pop().expect("registered at start");
-        db.exec(&format!("DELETE FROM beats WHERE id = '{id}'"));
-        assert_eq!(db.number(&format!("SELECT COUNT(*) AS n FROM beats WHERE id = '{id}'")), 0);
-        assert!(wait_until(Duration::from_secs(10), || mine().len() == 1), "not registered again");
+        // Marked, then deleted: the beat may register again within a
+        // heartbeat (0.1 s), so the row's absence cannot be checked after
+        // the delete; a row without the mark (heartbeats write only
+        // heartbeat_at) is a new one.
+        let marked = "marked before the delete";
+        db.exec(&format!(
+            "UPDATE beats SET version = '{marked}' WHERE id = '{id}'; DELETE FROM beats WHERE id = '{id}'"
+        ));
+        assert!(
+            wait_until(Duration::from_secs(10), || mine().iter().any(|b| b.version != marked)),
+            "not registered again: {:?}",
+            mine()
+        );
+        assert_eq!(mine().len(), 1);
         let again = mine().pop().unwrap();
         assert_eq!(
             (&again.host, again.pid, &again.version, &again.tasks, again.broker),
