@@ -268,25 +268,25 @@ backend_tests! {
 /// `beat next` needs no database.
 #[test]
 fn next_previews_fire_times_without_a_database() {
-    let ran = beat(
-        "postgres://nobody:secret@127.0.0.1:1/none",
-        &[
-            "next",
-            r#"{"minute": "*/15", "hour": "9"}"#,
-            "--timezone",
-            "Europe/Berlin",
-            "-n",
-            "3",
-            "--after",
-            "2026-01-05 07:50",
-            "--json",
-        ],
-    );
-    assert_eq!(ran.code, 0, "{ran:?}");
-    let preview = ran.json();
-    assert_eq!(preview["timezone"], "Europe/Berlin");
-    assert_eq!(preview["schedule"], "every 15 minutes past hour 9");
-    // 07:50 UTC is 08:50 in Berlin in January (CET, UTC+1).
+    // A database that does not exist: `beat next` never connects.
+    let next = |after: &str, n: &str| {
+        let ran = beat(
+            "postgres://nobody:secret@127.0.0.1:1/none",
+            &[
+                "next",
+                r#"{"minute": "*/15", "hour": "9"}"#,
+                "--timezone",
+                "Europe/Berlin",
+                "-n",
+                n,
+                "--after",
+                after,
+                "--json",
+            ],
+        );
+        assert_eq!(ran.code, 0, "{ran:?}");
+        ran.json()
+    };
     let runs = |preview: &serde_json::Value, key: &str| -> Vec<String> {
         preview["runs"]
             .as_array()
@@ -295,6 +295,10 @@ fn next_previews_fire_times_without_a_database() {
             .map(|t| t[key].as_str().unwrap().to_owned())
             .collect()
     };
+    let preview = next("2026-01-05 07:50", "3");
+    assert_eq!(preview["timezone"], "Europe/Berlin");
+    assert_eq!(preview["schedule"], "every 15 minutes past hour 9");
+    // 07:50 UTC is 08:50 in Berlin in January (CET, UTC+1).
     assert_eq!(
         runs(&preview, "local"),
         [
@@ -310,21 +314,8 @@ fn next_previews_fire_times_without_a_database() {
         ("2026-01-05T08:50:00+01:00", "09:00"),
         ("2026-01-05 08:00", "09:15"),
     ] {
-        let ran = beat(
-            "sqlite://unused",
-            &[
-                "next",
-                r#"{"minute": "*/15", "hour": "9"}"#,
-                "--timezone",
-                "Europe/Berlin",
-                "--after",
-                after,
-                "--json",
-            ],
-        );
-        assert_eq!(ran.code, 0, "{ran:?}");
         assert_eq!(
-            &runs(&ran.json(), "local")[0][11..16],
+            &runs(&next(after, "1"), "local")[0][11..16],
             first,
             "after {after}"
         );
