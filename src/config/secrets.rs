@@ -12,9 +12,17 @@
 /// assert_eq!(redact_url("amqp://u:a@h1//;amqp://u:b@h2//"), "amqp://u:***@h1//;amqp://u:***@h2//");
 /// ```
 pub fn redact_url(url: &str) -> String {
-    // kombu reads `url1;url2` as a list of brokers to fail over to: a ';'
-    // that starts another URL (a scheme and "://") separates them; any
-    // other ';' may belong to a password.
+    urls_in(url)
+        .into_iter()
+        .map(redact_one)
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+/// The URLs of kombu's failover list `url1;url2` (one URL alone is a list
+/// of one). A ';' that starts another URL (a scheme and "://") separates
+/// them; any other ';' may belong to a password.
+fn urls_in(list: &str) -> Vec<&str> {
     let starts_url = |rest: &str| {
         rest.find("://").is_some_and(|end| {
             end > 0
@@ -23,18 +31,16 @@ pub fn redact_url(url: &str) -> String {
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
         })
     };
-    if let Some(split) = url
-        .match_indices(';')
-        .map(|(i, _)| i)
-        .find(|&i| starts_url(&url[i + 1..]))
-    {
-        return format!(
-            "{};{}",
-            redact_one(&url[..split]),
-            redact_url(&url[split + 1..])
-        );
+    let mut urls = Vec::new();
+    let mut start = 0;
+    for (i, _) in list.match_indices(';') {
+        if starts_url(&list[i + 1..]) {
+            urls.push(&list[start..i]);
+            start = i + 1;
+        }
     }
-    redact_one(url)
+    urls.push(&list[start..]);
+    urls
 }
 
 fn redact_one(url: &str) -> String {
@@ -66,9 +72,13 @@ fn redact_one(url: &str) -> String {
 /// driver's text (a driver may repeat the URL or the password).
 pub(crate) fn redact_message(message: &str, url: &str) -> String {
     let mut message = message.replace(url, &redact_url(url));
-    if let Some(password) = password_of(url) {
-        if !password.is_empty() {
-            message = message.replace(&password, "***");
+    // Each URL of a failover list, which a driver may quote alone.
+    for one in urls_in(url) {
+        message = message.replace(one, &redact_one(one));
+        if let Some(password) = password_of(one) {
+            if !password.is_empty() {
+                message = message.replace(&password, "***");
+            }
         }
     }
     message
@@ -111,6 +121,13 @@ mod tests {
                 url
             ),
             "could not connect to postgres://app:***@db/app: ***?"
+        );
+        // A failover list: a driver quoting its second URL alone, or that
+        // URL's password, shows neither.
+        let list = "redis://:one@h1/0;redis://:two@h2/0";
+        assert_eq!(
+            redact_message("h2 refused redis://:two@h2/0 (password two)", list),
+            "h2 refused redis://:***@h2/0 (password ***)"
         );
     }
 
