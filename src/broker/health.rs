@@ -1,5 +1,6 @@
-//! The broker's health: up, or failing since when. Every publish reports
-//! here, and this reports on to the beat's [`Health`] (up or down, and the
+//! The broker's health: up, or failing since when. Every publish and every
+//! check (`Broker`'s watch, when nothing was published for a while)
+//! reports here, and this reports on to the beat's [`Health`] (up or down, and the
 //! last error, for `/healthz`, `/readyz` and `beat_broker_up`). While the
 //! broker fails, claims leave its routines due until the next retry, with
 //! a capped exponential back-off; one log line when an outage starts, one
@@ -9,7 +10,7 @@ use super::BrokerError;
 use crate::backoff::Backoff;
 use crate::metrics::Health;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A broker outage in progress.
 #[derive(Debug)]
@@ -23,6 +24,8 @@ struct Outage {
 #[derive(Debug)]
 pub(super) struct Outages {
     outage: Mutex<Option<Outage>>,
+    /// When the broker last answered.
+    answered: Mutex<Instant>,
     health: Arc<Health>,
 }
 
@@ -30,7 +33,21 @@ impl Outages {
     pub(super) fn new(health: Arc<Health>) -> Self {
         Outages {
             outage: Mutex::new(None),
+            answered: Mutex::new(Instant::now()),
             health,
+        }
+    }
+
+    /// Whether the broker is due a check: it has not answered for
+    /// `interval`, and during an outage, its next retry has come.
+    pub(super) fn check_due(&self, interval: Duration) -> bool {
+        let now = Instant::now();
+        match self.retry_at() {
+            Some(retry_at) => now >= retry_at,
+            None => {
+                let answered = *self.answered.lock().unwrap_or_else(PoisonError::into_inner);
+                now >= answered + interval
+            }
         }
     }
 
@@ -46,7 +63,7 @@ impl Outages {
         self.lock().as_ref().map(|o| o.retry_at)
     }
 
-    /// A publish failed.
+    /// A publish or a check failed.
     pub(super) fn failed(&self, e: &BrokerError) {
         self.health.broker_failed(e);
         let now = Instant::now();
@@ -70,9 +87,10 @@ impl Outages {
         }
     }
 
-    /// A publish succeeded: only that proves the broker is back.
+    /// A publish or a check succeeded: the broker is up (again).
     pub(super) fn succeeded(&self) {
         self.health.broker_succeeded();
+        *self.answered.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
         if let Some(outage) = self.lock().take() {
             log::info!(
                 "broker reachable again after {:.1?}",
@@ -89,7 +107,6 @@ impl Outages {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)

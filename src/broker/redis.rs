@@ -306,16 +306,35 @@ impl Transport for Publisher {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
+        self.retrying(|p| p.try_publish(messages))
+    }
+
+    /// `PING`.
+    fn check(&mut self) -> Result<(), BrokerError> {
+        self.retrying(|p| {
+            redis::cmd("PING")
+                .query::<()>(p.connection()?)
+                .map_err(|e| p.failed(&e))
+        })
+    }
+}
+
+impl Publisher {
+    /// Runs `step` on the connection; on failure, drops the connection. A
+    /// connection that was idle may have died meanwhile (a Redis restart, a
+    /// proxy's timeout): one more try on a fresh one before calling the
+    /// broker unavailable. Nothing was delivered on the dead one; were it
+    /// otherwise, a repeat has the same ids.
+    fn retrying<T>(
+        &mut self,
+        mut step: impl FnMut(&mut Self) -> Result<T, BrokerError>,
+    ) -> Result<T, BrokerError> {
         let reused = self.connection.is_some();
-        let mut result = self.try_publish(messages);
+        let mut result = step(self);
         if result.is_err() {
             self.connection = None;
-            // A connection that was idle may have died meanwhile (a Redis
-            // restart, a proxy's timeout): one more try on a fresh one
-            // before calling the broker unavailable. Nothing was delivered
-            // on the dead one; were it otherwise, a repeat has the same ids.
             if reused {
-                result = self.try_publish(messages);
+                result = step(self);
                 if result.is_err() {
                     self.connection = None;
                 }

@@ -27,7 +27,7 @@ use crate::metrics::{Counted, Counts, Metrics, Target};
 use crate::routine::Invalid;
 use crate::schedule::MisfirePolicy;
 use crate::shutdown::Shutdown;
-use crate::store::{NewRun, Plan, RoutineRow};
+use crate::store::{NewRun, Plan, RoutineRow, RunOutcome};
 use crate::worker::{InFlight, Job, JobQueue, RunEvent};
 use chrono::{DateTime, Utc};
 use crossbeam_channel::Sender;
@@ -53,6 +53,11 @@ pub(crate) enum Fate {
     Run(Job),
     /// Published to the broker within the transaction (for this due time).
     Sent(Message),
+    /// The broker cannot take its message where it goes (RabbitMQ: the
+    /// exchange does not exist), for this reason: the routine moves on, as
+    /// Celery's beat does after a failed send, with the reason as its
+    /// `last_error`.
+    Refused(String),
     /// Its previous run is still going.
     Skip,
     /// Missed by more than its grace time, under the skip policy.
@@ -142,11 +147,14 @@ impl Dispatcher {
 
     /// Publishes the Celery messages among `outcomes` on claimer
     /// `claimer`'s connection (`None`: runs on demand, on a connection of
-    /// their own). Inside a claim: if this fails, the claim rolls back.
+    /// their own). Inside a claim: if this fails, the claim rolls back. A
+    /// message the broker refuses turns its outcome into
+    /// [`Fate::Refused`], and its record (among `runs`) into a failure.
     pub(crate) fn publish(
         &self,
         claimer: Option<usize>,
-        outcomes: &[Outcome],
+        outcomes: &mut [Outcome],
+        runs: &mut [NewRun],
     ) -> Result<(), BrokerError> {
         let sent: Vec<(&str, &Message)> = outcomes
             .iter()
@@ -160,20 +168,43 @@ impl Dispatcher {
             return Ok(());
         };
         let messages: Vec<&Message> = sent.iter().map(|(_, m)| *m).collect();
-        let Some(claimer) = claimer else {
-            let delivered = broker.publish_on_demand(&messages)?;
-            log_deliveries(&sent, delivered);
-            return Ok(());
+        let delivered = match claimer {
+            Some(claimer) => broker.publish(claimer, &messages)?,
+            None => broker.publish_on_demand(&messages)?,
         };
-        let delivered = broker.publish(claimer, &messages)?;
-        // A due run's lateness ends here (the worker queue's, at its push).
-        let published_at = self.clock.now();
-        for message in &messages {
-            let late = (published_at - message.run_at).to_std();
-            self.metrics.record_lateness(late.unwrap_or_default());
+        if claimer.is_some() {
+            // A due run's lateness ends here (the worker queue's, at its push).
+            let published_at = self.clock.now();
+            for message in &messages {
+                let late = (published_at - message.run_at).to_std();
+                self.metrics.record_lateness(late.unwrap_or_default());
+            }
         }
-        log_deliveries(&sent, delivered);
+        log_deliveries(&sent, &delivered);
+        let refused: Vec<(String, String)> = sent
+            .iter()
+            .zip(delivered)
+            .filter_map(|((_, message), delivery)| match delivery {
+                Delivery::Refused(reason) => Some((message.id.clone(), reason)),
+                _ => None,
+            })
+            .collect();
+        for (id, reason) in refused {
+            refuse(outcomes, runs, &id, reason);
+        }
         Ok(())
+    }
+
+    /// The claim that published these outcomes' messages did not commit:
+    /// the broker is told, so that claiming them again does not publish
+    /// them twice (see [`Broker::not_committed`]).
+    pub(crate) fn not_committed(&self, outcomes: &[Outcome]) {
+        if let Some(broker) = &self.broker {
+            broker.not_committed(outcomes.iter().filter_map(|o| match &o.fate {
+                Fate::Sent(message) => Some(message),
+                _ => None,
+            }));
+        }
     }
 
     /// After the claim committed: says what is worth saying, queues the
@@ -198,6 +229,14 @@ impl Dispatcher {
                 Fate::Sent(..) => {
                     counts.fired += 1;
                     Counted::Dispatched
+                }
+                Fate::Refused(reason) => {
+                    log::error!(
+                        "routine {}: not sent: {reason}; it moves on to its next run",
+                        outcome.routine
+                    );
+                    counts.refused += 1;
+                    Counted::Refused
                 }
                 Fate::Skip => {
                     counts.skipped += 1;
@@ -254,6 +293,16 @@ impl Dispatcher {
     }
 }
 
+impl Outcome {
+    /// Why the broker refused this run's message, if it did.
+    pub(crate) fn refused(&self) -> Option<&str> {
+        match &self.fate {
+            Fate::Refused(reason) => Some(reason),
+            _ => None,
+        }
+    }
+}
+
 impl Fired {
     /// An invalid row's claim: no run, and the reason as its error.
     fn invalid(row: &RoutineRow, reason: Invalid) -> Self {
@@ -273,8 +322,24 @@ impl Fired {
     }
 }
 
-/// Says what became of each published message.
-fn log_deliveries(sent: &[(&str, &Message)], delivered: Vec<Delivery>) {
+/// The run of task `id` among `outcomes` and `runs` was refused by the
+/// broker, for `reason`.
+fn refuse(outcomes: &mut [Outcome], runs: &mut [NewRun], id: &str, reason: String) {
+    if let Some(run) = runs.iter_mut().find(|run| run.task_id == id) {
+        run.outcome = RunOutcome::Failed;
+        run.error = Some(reason.clone());
+    }
+    let refused = outcomes
+        .iter_mut()
+        .find(|o| matches!(&o.fate, Fate::Sent(message) if message.id == id));
+    if let Some(outcome) = refused {
+        outcome.fate = Fate::Refused(reason);
+    }
+}
+
+/// Says what became of each published message (a refusal is said after
+/// the claim, once it stands).
+fn log_deliveries(sent: &[(&str, &Message)], delivered: &[Delivery]) {
     for ((routine, message), delivery) in sent.iter().zip(delivered) {
         match delivery {
             Delivery::To(0) => log::error!(
@@ -291,6 +356,7 @@ fn log_deliveries(sent: &[(&str, &Message)], delivered: Vec<Delivery>) {
                 "routine {routine}: task {} was already published (by an earlier attempt at this run); not published twice",
                 message.id
             ),
+            Delivery::Refused(_) => {}
         }
     }
 }

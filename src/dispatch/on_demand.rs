@@ -58,10 +58,10 @@ impl Dispatcher {
     /// the run (`BeatHandle::send_now`). Returns its task id.
     pub(crate) fn send_now(&self, row: &RoutineRow, store: &RoutineStore) -> Result<String, Error> {
         let now = self.clock.now();
-        let (outcome, run) = self.on_demand(row, now);
-        let runs: Vec<NewRun> = run.into_iter().collect();
-        if let Ok(outcome) = &outcome {
-            self.publish(None, std::slice::from_ref(outcome))?;
+        let (mut outcome, run) = self.on_demand(row, now);
+        let mut runs: Vec<NewRun> = run.into_iter().collect();
+        if let Ok(outcome) = &mut outcome {
+            self.publish(None, std::slice::from_mut(outcome), &mut runs)?;
         }
         if !runs.is_empty() {
             let mut claim = store.begin_claim()?;
@@ -70,6 +70,9 @@ impl Dispatcher {
             self.touched.note([row.id.as_str()]);
         }
         let outcome = outcome.map_err(|reason| RoutineError::new(&row.name, reason))?;
+        if let Some(reason) = outcome.refused() {
+            return Err(RoutineError::new(&row.name, reason.to_owned()).into());
+        }
         let id = match &outcome.fate {
             Fate::Run(job) => job.task_id.clone(),
             Fate::Sent(message) => message.id.clone(),
@@ -86,8 +89,15 @@ impl Dispatcher {
     pub(crate) fn hand_over_on_demand(&self, outcomes: Vec<Outcome>) -> bool {
         let mut all = true;
         for outcome in outcomes {
-            if let Fate::Run(job) = outcome.fate {
-                all &= self.queue(job);
+            match outcome.fate {
+                Fate::Run(job) => all &= self.queue(job),
+                Fate::Refused(reason) => {
+                    log::error!(
+                        "routine {}: run on demand not sent: {reason}",
+                        outcome.routine
+                    );
+                }
+                _ => {}
             }
         }
         all

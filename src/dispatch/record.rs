@@ -59,6 +59,8 @@ impl Dispatcher {
         let outcome = match fate {
             Fate::Run(_) => RunOutcome::Queued,
             Fate::Sent(..) => RunOutcome::Published,
+            // Refused only once published (`Dispatcher::publish`).
+            Fate::Refused(..) => RunOutcome::Failed,
             Fate::Skip => RunOutcome::Skipped,
             Fate::Missed => RunOutcome::Missed,
             Fate::Invalid => return None,

@@ -347,6 +347,7 @@ impl Snapshot {
             "runs",
             "Runs by task, target (celery, in_process, none: not routed) and outcome \
              (dispatched, skipped, missed, abandoned; invalid: rows found invalid; \
+             refused: the broker could not take the message where it goes; \
              in-process attempts: succeeded, failed, gave_up).",
             None,
             MetricType::Counter,
@@ -398,7 +399,7 @@ impl Snapshot {
             gauge(
                 encoder,
                 "broker_up",
-                "1 unless the last publish to the broker failed.",
+                "1 unless the broker's last publish or check failed.",
                 None,
                 f64::from(u8::from(up)),
             )?;

@@ -26,6 +26,7 @@ pub(crate) struct Metrics {
     pub(crate) skipped: AtomicU64,
     pub(crate) missed: AtomicU64,
     pub(crate) invalid: AtomicU64,
+    pub(crate) refused: AtomicU64,
     pub(crate) succeeded: AtomicU64,
     pub(crate) failed: AtomicU64,
     pub(crate) gave_up: AtomicU64,
@@ -116,6 +117,8 @@ pub(crate) enum Counted {
     Skipped,
     Missed,
     Invalid,
+    /// The broker could not take its message where it goes.
+    Refused,
     Abandoned,
     Succeeded,
     /// An attempt failed (each retry counts).
@@ -124,11 +127,12 @@ pub(crate) enum Counted {
 }
 
 impl Counted {
-    pub(crate) const ALL: [Counted; 8] = [
+    pub(crate) const ALL: [Counted; 9] = [
         Counted::Dispatched,
         Counted::Skipped,
         Counted::Missed,
         Counted::Invalid,
+        Counted::Refused,
         Counted::Abandoned,
         Counted::Succeeded,
         Counted::Failed,
@@ -141,6 +145,7 @@ impl Counted {
             Counted::Skipped => "skipped",
             Counted::Missed => "missed",
             Counted::Invalid => "invalid",
+            Counted::Refused => "refused",
             Counted::Abandoned => "abandoned",
             Counted::Succeeded => "succeeded",
             Counted::Failed => "failed",
@@ -226,6 +231,7 @@ impl Default for Metrics {
             skipped: AtomicU64::new(0),
             missed: AtomicU64::new(0),
             invalid: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             succeeded: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             gave_up: AtomicU64::new(0),
@@ -249,6 +255,7 @@ pub(crate) struct Counts {
     pub(crate) skipped: usize,
     pub(crate) missed: usize,
     pub(crate) invalid: usize,
+    pub(crate) refused: usize,
     pub(crate) abandoned: usize,
 }
 
@@ -258,12 +265,13 @@ impl Counts {
         self.skipped += other.skipped;
         self.missed += other.missed;
         self.invalid += other.invalid;
+        self.refused += other.refused;
         self.abandoned += other.abandoned;
     }
 
     /// Whether any claimed row was dealt with.
     pub(crate) fn any(&self) -> bool {
-        self.fired + self.skipped + self.missed + self.invalid + self.abandoned > 0
+        self.fired + self.skipped + self.missed + self.invalid + self.refused + self.abandoned > 0
     }
 }
 
@@ -277,6 +285,7 @@ impl Metrics {
         add(&self.skipped, counts.skipped);
         add(&self.missed, counts.missed);
         add(&self.invalid, counts.invalid);
+        add(&self.refused, counts.refused);
         add(&self.abandoned, counts.abandoned);
     }
 
@@ -370,6 +379,7 @@ impl Metrics {
             skipped: load(&self.skipped),
             missed: load(&self.missed),
             invalid: load(&self.invalid),
+            refused: load(&self.refused),
             lateness,
             succeeded: load(&self.succeeded),
             failed: load(&self.failed),
@@ -391,6 +401,9 @@ pub struct Stats {
     pub missed: u64,
     /// Rows found invalid.
     pub invalid: u64,
+    /// Runs whose message the broker could not take where it goes
+    /// (RabbitMQ: the exchange does not exist); each routine moved on.
+    pub refused: u64,
     /// How late runs were handed over (to Redis or the worker queue).
     pub lateness: Lateness,
     /// In-process task attempts that succeeded.

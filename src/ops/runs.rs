@@ -2,7 +2,7 @@
 //! routine now.
 
 use super::Operator;
-use crate::broker;
+use crate::broker::{self, Delivery};
 use crate::error::Error;
 use crate::metrics::Target;
 use crate::routine::RoutineError;
@@ -157,7 +157,11 @@ impl Operator {
                 .celery_message(&row, now, &task_id)
                 .map_err(|e| invalid(e.0))?
             {
-                broker::connect(url, self.config.broker_dedup_window)?.publish(&[&message])?;
+                let delivered =
+                    broker::connect(url, self.config.broker_dedup_window)?.publish(&[&message])?;
+                if let Some(Delivery::Refused(reason)) = delivered.into_iter().next() {
+                    return Err(invalid(reason));
+                }
                 let mut run = NewRun::of(
                     &row,
                     now,

@@ -159,11 +159,23 @@ impl Scheduler {
             .iter()
             .map(|row| dispatcher.fire(row, now, &busy))
             .collect();
-        let (plans, outcomes, runs) = unzip(fired);
-        dispatcher.publish(Some(claimer), &outcomes)?;
-        claim.record(&runs, now)?;
-        claim.advance(&plans)?;
-        claim.commit()?;
+        let (mut plans, mut outcomes, mut runs) = unzip(fired);
+        dispatcher.publish(Some(claimer), &mut outcomes, &mut runs)?;
+        for (plan, outcome) in plans.iter_mut().zip(&outcomes) {
+            if let Some(reason) = outcome.refused() {
+                plan.last_error = Some(reason.to_owned());
+            }
+        }
+        let committed = claim
+            .record(&runs, now)
+            .and_then(|()| claim.advance(&plans))
+            .and_then(|()| claim.commit());
+        if let Err(e) = committed {
+            // Published but not claimed: the rows are due again, and their
+            // messages are not to be published twice.
+            dispatcher.not_committed(&outcomes);
+            return Err(e.into());
+        }
         if dispatcher.history {
             let recorded = runs.iter().map(|run| run.routine_id.as_str());
             dispatcher.touched.note(recorded);

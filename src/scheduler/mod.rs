@@ -53,6 +53,9 @@ pub struct Tick {
     pub missed: usize,
     /// Rows found invalid (recorded in their `last_error`).
     pub invalid: usize,
+    /// Runs whose message the broker could not take where it goes
+    /// (recorded in their routine's `last_error`).
+    pub refused: usize,
     /// Claimed runs dropped because the beat stopped with every worker busy.
     pub abandoned: usize,
     /// More rows were due than one pass claims.
@@ -205,6 +208,7 @@ impl Scheduler {
         tick.skipped = counts.skipped;
         tick.missed = counts.missed;
         tick.invalid = counts.invalid;
+        tick.refused = counts.refused;
         tick.abandoned = counts.abandoned;
         tick.next_due = self.next_due(now)?;
         Ok(tick)
@@ -347,7 +351,8 @@ impl Scheduler {
                     let looked = looked_for_edits.map_or(Duration::ZERO, |at| at.elapsed());
                     let next_look = self.settings.watch_interval.saturating_sub(looked);
                     let wait = self.sleep_after(&tick, self.clock.now(), next_look);
-                    let claimed = tick.fired + tick.skipped + tick.missed + tick.invalid > 0;
+                    let claimed =
+                        tick.fired + tick.skipped + tick.missed + tick.invalid + tick.refused > 0;
                     if wait.is_zero() && !tick.more_due && !claimed {
                         contended.failed()
                     } else {

@@ -54,9 +54,9 @@ impl Scheduler {
             .filter(|row| row.run_requested_at.is_some())
             .map(|row| dispatcher.on_demand(row, now))
             .unzip();
-        let requested: Vec<Outcome> = requested.into_iter().filter_map(Result::ok).collect();
-        let runs: Vec<NewRun> = runs.into_iter().flatten().collect();
-        dispatcher.publish(None, &requested)?;
+        let mut requested: Vec<Outcome> = requested.into_iter().filter_map(Result::ok).collect();
+        let mut runs: Vec<NewRun> = runs.into_iter().flatten().collect();
+        dispatcher.publish(None, &mut requested, &mut runs)?;
         claim.record(&runs, now)?;
         claim.plan(&plans)?;
         claim.commit()?;
