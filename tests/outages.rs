@@ -8,60 +8,18 @@
 mod common;
 
 use celery_diesel_kit::{Beat, Config, RoutineRow};
-use chrono::{DateTime, Duration as TimeDelta, Utc};
+use chrono::Utc;
 use common::routines::insert_tagged;
-use common::tally::{first, tally, Tally};
-use common::{
-    cpu_seconds, env_seconds, holds_for, published, published_count, redis_queue, report,
-    wait_until, BeatProcess, Kind, Proxy, TestDb, REDIS_HOST,
+use common::runs::{
+    all_ran_since, assert_an_outage_costs_what_idling_costs,
+    assert_outages_cost_only_their_own_runs, cost, idle_cost,
 };
-use std::collections::HashMap;
+use common::tally::tally;
+use common::{
+    env_seconds, holds_for, published, published_count, redis_queue, report, wait_until,
+    BeatProcess, Kind, Proxy, TestDb, REDIS_HOST,
+};
 use std::time::{Duration, Instant};
-
-/// An outage as the tests saw it: the cut, the restore, and the first run
-/// seen after it.
-type Window = (DateTime<Utc>, DateTime<Utc>, DateTime<Utc>);
-
-/// What outages may do to runs, and no more: a run is missed only while
-/// its routine could not be claimed, and after an outage a routine fires
-/// once, not once per missed due time.
-fn assert_outages_cost_only_their_own_runs(tally: &Tally, windows: &[Window]) {
-    assert!(
-        tally.miscounted.is_empty(),
-        "{:?}",
-        first(&tally.miscounted)
-    );
-    assert_eq!(tally.strays, 0);
-    // A claim that failed after its push (the database gone at the commit)
-    // is claimed again; Redis remembers the run and takes it once.
-    assert_eq!(tally.repeats, 0, "runs pushed to Redis twice");
-    for (routine, due) in &tally.missed {
-        assert!(
-            windows
-                .iter()
-                .any(|(from, _, back)| *due >= *from - TimeDelta::seconds(1) && *due <= *back),
-            "{routine}: run due {due} missed outside an outage"
-        );
-    }
-    for (from, restored, _) in windows {
-        let mut inside: HashMap<&str, usize> = HashMap::new();
-        for (routine, due) in &tally.dispatched {
-            if *due > *from + TimeDelta::seconds(1) && *due < *restored {
-                *inside.entry(routine.as_str()).or_default() += 1;
-            }
-        }
-        assert!(
-            inside.values().all(|n| *n <= 1),
-            "more than one run per routine within the outage from {from}: {inside:?}"
-        );
-    }
-}
-
-/// Whether every routine in `rows` has run since `t`.
-fn all_ran_since(rows: &[RoutineRow], t: DateTime<Utc>) -> bool {
-    rows.iter()
-        .all(|r| r.last_run_at_utc().is_some_and(|last| last > t))
-}
 
 /// Runs a beat through a proxy to its database, cuts the proxy for 5 s,
 /// 30 s and three times 2 s, and checks the log and every message.
@@ -273,19 +231,6 @@ fn broker_outages_leave_routines_due_and_each_fires_once_after() {
     assert_outages_cost_only_their_own_runs(&tally, &windows);
 }
 
-/// What a beat costs over `seconds`: transactions per second on its
-/// database, and its share of a core.
-fn cost(beat: &BeatProcess, db: &TestDb, seconds: u64) -> (f64, f64) {
-    let (tx0, cpu0, t0) = (db.transactions(), cpu_seconds(beat.pid()), Instant::now());
-    // A rate over a window: time passing is the point.
-    std::thread::sleep(Duration::from_secs(seconds));
-    let wall = t0.elapsed().as_secs_f64();
-    (
-        (db.transactions() - tx0) as f64 / wall,
-        (cpu_seconds(beat.pid()) - cpu0) / wall,
-    )
-}
-
 #[test]
 fn a_broker_outage_costs_what_idling_costs_and_in_process_routines_keep_time() {
     let test = "reliability_outage_cost";
@@ -305,21 +250,8 @@ fn a_broker_outage_costs_what_idling_costs_and_in_process_routines_keep_time() {
         ("CELERY_BROKER_URL", proxy.url(&direct).as_str()),
         ("RUST_LOG", "info"),
     ]);
-    // Idle: every routine planned, none due for an hour.
-    let planned = || {
-        store
-            .routines()
-            .unwrap()
-            .iter()
-            .all(|r| r.next_run_at.is_some() && !r.awaits_planning())
-    };
-    assert!(
-        wait_until(Duration::from_secs(20), planned),
-        "{}",
-        beat.log()
-    );
     let seconds = env_seconds("CDK_OUTAGE_SECONDS", 10);
-    let (idle_tx, idle_cpu) = cost(&beat, &db, seconds);
+    let (idle_tx, idle_cpu) = idle_cost(&beat, &db, seconds);
 
     db.exec(r#"UPDATE routines SET schedule = '{"timedelta": 1}' WHERE task = 'tasks.record'"#);
     assert!(wait_until(Duration::from_secs(10), || published_count(
@@ -347,24 +279,7 @@ fn a_broker_outage_costs_what_idling_costs_and_in_process_routines_keep_time() {
         idle_cpu * 100.0,
         outage_cpu * 100.0
     ));
-    // What a lasting outage adds: the Celery routines stay due, so the
-    // beat looks at them again at each step of its back-offs (the
-    // broker's, and its wait for rows it cannot claim), each look a claim
-    // of the 1,000 rolled back. Measured at 5 to 20% over idling on two
-    // shared cores; half again bounds it with room (it was twice, plus 5).
-    assert!(
-        outage_tx <= idle_tx * 1.5,
-        "{outage_tx:.1} transactions/s in the outage, {idle_tx:.1} idle:\n{}",
-        beat.log()
-    );
-    // The same retries in CPU: a tenth of a core covers them and the
-    // noise of a shared machine.
-    assert!(
-        outage_cpu <= idle_cpu + 0.1,
-        "{:.1}% of a core in the outage, {:.1}% idle",
-        outage_cpu * 100.0,
-        idle_cpu * 100.0
-    );
+    assert_an_outage_costs_what_idling_costs((idle_tx, idle_cpu), (outage_tx, outage_cpu), &beat);
     // The in-process routine ran once per second throughout.
     let due_seconds = (to - from).num_milliseconds() as f64 / 1000.0;
     let ran = f64::from(after - before);
@@ -433,14 +348,5 @@ fn no_password_appears_in_any_log_line_or_error() {
         c
     };
     output.push_str(&format!("{config:?}"));
-    assert!(output.contains(":***@"), "nothing was redacted?\n{output}");
-    assert!(
-        !output.contains(SECRET),
-        "a password leaked:\n{}",
-        output
-            .lines()
-            .filter(|l| l.contains(SECRET))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    common::log::assert_redacted(&output, SECRET);
 }

@@ -11,69 +11,16 @@ mod common;
 use celery_diesel_kit::ops::Operator;
 use chrono::{DateTime, Duration as TimeDelta, Utc};
 use common::routines::insert_tagged;
+use common::runs::{
+    assert_every_due_time_dispatched, assert_history_is_the_runs, logs, serve_then_stop,
+};
 use common::tally::{first, tally};
 use common::{
     at, env_seconds, holds_for, published, published_count, redis_queue, report, signal,
-    wait_until, BeatProcess, Kind, Published, Recorder, Rng, TestDb,
+    wait_until, BeatProcess, Kind, Recorder, Rng, TestDb,
 };
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
-
-/// The history is the runs, whatever was killed when: every message
-/// reached Redis has exactly one `published` record, and every record has
-/// its message (the record is written in the claim's transaction, the push
-/// is part of it).
-fn assert_history_is_the_runs(db: &TestDb, messages: &[Published]) -> usize {
-    let op = Operator::connect(db.config()).expect("connect");
-    let runs = op.history(None, false, None, 10_000_000).expect("history");
-    let mut recorded: HashMap<&str, usize> = HashMap::new();
-    for run in runs.iter().filter(|r| r.outcome == "published") {
-        *recorded.entry(run.task_id.as_str()).or_default() += 1;
-    }
-    let sent: HashSet<&str> = messages.iter().map(|m| m.id.as_str()).collect();
-    let unrecorded: Vec<&&str> = sent
-        .iter()
-        .filter(|id| !recorded.contains_key(**id))
-        .collect();
-    let phantom: Vec<&&str> = recorded.keys().filter(|id| !sent.contains(**id)).collect();
-    let doubled: Vec<(&&str, &usize)> = recorded.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        unrecorded.is_empty(),
-        "{} runs without a record: {:?}",
-        unrecorded.len(),
-        first(&unrecorded)
-    );
-    assert!(
-        phantom.is_empty(),
-        "{} records without a run: {:?}",
-        phantom.len(),
-        first(&phantom)
-    );
-    assert!(
-        doubled.is_empty(),
-        "runs recorded twice: {:?}",
-        first(&doubled)
-    );
-    let others: Vec<&str> = runs
-        .iter()
-        .filter(|r| r.outcome != "published")
-        .map(|r| r.outcome.as_str())
-        .collect();
-    assert!(
-        others.is_empty(),
-        "Celery runs are published, nothing else: {others:?}"
-    );
-    recorded.len()
-}
-
-/// The logs of several beats, for a failure message.
-fn logs(beats: &[BeatProcess]) -> String {
-    beats
-        .iter()
-        .map(BeatProcess::log)
-        .collect::<Vec<_>>()
-        .join("\n---\n")
-}
 
 fn several_beats_one_killed(seconds: u64) {
     let test = "reliability_three_beats";
@@ -110,19 +57,7 @@ fn several_beats_one_killed(seconds: u64) {
     );
     beats[1] = BeatProcess::start(&env);
     let rest = Duration::from_secs(seconds - seconds / 2);
-    assert!(
-        holds_for(rest, || beats.iter_mut().all(BeatProcess::is_running)),
-        "a beat exited:\n{}",
-        logs(&beats)
-    );
-    let served = started.elapsed().as_secs_f64();
-    for beat in &mut beats {
-        assert!(
-            beat.terminate(Duration::from_secs(30)),
-            "a beat did not stop cleanly:\n{}",
-            beat.log()
-        );
-    }
+    let served = serve_then_stop(&mut beats, rest, started);
     let rows = store.routines().unwrap();
     let messages = published(&broker, &queue);
     let tally = tally(&rows, &messages);
@@ -131,26 +66,7 @@ fn several_beats_one_killed(seconds: u64) {
         "three beats, {seconds} s, one SIGKILLed: {} runs dispatched, {} repeated (same id), {} missed, {} strays, {recorded} recorded",
         tally.runs, tally.repeats, tally.missed.len(), tally.strays
     ));
-    // The 1 s and 2 s routines run from their first due time, at most 4 s
-    // and 5 s after the start (a start-up of up to 3 s, then a period), to
-    // the stop, missing none (below); the minutely ones add what they add.
-    let least = 100.0 * (served - 4.0) + 50.0 * (served - 5.0);
-    assert!(
-        tally.runs as f64 >= least,
-        "{} runs in {served:.1} s, fewer than {least:.0}: {tally:?}",
-        tally.runs
-    );
-    assert!(
-        tally.miscounted.is_empty(),
-        "{:?}",
-        first(&tally.miscounted)
-    );
-    assert!(
-        tally.missed.is_empty(),
-        "missed: {:?}",
-        first(&tally.missed)
-    );
-    assert_eq!(tally.strays, 0);
+    assert_every_due_time_dispatched(&tally, served);
     // A SIGKILL between publishing and committing leaves a run pushed but
     // not claimed; the next claim of it pushes nothing (Redis remembers
     // its id).

@@ -5,60 +5,9 @@ mod common;
 
 use celery_diesel_kit::ops::Operator;
 use celery_diesel_kit::{Beat, Config, Error, Routine, RoutineStore, RunFilter, Target};
+use common::kit::{kit_ddl, kit_insert, kit_insert_run};
 use common::{at, every, sql, wait_until, Kind, Recorder, TestClock, TestDb};
 use std::time::Duration;
-
-/// The kit's table exactly as SQLAlchemy 2.0 creates it from the kit's model.
-fn kit_ddl(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Postgres => {
-            "CREATE TABLE routines (
-                id UUID NOT NULL, name VARCHAR(50) NOT NULL, task VARCHAR(50) NOT NULL,
-                schedule JSON NOT NULL, last_run_at TIMESTAMP WITHOUT TIME ZONE,
-                total_run_count INTEGER, active BOOLEAN NOT NULL, kwargs JSON, options JSON,
-                PRIMARY KEY (id));
-             CREATE INDEX ix_routines_last_run_at ON routines (last_run_at);
-             CREATE INDEX ix_routines_name ON routines (name);"
-        }
-        // MariaDB 10.7+ has the UUID type SQLAlchemy names (MySQL 8 has not).
-        Kind::Mysql => {
-            "CREATE TABLE routines (
-                id UUID NOT NULL, name VARCHAR(50) NOT NULL, task VARCHAR(50) NOT NULL,
-                schedule JSON NOT NULL, last_run_at DATETIME, total_run_count INTEGER,
-                active BOOL NOT NULL, kwargs JSON, options JSON, PRIMARY KEY (id));
-             CREATE INDEX ix_routines_last_run_at ON routines (last_run_at);
-             CREATE INDEX ix_routines_name ON routines (name);"
-        }
-        Kind::Sqlite => {
-            "CREATE TABLE routines (
-                id CHAR(32) NOT NULL, name VARCHAR(50) NOT NULL, task VARCHAR(50) NOT NULL,
-                schedule JSON NOT NULL, last_run_at DATETIME, total_run_count INTEGER,
-                active BOOLEAN NOT NULL, kwargs JSON, options JSON, PRIMARY KEY (id));
-             CREATE INDEX ix_routines_last_run_at ON routines (last_run_at);
-             CREATE INDEX ix_routines_name ON routines (name);"
-        }
-    }
-}
-
-/// A row as the kit's `merge_inplace` inserts it (SQLAlchemy's statement).
-fn kit_insert(kind: Kind, name: &str, schedule: &str) -> String {
-    kit_insert_run(kind, name, schedule, 0)
-}
-
-/// As `kit_insert`, for a row that has run `count` times.
-fn kit_insert_run(kind: Kind, name: &str, schedule: &str, count: i32) -> String {
-    let id = uuid::Uuid::new_v4();
-    // SQLAlchemy binds a uuid natively on PostgreSQL, as 32 hex digits elsewhere.
-    let id = match kind {
-        Kind::Postgres => id.to_string(),
-        Kind::Sqlite | Kind::Mysql => id.simple().to_string(),
-    };
-    format!(
-        "INSERT INTO routines (id, name, task, schedule, last_run_at, total_run_count, active, kwargs, options) \
-         VALUES ('{id}', '{name}', '{name}', '{schedule}', NULL, {count}, {}, '{{}}', '{{}}')",
-        if kind == Kind::Postgres { "true" } else { "1" }
-    )
-}
 
 backend_tests! {
     fn a_run_recorded_as_local_reads_and_migrates_as_in_process(db) {

@@ -56,6 +56,17 @@ pub struct CeleryWorker {
 
 impl CeleryWorker {
     pub fn start(python: &Path, broker: &str, queues: &str) -> CeleryWorker {
+        CeleryWorker::start_recording_in(python, broker, queues, broker)
+    }
+
+    /// A worker on `broker` whose task records its calls in the Redis at
+    /// `calls` (for a broker that is not Redis).
+    pub fn start_recording_in(
+        python: &Path,
+        broker: &str,
+        queues: &str,
+        calls: &str,
+    ) -> CeleryWorker {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python");
         let mut child = std::process::Command::new(python)
             .args([
@@ -79,6 +90,7 @@ impl CeleryWorker {
             .arg(format!("--hostname=cdk-{}@%h", std::process::id()))
             .current_dir(dir)
             .env("CDK_BROKER_URL", broker)
+            .env("CDK_CALLS_URL", calls)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()

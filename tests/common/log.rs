@@ -31,3 +31,18 @@ pub fn captured_log() -> &'static Mutex<Vec<String>> {
     });
     &LINES
 }
+
+/// `output` (logs, errors, reports) shows URLs with their password masked
+/// (`:***@`), and `secret` nowhere.
+pub fn assert_redacted(output: &str, secret: &str) {
+    assert!(output.contains(":***@"), "nothing was redacted?\n{output}");
+    assert!(
+        !output.contains(secret),
+        "a password leaked:\n{}",
+        output
+            .lines()
+            .filter(|l| l.contains(secret))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

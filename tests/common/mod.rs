@@ -17,6 +17,8 @@
 //! - `tasks`: tasks that record their runs or block until released.
 //! - `redis`: a Redis database or queue of the test's own, and the
 //!   messages a beat left there.
+//! - `rabbit`: a RabbitMQ virtual host of the test's own, and the
+//!   messages waiting there as py-amqp reads them.
 //! - `tally`: those messages checked against each routine's due times.
 //! - `celery`: the Celery virtualenv and a real Celery worker.
 //! - `process`: `beat` processes, their logs and their exit.
@@ -32,13 +34,16 @@ pub mod celery;
 pub mod cli;
 pub mod clock;
 pub mod db;
+pub mod kit;
 pub mod log;
 pub mod proc;
 pub mod process;
 pub mod proxy;
+pub mod rabbit;
 pub mod redis;
 pub mod rng;
 pub mod routines;
+pub mod runs;
 pub mod sql;
 pub mod tally;
 pub mod tasks;

@@ -1,7 +1,8 @@
 """A Celery app for the interop tests: its tasks record each call in Redis.
 
-The broker (and result backend) is CDK_BROKER_URL. Each call of
-`tasks.record` RPUSHes one JSON line to the list `calls`.
+The broker is CDK_BROKER_URL. Each call of `tasks.record` RPUSHes one
+JSON line to the list `calls` in the Redis at CDK_CALLS_URL (the broker,
+when it is Redis), which is also the result backend.
 """
 
 import json
@@ -11,8 +12,9 @@ import redis
 from celery import Celery
 
 BROKER = os.environ["CDK_BROKER_URL"]
+CALLS = os.environ.get("CDK_CALLS_URL", BROKER)
 
-app = Celery("cdk", broker=BROKER, backend=BROKER)
+app = Celery("cdk", broker=BROKER, backend=CALLS)
 app.conf.update(
     worker_prefetch_multiplier=1,
     broker_connection_retry_on_startup=True,
@@ -21,7 +23,7 @@ app.conf.update(
     timezone="UTC",
 )
 
-_redis = redis.Redis.from_url(BROKER)
+_redis = redis.Redis.from_url(CALLS)
 
 
 @app.task(name="tasks.record", bind=True)
