@@ -1,22 +1,33 @@
-//! `bench`: measures the beat on a real database and Redis, and prints one
-//! JSON line per scenario and backend.
+//! `bench`: measures the beat on a real database and broker (Redis, or
+//! RabbitMQ with `--broker amqp`), and prints one JSON line per scenario
+//! and backend.
 //!
 //! ```text
 //! cargo bench --bench bench                                  # everything, full size
 //! cargo bench --bench bench -- --db postgres --scenario burst
+//! cargo bench --bench bench -- --db postgres --scenario burst,steady --broker amqp
 //! cargo bench --bench bench -- --smoke                       # small and quick
 //! ```
+//!
+//! With `--broker amqp` the beat publishes to RabbitMQ at `--amqp-url`
+//! (default `amqp://guest:guest@127.0.0.1:5672/cdk_bench`); a virtual host
+//! RabbitMQ lacks is created with `rabbitmqctl` when RabbitMQ runs on this
+//! machine (otherwise create it by hand, with permissions for the user).
 //!
 //! Scenarios (each on a fresh database the bench creates and drops):
 //! - `scale`: 10k, 100k and 1M planned routines (intervals and crontabs);
 //!   time from start to the first dispatch, resident memory, CPU per minute
 //!   while nothing is due.
-//! - `burst`: 100k routines due at one instant, published to Redis: the
-//!   time until all are in Redis, against a plain pipelined LPUSH of the
-//!   same messages by this process.
+//! - `burst`: 100k routines due at one instant: the time until all are in
+//!   the broker (Redis: in the list; RabbitMQ: confirmed, counted in the
+//!   queue), resident memory before and after, against a plain publisher
+//!   of the same messages by this process (Redis: pipelined LPUSH;
+//!   RabbitMQ: one confirming channel, in batches of the beat's claim
+//!   batch, each confirmed before the next).
 //! - `steady`: 10k routines every second for 60 s: dispatches per second,
-//!   lateness, misses and repeats, beat CPU; with `--http-load on`, while a
-//!   thread loads the dashboard's pages and `/metrics` in a loop.
+//!   lateness, misses and repeats (a consumer drains the queue and counts
+//!   task ids), beat CPU; with `--http-load on`, while a thread loads the
+//!   dashboard's pages and `/metrics` in a loop.
 //! - `edit`: 100 edits by SQL (schedule, active), each timed until the
 //!   beat has applied it.
 //!
@@ -27,9 +38,12 @@
 //! smoke test (`smoke.rs`), every scenario small on every backend, checked
 //! for misses and repeats, so that the bench cannot rot.
 
+mod burst;
 #[path = "../../tests/common/mod.rs"]
 mod common;
 mod db;
+mod measure;
+mod rabbit;
 mod scenarios;
 mod smoke;
 
@@ -53,6 +67,30 @@ impl Backend {
     }
 }
 
+/// The broker the beat publishes to (`--broker`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Broker {
+    Redis,
+    Amqp,
+}
+
+impl Broker {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Broker::Redis => "redis",
+            Broker::Amqp => "amqp",
+        }
+    }
+
+    /// The broker server's process, whose CPU time the bench reports.
+    pub(crate) fn process(self) -> &'static str {
+        match self {
+            Broker::Redis => "redis-server",
+            Broker::Amqp => "beam.smp",
+        }
+    }
+}
+
 pub(crate) struct Options {
     pub(crate) backends: Vec<Backend>,
     pub(crate) scenarios: Vec<String>,
@@ -65,6 +103,9 @@ pub(crate) struct Options {
     pub(crate) postgres: String,
     pub(crate) mysql: String,
     pub(crate) redis: String,
+    pub(crate) broker: Broker,
+    /// RabbitMQ, for `--broker amqp`.
+    pub(crate) amqp: String,
     /// `history` (the run records) on or off.
     pub(crate) history: bool,
     /// `steady` with the dashboard and `/metrics` loaded in a loop.
@@ -92,6 +133,8 @@ fn parse_args(args: Vec<String>) -> anyhow::Result<Options> {
         postgres: common::postgres_admin_url(),
         mysql: common::mysql_admin_url(),
         redis: "redis://127.0.0.1:6379/14".into(),
+        broker: Broker::Redis,
+        amqp: "amqp://guest:guest@127.0.0.1:5672/cdk_bench".into(),
         history: true,
         http_load: false,
         http_pause: std::time::Duration::ZERO,
@@ -127,6 +170,14 @@ fn parse_args(args: Vec<String>) -> anyhow::Result<Options> {
             "--postgres-url" => o.postgres = value()?,
             "--mysql-url" => o.mysql = value()?,
             "--redis-url" => o.redis = value()?,
+            "--broker" => {
+                o.broker = match value()?.as_str() {
+                    "redis" => Broker::Redis,
+                    "amqp" | "rabbitmq" => Broker::Amqp,
+                    other => bail!("--broker takes redis or amqp, not {other:?}"),
+                }
+            }
+            "--amqp-url" => o.amqp = value()?,
             "--http-load" => {
                 o.http_load = match value()?.as_str() {
                     "on" => true,
@@ -160,6 +211,7 @@ fn parse_args(args: Vec<String>) -> anyhow::Result<Options> {
                      \x20            [--scale 10000,100000,1000000] [--burst N] [--steady-routines N]\n\
                      \x20            [--steady-seconds S] [--edits N] [--idle-seconds S]\n\
                      \x20            [--postgres-url URL] [--mysql-url URL] [--redis-url URL]\n\
+                     \x20            [--broker redis|amqp] [--amqp-url URL]\n\
                      \x20            [--history on|off] [--http-load on|off] [--http-pause-ms MS]"
                 );
                 std::process::exit(0);
@@ -234,7 +286,7 @@ fn measure(args: Vec<String>) -> anyhow::Result<()> {
                     .scale
                     .iter()
                     .try_for_each(|n| scenarios::scale(*backend, *n, &o)),
-                "burst" => scenarios::burst(*backend, o.burst, &o),
+                "burst" => burst::burst(*backend, o.burst, &o),
                 "steady" => scenarios::steady(*backend, o.steady_routines, o.steady_seconds, &o),
                 "edit" => scenarios::edit(*backend, o.edits, &o),
                 other => bail!("unknown scenario {other}"),

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 pub(crate) const EDITS: usize = 10;
 
 /// Options of the bench itself; with any of them it measures.
-const BENCH_OPTIONS: [&str; 13] = [
+const BENCH_OPTIONS: [&str; 15] = [
     "--bench",
     "--smoke",
     "--db",
@@ -27,6 +27,8 @@ const BENCH_OPTIONS: [&str; 13] = [
     "--postgres-url",
     "--mysql-url",
     "--redis-url",
+    "--broker",
+    "--amqp-url",
 ];
 
 /// Whether this process was started by `cargo test` rather than to
