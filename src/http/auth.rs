@@ -217,16 +217,20 @@ impl Auth {
             return Caller::Anonymous;
         }
         if let Some(value) = authorization {
-            if let Some(wait) = self.throttled(peer) {
-                return Caller::Throttled(wait);
-            }
+            let left = match self.guess(peer) {
+                Ok(left) => left,
+                Err(wait) => return Caller::Throttled(wait),
+            };
             let given = value.strip_prefix("Bearer ").map(str::trim);
             return match given.and_then(|given| self.identify(given)) {
-                Some(operator) => Caller::Bearer {
-                    operator: operator.to_owned(),
-                },
+                Some(operator) => {
+                    self.right_token(peer);
+                    Caller::Bearer {
+                        operator: operator.to_owned(),
+                    }
+                }
                 None => {
-                    self.wrong_token(peer);
+                    wrong_token(peer, left);
                     Caller::WrongToken
                 }
             };
@@ -271,14 +275,13 @@ impl Auth {
         peer: IpAddr,
         now: Instant,
     ) -> Result<(String, String), Caller> {
-        if let Some(wait) = self.throttled(peer) {
-            return Err(Caller::Throttled(wait));
-        }
+        let left = self.guess(peer).map_err(Caller::Throttled)?;
         let Some(operator) = self.identify(given).map(str::to_owned) else {
-            self.wrong_token(peer);
+            wrong_token(peer, left);
             log::debug!("http: a login with a wrong token from {peer} was refused");
             return Err(Caller::WrongToken);
         };
+        self.right_token(peer);
         let id = uuid::Uuid::new_v4().simple().to_string();
         let csrf = uuid::Uuid::new_v4().simple().to_string();
         let mut sessions = self.sessions();
@@ -318,18 +321,18 @@ impl Auth {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// How long `peer` must wait before its next guess, if it must.
-    fn throttled(&self, peer: IpAddr) -> Option<Duration> {
-        let allowances = self.allowances();
-        let allowance = allowances.get(&Client::of(peer))?;
-        let left = refilled(allowance);
-        (left < 1.0).then(|| REFILL.mul_f64(1.0 - left))
-    }
-
-    /// Counts a wrong token against `peer`.
-    fn wrong_token(&self, peer: IpAddr) {
+    /// Takes one of `peer`'s guesses at a token, checked and charged in
+    /// one step, so that requests at the same time cannot together pass
+    /// the allowance; a right token gives it back (`right_token`). Returns
+    /// the guesses left, or how long `peer` must wait for its next.
+    fn guess(&self, peer: IpAddr) -> Result<f64, Duration> {
         let mut allowances = self.allowances();
-        if allowances.len() >= MAX_CLIENTS && !allowances.contains_key(&Client::of(peer)) {
+        if let Some(allowance) = allowances.get(&Client::of(peer)) {
+            let left = refilled(allowance);
+            if left < 1.0 {
+                return Err(REFILL.mul_f64(1.0 - left));
+            }
+        } else if allowances.len() >= MAX_CLIENTS {
             // Forget the addresses that have their whole allowance back,
             // else the one with the most left.
             allowances.retain(|_, a| refilled(a) < BURST);
@@ -349,12 +352,14 @@ impl Auth {
         });
         allowance.left = refilled(allowance) - 1.0;
         allowance.at = Instant::now();
-        if allowance.left < 1.0 && allowance.left >= 0.0 {
-            log::warn!(
-                "http: {} wrong tokens from {peer}; its tokens are refused (429) for {} s",
-                BURST as u32,
-                REFILL.as_secs()
-            );
+        Ok(allowance.left)
+    }
+
+    /// `peer`'s guess was right: it is given back.
+    fn right_token(&self, peer: IpAddr) {
+        if let Some(allowance) = self.allowances().get_mut(&Client::of(peer)) {
+            allowance.left = (refilled(allowance) + 1.0).min(BURST);
+            allowance.at = Instant::now();
         }
     }
 
@@ -381,6 +386,18 @@ impl Auth {
 /// Whether session `s` is still on at `now`.
 fn alive(s: &Session, now: Instant) -> bool {
     now.saturating_duration_since(s.created) < SESSION_LIFETIME
+}
+
+/// A wrong token from `peer`, which has `left` guesses after it: said
+/// once, when they run out.
+fn wrong_token(peer: IpAddr, left: f64) {
+    if (0.0..1.0).contains(&left) {
+        log::warn!(
+            "http: {} wrong tokens from {peer}; its tokens are refused (429) for {} s",
+            BURST as u32,
+            REFILL.as_secs()
+        );
+    }
 }
 
 /// An allowance as it stands now (refilled since it was last charged).
@@ -423,6 +440,35 @@ mod tests {
             ],
             false,
         )
+    }
+
+    /// Guesses are checked and charged in one step: of the burst's worth
+    /// taken at once (as by requests on every listener thread), none more
+    /// passes, however they interleave; a right token costs nothing.
+    #[test]
+    fn guesses_are_taken_in_one_step_and_a_right_token_gives_its_back() {
+        let auth = auth();
+        let burst = BURST as usize;
+        let passed = std::thread::scope(|scope| {
+            let takers: Vec<_> = (0..4 * burst)
+                .map(|_| scope.spawn(|| auth.guess(local()).is_ok()))
+                .collect();
+            takers
+                .into_iter()
+                .map(|t| t.join().unwrap_or(false))
+                .filter(|passed| *passed)
+                .count()
+        });
+        assert_eq!(passed, burst);
+        let wait = auth.guess(local()).unwrap_err();
+        assert!(wait > Duration::ZERO && wait <= REFILL, "{wait:?}");
+
+        let other = IpAddr::from([10, 0, 0, 1]);
+        for _ in 0..3 * burst {
+            assert!(auth.guess(other).is_ok());
+            auth.right_token(other);
+        }
+        assert!(auth.login("alice-token-0123456789", other).is_ok());
     }
 
     #[test]
