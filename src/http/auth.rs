@@ -6,12 +6,10 @@
 //! Tokens are kept as their SHA-256 only, and a token given is hashed once
 //! and compared with every operator's hash in constant time, so that
 //! neither which operator matched nor where a guess differs shows in the
-//! time taken. A client address that gives [`BURST`] wrong tokens is
-//! answered 429 (without a look at what it sends) until its allowance has
-//! refilled, one guess per [`REFILL`]; the answer is immediate, never a
-//! sleep on a shared thread.
+//! time taken. Each guess is charged to its client address first (see
+//! `throttle`).
 
-use super::server::Client;
+use super::throttle::{self, Throttle};
 use super::{Reply, Request};
 use crate::config::{read_tokens_file, Config, ConfigError, OperatorToken, TokenSecret};
 use crate::store::{Actor, Via};
@@ -27,13 +25,6 @@ const COOKIE: &str = "beat_session";
 pub(super) const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 /// Sessions kept at most (the oldest go first).
 pub(super) const MAX_SESSIONS: usize = 1000;
-/// Wrong tokens a client address may give before it is throttled.
-pub(super) const BURST: f64 = 5.0;
-/// How soon a throttled address may guess again (one more guess each).
-pub(super) const REFILL: Duration = Duration::from_secs(12);
-/// Client addresses whose wrong tokens are remembered (the fullest
-/// allowances go first).
-const MAX_CLIENTS: usize = 10_000;
 /// The name the audit trail gives whoever holds the shared `http_token`.
 pub(super) const SHARED_TOKEN_NAME: &str = "http_token";
 
@@ -77,18 +68,12 @@ struct Session {
     created: Instant,
 }
 
-/// A client address's allowance of wrong tokens.
-struct Allowance {
-    left: f64,
-    at: Instant,
-}
-
 pub(crate) struct Auth {
     /// Each operator's name and token's SHA-256.
     operators: Vec<(String, [u8; 32])>,
     public_read: bool,
     sessions: Mutex<HashMap<String, Session>>,
-    allowances: Mutex<HashMap<Client, Allowance>>,
+    throttle: Throttle,
 }
 
 /// Whether `a` and `b` are equal, in time that depends on their lengths
@@ -157,7 +142,7 @@ impl Auth {
             operators,
             public_read,
             sessions: Mutex::new(HashMap::new()),
-            allowances: Mutex::new(HashMap::new()),
+            throttle: Throttle::default(),
         }
     }
 
@@ -217,20 +202,20 @@ impl Auth {
             return Caller::Anonymous;
         }
         if let Some(value) = authorization {
-            let left = match self.guess(peer) {
+            let left = match self.throttle.guess(peer) {
                 Ok(left) => left,
                 Err(wait) => return Caller::Throttled(wait),
             };
             let given = value.strip_prefix("Bearer ").map(str::trim);
             return match given.and_then(|given| self.identify(given)) {
                 Some(operator) => {
-                    self.right_token(peer);
+                    self.throttle.right_token(peer);
                     Caller::Bearer {
                         operator: operator.to_owned(),
                     }
                 }
                 None => {
-                    wrong_token(peer, left);
+                    throttle::wrong_token(peer, left);
                     Caller::WrongToken
                 }
             };
@@ -275,13 +260,13 @@ impl Auth {
         peer: IpAddr,
         now: Instant,
     ) -> Result<(String, String), Caller> {
-        let left = self.guess(peer).map_err(Caller::Throttled)?;
+        let left = self.throttle.guess(peer).map_err(Caller::Throttled)?;
         let Some(operator) = self.identify(given).map(str::to_owned) else {
-            wrong_token(peer, left);
+            throttle::wrong_token(peer, left);
             log::debug!("http: a login with a wrong token from {peer} was refused");
             return Err(Caller::WrongToken);
         };
-        self.right_token(peer);
+        self.throttle.right_token(peer);
         let id = uuid::Uuid::new_v4().simple().to_string();
         let csrf = uuid::Uuid::new_v4().simple().to_string();
         let mut sessions = self.sessions();
@@ -315,54 +300,6 @@ impl Auth {
         self.sessions().remove(id);
     }
 
-    fn allowances(&self) -> std::sync::MutexGuard<'_, HashMap<Client, Allowance>> {
-        self.allowances
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Takes one of `peer`'s guesses at a token, checked and charged in
-    /// one step, so that requests at the same time cannot together pass
-    /// the allowance; a right token gives it back (`right_token`). Returns
-    /// the guesses left, or how long `peer` must wait for its next.
-    fn guess(&self, peer: IpAddr) -> Result<f64, Duration> {
-        let mut allowances = self.allowances();
-        if let Some(allowance) = allowances.get(&Client::of(peer)) {
-            let left = refilled(allowance);
-            if left < 1.0 {
-                return Err(REFILL.mul_f64(1.0 - left));
-            }
-        } else if allowances.len() >= MAX_CLIENTS {
-            // Forget the addresses that have their whole allowance back,
-            // else the one with the most left.
-            allowances.retain(|_, a| refilled(a) < BURST);
-            if allowances.len() >= MAX_CLIENTS {
-                let fullest = allowances
-                    .iter()
-                    .max_by(|a, b| refilled(a.1).total_cmp(&refilled(b.1)))
-                    .map(|(client, _)| *client);
-                if let Some(client) = fullest {
-                    allowances.remove(&client);
-                }
-            }
-        }
-        let allowance = allowances.entry(Client::of(peer)).or_insert(Allowance {
-            left: BURST,
-            at: Instant::now(),
-        });
-        allowance.left = refilled(allowance) - 1.0;
-        allowance.at = Instant::now();
-        Ok(allowance.left)
-    }
-
-    /// `peer`'s guess was right: it is given back.
-    fn right_token(&self, peer: IpAddr) {
-        if let Some(allowance) = self.allowances().get_mut(&Client::of(peer)) {
-            allowance.left = (refilled(allowance) + 1.0).min(BURST);
-            allowance.at = Instant::now();
-        }
-    }
-
     /// Whether `r`, from an operator, may change something: 403 when the
     /// form token of its session is wrong (a forged form), else 401 (429
     /// when throttled) for a caller who is no operator.
@@ -388,23 +325,6 @@ fn alive(s: &Session, now: Instant) -> bool {
     now.saturating_duration_since(s.created) < SESSION_LIFETIME
 }
 
-/// A wrong token from `peer`, which has `left` guesses after it: said
-/// once, when they run out.
-fn wrong_token(peer: IpAddr, left: f64) {
-    if (0.0..1.0).contains(&left) {
-        log::warn!(
-            "http: {} wrong tokens from {peer}; its tokens are refused (429) for {} s",
-            BURST as u32,
-            REFILL.as_secs()
-        );
-    }
-}
-
-/// An allowance as it stands now (refilled since it was last charged).
-fn refilled(a: &Allowance) -> f64 {
-    (a.left + a.at.elapsed().as_secs_f64() / REFILL.as_secs_f64()).min(BURST)
-}
-
 /// The answer to a caller who is not an operator: 401, or 429 when
 /// throttled.
 pub(crate) fn refusal(caller: &Caller) -> Reply {
@@ -427,6 +347,7 @@ pub(crate) fn refusal(caller: &Caller) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::throttle::{BURST, REFILL};
 
     fn local() -> IpAddr {
         IpAddr::from([127, 0, 0, 1])
@@ -440,35 +361,6 @@ mod tests {
             ],
             false,
         )
-    }
-
-    /// Guesses are checked and charged in one step: of the burst's worth
-    /// taken at once (as by requests on every listener thread), none more
-    /// passes, however they interleave; a right token costs nothing.
-    #[test]
-    fn guesses_are_taken_in_one_step_and_a_right_token_gives_its_back() {
-        let auth = auth();
-        let burst = BURST as usize;
-        let passed = std::thread::scope(|scope| {
-            let takers: Vec<_> = (0..4 * burst)
-                .map(|_| scope.spawn(|| auth.guess(local()).is_ok()))
-                .collect();
-            takers
-                .into_iter()
-                .map(|t| t.join().unwrap_or(false))
-                .filter(|passed| *passed)
-                .count()
-        });
-        assert_eq!(passed, burst);
-        let wait = auth.guess(local()).unwrap_err();
-        assert!(wait > Duration::ZERO && wait <= REFILL, "{wait:?}");
-
-        let other = IpAddr::from([10, 0, 0, 1]);
-        for _ in 0..3 * burst {
-            assert!(auth.guess(other).is_ok());
-            auth.right_token(other);
-        }
-        assert!(auth.login("alice-token-0123456789", other).is_ok());
     }
 
     #[test]

@@ -23,6 +23,7 @@ mod auth;
 mod pages;
 mod prometheus;
 mod server;
+mod throttle;
 mod wire;
 
 use crate::config::Config;
