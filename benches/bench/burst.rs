@@ -4,10 +4,10 @@
 use super::db::{seed, Database, Seed};
 use super::measure::{cpu_of, Cpu};
 use super::rabbit::{Rabbit, Sends};
-use super::scenarios::{config, del, emit, llen, poll_until, redis, round, rss_mb, wait_for};
+use super::scenarios::{config, del, emit, llen, poll_until, redis, round, rss_mb};
 use super::{Backend, Broker, Options};
 use anyhow::bail;
-use celery_diesel_kit::{Beat, BeatHandle, RoutineStore};
+use celery_diesel_kit::{Beat, BeatHandle, RoutineStore, Stats};
 use chrono::{TimeDelta, Utc};
 use serde_json::json;
 use std::collections::HashMap;
@@ -22,9 +22,64 @@ const CLAIM_BATCH: usize = 1_000;
 struct Burst {
     _db: Database,
     store: RoutineStore,
-    beat: BeatHandle,
+    /// The beat, until `until_all_in` stops it.
+    beat: Option<BeatHandle>,
+    /// How many routines fall due.
+    n: usize,
     /// Resident memory after seeding, before the beat started.
     rss_before_mb: f64,
+}
+
+/// A burst that has all arrived: how long it took from the due time, the
+/// CPU taken meanwhile, this process's memory then (before the bench reads
+/// the messages back), and the beat's stats (it is stopped).
+struct Arrival {
+    took: Duration,
+    cpu: Cpu,
+    rss_after: f64,
+    peak_rss: f64,
+    stats: Stats,
+    burst: Burst,
+}
+
+impl Burst {
+    /// Waits up to 120 s for `count` (the messages in the broker, asked
+    /// every `every`) to reach the burst's size, then stops the beat. An
+    /// error if they did not all arrive.
+    fn until_all_in(
+        mut self,
+        backend: Backend,
+        o: &Options,
+        every: Duration,
+        mut count: impl FnMut() -> anyhow::Result<usize>,
+    ) -> anyhow::Result<Arrival> {
+        let n = self.n;
+        let cpu0 = Cpu::now(backend, o.broker);
+        let t0 = Instant::now();
+        let all = poll_until(Duration::from_secs(120), every, || Ok(count()? >= n))?;
+        let took = t0.elapsed();
+        let cpu = cpu0.since(backend, o.broker);
+        let (rss_after, peak_rss) = (rss_mb("VmRSS:"), rss_mb("VmHWM:"));
+        let stats = match self.beat.take() {
+            Some(beat) => beat.stop().stats,
+            None => bail!("the burst's beat was stopped already"),
+        };
+        if !all {
+            bail!(
+                "burst {n} on {}: only {} of {n} messages in 120 s",
+                backend.name(),
+                count()?
+            );
+        }
+        Ok(Arrival {
+            took,
+            cpu,
+            rss_after,
+            peak_rss,
+            stats,
+            burst: self,
+        })
+    }
 }
 
 /// Seeds `n` routines publishing to `queue`, all due at one instant a few
@@ -52,7 +107,8 @@ fn start_burst(backend: Backend, n: usize, o: &Options, queue: &str) -> anyhow::
     Ok(Burst {
         _db: db,
         store,
-        beat,
+        beat: Some(beat),
+        n,
         rss_before_mb,
     })
 }
@@ -81,22 +137,16 @@ fn burst_redis(backend: Backend, n: usize, o: &Options) -> anyhow::Result<()> {
     let mut conn = redis(o)?;
     del(&mut conn, &[&queue, &copy]);
     let burst = start_burst(backend, n, o, &queue)?;
-    let cpu0 = Cpu::now(backend, o.broker);
-    let t0 = Instant::now();
-    let all = wait_for(Duration::from_secs(120), || {
-        Ok(llen(&mut conn, &queue)? >= n)
+    let Arrival {
+        took,
+        cpu,
+        rss_after,
+        peak_rss,
+        stats,
+        burst,
+    } = burst.until_all_in(backend, o, Duration::from_millis(1), || {
+        llen(&mut conn, &queue)
     })?;
-    let took = t0.elapsed();
-    let cpu = cpu0.since(backend, o.broker);
-    let (rss_after, peak_rss) = (rss_mb("VmRSS:"), rss_mb("VmHWM:"));
-    let stats = burst.beat.stop().stats;
-    if !all {
-        bail!(
-            "burst {n} on {}: only {} of {n} messages in 120 s",
-            backend.name(),
-            llen(&mut conn, &queue)?
-        );
-    }
     // The physical limit: the same messages, pushed again by this process
     // in plain pipelines.
     let mut messages: Vec<String> = Vec::with_capacity(n);
@@ -157,26 +207,18 @@ fn burst_amqp(backend: Backend, n: usize, o: &Options) -> anyhow::Result<()> {
     rabbit.reset(&queue)?;
     rabbit.reset(&copy)?;
     let burst = start_burst(backend, n, o, &queue)?;
-    let cpu0 = Cpu::now(backend, o.broker);
-    let t0 = Instant::now();
     // A passive declare costs RabbitMQ (and the bench) far more than LLEN
     // costs Redis, and the burst takes seconds: asked every 10 ms.
-    let every = Duration::from_millis(10);
-    let all = poll_until(Duration::from_secs(120), every, || {
-        Ok(rabbit.count(&queue)? >= n)
+    let Arrival {
+        took,
+        cpu,
+        rss_after,
+        peak_rss,
+        stats,
+        burst,
+    } = burst.until_all_in(backend, o, Duration::from_millis(10), || {
+        rabbit.count(&queue)
     })?;
-    let took = t0.elapsed();
-    let cpu = cpu0.since(backend, o.broker);
-    // Before the bench takes the messages back into its own memory.
-    let (rss_after, peak_rss) = (rss_mb("VmRSS:"), rss_mb("VmHWM:"));
-    let stats = burst.beat.stop().stats;
-    if !all {
-        bail!(
-            "burst {n} on {}: only {} of {n} messages in 120 s",
-            backend.name(),
-            rabbit.count(&queue)?
-        );
-    }
     // RabbitMQ counts a message in the queue before it confirms it (a
     // persistent message is confirmed once on disk): the beat's own
     // measure of its last confirm, from the due time, is the stricter one.
