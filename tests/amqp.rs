@@ -561,3 +561,51 @@ fn no_rabbitmq_password_appears_in_any_log_line_or_error() {
     }
     common::log::assert_redacted(&output, SECRET);
 }
+
+/// A claim that published its run but then failed to commit (here the
+/// database refuses the advance) leaves the routine due; claimed again,
+/// the run is not published a second time: RabbitMQ holds it once, with
+/// its task id. (RabbitMQ cannot drop a repeated id as Redis does; the
+/// beat remembers what it published and did not commit.)
+#[test]
+fn a_run_published_by_a_claim_that_failed_to_commit_is_not_published_again() {
+    let test = "amqp_not_committed";
+    let Some(python) = celery_python(test) else {
+        return;
+    };
+    let Some(vhost) = rabbit_vhost(test, "not_committed") else {
+        return;
+    };
+    let db = TestDb::sqlite(test);
+    let mut config = db.config();
+    config.broker_url = Some(vhost.url());
+    let mut beat = Beat::builder(config)
+        .routine(Routine::new("r", "tasks.record", every(60)).kwargs(json!({"r": "r"})))
+        .start_manual()
+        .unwrap();
+    beat.tick(common::at(0)).unwrap();
+    let runs = |beat: &celery_diesel_kit::ManualBeat| {
+        beat.store()
+            .routine("r")
+            .unwrap()
+            .unwrap()
+            .total_run_count
+            .unwrap_or(0)
+    };
+    db.exec(
+        "CREATE TRIGGER refuse_advance BEFORE UPDATE OF total_run_count ON routines \
+         BEGIN SELECT RAISE(ABORT, 'the test refuses the advance'); END",
+    );
+    let failed = beat.tick(common::at(60));
+    assert_eq!(runs(&beat), 0, "not advanced: {failed:?}");
+    db.exec("DROP TRIGGER refuse_advance");
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let _ = beat.tick(common::at(61));
+            runs(&beat) == 1
+        }),
+        "the routine never advanced"
+    );
+    let messages = take_messages(&python, &vhost.url(), "celery");
+    assert_eq!(tags(&messages), ["r"], "published once");
+}
