@@ -91,7 +91,9 @@ pub use error::Error;
 pub use http::HttpServer;
 pub use metrics::{HealthReport, Lateness, Monitor, Stats, Target};
 pub use routine::{Routine, RoutineError};
-pub use schedule::{Crontab, Misfire, MisfirePolicy, Schedule, ScheduleError};
+pub use schedule::{
+    Bounds, Clocked, Crontab, End, Misfire, MisfirePolicy, Next, Schedule, ScheduleError, Timing,
+};
 pub use scheduler::Tick;
 pub use store::{
     Actor, Backend, BeatRow, Beats, DatabaseError, EditAction, EditFilter, EditRow, Edits,

@@ -32,6 +32,9 @@ pub struct TaskContext {
     pub scheduled_at: DateTime<Utc>,
     /// 0 for the first attempt, 1 for the first retry, ...
     pub attempt: u32,
+    /// The routine's positional args (a JSON array; `[]` when the row has
+    /// none).
+    pub args: Value,
     /// The routine's kwargs (a JSON object; `{}` when the row has none).
     pub kwargs: Value,
 }
@@ -44,7 +47,7 @@ impl TaskContext {
     /// #[derive(serde::Deserialize)]
     /// struct Report { recipient: String, #[serde(default)] verbose: bool }
     /// # let ctx = TaskContext { routine_id: String::new(), routine: "r".into(), task: "t".into(),
-    /// #     scheduled_at: chrono::Utc::now(), attempt: 0,
+    /// #     scheduled_at: chrono::Utc::now(), attempt: 0, args: serde_json::json!([]),
     /// #     kwargs: serde_json::json!({"recipient": "ops@example.com"}) };
     /// let report: Report = ctx.kwargs()?;
     /// assert_eq!(report.recipient, "ops@example.com");

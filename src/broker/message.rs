@@ -9,7 +9,7 @@
 //! Redis envelope, AMQP's frames) is the transport's business.
 
 use super::options::{Destination, Expires, SendOptions};
-use super::pyjson::{saferepr, write_py_json, write_py_string};
+use super::pyjson::{saferepr, write_py_json, write_py_json_array, write_py_string};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Map, Number, Value};
 
@@ -86,7 +86,7 @@ pub fn task_id(routine_id: &str, scheduled_at: DateTime<Utc>) -> String {
 pub(crate) fn build(
     task: &str,
     id: &str,
-    kwargs: &Map<String, Value>,
+    (args, kwargs): (&[Value], &Map<String, Value>),
     options: &SendOptions,
     (run_at, now): (DateTime<Utc>, DateTime<Utc>),
     sender: &Sender,
@@ -107,7 +107,15 @@ pub(crate) fn build(
         .and_then(|s| seconds_after(now, s))
         .map(isoformat);
     let mut body = String::with_capacity(128);
-    body.push_str("[[], ");
+    // Celery's `args = args or ()`: no args are the empty tuple, which
+    // JSON writes as `[]`.
+    let argsrepr = match args.is_empty() {
+        true => "()".to_owned(),
+        false => saferepr(&Value::Array(args.to_vec())),
+    };
+    body.push('[');
+    write_py_json_array(args, &mut body);
+    body.push_str(", ");
     write_py_json(&kwargs, &mut body);
     body.push_str(", {\"callbacks\": null, \"errbacks\": null, \"chain\": null, \"chord\": null}]");
     Message {
@@ -115,7 +123,14 @@ pub(crate) fn build(
         task: task.to_owned(),
         destination: options.destination(),
         priority: options.priority.unwrap_or(0),
-        headers: headers(task, id, &kwargs, options, (eta, expires), sender),
+        headers: headers(
+            task,
+            id,
+            (&argsrepr, &kwargs),
+            options,
+            (eta, expires),
+            sender,
+        ),
         body,
         reply_to: sender.reply_to.clone(),
         // kombu: str(int(expiration * 1000))
@@ -130,7 +145,7 @@ pub(crate) fn build(
 fn headers(
     task: &str,
     id: &str,
-    kwargs: &Value,
+    (argsrepr, kwargs): (&str, &Value),
     options: &SendOptions,
     (eta, expires): (Option<String>, Option<String>),
     sender: &Sender,
@@ -165,8 +180,7 @@ fn headers(
         ),
         ("root_id", text(id)),
         ("parent_id", "null".to_owned()),
-        // Celery's `args = args or ()`: empty args are the empty tuple.
-        ("argsrepr", text("()")),
+        ("argsrepr", text(argsrepr)),
         ("kwargsrepr", text(&saferepr(kwargs))),
         ("origin", text(&sender.origin)),
         ("ignore_result", "false".to_owned()),

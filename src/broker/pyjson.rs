@@ -16,6 +16,18 @@ pub(crate) fn py_json(value: &Value) -> String {
     out
 }
 
+/// A JSON array as Python's `json.dumps` writes it (see [`write_py_json`]).
+pub(crate) fn write_py_json_array(items: &[Value], out: &mut String) {
+    out.push('[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        write_py_json(item, out);
+    }
+    out.push(']');
+}
+
 pub(crate) fn write_py_json(value: &Value, out: &mut String) {
     match value {
         Value::Null => out.push_str("null"),
@@ -31,16 +43,7 @@ pub(crate) fn write_py_json(value: &Value, out: &mut String) {
             _ => out.push_str(&n.to_string()),
         },
         Value::String(s) => write_py_string(s, out),
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                write_py_json(item, out);
-            }
-            out.push(']');
-        }
+        Value::Array(items) => write_py_json_array(items, out),
         Value::Object(map) => {
             out.push('{');
             for (i, (key, item)) in map.iter().enumerate() {

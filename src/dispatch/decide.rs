@@ -1,10 +1,11 @@
 //! Deciding a claimed run: the misfire policy, a previous run still
-//! going, and the row's advance (`last_run_at`, `next_run_at`).
+//! going, and the row's advance (`last_run_at`, `next_run_at`, or the
+//! routine's end).
 
 use super::notes::Note;
 use super::route::{storable, Checked};
 use super::Dispatcher;
-use crate::schedule::MisfirePolicy;
+use crate::schedule::{MisfirePolicy, Next, Timing};
 use crate::store::{Plan, RoutineRow};
 use chrono::{DateTime, Utc};
 use std::collections::HashSet;
@@ -35,7 +36,9 @@ impl Dispatcher {
     /// first one after `now`, skipping the missed ones, as Celery's beat
     /// does. `last_run_at` records the due time, or `now` when due times
     /// were skipped (so that it says when the routine really last ran). A
-    /// routine in `busy` has a run going on another beat.
+    /// routine in `busy` has a run going on another beat. How late a run
+    /// is counts from its dispatch time (`next_run_at`): a jittered run is
+    /// not late by its jitter.
     pub(super) fn decide(
         &self,
         row: &RoutineRow,
@@ -43,26 +46,27 @@ impl Dispatcher {
         (due, now): (DateTime<Utc>, DateTime<Utc>),
         busy: &HashSet<String>,
     ) -> Decision {
-        let mut plan = Plan::keep(row);
+        let timing = &checked.timing;
         let mut notes = Vec::new();
-        match storable(checked.schedule.next_after_catching_up(due, now)) {
-            Ok(next) => plan.next_run_at = next,
-            Err(reason) => {
-                // This run still happens; the row then waits for an edit.
-                plan.last_error = Some(reason.to_string());
-                notes.push(Note::Unstorable(reason));
-            }
-        }
-        let next = plan.next_run_at;
-        let policy = checked.misfire.policy.unwrap_or(self.misfire.0);
-        let grace = checked.misfire.grace_time.unwrap_or(self.misfire.1);
-        let late = (now - due).to_std().unwrap_or_default();
-        if late > grace && policy == MisfirePolicy::Skip {
+        let policy = timing.misfire.policy.unwrap_or(self.misfire.0);
+        let grace = timing.misfire.grace_time.unwrap_or(self.misfire.1);
+        let dispatch = row.next_run_at_utc().unwrap_or(due);
+        let late = (now - dispatch).to_std().unwrap_or_default();
+        let missed = late > grace && policy == MisfirePolicy::Skip;
+        let local = checked.send.is_none();
+        let here = local && self.in_flight.contains(&row.id);
+        let overlap = !missed && (here || (local && busy.contains(&row.id)));
+        let runs = u32::try_from(row.total_run_count.unwrap_or(0).max(0)).unwrap_or(0);
+        let ran = (!missed && !overlap).then_some(runs.saturating_add(1));
+        let mut plan = Plan::keep(row);
+        let next = timing.after(due, now, ran);
+        advance(&mut plan, &row.id, timing, next, &mut notes);
+        if missed {
             notes.push(Note::Missed {
                 due,
                 late,
                 grace,
-                next,
+                next: plan.next_run_at,
             });
             let why = format!("{late:.1?} late (misfire grace time {grace:?}, policy skip)");
             return Decision {
@@ -71,19 +75,20 @@ impl Dispatcher {
                 notes,
             };
         }
-        if next.is_none() && plan.last_error.is_none() {
+        if next == Next::Never && plan.last_error.is_none() {
             notes.push(Note::Last(now));
         }
-        let on_time = checked
+        let on_time = timing
             .schedule
             .next_after(due)
-            .is_some_and(|next| next > now);
+            .is_none_or(|next| next > now);
         if !on_time {
-            notes.push(Note::CaughtUp { due, next });
+            notes.push(Note::CaughtUp {
+                due,
+                next: plan.next_run_at,
+            });
         }
-        let local = checked.send.is_none();
-        let here = local && self.in_flight.contains(&row.id);
-        if here || (local && busy.contains(&row.id)) {
+        if overlap {
             notes.push(Note::Overlap(due, !here));
             let why = match here {
                 false => "its previous run was still going on another beat",
@@ -102,5 +107,38 @@ impl Dispatcher {
             plan,
             notes,
         }
+    }
+}
+
+/// Writes `next` into `plan` for routine `id`: the next run's dispatch
+/// time (and its due time, when a jitter sets them apart), or the
+/// routine's end, or the error of a time the table cannot hold.
+pub(crate) fn advance(
+    plan: &mut Plan,
+    id: &str,
+    timing: &Timing,
+    next: Next,
+    notes: &mut Vec<Note>,
+) {
+    match next {
+        Next::At(due) => {
+            let dispatch = timing.dispatch_at(id, due);
+            match storable(Some(dispatch)) {
+                Ok(_) => {
+                    plan.next_run_at = Some(dispatch);
+                    plan.next_due_at = (dispatch != due).then_some(due);
+                }
+                Err(reason) => {
+                    // This run still happens; the row then waits for an edit.
+                    plan.last_error = Some(reason.to_string());
+                    notes.push(Note::Unstorable(reason));
+                }
+            }
+        }
+        Next::Ends(end) => {
+            plan.ends = Some(id.to_owned());
+            notes.push(Note::Ended(end));
+        }
+        Next::Never => {}
     }
 }

@@ -32,7 +32,6 @@ use crate::worker::{InFlight, Job, JobQueue, RunEvent};
 use chrono::{DateTime, Utc};
 use crossbeam_channel::Sender;
 use decide::Verdict;
-use notes::Note;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,9 +42,11 @@ mod on_demand;
 mod record;
 mod route;
 
+pub(crate) use decide::advance;
+pub(crate) use notes::Note;
 pub(crate) use record::Touched;
 use route::Outgoing;
-pub(crate) use route::{storable, Router};
+pub(crate) use route::Router;
 
 /// A claimed row's fate.
 pub(crate) enum Fate {
@@ -116,7 +117,7 @@ impl Dispatcher {
         busy: &HashSet<String>,
     ) -> Fired {
         // Claimed rows are due, so next_run_at is set; `now` is a safe stand-in.
-        let due = row.next_run_at_utc().unwrap_or(now);
+        let due = row.next_due_at_utc().unwrap_or(now);
         let checked = match self.router.check(row) {
             Ok((checked, _)) => checked,
             Err(reason) => return Fired::invalid(row, reason),

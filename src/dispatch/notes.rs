@@ -3,11 +3,12 @@
 //! and must not fill the log with the same lines at every try.
 
 use crate::routine::Invalid;
+use crate::schedule::End;
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 
 /// Something to say about a run.
-pub(super) enum Note {
+pub(crate) enum Note {
     Invalid(Invalid),
     Missed {
         due: DateTime<Utc>,
@@ -24,10 +25,12 @@ pub(super) enum Note {
     Last(DateTime<Utc>),
     /// The next run is later than the table can hold.
     Unstorable(Invalid),
+    /// The routine's runs are over: it becomes inactive.
+    Ended(End),
 }
 
 impl Note {
-    pub(super) fn log(&self, routine: &str) {
+    pub(crate) fn log(&self, routine: &str) {
         let next = |t: &Option<DateTime<Utc>>| t.map_or("never".to_owned(), |t| t.to_string());
         match self {
             Note::Invalid(reason) | Note::Unstorable(reason) => log::error!(
@@ -51,6 +54,9 @@ impl Note {
             ),
             Note::Overlap(due, true) => log::warn!(
                 "routine {routine}: previous run still going on another beat; skipping the run due {due}"
+            ),
+            Note::Ended(end) => log::info!(
+                "routine {routine}: its runs are over ({end}); it is now inactive"
             ),
             Note::Last(now) => log::warn!(
                 "routine {routine}: schedule has no run after {now}; this was its last"

@@ -3,7 +3,7 @@
 
 use crate::broker::{message, Message, SendOptions, Sender as CelerySender};
 use crate::routine::{check_name, Invalid};
-use crate::schedule::{truncated, Misfire, Schedule, ScheduleError};
+use crate::schedule::{truncated, ScheduleError, Timing};
 use crate::store::{RoutineRow, LATEST_STORABLE};
 use crate::task::{TaskContext, TaskRegistry};
 use crate::worker::Job;
@@ -15,9 +15,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 /// A row found runnable, with what its run needs.
 pub(crate) struct Checked {
-    pub(crate) schedule: Arc<Schedule>,
-    pub(super) misfire: Misfire,
+    /// Its schedule, misfire settings and bounds.
+    pub(crate) timing: Arc<Timing>,
     kwargs: Map<String, Value>,
+    args: Vec<Value>,
     /// Celery options, for a task sent to the broker.
     pub(super) send: Option<Arc<SendOptions>>,
 }
@@ -99,15 +100,16 @@ impl Router {
         // hold (an empty name; on SQLite, any length).
         check_name("name", &row.name)?;
         check_name("task", &row.task)?;
-        let (schedule, misfire) = self.parsed.schedule(&row.schedule)?;
+        let timing = self.parsed.timing(&row.schedule)?;
         let kwargs = json_object("kwargs", row.kwargs.as_deref())?;
+        let args = json_array("args", row.args.as_deref())?;
         if self.local.contains(&row.task) {
             json_object("options", row.options.as_deref())?;
             return Ok((
                 Checked {
-                    schedule,
-                    misfire,
+                    timing,
                     kwargs,
+                    args,
                     send: None,
                 },
                 Vec::new(),
@@ -122,9 +124,9 @@ impl Router {
         let (send, ignored) = self.parsed.options(row.options.as_deref())?;
         Ok((
             Checked {
-                schedule,
-                misfire,
+                timing,
                 kwargs,
+                args,
                 send: Some(send),
             },
             ignored,
@@ -164,6 +166,7 @@ impl Router {
                     task: row.task.clone(),
                     scheduled_at,
                     attempt: 0,
+                    args: Value::Array(checked.args.clone()),
                     kwargs: Value::Object(checked.kwargs.clone()),
                 },
                 task_id: id.to_owned(),
@@ -173,7 +176,7 @@ impl Router {
             Some(options) => Outgoing::Celery(message::build(
                 &row.task,
                 id,
-                &checked.kwargs,
+                (&checked.args, &checked.kwargs),
                 options,
                 (scheduled_at, now),
                 &self.sender,
@@ -188,7 +191,7 @@ impl Router {
 struct Parsed {
     /// The `timezone` setting: crontabs without a zone of their own.
     zone: Tz,
-    schedules: Cache<(Arc<Schedule>, Misfire)>,
+    schedules: Cache<Arc<Timing>>,
     options: Cache<(Arc<SendOptions>, Vec<String>)>,
 }
 
@@ -199,13 +202,12 @@ type Cache<T> = Mutex<HashMap<String, Result<T, Invalid>>>;
 const PARSED_CAPACITY: usize = 4096;
 
 impl Parsed {
-    fn schedule(&self, text: &str) -> Result<(Arc<Schedule>, Misfire), Invalid> {
+    fn timing(&self, text: &str) -> Result<Arc<Timing>, Invalid> {
         cached(&self.schedules, text, || {
             let json: Value = serde_json::from_str(text)
                 .map_err(|e| Invalid::of(ScheduleError::NotJson(e.to_string())))?;
-            let schedule = Schedule::from_json_in(&json, self.zone).map_err(Invalid::of)?;
-            let misfire = Misfire::from_json(&json).map_err(Invalid::of)?;
-            Ok((Arc::new(schedule), misfire))
+            let timing = Timing::from_json_in(&json, self.zone).map_err(Invalid::of)?;
+            Ok(Arc::new(timing))
         })
     }
 
@@ -246,6 +248,22 @@ pub(crate) fn storable(next: Option<DateTime<Utc>>) -> Result<Option<DateTime<Ut
             "its next run ({t}) is later than {LATEST_STORABLE}, the latest time the table holds"
         ))),
         other => Ok(other),
+    }
+}
+
+/// Reads an args column: a JSON array, or nothing (`[]`).
+pub(crate) fn json_array(column: &str, text: Option<&str>) -> Result<Vec<Value>, Invalid> {
+    let Some(text) = text else {
+        return Ok(Vec::new());
+    };
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Null) => Ok(Vec::new()),
+        Ok(Value::Array(items)) => Ok(items),
+        Ok(other) => Err(Invalid(format!(
+            "{column} must be a JSON array, got {}",
+            truncated(other.to_string())
+        ))),
+        Err(e) => Err(Invalid(format!("{column} is not valid JSON: {e}"))),
     }
 }
 

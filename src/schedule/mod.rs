@@ -9,14 +9,20 @@
 //!
 //! [`Schedule::parse`] validates the JSON, [`Schedule::next_after`] gives the
 //! next due time. Optional keys extend the kit's JSON without changing it:
-//! `misfire_policy` and `misfire_grace_time` (see [`Misfire`]), and a
-//! crontab's `timezone` (an IANA name: its fields match that zone's wall
-//! clock). This module knows nothing of databases or time sources: it is
-//! pure calendar math on UTC instants, so it is tested without a clock.
+//! `misfire_policy` and `misfire_grace_time` (see [`Misfire`]), a crontab's
+//! `timezone` (an IANA name: its fields match that zone's wall clock), a
+//! third kind, `clocked` (one time), and the keys that bound and spread a
+//! routine's runs (see [`Bounds`]); [`Timing`] reads them all. This module
+//! knows nothing of databases or time sources: it is pure calendar math on
+//! UTC instants, so it is tested without a clock.
 
+mod bounds;
 mod crontab;
+mod timing;
 
+pub use bounds::Bounds;
 pub use crontab::Crontab;
+pub use timing::{End, Next, Timing};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
@@ -26,10 +32,21 @@ use std::time::Duration;
 
 /// The JSON key of an interval schedule, as the kit writes it.
 const TIMEDELTA: &str = "timedelta";
-/// Keys this beat adds to the kit's schedule JSON. The kit ignores them
-/// (it reads only `timedelta` or the five crontab fields).
-const EXTENSIONS: [&str; 3] = ["misfire_policy", "misfire_grace_time", TIMEZONE];
-/// The key of a crontab's own time zone.
+/// The JSON key of a clocked schedule (one time).
+const CLOCKED: &str = "clocked";
+/// Keys this beat adds to the kit's schedule JSON besides `clocked`. The
+/// kit ignores them (it reads only `timedelta` or the five crontab fields).
+const EXTENSIONS: [&str; 8] = [
+    "misfire_policy",
+    "misfire_grace_time",
+    TIMEZONE,
+    bounds::KEYS[0],
+    bounds::KEYS[1],
+    bounds::KEYS[2],
+    bounds::KEYS[3],
+    bounds::KEYS[4],
+];
+/// The key of a schedule's own time zone.
 const TIMEZONE: &str = "timezone";
 
 /// The IANA time zone called `name` (from the zone database compiled into
@@ -170,7 +187,7 @@ pub enum ScheduleError {
     UnknownTimezone(String),
 }
 
-/// When a routine runs: every so often, or on a Celery crontab.
+/// When a routine runs: every so often, on a Celery crontab, or once.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Schedule {
@@ -178,6 +195,19 @@ pub enum Schedule {
     Interval(Duration),
     /// A Celery crontab (boxed: it is much larger than an interval).
     Crontab(Box<Crontab>),
+    /// Once, at a given time (django-celery-beat's clocked schedule).
+    Clocked(Clocked),
+}
+
+/// A clocked schedule: `{"clocked": "2027-03-01T09:00:00", "timezone":
+/// "Europe/Berlin"}`. A time without an offset is on the wall clock of its
+/// `timezone`, else of the configured zone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Clocked {
+    /// The instant it fires at.
+    pub at: DateTime<Utc>,
+    zone: Tz,
+    source: Map<String, Value>,
 }
 
 impl Schedule {
@@ -281,8 +311,32 @@ impl Schedule {
                 )))
             }
         };
+        if let Some(time) = fields.get(CLOCKED) {
+            if let Some(other) = fields.keys().find(|k| *k != CLOCKED) {
+                return Err(match crontab::is_field(other) || other == TIMEDELTA {
+                    true => ScheduleError::BadExtension(format!(
+                        "clocked is a schedule of its own: it cannot be mixed with {other:?}"
+                    )),
+                    false => ScheduleError::UnknownKey(truncated(other.clone())),
+                });
+            }
+            let zone = own_zone.unwrap_or(default_zone);
+            let mut source = Map::new();
+            source.insert(CLOCKED.to_owned(), time.clone());
+            if let Some(name) = map.get(TIMEZONE) {
+                source.insert(TIMEZONE.to_owned(), name.clone());
+            }
+            return Ok(Schedule::Clocked(Clocked {
+                at: bounds::instant(CLOCKED, time, zone)?,
+                zone,
+                source,
+            }));
+        }
+        // An interval is elapsed time: a zone serves only to read its
+        // start_at and end_at.
+        let zone_for_bounds = map.contains_key("start_at") || map.contains_key("end_at");
         match fields.get(TIMEDELTA) {
-            Some(_) if own_zone.is_some() => Err(ScheduleError::BadExtension(
+            Some(_) if own_zone.is_some() && !zone_for_bounds => Err(ScheduleError::BadExtension(
                 "timezone applies to crontab schedules only (an interval is elapsed time)".into(),
             )),
             Some(seconds) if fields.len() == 1 => interval_from_json(seconds),
@@ -306,12 +360,23 @@ impl Schedule {
         }
     }
 
-    /// The IANA name of the zone a crontab's fields are read in (`None`
-    /// for an interval, which is elapsed time).
+    /// The IANA name of the zone a crontab's fields (or a clocked time)
+    /// are read in (`None` for an interval, which is elapsed time).
     pub fn timezone(&self) -> Option<&'static str> {
         match self {
             Schedule::Interval(_) => None,
             Schedule::Crontab(cron) => Some(cron.timezone()),
+            Schedule::Clocked(clocked) => Some(clocked.zone.name()),
+        }
+    }
+
+    /// The first due time at or after `t`: `t` itself for an interval
+    /// (whose grid then starts there).
+    pub fn first_at_or_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self {
+            Schedule::Interval(_) => Some(t),
+            Schedule::Crontab(cron) => cron.next_after(t - TimeDelta::microseconds(1)),
+            Schedule::Clocked(clocked) => (clocked.at >= t).then_some(clocked.at),
         }
     }
 
@@ -356,6 +421,7 @@ impl Schedule {
                 Value::Object(map)
             }
             Schedule::Crontab(cron) => cron.to_json(),
+            Schedule::Clocked(clocked) => Value::Object(clocked.source.clone()),
         }
     }
 
@@ -370,6 +436,7 @@ impl Schedule {
         match self {
             Schedule::Interval(every) => t.checked_add_signed(TimeDelta::from_std(*every).ok()?),
             Schedule::Crontab(cron) => cron.next_after(t),
+            Schedule::Clocked(clocked) => (clocked.at > t).then_some(clocked.at),
         }
     }
 
@@ -395,6 +462,7 @@ impl Schedule {
                 last.checked_add_signed(TimeDelta::nanoseconds(nanos))
             }
             Schedule::Crontab(cron) => cron.next_after(now),
+            Schedule::Clocked(_) => None,
         }
     }
 }

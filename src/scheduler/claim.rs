@@ -169,6 +169,7 @@ impl Scheduler {
         let committed = claim
             .record(&runs, now)
             .and_then(|()| claim.advance(&plans))
+            .and_then(|()| claim.end(&super::plan::ended(&plans)))
             .and_then(|()| claim.commit());
         if let Err(e) = committed {
             // Published but not claimed: the rows are due again, and their

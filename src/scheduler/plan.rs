@@ -2,12 +2,18 @@
 //! edit) are validated and given their next run, or their error.
 
 use super::Scheduler;
-use crate::dispatch::{storable, Outcome};
+use crate::dispatch::{advance, Outcome};
 use crate::error::Error;
 use crate::metrics::{Counted, Target};
 use crate::routine::Invalid;
+use crate::schedule::Next;
 use crate::store::{NewRun, Plan, RoutineRow};
 use chrono::{DateTime, Utc};
+
+/// The ids of the routines whose runs `plans` end.
+pub(super) fn ended(plans: &[Plan]) -> Vec<&str> {
+    plans.iter().filter_map(|p| p.ends.as_deref()).collect()
+}
 
 /// Rows planned per transaction.
 const PLAN_BATCH: usize = 500;
@@ -59,6 +65,7 @@ impl Scheduler {
         dispatcher.publish(None, &mut requested, &mut runs)?;
         claim.record(&runs, now)?;
         claim.plan(&plans)?;
+        claim.end(&ended(&plans))?;
         claim.commit()?;
         if !runs.is_empty() {
             dispatcher
@@ -71,20 +78,19 @@ impl Scheduler {
 
     /// Plans an edited or new row: validates it and decides its next run.
     ///
-    /// A kept `next_run_at` (the edit touched only task, kwargs or options)
-    /// stands; otherwise the next run is the first the schedule yields
-    /// after `last_run_at`, or after `now` for a routine that never ran.
+    /// A kept `next_run_at` (the edit touched only task, kwargs, args or
+    /// options) stands; otherwise the next run is the first the schedule
+    /// yields after `last_run_at`, or after `now` for a routine that never
+    /// ran, within its bounds (a clocked routine that has not run is due
+    /// at its time, even a past one). A routine whose runs are over ends.
     fn plan(&self, row: &RoutineRow, now: DateTime<Utc>) -> Plan {
         let mut plan = Plan::keep(row);
         if !row.active {
             log::info!("routine {}: inactive", row.name);
             return plan;
         }
-        let checked = self
-            .dispatcher
-            .router
-            .check(row)
-            .and_then(|(checked, ignored)| {
+        let checked = match self.dispatcher.router.check(row) {
+            Ok((checked, ignored)) => {
                 if !ignored.is_empty() {
                     log::warn!(
                         "routine {}: ignoring options Celery's beat does not pass on: {}",
@@ -92,32 +98,46 @@ impl Scheduler {
                         ignored.join(", ")
                     );
                 }
-                let base = row.last_run_at_utc().unwrap_or(now);
-                storable(
-                    row.next_run_at_utc()
-                        .or_else(|| checked.schedule.next_after(base)),
-                )?
-                .ok_or_else(|| {
-                    Invalid(format!("schedule {} has no run after {base}", row.schedule))
-                })
-            });
-        match checked {
-            Ok(next) => {
-                if row.last_error.is_some() {
-                    log::info!("routine {}: valid again, next run at {next}", row.name);
-                } else {
-                    log::info!("routine {}: next run at {next}", row.name);
-                }
-                plan.next_run_at = Some(next);
+                checked
             }
-            Err(reason) => {
-                log::error!(
-                    "routine {}: {reason}; it will not run until its row is fixed",
-                    row.name
-                );
-                plan.last_error = Some(reason.0);
+            Err(reason) => return invalid(plan, row, reason),
+        };
+        if let Some(kept) = row.next_run_at_utc() {
+            plan.next_run_at = Some(kept);
+            plan.next_due_at = row.next_due_at.map(|t| t.and_utc());
+        } else {
+            let runs = u32::try_from(row.total_run_count.unwrap_or(0).max(0)).unwrap_or(0);
+            let next = checked.timing.planned(row.last_run_at_utc(), runs, now);
+            let mut notes = Vec::new();
+            advance(&mut plan, &row.id, &checked.timing, next, &mut notes);
+            for note in &notes {
+                note.log(&row.name);
+            }
+            if next == Next::Never {
+                let base = row.last_run_at_utc().unwrap_or(now);
+                let reason = Invalid(format!("schedule {} has no run after {base}", row.schedule));
+                return invalid(plan, row, reason);
+            }
+        }
+        if let (Some(next), None) = (plan.next_run_at, &plan.last_error) {
+            if row.last_error.is_some() {
+                log::info!("routine {}: valid again, next run at {next}", row.name);
+            } else {
+                log::info!("routine {}: next run at {next}", row.name);
             }
         }
         plan
     }
+}
+
+/// `plan` for an invalid `row`: no next run, and why, said once.
+fn invalid(mut plan: Plan, row: &RoutineRow, reason: Invalid) -> Plan {
+    log::error!(
+        "routine {}: {reason}; it will not run until its row is fixed",
+        row.name
+    );
+    plan.next_run_at = None;
+    plan.next_due_at = None;
+    plan.last_error = Some(reason.0);
+    plan
 }

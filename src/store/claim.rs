@@ -4,6 +4,7 @@
 //! store ever calling back into it. Dropped without [`ClaimTx::commit`],
 //! it rolls back, and the rows stay as they were.
 
+use super::edits::Actor;
 use super::history::TextRow;
 use super::models::{self, NewRun, Plan, RawRow, RoutineRow};
 use super::pool::Pools;
@@ -166,6 +167,24 @@ impl ClaimTx<'_> {
         let statement = self.store.sql.write_planned;
         on_conn!(&mut self.conn, |c| c.write_planned(statement, plans))
             .map_err(|e| StoreError::query("plan", e))
+    }
+
+    /// Makes the routines `ids` inactive, as this beat's edit (the audit
+    /// trail says so): one-off routines that ran, routines past their end.
+    pub(crate) fn end(&mut self, ids: &[&str]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let statement = self.store.sql.end_routines.as_str();
+        let by = Actor::beat(
+            self.store
+                .claimant
+                .as_ref()
+                .map_or("beat", |c| c.beat_id.as_str()),
+        );
+        let ids = serde_json::Value::from(ids.to_vec()).to_string();
+        on_conn!(&mut self.conn, |c| c.end_routines(statement, &ids, &by))
+            .map_err(|e| StoreError::query("end routines", e))
     }
 
     /// Commits: the rows' locks are released, and what was written stands.

@@ -206,8 +206,8 @@ pub struct EditFilter {
 }
 
 /// The audited columns, in the order edits show them.
-const COLUMNS: [&str; 7] = [
-    "id", "name", "task", "schedule", "active", "kwargs", "options",
+const COLUMNS: [&str; 8] = [
+    "id", "name", "task", "schedule", "active", "kwargs", "options", "args",
 ];
 
 #[derive(QueryableByName)]

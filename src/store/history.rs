@@ -43,6 +43,8 @@ pub struct RunRow {
     pub target: Target,
     /// Run by `beat send`, not by the schedule.
     pub on_demand: bool,
+    /// Run by `beat backfill`, for a due time in the past.
+    pub backfill: bool,
     /// The beat that dispatched it (`None`: published by `beat send`).
     pub beat_id: Option<String>,
     /// What became of it.
@@ -77,6 +79,8 @@ struct RawRun {
     target: String,
     #[diesel(sql_type = Bool)]
     on_demand: bool,
+    #[diesel(sql_type = Bool)]
+    backfill: bool,
     #[diesel(sql_type = Nullable<Text>)]
     beat_id: Option<String>,
     #[diesel(sql_type = Text)]
@@ -107,6 +111,7 @@ impl From<RawRun> for RunRow {
             task_id: raw.task_id,
             target: Target::from_name(&raw.target),
             on_demand: raw.on_demand,
+            backfill: raw.backfill,
             beat_id: raw.beat_id,
             outcome: RunOutcome::from_name(&raw.outcome),
             attempts: raw.attempts,

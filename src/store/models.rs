@@ -27,6 +27,8 @@ pub struct RoutineRow {
     pub kwargs: Option<String>,
     /// The options JSON, unparsed.
     pub options: Option<String>,
+    /// The positional args JSON (an array), unparsed; `None`: no args.
+    pub args: Option<String>,
     /// Inactive routines are kept but never run.
     pub active: bool,
     /// The due time of the last fire (naive UTC); `None` also when the
@@ -34,8 +36,12 @@ pub struct RoutineRow {
     pub last_run_at: Option<NaiveDateTime>,
     /// How many times the routine has fired.
     pub total_run_count: Option<i32>,
-    /// When it is next due (naive UTC); `None` while not planned.
+    /// When its next run is dispatched (naive UTC); `None` while not
+    /// planned. That is its due time, unless the schedule has a `jitter`.
     pub next_run_at: Option<NaiveDateTime>,
+    /// The due time of the next run when it is dispatched later than due
+    /// (a `jitter`); `None`: `next_run_at` is the due time.
+    pub next_due_at: Option<NaiveDateTime>,
     /// Edited since the beat last planned it.
     pub(crate) needs_sync: bool,
     /// Why the beat does not run it, if it does not.
@@ -69,10 +75,12 @@ impl RoutineRow {
             schedule: schedule.to_owned(),
             kwargs: Some(kwargs.to_owned()),
             options: Some(options.to_owned()),
+            args: None,
             active: true,
             last_run_at: None,
             total_run_count: None,
             next_run_at: None,
+            next_due_at: None,
             needs_sync: true,
             last_error: None,
             duplicate_name: false,
@@ -93,9 +101,15 @@ impl RoutineRow {
         self.last_run_at.map(|t| t.and_utc())
     }
 
-    /// `next_run_at` as a UTC instant.
+    /// `next_run_at` as a UTC instant: when the next run is dispatched.
     pub fn next_run_at_utc(&self) -> Option<DateTime<Utc>> {
         self.next_run_at.map(|t| t.and_utc())
+    }
+
+    /// The due time of the next run (what its task id and `last_run_at`
+    /// name): `next_due_at` if the run is jittered, else `next_run_at`.
+    pub fn next_due_at_utc(&self) -> Option<DateTime<Utc>> {
+        self.next_due_at.or(self.next_run_at).map(|t| t.and_utc())
     }
 }
 
@@ -116,6 +130,8 @@ pub(super) struct RawRow {
     kwargs: Option<String>,
     #[diesel(sql_type = Nullable<Text>)]
     options: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    args: Option<String>,
     #[diesel(sql_type = Bool)]
     active: bool,
     #[diesel(sql_type = Nullable<Text>)]
@@ -124,6 +140,8 @@ pub(super) struct RawRow {
     total_run_count: Option<i32>,
     #[diesel(sql_type = Nullable<Text>)]
     next_run_at: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    next_due_at: Option<String>,
     #[diesel(sql_type = Bool)]
     needs_sync: bool,
     #[diesel(sql_type = Nullable<Text>)]
@@ -152,6 +170,7 @@ impl From<RawRow> for RoutineRow {
         };
         let last_run_at = time("last_run_at", raw.last_run_at);
         let next_run_at = time("next_run_at", raw.next_run_at);
+        let next_due_at = time("next_due_at", raw.next_due_at);
         let run_requested_at = time("run_requested_at", raw.run_requested_at);
         RoutineRow {
             id: raw.id,
@@ -160,10 +179,12 @@ impl From<RawRow> for RoutineRow {
             schedule: raw.schedule,
             kwargs: raw.kwargs,
             options: raw.options,
+            args: raw.args,
             active: raw.active,
             last_run_at,
             total_run_count: raw.total_run_count,
             next_run_at,
+            next_due_at,
             needs_sync: raw.needs_sync,
             last_error: raw.last_error,
             duplicate_name: raw.duplicate_name,
@@ -270,9 +291,17 @@ pub(crate) struct Plan {
     /// The new `next_run_at`; `None` takes the row out of the schedule.
     #[serde(serialize_with = "timestamp", skip_serializing_if = "Option::is_none")]
     pub(crate) next_run_at: Option<DateTime<Utc>>,
+    /// The new `next_due_at`: the next run's due time when it is
+    /// dispatched later (jitter); `None` when `next_run_at` is the due time.
+    #[serde(serialize_with = "timestamp", skip_serializing_if = "Option::is_none")]
+    pub(crate) next_due_at: Option<DateTime<Utc>>,
     /// The new `last_error`; `None` clears it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) last_error: Option<String>,
+    /// The routine's id if its runs are over: it becomes inactive (see
+    /// `ClaimTx::end`).
+    #[serde(skip)]
+    pub(crate) ends: Option<String>,
 }
 
 impl Plan {
@@ -283,7 +312,9 @@ impl Plan {
             last_run_at: None,
             fired: 0,
             next_run_at: None,
+            next_due_at: None,
             last_error: None,
+            ends: None,
         }
     }
 }
@@ -456,6 +487,9 @@ pub(crate) struct NewRun {
     pub(crate) target: Target,
     #[serde(rename = "o")]
     pub(crate) on_demand: u8,
+    /// 1 for a run of `beat backfill`.
+    #[serde(rename = "b")]
+    pub(crate) backfill: u8,
     #[serde(rename = "x", serialize_with = "named_outcome")]
     pub(crate) outcome: RunOutcome,
     #[serde(rename = "e", skip_serializing_if = "Option::is_none")]
@@ -480,6 +514,7 @@ impl NewRun {
             task_id: task_id.to_owned(),
             target,
             on_demand: 0,
+            backfill: 0,
             outcome,
             error,
         }

@@ -36,6 +36,12 @@ pub(super) trait WriteTransaction: Connection {
         beat: Option<&str>,
     ) -> QueryResult<()>;
 
+    /// Within the open transaction, runs `statement` (`Sql::end_routines`)
+    /// on the routines `ids` (a JSON array) as `by`'s edit, which the
+    /// triggers and the audit trail see as such; then the transaction is
+    /// the beat's again.
+    fn end_routines(&mut self, statement: &str, ids: &str, by: &Actor) -> QueryResult<()>;
+
     /// Runs `f` in a write transaction that no other beat runs at the same
     /// time, as `by` (the start-up sync of declared routines: two beats
     /// starting together take turns, instead of racing or deadlocking on
@@ -130,6 +136,23 @@ impl WriteTransaction for PgConnection {
         })
     }
 
+    fn end_routines(&mut self, statement: &str, ids: &str, by: &Actor) -> QueryResult<()> {
+        let say = "SELECT set_config('celery_diesel_kit.actor', $1, true), \
+                   set_config('celery_diesel_kit.via', $2, true)";
+        diesel::sql_query(say)
+            .bind::<Text, _>(by.name())
+            .bind::<Text, _>(by.via().as_str())
+            .execute(self)?;
+        diesel::sql_query(statement)
+            .bind::<Text, _>(ids)
+            .execute(self)?;
+        diesel::sql_query(say)
+            .bind::<Text, _>("")
+            .bind::<Text, _>("")
+            .execute(self)
+            .map(drop)
+    }
+
     // PostgreSQL takes the batch as arrays, in its binary protocol: parsing
     // a JSON batch cost a third of a claim.
     fn write_planned(&mut self, statement: &str, plans: &[Plan]) -> QueryResult<()> {
@@ -137,6 +160,7 @@ impl WriteTransaction for PgConnection {
         diesel::sql_query(statement)
             .bind::<Array<Text>, _>(columns.locators)
             .bind::<Array<Nullable<Timestamp>>, _>(columns.next_run_at)
+            .bind::<Array<Nullable<Timestamp>>, _>(columns.next_due_at)
             .bind::<Array<Nullable<Text>>, _>(columns.last_error)
             .execute(self)
             .map(drop)
@@ -149,6 +173,7 @@ impl WriteTransaction for PgConnection {
             .bind::<Array<Nullable<Timestamp>>, _>(columns.last_run_at)
             .bind::<Array<Integer>, _>(columns.fired)
             .bind::<Array<Nullable<Timestamp>>, _>(columns.next_run_at)
+            .bind::<Array<Nullable<Timestamp>>, _>(columns.next_due_at)
             .bind::<Array<Nullable<Text>>, _>(columns.last_error)
             .execute(self)
             .map(drop)
@@ -174,6 +199,7 @@ impl WriteTransaction for PgConnection {
             .bind::<Array<Text>, _>(text(|r| &r.task_id))
             .bind::<Array<Text>, _>(text(|r| r.target.as_str()))
             .bind::<Array<Bool>, _>(runs.iter().map(|r| r.on_demand != 0).collect::<Vec<_>>())
+            .bind::<Array<Bool>, _>(runs.iter().map(|r| r.backfill != 0).collect::<Vec<_>>())
             .bind::<Array<Text>, _>(text(|r| r.outcome.as_str()))
             .bind::<Array<Nullable<Text>>, _>(
                 runs.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>(),
@@ -191,6 +217,7 @@ struct Columns<'a> {
     last_run_at: Vec<Option<chrono::NaiveDateTime>>,
     fired: Vec<i32>,
     next_run_at: Vec<Option<chrono::NaiveDateTime>>,
+    next_due_at: Vec<Option<chrono::NaiveDateTime>>,
     last_error: Vec<Option<&'a str>>,
 }
 
@@ -206,6 +233,10 @@ impl<'a> Columns<'a> {
             next_run_at: plans
                 .iter()
                 .map(|p| p.next_run_at.map(|t| t.naive_utc()))
+                .collect(),
+            next_due_at: plans
+                .iter()
+                .map(|p| p.next_due_at.map(|t| t.naive_utc()))
                 .collect(),
             last_error: plans.iter().map(|p| p.last_error.as_deref()).collect(),
         }
@@ -234,6 +265,18 @@ impl WriteTransaction for diesel::mysql::MysqlConnection {
         let value = result?;
         released?;
         Ok(value)
+    }
+
+    fn end_routines(&mut self, statement: &str, ids: &str, by: &Actor) -> QueryResult<()> {
+        diesel::sql_query("SET @celery_beat = NULL, @cdk_actor = ?, @cdk_via = ?")
+            .bind::<Text, _>(by.name())
+            .bind::<Text, _>(by.via().as_str())
+            .execute(self)?;
+        let ended = diesel::sql_query(statement)
+            .bind::<Text, _>(ids)
+            .execute(self);
+        self.batch_execute("SET @celery_beat = 1, @cdk_actor = NULL, @cdk_via = NULL")?;
+        ended.map(drop)
     }
 
     /// The beat's connections carry `@celery_beat`, which the edit trigger
@@ -271,6 +314,19 @@ impl WriteTransaction for SqliteConnection {
         f: impl FnOnce(&mut Self) -> QueryResult<T>,
     ) -> QueryResult<T> {
         self.acting_as(by, f)
+    }
+
+    fn end_routines(&mut self, statement: &str, ids: &str, by: &Actor) -> QueryResult<()> {
+        diesel::sql_query("INSERT INTO routine_edit_actor (actor, via) VALUES (?, ?)")
+            .bind::<Text, _>(by.name())
+            .bind::<Text, _>(by.via().as_str())
+            .execute(self)?;
+        diesel::sql_query(statement)
+            .bind::<Text, _>(ids)
+            .execute(self)?;
+        diesel::sql_query("DELETE FROM routine_edit_actor")
+            .execute(self)
+            .map(drop)
     }
 
     /// SQLite has no session settings: who acts is the one row of

@@ -92,7 +92,7 @@ pub(in crate::store) fn postgres() -> HistorySql {
         numbered: true,
         run_columns: "id, routine_id, routine::text AS routine, task::text AS task, \
             due_at::text AS due_at, dispatched_at::text AS dispatched_at, \
-            task_id::text AS task_id, target::text AS target, on_demand, \
+            task_id::text AS task_id, target::text AS target, on_demand, backfill, \
             beat_id::text AS beat_id, outcome::text AS outcome, attempts, error, \
             started_at::text AS started_at, finished_at::text AS finished_at",
         beat_columns: "id::text AS id, host::text AS host, pid, version::text AS version, \
@@ -100,9 +100,10 @@ pub(in crate::store) fn postgres() -> HistorySql {
             stopped_at::text AS stopped_at, tasks, broker, \
             ((clock_timestamp() AT TIME ZONE 'utc')::timestamp(6))::text AS db_now",
         insert_runs: "INSERT INTO routine_runs (routine_id, routine, task, due_at, task_id, \
-                target, on_demand, outcome, error, dispatched_at, beat_id) \
-            SELECT v.*, $10::timestamp, $11 FROM unnest($1::text[], $2::text[], $3::text[], \
-                $4::timestamp[], $5::text[], $6::text[], $7::bool[], $8::text[], $9::text[]) AS v",
+                target, on_demand, backfill, outcome, error, dispatched_at, beat_id) \
+            SELECT v.*, $11::timestamp, $12 FROM unnest($1::text[], $2::text[], $3::text[], \
+                $4::timestamp[], $5::text[], $6::text[], $7::bool[], $8::bool[], $9::text[], \
+                $10::text[]) AS v",
         json_texts: "SELECT json_array_elements_text({p}::json)",
         json_ids_delete: "DELETE FROM routine_runs \
             WHERE id IN (SELECT json_array_elements_text($1::json)::bigint)",
@@ -123,16 +124,16 @@ pub(in crate::store) fn sqlite() -> HistorySql {
         now_less: "strftime('%Y-%m-%d %H:%M:%f', 'now', '-' || ({ms} / 1000.0) || ' seconds')",
         numbered: false,
         run_columns: "id, routine_id, routine, task, CAST(due_at AS TEXT) AS due_at, \
-            CAST(dispatched_at AS TEXT) AS dispatched_at, task_id, target, on_demand, beat_id, \
+            CAST(dispatched_at AS TEXT) AS dispatched_at, task_id, target, on_demand, backfill, beat_id, \
             outcome, attempts, error, CAST(started_at AS TEXT) AS started_at, \
             CAST(finished_at AS TEXT) AS finished_at",
         beat_columns: "id, host, pid, version, CAST(started_at AS TEXT) AS started_at, \
             CAST(heartbeat_at AS TEXT) AS heartbeat_at, CAST(stopped_at AS TEXT) AS stopped_at, \
             tasks, broker, strftime('%Y-%m-%d %H:%M:%f', 'now') AS db_now",
         insert_runs: "INSERT INTO routine_runs (routine_id, routine, task, due_at, task_id, \
-                target, on_demand, outcome, error, dispatched_at, beat_id) \
+                target, on_demand, backfill, outcome, error, dispatched_at, beat_id) \
             SELECT value ->> '$.r', value ->> '$.n', value ->> '$.t', value ->> '$.d', \
-                value ->> '$.i', value ->> '$.g', value ->> '$.o', value ->> '$.x', \
+                value ->> '$.i', value ->> '$.g', value ->> '$.o', value ->> '$.b', value ->> '$.x', \
                 value ->> '$.e', ?, ? FROM json_each(?)",
         json_texts: "SELECT value FROM json_each({p})",
         json_ids_delete: "DELETE FROM routine_runs WHERE id IN (SELECT value FROM json_each(?))",
@@ -153,19 +154,20 @@ pub(in crate::store) fn mysql() -> HistorySql {
         now_less: "(UTC_TIMESTAMP(6) - INTERVAL ({ms} * 1000) MICROSECOND)",
         numbered: false,
         run_columns: "id, routine_id, routine, task, CAST(due_at AS CHAR) AS due_at, \
-            CAST(dispatched_at AS CHAR) AS dispatched_at, task_id, target, on_demand, beat_id, \
+            CAST(dispatched_at AS CHAR) AS dispatched_at, task_id, target, on_demand, backfill, beat_id, \
             outcome, attempts, error, CAST(started_at AS CHAR) AS started_at, \
             CAST(finished_at AS CHAR) AS finished_at",
         beat_columns: "id, host, pid, version, CAST(started_at AS CHAR) AS started_at, \
             CAST(heartbeat_at AS CHAR) AS heartbeat_at, CAST(stopped_at AS CHAR) AS stopped_at, \
             tasks, broker, CAST(UTC_TIMESTAMP(6) AS CHAR) AS db_now",
         insert_runs: "INSERT INTO routine_runs (routine_id, routine, task, due_at, task_id, \
-                target, on_demand, outcome, error, dispatched_at, beat_id) \
-            SELECT v.r, v.n, v.t, v.d, v.i, v.g, v.o, v.x, v.e, ?, ? \
+                target, on_demand, backfill, outcome, error, dispatched_at, beat_id) \
+            SELECT v.r, v.n, v.t, v.d, v.i, v.g, v.o, v.b, v.x, v.e, ?, ? \
             FROM JSON_TABLE(?, '$[*]' COLUMNS ( \
                 r VARCHAR(36) PATH '$.r', n VARCHAR(255) PATH '$.n', t VARCHAR(255) PATH '$.t', \
                 d VARCHAR(32) PATH '$.d', i VARCHAR(64) PATH '$.i', g VARCHAR(16) PATH '$.g', \
-                o INT PATH '$.o', x VARCHAR(16) PATH '$.x', e TEXT PATH '$.e')) AS v",
+                o INT PATH '$.o', b INT PATH '$.b', x VARCHAR(16) PATH '$.x', \
+                e TEXT PATH '$.e')) AS v",
         json_texts: "SELECT v FROM JSON_TABLE({p}, '$[*]' COLUMNS (v VARCHAR(255) PATH '$')) AS t",
         json_ids_delete: "DELETE r FROM routine_runs AS r \
             JOIN JSON_TABLE(?, '$[*]' COLUMNS (v BIGINT PATH '$')) AS t ON r.id = t.v",

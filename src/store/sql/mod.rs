@@ -11,13 +11,15 @@ pub(super) mod history;
 /// the columns in ORDER BY, so statements order by `routines.next_run_at`
 /// (the indexed column), never by its text.
 pub(super) const PG_COLUMNS: &str = "id::text AS id, name::text AS name, task::text AS task, \
-    schedule::text AS schedule, kwargs::text AS kwargs, options::text AS options, active, \
-    last_run_at::text AS last_run_at, total_run_count, next_run_at::text AS next_run_at, \
+    schedule::text AS schedule, kwargs::text AS kwargs, options::text AS options, \
+    args::text AS args, active, last_run_at::text AS last_run_at, total_run_count, \
+    next_run_at::text AS next_run_at, next_due_at::text AS next_due_at, \
     needs_sync, last_error, (name_unique IS NULL) AS duplicate_name, run_requested_at::text AS run_requested_at, \
     ctid::text AS locator";
-pub(super) const SQLITE_COLUMNS: &str = "id, name, task, schedule, kwargs, options, active, \
-    CAST(last_run_at AS TEXT) AS last_run_at, total_run_count, \
-    CAST(next_run_at AS TEXT) AS next_run_at, needs_sync, last_error, \
+pub(super) const SQLITE_COLUMNS: &str = "id, name, task, schedule, kwargs, options, args, \
+    active, CAST(last_run_at AS TEXT) AS last_run_at, total_run_count, \
+    CAST(next_run_at AS TEXT) AS next_run_at, CAST(next_due_at AS TEXT) AS next_due_at, \
+    needs_sync, last_error, \
     (name_unique IS NULL) AS duplicate_name, CAST(run_requested_at AS TEXT) AS run_requested_at, \
     CAST(rowid AS TEXT) AS locator";
 
@@ -62,6 +64,10 @@ pub(super) struct Sql {
     pub write_planned: &'static str,
     /// Writes the plans in the JSON array `$1` to fired rows.
     pub write_fired: &'static str,
+    /// Makes the routines whose ids are in the JSON array `$1` inactive
+    /// (one-off routines that ran, routines past their end): an edit, as
+    /// the triggers see it.
+    pub end_routines: String,
     /// The earliest next run of any schedulable row.
     pub earliest_due: &'static str,
     /// As `earliest_due`, for rows whose task is in the JSON array `$1`.
@@ -115,18 +121,22 @@ pub(super) fn postgres() -> Sql {
         // Arrays bound as such, rows found by ctid: no JSON to parse and no
         // index to search (see `Plans`).
         write_planned: "UPDATE routines AS r SET \
-            next_run_at = v.next_run_at, needs_sync = false, last_error = v.last_error, \
-            run_requested_at = NULL \
-            FROM unnest($1::text[]::tid[], $2::timestamp[], $3::text[]) \
-              AS v(t, next_run_at, last_error) \
+            next_run_at = v.next_run_at, next_due_at = v.next_due_at, needs_sync = false, \
+            last_error = v.last_error, run_requested_at = NULL \
+            FROM unnest($1::text[]::tid[], $2::timestamp[], $3::timestamp[], $4::text[]) \
+              AS v(t, next_run_at, next_due_at, last_error) \
             WHERE r.ctid = v.t",
         write_fired: "UPDATE routines AS r SET \
             last_run_at = COALESCE(v.last_run_at, r.last_run_at), \
             total_run_count = COALESCE(r.total_run_count, 0) + v.fired, \
-            next_run_at = v.next_run_at, last_error = v.last_error \
-            FROM unnest($1::text[]::tid[], $2::timestamp[], $3::int[], $4::timestamp[], $5::text[]) \
-              AS v(t, last_run_at, fired, next_run_at, last_error) \
+            next_run_at = v.next_run_at, next_due_at = v.next_due_at, last_error = v.last_error \
+            FROM unnest($1::text[]::tid[], $2::timestamp[], $3::int[], $4::timestamp[], \
+                        $5::timestamp[], $6::text[]) \
+              AS v(t, last_run_at, fired, next_run_at, next_due_at, last_error) \
             WHERE r.ctid = v.t",
+        end_routines: "UPDATE routines SET active = false \
+            WHERE id IN (SELECT json_array_elements_text($1::json)::uuid)"
+            .into(),
         earliest_due: "SELECT CAST(next_run_at AS TEXT) AS at FROM routines \
             WHERE active AND NOT needs_sync AND next_run_at IS NOT NULL \
             ORDER BY routines.next_run_at LIMIT 1",
@@ -183,19 +193,24 @@ pub(super) fn sqlite() -> Sql {
              ORDER BY routines.next_run_at LIMIT ?"
         ),
         write_planned: "UPDATE routines SET \
-            next_run_at = v.next_run_at, needs_sync = 0, last_error = v.last_error, \
-            run_requested_at = NULL \
+            next_run_at = v.next_run_at, next_due_at = v.next_due_at, needs_sync = 0, \
+            last_error = v.last_error, run_requested_at = NULL \
             FROM (SELECT value ->> '$.id' AS id, value ->> '$.next_run_at' AS next_run_at, \
+                         value ->> '$.next_due_at' AS next_due_at, \
                          value ->> '$.last_error' AS last_error FROM json_each(?)) AS v \
             WHERE routines.rowid = v.id",
         write_fired: "UPDATE routines SET \
             last_run_at = COALESCE(v.last_run_at, routines.last_run_at), \
             total_run_count = COALESCE(routines.total_run_count, 0) + v.fired, \
-            next_run_at = v.next_run_at, last_error = v.last_error \
+            next_run_at = v.next_run_at, next_due_at = v.next_due_at, last_error = v.last_error \
             FROM (SELECT value ->> '$.id' AS id, value ->> '$.last_run_at' AS last_run_at, \
                          value ->> '$.fired' AS fired, value ->> '$.next_run_at' AS next_run_at, \
+                         value ->> '$.next_due_at' AS next_due_at, \
                          value ->> '$.last_error' AS last_error FROM json_each(?)) AS v \
             WHERE routines.rowid = v.id",
+        end_routines: "UPDATE routines SET active = 0 \
+            WHERE id IN (SELECT value FROM json_each(?))"
+            .into(),
         earliest_due: "SELECT CAST(next_run_at AS TEXT) AS at FROM routines \
             WHERE active AND NOT needs_sync AND next_run_at IS NOT NULL \
             ORDER BY routines.next_run_at LIMIT 1",
@@ -210,8 +225,10 @@ pub(super) fn sqlite() -> Sql {
 #[cfg(feature = "mysql")]
 pub(super) const MYSQL_COLUMNS: &str = "CAST(id AS CHAR) AS id, name, task, \
     CAST(schedule AS CHAR) AS schedule, CAST(kwargs AS CHAR) AS kwargs, \
-    CAST(options AS CHAR) AS options, active, CAST(last_run_at AS CHAR) AS last_run_at, \
-    total_run_count, CAST(next_run_at AS CHAR) AS next_run_at, needs_sync, last_error, \
+    CAST(options AS CHAR) AS options, CAST(args AS CHAR) AS args, active, \
+    CAST(last_run_at AS CHAR) AS last_run_at, total_run_count, \
+    CAST(next_run_at AS CHAR) AS next_run_at, CAST(next_due_at AS CHAR) AS next_due_at, \
+    needs_sync, last_error, \
     (name_unique IS NULL) AS duplicate_name, CAST(run_requested_at AS CHAR) AS run_requested_at, \
     CAST(id AS CHAR) AS locator";
 
@@ -263,16 +280,20 @@ pub(super) fn mysql() -> Sql {
         ),
         write_planned: "UPDATE routines AS r JOIN JSON_TABLE(?, '$[*]' COLUMNS ( \
                 id VARCHAR(64) PATH '$.id', next_run_at VARCHAR(32) PATH '$.next_run_at', \
+                next_due_at VARCHAR(32) PATH '$.next_due_at', \
                 last_error TEXT PATH '$.last_error')) AS v ON r.id = v.id \
-            SET r.next_run_at = v.next_run_at, r.needs_sync = 0, r.last_error = v.last_error, \
-                r.run_requested_at = NULL",
+            SET r.next_run_at = v.next_run_at, r.next_due_at = v.next_due_at, r.needs_sync = 0, \
+                r.last_error = v.last_error, r.run_requested_at = NULL",
         write_fired: "UPDATE routines AS r JOIN JSON_TABLE(?, '$[*]' COLUMNS ( \
                 id VARCHAR(64) PATH '$.id', last_run_at VARCHAR(32) PATH '$.last_run_at', \
                 fired INT PATH '$.fired', next_run_at VARCHAR(32) PATH '$.next_run_at', \
+                next_due_at VARCHAR(32) PATH '$.next_due_at', \
                 last_error TEXT PATH '$.last_error')) AS v ON r.id = v.id \
             SET r.last_run_at = COALESCE(v.last_run_at, r.last_run_at), \
                 r.total_run_count = COALESCE(r.total_run_count, 0) + v.fired, \
-                r.next_run_at = v.next_run_at, r.last_error = v.last_error",
+                r.next_run_at = v.next_run_at, r.next_due_at = v.next_due_at, \
+                r.last_error = v.last_error",
+        end_routines: format!("UPDATE routines SET active = 0 WHERE id IN ({NAMES})"),
         earliest_due: "SELECT CAST(next_run_at AS CHAR) AS at FROM routines \
             WHERE active = 1 AND needs_sync = 0 AND next_run_at IS NOT NULL \
             ORDER BY routines.next_run_at LIMIT 1",

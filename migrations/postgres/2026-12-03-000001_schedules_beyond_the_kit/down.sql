@@ -1,0 +1,85 @@
+ALTER TABLE routine_runs DROP COLUMN IF EXISTS backfill;
+ALTER TABLE routines DROP COLUMN IF EXISTS next_due_at;
+
+DROP TRIGGER IF EXISTS routines_mark_edited ON routines;
+CREATE TRIGGER routines_mark_edited
+    BEFORE UPDATE OF task, kwargs, options ON routines
+    FOR EACH ROW
+    WHEN (NEW.task IS DISTINCT FROM OLD.task
+          OR NEW.kwargs::text IS DISTINCT FROM OLD.kwargs::text
+          OR NEW.options::text IS DISTINCT FROM OLD.options::text)
+    EXECUTE FUNCTION routines_mark_edited();
+
+CREATE OR REPLACE FUNCTION routines_audit() RETURNS trigger AS $$
+DECLARE
+    via text := NULLIF(current_setting('celery_diesel_kit.via', true), '');
+    actor text := NULLIF(current_setting('celery_diesel_kit.actor', true), '');
+    application text := NULL;
+    changes jsonb := '{}';
+    side text := CASE TG_OP WHEN 'INSERT' THEN 'new' ELSE 'old' END;
+    row_ routines := CASE TG_OP WHEN 'DELETE' THEN OLD ELSE NEW END;
+BEGIN
+    IF via IS NULL THEN
+        via := 'sql';
+        actor := session_user;
+        application := left(NULLIF(current_setting('application_name', true), ''), 255);
+    END IF;
+    IF TG_OP = 'UPDATE' THEN
+        IF NEW.id IS DISTINCT FROM OLD.id THEN
+            changes := changes || jsonb_build_object('id',
+                jsonb_build_object('old', OLD.id, 'new', NEW.id));
+        END IF;
+        IF NEW.name IS DISTINCT FROM OLD.name THEN
+            changes := changes || jsonb_build_object('name',
+                jsonb_build_object('old', OLD.name, 'new', NEW.name));
+        END IF;
+        IF NEW.task IS DISTINCT FROM OLD.task THEN
+            changes := changes || jsonb_build_object('task',
+                jsonb_build_object('old', OLD.task, 'new', NEW.task));
+        END IF;
+        IF NEW.schedule::text IS DISTINCT FROM OLD.schedule::text THEN
+            changes := changes || jsonb_build_object('schedule',
+                jsonb_build_object('old', OLD.schedule, 'new', NEW.schedule));
+        END IF;
+        IF NEW.active IS DISTINCT FROM OLD.active THEN
+            changes := changes || jsonb_build_object('active',
+                jsonb_build_object('old', OLD.active, 'new', NEW.active));
+        END IF;
+        IF NEW.kwargs::text IS DISTINCT FROM OLD.kwargs::text THEN
+            changes := changes || jsonb_build_object('kwargs',
+                jsonb_build_object('old', OLD.kwargs, 'new', NEW.kwargs));
+        END IF;
+        IF NEW.options::text IS DISTINCT FROM OLD.options::text THEN
+            changes := changes || jsonb_build_object('options',
+                jsonb_build_object('old', OLD.options, 'new', NEW.options));
+        END IF;
+    ELSE
+        changes := jsonb_build_object(
+            'name', jsonb_build_object(side, row_.name),
+            'task', jsonb_build_object(side, row_.task),
+            'schedule', jsonb_build_object(side, row_.schedule),
+            'active', jsonb_build_object(side, row_.active),
+            'kwargs', jsonb_build_object(side, row_.kwargs),
+            'options', jsonb_build_object(side, row_.options));
+    END IF;
+    INSERT INTO routine_edits
+        (routine_id, routine, edited_at, action, actor, via, application, changes)
+    VALUES (row_.id::text, row_.name, (clock_timestamp() AT TIME ZONE 'utc')::timestamp(6),
+            lower(TG_OP), left(actor, 255), left(via, 16), application, changes::text);
+    RETURN NULL;
+END
+$$ LANGUAGE plpgsql;
+
+DROP TRIGGER IF EXISTS routines_audit_update ON routines;
+CREATE TRIGGER routines_audit_update
+    AFTER UPDATE OF id, name, task, schedule, active, kwargs, options ON routines
+    FOR EACH ROW
+    WHEN (NEW.id IS DISTINCT FROM OLD.id OR NEW.name IS DISTINCT FROM OLD.name
+          OR NEW.task IS DISTINCT FROM OLD.task
+          OR NEW.schedule::text IS DISTINCT FROM OLD.schedule::text
+          OR NEW.active IS DISTINCT FROM OLD.active
+          OR NEW.kwargs::text IS DISTINCT FROM OLD.kwargs::text
+          OR NEW.options::text IS DISTINCT FROM OLD.options::text)
+    EXECUTE FUNCTION routines_audit();
+
+ALTER TABLE routines DROP COLUMN IF EXISTS args;
