@@ -1,7 +1,7 @@
 //! A routine as code declares it: a named task on a schedule, with its
-//! kwargs and Celery options, validated before it reaches the table.
+//! args, kwargs and Celery options, validated before it reaches the table.
 
-use crate::schedule::{truncated, Misfire, Schedule};
+use crate::schedule::{truncated, Bounds, Misfire, Schedule, Timing};
 use serde_json::{Map, Value};
 
 /// The longest name or task the kit's table holds (`varchar(50)`).
@@ -56,9 +56,12 @@ impl From<Invalid> for String {
 /// let nightly = Routine::new("nightly report", "reports.send",
 ///     Schedule::crontab("30", "2", "*", "*", "*").unwrap())
 ///     .kwargs(serde_json::json!({"recipient": "ops@example.com"}));
+/// let resize = Routine::new("resize", "images.resize",
+///     Schedule::every(Duration::from_secs(300)).unwrap())
+///     .args(serde_json::json!(["thumbnails", 128]));
 /// let heartbeat = Routine::new("heartbeat", "ping",
 ///     Schedule::every(Duration::from_secs(15)).unwrap());
-/// # let _ = (nightly, heartbeat);
+/// # let _ = (nightly, resize, heartbeat);
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Routine {
@@ -66,23 +69,37 @@ pub struct Routine {
     task: String,
     schedule: Schedule,
     misfire: Misfire,
+    bounds: Bounds,
+    /// `None`: no args (the column stays NULL, as the kit leaves it).
+    args: Option<Value>,
     kwargs: Value,
     options: Value,
     active: bool,
 }
 
 impl Routine {
-    /// A routine called `name` running `task` on `schedule`, with no kwargs.
+    /// A routine called `name` running `task` on `schedule`, with no args
+    /// or kwargs.
     pub fn new(name: impl Into<String>, task: impl Into<String>, schedule: Schedule) -> Self {
         Routine {
             name: name.into(),
             task: task.into(),
             schedule,
             misfire: Misfire::default(),
+            bounds: Bounds::default(),
+            args: None,
             kwargs: Value::Object(Map::new()),
             options: Value::Object(Map::new()),
             active: true,
         }
+    }
+
+    /// The task's positional args (a JSON array), stored in `args`: what
+    /// Celery's `send_task(args=...)` sends, and an in-process task's
+    /// `ctx.args`.
+    pub fn args(mut self, args: Value) -> Self {
+        self.args = Some(args);
+        self
     }
 
     /// The task's kwargs (a JSON object).
@@ -100,6 +117,13 @@ impl Routine {
     /// Its own misfire policy and grace time (stored in its schedule JSON).
     pub fn misfire(mut self, misfire: Misfire) -> Self {
         self.misfire = misfire;
+        self
+    }
+
+    /// What bounds and spreads its runs: `start_at`, `end_at`, `max_runs`,
+    /// `one_off`, `jitter` (stored in its schedule JSON; see [`Bounds`]).
+    pub fn bounds(mut self, bounds: Bounds) -> Self {
+        self.bounds = bounds;
         self
     }
 
@@ -126,8 +150,9 @@ impl Routine {
         &self.schedule
     }
 
-    /// Reads a routine from JSON: `{"name", "task", "schedule", "kwargs"?,
-    /// "options"?, "active"?}` with the schedule in the kit's form.
+    /// Reads a routine from JSON: `{"name", "task", "schedule", "args"?,
+    /// "kwargs"?, "options"?, "active"?}` with the schedule in the kit's
+    /// form.
     pub fn from_json(value: &Value) -> Result<Self, RoutineError> {
         let name = value
             .get("name")
@@ -150,8 +175,16 @@ impl Routine {
             .ok_or_else(|| invalid("\"task\" must be a string".into()))?;
         let schedule_json = value.get("schedule").unwrap_or(&Value::Null);
         let schedule = Schedule::from_json(schedule_json).map_err(|e| invalid(e.to_string()))?;
-        let misfire = Misfire::from_json(schedule_json).map_err(|e| invalid(e.to_string()))?;
-        let mut routine = Routine::new(name.clone(), task, schedule).misfire(misfire);
+        // The whole schedule JSON is checked as the beat reads it (its
+        // naive times in UTC here: the beat reads them in its own zone).
+        let timing = Timing::from_json_in(schedule_json, chrono_tz::UTC)
+            .map_err(|e| invalid(e.to_string()))?;
+        let mut routine = Routine::new(name.clone(), task, schedule)
+            .misfire(timing.misfire)
+            .bounds(timing.bounds);
+        if let Some(args) = value.get("args") {
+            routine.args = Some(args.clone());
+        }
         if let Some(kwargs) = value.get("kwargs") {
             routine.kwargs = kwargs.clone();
         }
@@ -168,8 +201,8 @@ impl Routine {
     }
 
     /// Checks what the table would not hold or the beat would not run:
-    /// empty or over-long names and tasks, kwargs or options that are not
-    /// JSON objects.
+    /// empty or over-long names and tasks, args that are not a JSON array,
+    /// kwargs or options that are not JSON objects.
     pub fn validate(&self) -> Result<(), RoutineError> {
         let invalid = |reason: String| RoutineError::new(self.name.clone(), reason);
         for (what, value) in [("name", &self.name), ("task", &self.task)] {
@@ -180,6 +213,9 @@ impl Routine {
                 return Err(invalid(format!("{what} must be a JSON object")));
             }
         }
+        if self.args.as_ref().is_some_and(|args| !args.is_array()) {
+            return Err(invalid("args must be a JSON array".into()));
+        }
         Ok(())
     }
 
@@ -188,7 +224,13 @@ impl Routine {
     pub(crate) fn schedule_json(&self) -> String {
         let mut json = self.schedule.to_json();
         self.misfire.write_into(&mut json);
+        self.bounds.write_into(&mut json);
         json.to_string()
+    }
+
+    /// The `args` column's JSON; `None` for NULL (no args).
+    pub(crate) fn args_json(&self) -> Option<String> {
+        self.args.as_ref().map(Value::to_string)
     }
 
     pub(crate) fn kwargs_json(&self) -> String {
@@ -216,4 +258,35 @@ pub(crate) fn check_name(what: &str, value: &str) -> Result<(), Invalid> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Routine;
+    use serde_json::json;
+
+    #[test]
+    fn args_are_read_from_json_and_must_be_an_array() {
+        let read = |args| {
+            Routine::from_json(
+                &json!({"name": "r", "task": "t", "schedule": {"timedelta": 5}, "args": args}),
+            )
+            .map(|r| r.args_json())
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            read(json!([1, "a", null])),
+            Ok(Some(r#"[1,"a",null]"#.into()))
+        );
+        assert_eq!(read(json!([])), Ok(Some("[]".into())));
+        for bad in [json!({"a": 1}), json!("nope"), json!(null), json!(3)] {
+            assert_eq!(
+                read(bad),
+                Err("routine r: args must be a JSON array".into())
+            );
+        }
+        let plain =
+            Routine::from_json(&json!({"name": "r", "task": "t", "schedule": {"timedelta": 5}}));
+        assert_eq!(plain.map(|r| r.args_json()), Ok(None), "no args: NULL");
+    }
 }

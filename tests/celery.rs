@@ -508,14 +508,31 @@ fn a_broker_outage_loses_no_routine_and_doubles_none() {
 
 #[test]
 fn our_message_matches_celerys_send_task_field_by_field() {
-    let test = "celery_message_compare";
+    message_matches_celerys("celery_message_compare", (8, 9), None);
+}
+
+/// As above, for a routine with positional args: the body's first element
+/// and the `argsrepr` header (cut, as Celery cuts it, at 1024 characters)
+/// are Celery's own.
+#[test]
+fn a_message_with_args_matches_celerys_send_task_field_by_field() {
+    let args = json!(["daily", 3, 0.25, 1e16, null, true, false, "é ü 🎉", "it's \"quoted\"",
+                      {"nested": [1, "two", {"k": null}]}, [], "lorem ipsum ".repeat(100)]);
+    message_matches_celerys("celery_message_args", (15, 0), Some(args));
+}
+
+/// A routine's message (with `args`, if any) is Celery's `send_task` of the
+/// same, field by field and byte for byte, and a real worker runs it with
+/// everything in place. `redis`: the Redis databases of ours and of
+/// Celery's.
+fn message_matches_celerys(test: &str, redis: (u8, u8), args: Option<Value>) {
     let Some(python) = celery_python(test) else {
         return;
     };
-    let Some(broker) = redis_db(test, 8) else {
+    let Some(broker) = redis_db(test, redis.0) else {
         return;
     };
-    let Some(theirs_broker) = redis_db(test, 9) else {
+    let Some(theirs_broker) = redis_db(test, redis.1) else {
         return;
     };
     let db = TestDb::sqlite(test);
@@ -526,20 +543,21 @@ fn our_message_matches_celerys_send_task_field_by_field() {
                          "headers": {"x_trace": "abc"}});
     // An on-demand send builds the message a scheduled run does, at the
     // real time, so that both clients' `expires` can be compared.
-    let beat = manual(
-        &db,
-        &broker,
-        vec![Routine::new("r", "tasks.record", every(3600))
-            .kwargs(kwargs.clone())
-            .options(options.clone())],
-    );
+    let mut routine = Routine::new("r", "tasks.record", every(3600))
+        .kwargs(kwargs.clone())
+        .options(options.clone());
+    if let Some(args) = &args {
+        routine = routine.args(args.clone());
+    }
+    let beat = manual(&db, &broker, vec![routine]);
     let sent = std::time::Instant::now();
     beat.send_now("r").unwrap();
     let key = format!("reports{SEP}3");
     let ours = envelopes(&broker, &key).pop().expect("our message");
     let id = ours["headers"]["id"].as_str().unwrap();
 
-    let spec = json!({"name": "tasks.record", "kwargs": kwargs, "task_id": id, "options": options});
+    let args = args.unwrap_or_else(|| json!([]));
+    let spec = json!({"name": "tasks.record", "args": args, "kwargs": kwargs, "task_id": id, "options": options});
     let status = std::process::Command::new(&python)
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -659,8 +677,13 @@ fn our_message_matches_celerys_send_task_field_by_field() {
     );
     let call = &recorded_calls(&broker)[0];
     assert_eq!(
-        (&call["kwargs"], &call["timelimit"], &call["x_trace"]),
-        (&kwargs, &json!([30, 20]), &json!("abc"))
+        (
+            &call["args"],
+            &call["kwargs"],
+            &call["timelimit"],
+            &call["x_trace"]
+        ),
+        (&args, &kwargs, &json!([30, 20]), &json!("abc"))
     );
 }
 

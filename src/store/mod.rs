@@ -82,6 +82,7 @@ macro_rules! insert_row {
             .bind::<Text, _>(&row.kwargs)
             .bind::<Text, _>(&row.options)
             .bind::<Bool, _>(row.active)
+            .bind::<Nullable<Text>, _>(&row.args)
             .execute($conn)
     }};
 }
@@ -119,6 +120,17 @@ mod find;
 mod history;
 
 pub(crate) use claims::Claimant;
+
+/// The columns an edit replaces, as the table holds them; `None` keeps a
+/// column.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RoutineEdit<'a> {
+    pub(crate) task: Option<&'a str>,
+    pub(crate) schedule: Option<&'a str>,
+    pub(crate) kwargs: Option<&'a str>,
+    pub(crate) options: Option<&'a str>,
+    pub(crate) args: Option<&'a str>,
+}
 
 /// The beat's tables in one database: `routines` itself (read here;
 /// changed through `ops::Operator`), and a handle for
@@ -313,18 +325,16 @@ impl RoutineStore {
         &self,
         by: &Actor,
         name: &str,
-        task: Option<&str>,
-        schedule: Option<&str>,
-        kwargs: Option<&str>,
-        options: Option<&str>,
+        edit: &RoutineEdit<'_>,
     ) -> Result<bool, StoreError> {
         with_conn!(self, |conn, sql| {
             conn.acting_as(by, |conn| {
                 diesel::sql_query(sql.edit)
-                    .bind::<Nullable<Text>, _>(task)
-                    .bind::<Nullable<Text>, _>(schedule)
-                    .bind::<Nullable<Text>, _>(kwargs)
-                    .bind::<Nullable<Text>, _>(options)
+                    .bind::<Nullable<Text>, _>(edit.task)
+                    .bind::<Nullable<Text>, _>(edit.schedule)
+                    .bind::<Nullable<Text>, _>(edit.kwargs)
+                    .bind::<Nullable<Text>, _>(edit.options)
+                    .bind::<Nullable<Text>, _>(edit.args)
                     .bind::<Text, _>(name)
                     .execute(conn)
             })
@@ -334,11 +344,11 @@ impl RoutineStore {
     }
 
     /// Writes `routine` to the table by its name, as `by`'s edit: a new row
-    /// if there is none, else the row's task, schedule, kwargs, options and
-    /// active flag replaced. An edit like any other: serving beats plan it
-    /// within their watch interval (a changed schedule takes its next run
-    /// after `last_run_at`, so it never fires early), and the audit trail
-    /// (`routine_edits`) records it. Returns whether a row was inserted.
+    /// if there is none, else the row's task, schedule, kwargs, options,
+    /// args and active flag replaced. An edit like any other: serving beats
+    /// plan it within their watch interval (a changed schedule takes its
+    /// next run after `last_run_at`, so it never fires early), and the
+    /// audit trail (`routine_edits`) records it. Returns whether a row was inserted.
     pub(crate) fn upsert(&self, by: &Actor, routine: &Routine) -> Result<bool, StoreError> {
         let row = NewRoutine::from(routine);
         with_conn!(self, |conn, sql| {
@@ -348,6 +358,7 @@ impl RoutineStore {
                     .bind::<Text, _>(&row.schedule)
                     .bind::<Text, _>(&row.kwargs)
                     .bind::<Text, _>(&row.options)
+                    .bind::<Nullable<Text>, _>(&row.args)
                     .bind::<Bool, _>(row.active)
                     .bind::<Text, _>(&row.name)
                     .execute(conn)?;

@@ -257,6 +257,8 @@ pub(crate) struct NewRoutine {
     pub(crate) schedule: String,
     pub(crate) kwargs: String,
     pub(crate) options: String,
+    /// The args JSON; `None` writes NULL (no args).
+    pub(crate) args: Option<String>,
     pub(crate) active: bool,
 }
 
@@ -269,6 +271,7 @@ impl From<&Routine> for NewRoutine {
             schedule: routine.schedule_json(),
             kwargs: routine.kwargs_json(),
             options: routine.options_json(),
+            args: routine.args_json(),
             active: routine.is_active(),
         }
     }

@@ -13,6 +13,7 @@ pub struct Run {
     pub routine: String,
     pub scheduled_at: DateTime<Utc>,
     pub attempt: u32,
+    pub args: serde_json::Value,
     pub kwargs: serde_json::Value,
     pub at: Instant,
 }
@@ -58,6 +59,7 @@ impl SyncTask for Recorder {
             routine: ctx.routine.clone(),
             scheduled_at: ctx.scheduled_at,
             attempt: ctx.attempt,
+            args: ctx.args.clone(),
             kwargs: ctx.kwargs.clone(),
             at: Instant::now(),
         });

@@ -1,7 +1,8 @@
 """Sends one task with Celery's own `app.send_task`, for comparison.
 
 Usage: send_task.py BROKER_URL JSON, where JSON holds send_task's
-arguments: {"name": ..., "kwargs": {...}, "task_id": ..., "options": {...}}.
+arguments: {"name": ..., "args": [...]?, "kwargs": {...}, "task_id": ...,
+"options": {...}}.
 """
 
 import json
@@ -12,4 +13,4 @@ from celery import Celery
 broker, spec = sys.argv[1], json.loads(sys.argv[2])
 app = Celery("cdk-sender", broker=broker)
 app.conf.update(enable_utc=True, timezone="UTC")
-app.send_task(spec["name"], args=[], kwargs=spec["kwargs"], task_id=spec["task_id"], **spec["options"])
+app.send_task(spec["name"], args=spec.get("args", []), kwargs=spec["kwargs"], task_id=spec["task_id"], **spec["options"])

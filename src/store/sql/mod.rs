@@ -33,16 +33,19 @@ pub(super) struct Sql {
     /// order (pages of `beat list`).
     pub page: String,
     /// Replaces what is given of a routine's task (`$1`), schedule (`$2`),
-    /// kwargs (`$3`) and options (`$4`); NULL keeps a column. `$5` name.
+    /// kwargs (`$3`), options (`$4`) and args (`$5`); NULL keeps a column.
+    /// `$6` name.
     pub edit: &'static str,
     /// Which of the names in the JSON array `$1` exist.
     pub existing_names: String,
-    /// Inserts a routine, unplanned: `$1` id … `$7` active.
+    /// Inserts a routine, unplanned: `$1` id … `$7` active, `$8` args
+    /// (NULL: none).
     pub insert: &'static str,
     /// Deletes every routine whose name is not in the JSON array `$1`.
     pub delete_undeclared: String,
     /// Replaces a routine's columns by name: `$1` task, `$2` schedule,
-    /// `$3` kwargs, `$4` options, `$5` active, `$6` name.
+    /// `$3` kwargs, `$4` options, `$5` args (NULL: none), `$6` active,
+    /// `$7` name.
     pub update_by_name: &'static str,
     /// Sets `active` (`$1`) of the routine named `$2`.
     pub set_active: &'static str,
@@ -85,18 +88,19 @@ pub(super) fn postgres() -> Sql {
         ),
         edit: "UPDATE routines SET task = COALESCE($1, task), \
             schedule = COALESCE($2::json, schedule), kwargs = COALESCE($3::json, kwargs), \
-            options = COALESCE($4::json, options) WHERE name = $5",
+            options = COALESCE($4::json, options), args = COALESCE($5::json, args) \
+            WHERE name = $6",
         existing_names: "SELECT name::text AS name FROM routines \
             WHERE name IN (SELECT json_array_elements_text($1::json))"
             .into(),
         insert: "INSERT INTO routines \
-            (id, name, task, schedule, kwargs, options, active, total_run_count, needs_sync) \
-            VALUES ($1::uuid, $2, $3, $4::json, $5::json, $6::json, $7, 0, true)",
+            (id, name, task, schedule, kwargs, options, active, args, total_run_count, needs_sync) \
+            VALUES ($1::uuid, $2, $3, $4::json, $5::json, $6::json, $7, $8::json, 0, true)",
         delete_undeclared: "DELETE FROM routines \
             WHERE name NOT IN (SELECT json_array_elements_text($1::json))"
             .into(),
         update_by_name: "UPDATE routines SET task = $1, schedule = $2::json, kwargs = $3::json, \
-            options = $4::json, active = $5 WHERE name = $6",
+            options = $4::json, args = $5::json, active = $6 WHERE name = $7",
         set_active: "UPDATE routines SET active = $1 WHERE name = $2",
         delete_by_name: "DELETE FROM routines WHERE name = $1",
         recheck_failed: "UPDATE routines SET needs_sync = true \
@@ -162,18 +166,19 @@ pub(super) fn sqlite() -> Sql {
              ORDER BY routines.name, routines.id LIMIT ?3"
         ),
         edit: "UPDATE routines SET task = COALESCE(?, task), schedule = COALESCE(?, schedule), \
-            kwargs = COALESCE(?, kwargs), options = COALESCE(?, options) WHERE name = ?",
+            kwargs = COALESCE(?, kwargs), options = COALESCE(?, options), \
+            args = COALESCE(?, args) WHERE name = ?",
         existing_names: "SELECT name FROM routines \
             WHERE name IN (SELECT value FROM json_each(?))"
             .into(),
         insert: "INSERT INTO routines \
-            (id, name, task, schedule, kwargs, options, active, total_run_count, needs_sync) \
-            VALUES (?, ?, ?, ?, ?, ?, ?, 0, 1)",
+            (id, name, task, schedule, kwargs, options, active, args, total_run_count, needs_sync) \
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 1)",
         delete_undeclared: "DELETE FROM routines \
             WHERE name NOT IN (SELECT value FROM json_each(?))"
             .into(),
         update_by_name: "UPDATE routines SET task = ?, schedule = ?, kwargs = ?, options = ?, \
-            active = ? WHERE name = ?",
+            args = ?, active = ? WHERE name = ?",
         set_active: "UPDATE routines SET active = ? WHERE name = ?",
         delete_by_name: "DELETE FROM routines WHERE name = ?",
         recheck_failed: "UPDATE routines SET needs_sync = 1 \
@@ -249,14 +254,15 @@ pub(super) fn mysql() -> Sql {
              ORDER BY routines.name, routines.id LIMIT ?"
         ),
         edit: "UPDATE routines SET task = COALESCE(?, task), schedule = COALESCE(?, schedule), \
-            kwargs = COALESCE(?, kwargs), options = COALESCE(?, options) WHERE name = ?",
+            kwargs = COALESCE(?, kwargs), options = COALESCE(?, options), \
+            args = COALESCE(?, args) WHERE name = ?",
         existing_names: format!("SELECT name FROM routines WHERE name IN ({NAMES})"),
         insert: "INSERT INTO routines \
-            (id, name, task, schedule, kwargs, options, active, total_run_count, needs_sync) \
-            VALUES (REPLACE(?, '-', ''), ?, ?, ?, ?, ?, ?, 0, 1)",
+            (id, name, task, schedule, kwargs, options, active, args, total_run_count, needs_sync) \
+            VALUES (REPLACE(?, '-', ''), ?, ?, ?, ?, ?, ?, ?, 0, 1)",
         delete_undeclared: format!("DELETE FROM routines WHERE name NOT IN ({NAMES})"),
         update_by_name: "UPDATE routines SET task = ?, schedule = ?, kwargs = ?, options = ?, \
-            active = ? WHERE name = ?",
+            args = ?, active = ? WHERE name = ?",
         set_active: "UPDATE routines SET active = ? WHERE name = ?",
         delete_by_name: "DELETE FROM routines WHERE name = ?",
         recheck_failed: "UPDATE routines SET needs_sync = 1 \
