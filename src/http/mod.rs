@@ -193,10 +193,11 @@ pub(crate) fn encode(text: &str) -> String {
 
 /// The dashboard's pages (GET) and its changes (POST).
 const PAGES: [&str; 3] = ["/", "/routine", "/beats"];
-const CHANGES: [&str; 4] = [
+const CHANGES: [&str; 5] = [
     "/routine/enable",
     "/routine/disable",
     "/routine/run",
+    "/routine/backfill",
     "/routine/edit",
 ];
 

@@ -136,6 +136,36 @@ impl ClaimTx<'_> {
         Ok(busy.into_iter().map(|r| r.value).collect())
     }
 
+    /// Reads the routine of id `id` and locks its row until the
+    /// transaction ends (on SQLite the transaction itself is exclusive):
+    /// `beat backfill`'s check, publish and record, which another backfill
+    /// of the routine waits for. `None` if it is gone.
+    pub(crate) fn lock_routine(&mut self, id: &str) -> Result<Option<RoutineRow>, StoreError> {
+        let statement = &self.store.history.lock_routine;
+        let rows: Vec<RawRow> = on_conn!(&mut self.conn, |c| diesel::sql_query(statement)
+            .bind::<Text, _>(id)
+            .load(c))
+        .map_err(|e| StoreError::query("lock routine", e))?;
+        Ok(rows.into_iter().next().map(RoutineRow::from))
+    }
+
+    /// As `Runs::dispatched_between`, in this transaction.
+    pub(crate) fn dispatched_between(
+        &mut self,
+        routine_id: &str,
+        (from, to): (DateTime<Utc>, DateTime<Utc>),
+    ) -> Result<HashSet<String>, StoreError> {
+        let statement = &self.store.history.dispatched_between;
+        let (from, to) = (models::format_timestamp(from), models::format_timestamp(to));
+        let rows: Vec<TextRow> = on_conn!(&mut self.conn, |c| diesel::sql_query(statement)
+            .bind::<Text, _>(routine_id)
+            .bind::<Text, _>(&from)
+            .bind::<Text, _>(&to)
+            .load(c))
+        .map_err(|e| StoreError::query("dispatched between", e))?;
+        Ok(rows.into_iter().map(|r| r.value).collect())
+    }
+
     /// Records `runs`, dispatched at `at` by the store's beat.
     pub(crate) fn record(&mut self, runs: &[NewRun], at: DateTime<Utc>) -> Result<(), StoreError> {
         if runs.is_empty() {

@@ -16,6 +16,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::sql_types::{BigInt, Bool, Integer, Nullable, Text};
 use diesel::{Connection, QueryableByName, RunQueryDsl};
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 /// One run as `routine_runs` records it.
@@ -335,6 +336,29 @@ impl Runs<'_> {
             .collect();
         let rows: Vec<RawRun> = self.0.newest("runs", &statement, texts, filter.limit)?;
         Ok(rows.into_iter().map(RunRow::from).collect())
+    }
+
+    /// The task ids of the runs of routine `routine_id` due from `from` to
+    /// `to` (both included) that were dispatched: published, or handed to
+    /// a worker, whatever became of them; not `skipped` nor `missed` (what
+    /// `beat backfill` dispatches). Read outside any transaction (a
+    /// preview); `ClaimTx::dispatched_between` reads it under the
+    /// routine's lock.
+    pub fn dispatched_between(
+        &self,
+        routine_id: &str,
+        (from, to): (DateTime<Utc>, DateTime<Utc>),
+    ) -> Result<HashSet<String>, StoreError> {
+        let (from, to) = (format_timestamp(from), format_timestamp(to));
+        let rows: Vec<TextRow> = with_history_conn!(self.0, |conn, sql| {
+            diesel::sql_query(&sql.dispatched_between)
+                .bind::<Text, _>(routine_id)
+                .bind::<Text, _>(&from)
+                .bind::<Text, _>(&to)
+                .load(conn)
+                .map_err(|e| StoreError::query("dispatched_between", e))?
+        });
+        Ok(rows.into_iter().map(|r| r.value).collect())
     }
 
     /// Records runs dispatched outside a claim: on demand, by beat `beat`

@@ -1,8 +1,8 @@
 //! The flag values clap cannot parse alone: `--every` (a duration),
-//! `--since` (a duration ago, or a UTC time), `--after` (a time) and
-//! `--as` (a name).
+//! `--since` (a duration ago, or a UTC time), `--after`, `--from` and
+//! `--to` (a time) and `--as` (a name).
 
-use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 
 /// `--every`: `30s`, `5m`, `1h`, `1d`, or plain seconds.
 pub fn parse_every(text: &str) -> anyhow::Result<f64> {
@@ -61,7 +61,8 @@ pub fn parse_since(text: &str) -> anyhow::Result<DateTime<Utc>> {
     })
 }
 
-/// `--after`: a UTC time, or an RFC 3339 time with its offset.
+/// `--after` (and `backfill --from`, `--to`): a UTC time, or an RFC 3339
+/// time with its offset.
 pub fn parse_after(text: &str) -> anyhow::Result<DateTime<Utc>> {
     instant(text).ok_or_else(|| {
         anyhow::anyhow!(
@@ -71,18 +72,7 @@ pub fn parse_after(text: &str) -> anyhow::Result<DateTime<Utc>> {
 }
 
 /// An RFC 3339 time, or a UTC time to the minute or second, or a UTC date
-/// (its midnight).
+/// (its midnight): as the dashboard reads times too.
 fn instant(text: &str) -> Option<DateTime<Utc>> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Some(t.with_timezone(&Utc));
-    }
-    for format in ["%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S"] {
-        if let Ok(t) = NaiveDateTime::parse_from_str(text, format) {
-            return Some(t.and_utc());
-        }
-    }
-    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .ok()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|t| t.and_utc())
+    celery_diesel_kit::ops::parse_time(text)
 }

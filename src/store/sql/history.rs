@@ -8,6 +8,13 @@ use std::time::Duration;
 /// or waiting for a retry.
 const OPEN: &str = "('queued', 'running', 'retrying')";
 
+/// Outcomes of a run that was dispatched (published, or handed to a
+/// worker), whatever became of it: a due time with one of these has run,
+/// for `beat backfill`. `skipped` and `missed` are the due times that did
+/// not.
+const DISPATCHED: &str = "('published', 'queued', 'running', 'retrying', 'succeeded', \
+    'failed', 'abandoned', 'lost')";
+
 /// What differs between dialects in the history statements.
 pub(in crate::store) struct Dialect {
     /// The database's clock, as a naive UTC timestamp expression.
@@ -30,6 +37,11 @@ pub(in crate::store) struct Dialect {
     edit_columns: &'static str,
     /// Deletes the edits whose ids are in the JSON array `$1`.
     json_ids_delete_edits: &'static str,
+    /// The columns of a `RoutineRow` (`sql::PG_COLUMNS`, ...).
+    routine_columns: &'static str,
+    /// What makes a read lock the rows it reads: ` FOR UPDATE`, or
+    /// nothing on SQLite (whose write transaction is already exclusive).
+    for_update: &'static str,
 }
 
 /// One dialect's history statements, written out once.
@@ -54,6 +66,10 @@ pub(in crate::store) struct HistorySql {
     pub(in crate::store) edits_after: String,
     pub(in crate::store) excess_edits: String,
     pub(in crate::store) json_ids_delete_edits: &'static str,
+    /// Reads and locks the routine of id `$1` (`beat backfill`).
+    pub(in crate::store) lock_routine: String,
+    /// The task ids of routine `$1`'s dispatched runs due from `$2` to `$3`.
+    pub(in crate::store) dispatched_between: String,
     pub(in crate::store) dialect: Dialect,
 }
 
@@ -80,6 +96,8 @@ impl HistorySql {
             edits_after: dialect.edits_after(),
             excess_edits: dialect.excess_edits(),
             json_ids_delete_edits: dialect.json_ids_delete_edits,
+            lock_routine: dialect.lock_routine(),
+            dispatched_between: dialect.dispatched_between(),
             dialect,
         }
     }
@@ -115,6 +133,8 @@ pub(in crate::store) fn postgres() -> HistorySql {
             application::text AS application, changes",
         json_ids_delete_edits: "DELETE FROM routine_edits \
             WHERE id IN (SELECT json_array_elements_text($1::json)::bigint)",
+        routine_columns: super::PG_COLUMNS,
+        for_update: " FOR UPDATE",
     })
 }
 
@@ -144,6 +164,8 @@ pub(in crate::store) fn sqlite() -> HistorySql {
             actor, via, application, changes",
         json_ids_delete_edits: "DELETE FROM routine_edits \
             WHERE id IN (SELECT value FROM json_each(?))",
+        routine_columns: super::SQLITE_COLUMNS,
+        for_update: "",
     })
 }
 
@@ -177,6 +199,8 @@ pub(in crate::store) fn mysql() -> HistorySql {
             actor, via, application, changes",
         json_ids_delete_edits: "DELETE e FROM routine_edits AS e \
             JOIN JSON_TABLE(?, '$[*]' COLUMNS (v BIGINT PATH '$')) AS t ON e.id = t.v",
+        routine_columns: super::MYSQL_COLUMNS,
+        for_update: " FOR UPDATE",
     })
 }
 
@@ -410,6 +434,39 @@ impl Dialect {
             false => format!("WHERE {}", conditions.join(" AND ")),
         };
         format!("SELECT {columns} FROM {table} {filter} ORDER BY id DESC LIMIT {limit}")
+    }
+}
+
+impl Dialect {
+    /// Reads the routine of id `$1`, locking its row until the transaction
+    /// ends (`beat backfill`: two at once take turns, and a claim of the
+    /// row skips it meanwhile).
+    fn lock_routine(&self) -> String {
+        let id = match self.numbered {
+            true => "$1::uuid",
+            false => "?",
+        };
+        format!(
+            "SELECT {} FROM routines WHERE id = {id}{}",
+            self.routine_columns, self.for_update
+        )
+    }
+
+    /// The task ids of the runs of routine `$1` due from `$2` to `$3`
+    /// (both included) that were dispatched (see [`DISPATCHED`]). Read by
+    /// the routine's index (`routine_runs_routine_idx`).
+    fn dispatched_between(&self) -> String {
+        let task_id = match self.numbered {
+            true => "task_id::text",
+            false => "task_id",
+        };
+        format!(
+            "SELECT {task_id} AS value FROM routine_runs \
+             WHERE routine_id = {} AND due_at >= {} AND due_at <= {} AND outcome IN {DISPATCHED}",
+            self.p(1),
+            self.ts(2),
+            self.ts(3)
+        )
     }
 }
 
