@@ -80,6 +80,9 @@ pub(crate) enum Seed {
     AllAt(DateTime<Utc>),
     /// Every second, phases spread evenly over the second from `from`.
     EverySecond(DateTime<Utc>),
+    /// Every one on this schedule JSON, not yet planned (as a row an
+    /// operator inserts): the beat plans each, jitter and all, as it starts.
+    Unplanned(String),
 }
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -104,6 +107,7 @@ pub(crate) fn seed(db: &Database, n: usize, how: &Seed, queue: &str) -> anyhow::
             expr
         }
     };
+    let mut planned = true;
     let (schedule, next) = match how {
         Seed::Mixed { due_now } => (
             // one in four a crontab, else an interval of 60..3660 s
@@ -122,6 +126,17 @@ pub(crate) fn seed(db: &Database, n: usize, how: &Seed, queue: &str) -> anyhow::
             "'{\"timedelta\": 1}'".to_owned(),
             db.plus_micros(*from, &format!("(g - 1) * 1000000 / {n}")),
         ),
+        Seed::Unplanned(schedule) => {
+            planned = false;
+            let null = match b {
+                Backend::Postgres => "NULL::timestamp",
+                _ => "NULL",
+            };
+            (
+                format!("'{}'", schedule.replace('\'', "''")),
+                null.to_owned(),
+            )
+        }
     };
     let select = format!(
         "SELECT {id}, {name}, 'bench.task', {schedule}, {kwargs}, {options}, {t}, 0, {next}, {f} FROM seq",
@@ -135,7 +150,13 @@ pub(crate) fn seed(db: &Database, n: usize, how: &Seed, queue: &str) -> anyhow::
         kwargs = json("'{}'".to_owned()),
         options = json(format!("'{{\"queue\": \"{queue}\"}}'")),
         t = if b == Backend::Postgres { "true" } else { "1" },
-        f = if b == Backend::Postgres { "false" } else { "0" },
+        // needs_sync: a planned row is not; an unplanned one awaits the beat.
+        f = match (b == Backend::Postgres, planned) {
+            (true, true) => "false",
+            (true, false) => "true",
+            (false, true) => "0",
+            (false, false) => "1",
+        },
     );
     let seq = match b {
         Backend::Postgres => format!("seq AS (SELECT g FROM generate_series(1::bigint, {n}) AS g)"),

@@ -30,6 +30,10 @@
 //!   dashboard's pages and `/metrics` in a loop.
 //! - `edit`: 100 edits by SQL (schedule, active), each timed until the
 //!   beat has applied it.
+//! - `herd` (Redis only; not in the default list, nor in the smoke run: it
+//!   waits for a minute boundary and then a minute): 10k routines on
+//!   `{"minute": "*/1", "jitter": 60}` (`--herd-routines`, `--jitter`),
+//!   and when each run of one minute reaches Redis, from its due time.
 //!
 //! The beat runs in this process through the library's `Beat::start`, the
 //! code path of the `beat` binary; each measurement in a process of its own.
@@ -42,6 +46,7 @@ mod burst;
 #[path = "../../tests/common/mod.rs"]
 mod common;
 mod db;
+mod herd;
 mod measure;
 mod rabbit;
 mod scenarios;
@@ -112,6 +117,9 @@ pub(crate) struct Options {
     pub(crate) http_load: bool,
     /// The loader's pause between page loads (0: flat out).
     pub(crate) http_pause: std::time::Duration,
+    /// `herd`: how many routines, and their `jitter` in seconds.
+    pub(crate) herd_routines: usize,
+    pub(crate) jitter: u64,
 }
 
 fn parse_args(args: Vec<String>) -> anyhow::Result<Options> {
@@ -138,6 +146,8 @@ fn parse_args(args: Vec<String>) -> anyhow::Result<Options> {
         history: true,
         http_load: false,
         http_pause: std::time::Duration::ZERO,
+        herd_routines: 10_000,
+        jitter: 60,
     };
     let mut args = args.into_iter();
     let list = |v: String| v.split(',').map(str::to_owned).collect::<Vec<_>>();
@@ -167,6 +177,8 @@ fn parse_args(args: Vec<String>) -> anyhow::Result<Options> {
             "--steady-seconds" => o.steady_seconds = numbers(value()?)?[0] as u64,
             "--edits" => o.edits = numbers(value()?)?[0],
             "--idle-seconds" => o.idle_seconds = numbers(value()?)?[0] as u64,
+            "--herd-routines" => o.herd_routines = numbers(value()?)?[0],
+            "--jitter" => o.jitter = numbers(value()?)?[0] as u64,
             "--postgres-url" => o.postgres = value()?,
             "--mysql-url" => o.mysql = value()?,
             "--redis-url" => o.redis = value()?,
@@ -207,8 +219,9 @@ fn parse_args(args: Vec<String>) -> anyhow::Result<Options> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: bench [--smoke] [--db postgres,sqlite,mysql] [--scenario scale,burst,steady,edit]\n\
+                    "usage: bench [--smoke] [--db postgres,sqlite,mysql] [--scenario scale,burst,steady,edit,herd]\n\
                      \x20            [--scale 10000,100000,1000000] [--burst N] [--steady-routines N]\n\
+                     \x20            [--herd-routines N] [--jitter SECONDS]\n\
                      \x20            [--steady-seconds S] [--edits N] [--idle-seconds S]\n\
                      \x20            [--postgres-url URL] [--mysql-url URL] [--redis-url URL]\n\
                      \x20            [--broker redis|amqp] [--amqp-url URL]\n\
@@ -289,6 +302,7 @@ fn measure(args: Vec<String>) -> anyhow::Result<()> {
                 "burst" => burst::burst(*backend, o.burst, &o),
                 "steady" => scenarios::steady(*backend, o.steady_routines, o.steady_seconds, &o),
                 "edit" => scenarios::edit(*backend, o.edits, &o),
+                "herd" => herd::herd(*backend, o.herd_routines, o.jitter, &o),
                 other => bail!("unknown scenario {other}"),
             };
             result.with_context(|| format!("{scenario} on {}", backend.name()))?;

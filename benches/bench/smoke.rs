@@ -13,7 +13,7 @@ use std::process::ExitCode;
 pub(crate) const EDITS: usize = 10;
 
 /// Options of the bench itself; with any of them it measures.
-const BENCH_OPTIONS: [&str; 15] = [
+const BENCH_OPTIONS: [&str; 17] = [
     "--bench",
     "--smoke",
     "--db",
@@ -29,6 +29,8 @@ const BENCH_OPTIONS: [&str; 15] = [
     "--redis-url",
     "--broker",
     "--amqp-url",
+    "--herd-routines",
+    "--jitter",
 ];
 
 /// Whether this process was started by `cargo test` rather than to
