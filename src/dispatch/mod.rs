@@ -82,6 +82,9 @@ pub(crate) struct Outcome {
     /// The task and where it goes, for the metrics.
     task: String,
     target: Target,
+    /// When it was to be dispatched (its due time, or later by a jitter):
+    /// how late it is counts from here.
+    dispatch_at: DateTime<Utc>,
     pub(crate) fate: Fate,
     notes: Vec<Note>,
 }
@@ -139,6 +142,7 @@ impl Dispatcher {
                 routine: row.name.clone(),
                 task: row.task.clone(),
                 target: Target::of(checked.send.is_none()),
+                dispatch_at: row.next_run_at_utc().unwrap_or(due),
                 fate,
                 notes: decision.notes,
             },
@@ -157,10 +161,10 @@ impl Dispatcher {
         outcomes: &mut [Outcome],
         runs: &mut [NewRun],
     ) -> Result<(), BrokerError> {
-        let sent: Vec<(&str, &Message)> = outcomes
+        let sent: Vec<(&str, &Message, DateTime<Utc>)> = outcomes
             .iter()
             .filter_map(|o| match &o.fate {
-                Fate::Sent(message) => Some((o.routine.as_str(), message)),
+                Fate::Sent(message) => Some((o.routine.as_str(), message, o.dispatch_at)),
                 _ => None,
             })
             .collect();
@@ -168,7 +172,7 @@ impl Dispatcher {
         let (Some(broker), false) = (&self.broker, sent.is_empty()) else {
             return Ok(());
         };
-        let messages: Vec<&Message> = sent.iter().map(|(_, m)| *m).collect();
+        let messages: Vec<&Message> = sent.iter().map(|(_, m, _)| *m).collect();
         let delivered = match claimer {
             Some(claimer) => broker.publish(claimer, &messages)?,
             None => broker.publish_on_demand(&messages)?,
@@ -176,8 +180,8 @@ impl Dispatcher {
         if claimer.is_some() {
             // A due run's lateness ends here (the worker queue's, at its push).
             let published_at = self.clock.now();
-            for message in &messages {
-                let late = (published_at - message.run_at).to_std();
+            for (_, _, dispatch_at) in &sent {
+                let late = (published_at - *dispatch_at).to_std();
                 self.metrics.record_lateness(late.unwrap_or_default());
             }
         }
@@ -185,7 +189,7 @@ impl Dispatcher {
         let refused: Vec<(String, String)> = sent
             .iter()
             .zip(delivered)
-            .filter_map(|((_, message), delivery)| match delivery {
+            .filter_map(|((_, message, _), delivery)| match delivery {
                 Delivery::Refused(reason) => Some((message.id.clone(), reason)),
                 _ => None,
             })
@@ -219,7 +223,7 @@ impl Dispatcher {
             }
             let counted = match outcome.fate {
                 Fate::Run(job) => {
-                    if self.queue(job) {
+                    if self.queue(job, outcome.dispatch_at) {
                         counts.fired += 1;
                         Counted::Dispatched
                     } else {
@@ -259,17 +263,19 @@ impl Dispatcher {
         counts
     }
 
-    /// Queues a claimed run for the workers; returns whether it was queued.
-    fn queue(&self, job: Job) -> bool {
+    /// Queues a run for the workers, to be dispatched at `dispatch_at`;
+    /// returns whether it was queued.
+    fn queue(&self, job: Job, dispatch_at: DateTime<Utc>) -> bool {
         let scheduled = job.scheduled;
         if scheduled {
             self.in_flight.try_mark(&job.ctx.routine_id);
         }
-        let due = job.ctx.scheduled_at;
         match self.queue.push(job, &self.shutdown) {
             Ok(()) => {
                 if scheduled {
-                    let lateness = (self.clock.now() - due).to_std().unwrap_or_default();
+                    let lateness = (self.clock.now() - dispatch_at)
+                        .to_std()
+                        .unwrap_or_default();
                     self.metrics.record_lateness(lateness);
                 }
                 true
@@ -315,6 +321,7 @@ impl Fired {
                 routine: row.name.clone(),
                 task: row.task.clone(),
                 target: Target::Unrouted,
+                dispatch_at: DateTime::<Utc>::MIN_UTC,
                 fate: Fate::Invalid,
                 notes: vec![Note::Invalid(reason)],
             },
@@ -340,8 +347,8 @@ fn refuse(outcomes: &mut [Outcome], runs: &mut [NewRun], id: &str, reason: Strin
 
 /// Says what became of each published message (a refusal is said after
 /// the claim, once it stands).
-fn log_deliveries(sent: &[(&str, &Message)], delivered: &[Delivery]) {
-    for ((routine, message), delivery) in sent.iter().zip(delivered) {
+fn log_deliveries(sent: &[(&str, &Message, DateTime<Utc>)], delivered: &[Delivery]) {
+    for ((routine, message, _), delivery) in sent.iter().zip(delivered) {
         match delivery {
             Delivery::To(0) => log::error!(
                 "routine {routine}: no queue is bound to {:?}: Celery would drop message {} too",

@@ -48,6 +48,7 @@ impl Dispatcher {
             routine: row.name.clone(),
             task: row.task.clone(),
             target: Target::of(checked.send.is_none()),
+            dispatch_at: now,
             fate,
             notes: Vec::new(),
         };
@@ -90,7 +91,7 @@ impl Dispatcher {
         let mut all = true;
         for outcome in outcomes {
             match outcome.fate {
-                Fate::Run(job) => all &= self.queue(job),
+                Fate::Run(job) => all &= self.queue(job, outcome.dispatch_at),
                 Fate::Refused(reason) => {
                     log::error!(
                         "routine {}: run on demand not sent: {reason}",

@@ -1,17 +1,19 @@
 //! Operations on the routines, their runs and the beats, for the `beat`
 //! command line (and any other front end): list, show, add, edit, enable,
-//! disable, remove, send, check, history, beats, migrate, and previews of
-//! schedules.
+//! disable, remove, send, backfill, check, history, beats, migrate, and
+//! previews of schedules.
 //!
 //! Every change is an ordinary edit of the table, which the serving beats
 //! see within their watch interval; every check is the beat's own
 //! (the routing check of `dispatch`), so a routine refused here
 //! is refused with the text the beat would write to its `last_error`.
 
+mod backfill;
 mod routines;
 mod runs;
 mod words;
 
+pub use backfill::{parse_time, BackfillRun, Backfilled, Cut, BACKFILL_LIMIT};
 pub use routines::{Change, NewRoutineSpec, Problem, RoutineView, Shown};
 pub use runs::Sent;
 pub use words::describe;
@@ -128,8 +130,33 @@ pub fn parse_json(text: &str) -> Result<serde_json::Value, NotJson> {
     serde_json::from_str(text).map_err(NotJson)
 }
 
-/// The next `n` fire times of a schedule after `from`, without a database
-/// (`beat next`). Crontabs without a `timezone` key match `zone`.
+/// Positional args an operator typed for the routine `routine`: a JSON
+/// array, else refused naming the routine, in the words the beat writes to
+/// the `last_error` of a row holding that text.
+///
+/// ```
+/// use celery_diesel_kit::ops::parse_args;
+/// assert_eq!(parse_args("r", "[1, \"a\"]").unwrap(), serde_json::json!([1, "a"]));
+/// assert_eq!(parse_args("r", r#"{"a": 1}"#).unwrap_err().to_string(),
+///     r#"routine r: args must be a JSON array, got {"a":1}"#);
+/// assert!(parse_args("r", "nope").unwrap_err().to_string()
+///     .starts_with("routine r: args is not valid JSON: "));
+/// ```
+pub fn parse_args(routine: &str, text: &str) -> Result<serde_json::Value, Error> {
+    let invalid = |reason: String| Error::from(crate::routine::RoutineError::new(routine, reason));
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(args @ serde_json::Value::Array(_)) => Ok(args),
+        Ok(other) => Err(invalid(format!(
+            "args must be a JSON array, got {}",
+            schedule::truncated(other.to_string())
+        ))),
+        Err(e) => Err(invalid(format!("args is not valid JSON: {e}"))),
+    }
+}
+
+/// The next `n` fire times of a schedule after `from`, within its bounds
+/// (`start_at`, `end_at`, `max_runs`, `one_off`), without a database (`beat
+/// next`). Crontabs without a `timezone` key match `zone`.
 pub fn preview(
     schedule_json: &str,
     zone: Tz,
@@ -142,8 +169,9 @@ pub fn preview(
             schedule::ScheduleError::NotJson(e.to_string()).to_string(),
         )
     })?;
-    let schedule = Schedule::from_json_in(&json, zone)
+    let timing = schedule::Timing::from_json_in(&json, zone)
         .map_err(|e| crate::routine::RoutineError::new("(preview)", e.to_string()))?;
-    let runs = schedule.next_runs(from, n);
-    Ok((schedule, runs))
+    // Within its bounds, as a routine that has not run yet.
+    let runs = timing.next_runs(from, n, 0);
+    Ok((timing.schedule, runs))
 }

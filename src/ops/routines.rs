@@ -4,7 +4,7 @@
 use super::{words, Operator};
 use crate::error::Error;
 use crate::routine::{check_name, Routine, RoutineError};
-use crate::schedule::{Schedule, ScheduleError};
+use crate::schedule::{End, Next, Schedule, ScheduleError, Timing};
 use crate::store::{
     Actor, EditFilter, EditRow, NewRoutine, RoutineCounts, RoutineQuery, RoutineRow, RunFilter,
     RunRow,
@@ -22,8 +22,12 @@ const PAGE: usize = 1000;
 pub struct RoutineView {
     /// The row.
     pub row: RoutineRow,
-    /// Its schedule, if it parses.
-    pub schedule: Option<Schedule>,
+    /// Its schedule with its misfire settings and bounds, if it parses.
+    pub timing: Option<Timing>,
+    /// Why its runs are over, for an inactive routine that has ended (a
+    /// one-off or clocked routine that ran, one past its `end_at` or its
+    /// `max_runs`).
+    pub over: Option<End>,
     /// The schedule in words (or why it does not parse).
     pub words: String,
     /// The zone its times are shown in: a crontab's own, else `timezone`.
@@ -73,6 +77,9 @@ pub struct NewRoutineSpec {
     pub task: String,
     /// The schedule JSON, as the kit writes it.
     pub schedule: Value,
+    /// Positional args (a JSON array); `None`: none (the column stays
+    /// NULL).
+    pub args: Option<Value>,
     /// kwargs (a JSON object).
     pub kwargs: Value,
     /// Celery options (a JSON object).
@@ -82,12 +89,13 @@ pub struct NewRoutineSpec {
 }
 
 impl NewRoutineSpec {
-    /// An active routine without kwargs or options.
+    /// An active routine without args, kwargs or options.
     pub fn new(name: impl Into<String>, task: impl Into<String>, schedule: Value) -> Self {
         NewRoutineSpec {
             name: name.into(),
             task: task.into(),
             schedule,
+            args: None,
             kwargs: Value::Object(Default::default()),
             options: Value::Object(Default::default()),
             active: true,
@@ -109,26 +117,34 @@ pub struct Change {
     pub kwargs: Option<Value>,
     /// New options.
     pub options: Option<Value>,
+    /// New positional args (a JSON array; `[]` for none).
+    pub args: Option<Value>,
 }
 
 impl Operator {
     fn view(&self, row: RoutineRow) -> RoutineView {
         let parsed = serde_json::from_str::<Value>(&row.schedule)
             .map_err(|e| ScheduleError::NotJson(e.to_string()))
-            .and_then(|json| Schedule::from_json_in(&json, self.zone).map(|s| (json, s)));
-        let (schedule, words, zone) = match parsed {
-            Ok((json, schedule)) => {
-                let zone = schedule
+            .and_then(|json| Timing::from_json_in(&json, self.zone).map(|t| (json, t)));
+        let (timing, words, zone) = match parsed {
+            Ok((json, timing)) => {
+                let zone = timing
+                    .schedule
                     .timezone()
                     .and_then(|z| crate::schedule::zone(z).ok())
                     .unwrap_or(self.zone);
-                (Some(schedule), words::describe(&json), zone)
+                (Some(timing), words::describe(&json), zone)
             }
             Err(e) => (None, format!("invalid: {e}"), self.zone),
         };
+        let over = match (&timing, row.active) {
+            (Some(timing), false) => over(timing, &row, Utc::now()),
+            _ => None,
+        };
         RoutineView {
             row,
-            schedule,
+            timing,
+            over,
             words,
             zone,
         }
@@ -179,15 +195,20 @@ impl Operator {
     ) -> Result<Shown, Error> {
         let row = self.existing(name)?;
         let view = self.view(row);
-        let next = match &view.schedule {
-            Some(schedule) if view.row.active && view.row.last_error.is_none() => {
-                match view.row.next_run_at_utc() {
+        let runs_made = runs_of(&view.row);
+        let next = match &view.timing {
+            Some(timing) if view.row.active && view.row.last_error.is_none() => {
+                match view.row.next_due_at_utc() {
                     Some(first) => {
                         let mut times = vec![first];
-                        times.extend(schedule.next_runs(first, n.saturating_sub(1)));
+                        let made = runs_made.saturating_add(1);
+                        times.extend(timing.next_runs(first, n.saturating_sub(1), made));
                         times
                     }
-                    None => schedule.next_runs(view.row.last_run_at_utc().unwrap_or(now), n),
+                    None => {
+                        let after = view.row.last_run_at_utc().unwrap_or(now);
+                        timing.next_runs(after, n, runs_made)
+                    }
                 }
             }
             _ => Vec::new(),
@@ -225,13 +246,20 @@ impl Operator {
         let invalid = |reason: String| Error::from(RoutineError::new(&spec.name, reason));
         check_name("name", &spec.name).map_err(|e| invalid(e.0))?;
         check_name("task", &spec.task).map_err(|e| invalid(e.0))?;
-        let row = RoutineRow::draft(
+        let args = spec
+            .args
+            .as_ref()
+            .map(args_column)
+            .transpose()
+            .map_err(invalid)?;
+        let mut row = RoutineRow::draft(
             &spec.name,
             &spec.task,
             &spec.schedule.to_string(),
             &spec.kwargs.to_string(),
             &spec.options.to_string(),
         );
+        row.args = args.clone();
         self.checker()?
             .router
             .check(&row)
@@ -243,6 +271,7 @@ impl Operator {
             schedule: row.schedule,
             kwargs: spec.kwargs.to_string(),
             options: spec.options.to_string(),
+            args,
             active: spec.active,
         };
         if !self.store.insert_new(by, &new)? {
@@ -253,7 +282,7 @@ impl Operator {
 
     /// Writes a routine as code declares it, as `by`'s edit: inserted if
     /// no routine has its name (returns `true`), else the existing row
-    /// takes its task, schedule, kwargs, options and state. The serving
+    /// takes its task, schedule, args, kwargs, options and state. The serving
     /// beats see the edit like any other.
     ///
     /// ```no_run
@@ -301,7 +330,16 @@ impl Operator {
         };
         let kwargs = change.kwargs.as_ref().map(Value::to_string);
         let options = change.options.as_ref().map(Value::to_string);
-        let draft = RoutineRow::draft(
+        let args = match &change.args {
+            // The args the row has (NULL is `[]`) are not written again:
+            // saving the dashboard's form, which holds every field, leaves
+            // a row without args (the kit's) as it is, and the audit trail
+            // without a change that is none.
+            Some(args) if args_of(&row).as_ref() == Some(args) => None,
+            Some(args) => Some(args_column(args).map_err(invalid)?),
+            None => None,
+        };
+        let mut draft = RoutineRow::draft(
             name,
             change.task.as_deref().unwrap_or(&row.task),
             schedule.as_deref().unwrap_or(&row.schedule),
@@ -311,18 +349,19 @@ impl Operator {
                 .or(row.options.as_deref())
                 .unwrap_or("{}"),
         );
+        draft.args = args.clone().or(row.args);
         self.checker()?
             .router
             .check(&draft)
             .map_err(|e| invalid(e.0))?;
-        self.store.edit(
-            by,
-            name,
-            change.task.as_deref(),
-            schedule.as_deref(),
-            kwargs.as_deref(),
-            options.as_deref(),
-        )?;
+        let edit = crate::store::RoutineEdit {
+            task: change.task.as_deref(),
+            schedule: schedule.as_deref(),
+            kwargs: kwargs.as_deref(),
+            options: options.as_deref(),
+            args: args.as_deref(),
+        };
+        self.store.edit(by, name, &edit)?;
         Ok(())
     }
 
@@ -362,5 +401,48 @@ impl Operator {
             true
         })?;
         Ok((problems, checker.tasks_known))
+    }
+}
+
+/// How many runs a routine has made (`total_run_count`).
+fn runs_of(row: &RoutineRow) -> u32 {
+    u32::try_from(row.total_run_count.unwrap_or(0).max(0)).unwrap_or(0)
+}
+
+/// Why an inactive routine's runs are over at `now`, if they are.
+fn over(timing: &Timing, row: &RoutineRow, now: DateTime<Utc>) -> Option<End> {
+    let runs = runs_of(row);
+    if timing.bounds.one_off && runs > 0 {
+        return Some(End::OneOff);
+    }
+    match (
+        &timing.schedule,
+        timing.planned(row.last_run_at_utc(), runs, now),
+    ) {
+        (_, Next::Ends(end)) => Some(end),
+        // Missed under the skip policy: its time has passed unrun.
+        (Schedule::Clocked(clocked), _) if clocked.at <= now => Some(End::Clocked(clocked.at)),
+        _ => None,
+    }
+}
+
+/// Positional args as the `args` column holds them: a JSON array, else
+/// refused in the beat's words for a row that held it.
+fn args_column(args: &Value) -> Result<String, String> {
+    match args {
+        Value::Array(_) => Ok(args.to_string()),
+        other => Err(format!(
+            "args must be a JSON array, got {}",
+            crate::schedule::truncated(other.to_string())
+        )),
+    }
+}
+
+/// The args a row runs with (`[]` for NULL), if its column reads as JSON.
+fn args_of(row: &RoutineRow) -> Option<Value> {
+    match row.args.as_deref().map(serde_json::from_str::<Value>) {
+        None | Some(Ok(Value::Null)) => Some(Value::Array(Vec::new())),
+        Some(Ok(args)) => Some(args),
+        Some(Err(_)) => None,
     }
 }

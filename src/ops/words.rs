@@ -19,10 +19,53 @@ use serde_json::Value;
 ///     "at 09:00 on mon-fri (Europe/Berlin)"
 /// );
 /// assert_eq!(describe(&json!({"minute": "30", "hour": "*/2"})), "at minute 30 of every 2nd hour");
+/// assert_eq!(
+///     describe(&json!({"clocked": "2027-03-01T09:00:00", "timezone": "Europe/Berlin"})),
+///     "once at 2027-03-01T09:00:00 (Europe/Berlin)"
+/// );
+/// assert_eq!(
+///     describe(&json!({"timedelta": 3600, "start_at": "2027-03-01T00:00", "end_at": "2027-03-15T00:00", "jitter": 60})),
+///     "every hour, from 2027-03-01T00:00, until 2027-03-15T00:00, dispatched up to 60 s after each due time (jitter)"
+/// );
+/// assert_eq!(describe(&json!({"minute": 0, "max_runs": 3})), "at minute 0 of every hour, 3 runs at most");
+/// assert_eq!(describe(&json!({"timedelta": 60, "one_off": true})), "every minute, once (one-off)");
 /// ```
 pub fn describe(schedule: &Value) -> String {
+    let mut words = cadence(schedule);
+    let text = |key: &str| {
+        schedule
+            .get(key)
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+    };
+    if let Some(start) = text("start_at") {
+        words += &format!(", from {start}");
+    }
+    if let Some(end) = text("end_at") {
+        words += &format!(", until {end}");
+    }
+    if let Some(n) = text("max_runs") {
+        words += &format!(", {n} runs at most");
+    }
+    if schedule.get("one_off") == Some(&Value::Bool(true)) {
+        words += ", once (one-off)";
+    }
+    if let Some(jitter) = text("jitter").filter(|j| j != "0") {
+        words += &format!(", dispatched up to {jitter} s after each due time (jitter)");
+    }
+    words
+}
+
+/// The schedule's own times in words, without its bounds.
+fn cadence(schedule: &Value) -> String {
     if let Some(seconds) = schedule.get("timedelta").and_then(Value::as_f64) {
         return every(seconds);
+    }
+    if let Some(at) = schedule.get("clocked") {
+        let at = at.as_str().map_or_else(|| at.to_string(), str::to_owned);
+        return match schedule.get("timezone").and_then(Value::as_str) {
+            Some(zone) => format!("once at {at} ({zone})"),
+            None => format!("once at {at}"),
+        };
     }
     let field = |key: &str| match schedule.get(key) {
         None | Some(Value::Null) => "*".to_owned(),

@@ -67,6 +67,17 @@ impl fmt::Display for End {
     }
 }
 
+impl End {
+    /// One word for it: `finished` (a one-off or clocked routine that ran
+    /// or passed) or `ended` (past its end or its run limit).
+    pub fn word(&self) -> &'static str {
+        match self {
+            End::OneOff | End::Clocked(_) => "finished",
+            End::EndAt(_) | End::MaxRuns(_) => "ended",
+        }
+    }
+}
+
 impl Timing {
     /// Reads a schedule JSON whole; a crontab (and naive times) without a
     /// `timezone` key are on `default_zone`'s wall clock.

@@ -60,6 +60,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             done(json, "removed", &name)
         }
         Command::Send(args) => send(&op, &me, &args.name, args.wait, json),
+        Command::Backfill(args) => crate::backfill::backfill(&op, args, json),
         Command::Check => check(&op, json),
         Command::Beats => beats(&op, json),
     }
@@ -82,6 +83,9 @@ fn add(op: &Operator, me: &Actor, args: crate::AddArgs, json: bool) -> anyhow::R
         return usage("beat add needs a schedule: --every or --crontab");
     };
     let mut spec = NewRoutineSpec::new(&args.name, &args.task, schedule);
+    if let Some(text) = &args.fields.args {
+        spec.args = Some(ops::parse_args(&args.name, text)?);
+    }
     if let Some(kwargs) = args.fields.kwargs {
         spec.kwargs = kwargs;
     }
@@ -105,11 +109,15 @@ fn edit(op: &Operator, me: &Actor, args: crate::EditArgs, json: bool) -> anyhow:
         && change.schedule.is_none()
         && change.timezone.is_none()
         && change.kwargs.is_none()
-        && change.options.is_none();
+        && change.options.is_none()
+        && args.fields.args.is_none();
     if nothing {
         return usage(
-            "nothing to change: give --task, --every, --crontab, --timezone, --kwargs or --options",
+            "nothing to change: give --task, --every, --crontab, --timezone, --args, --kwargs or --options",
         );
+    }
+    if let Some(text) = &args.fields.args {
+        change.args = Some(ops::parse_args(&args.name, text)?);
     }
     op.edit(me, &args.name, &change)?;
     done(json, "edited", &args.name)
@@ -233,6 +241,7 @@ fn show(op: &Operator, name: &str, json: bool) -> anyhow::Result<i32> {
         ("schedule", format!("{} {}", view.words, row.schedule)),
         ("zone", view.zone.name().to_owned()),
         ("active", if row.active { "yes" } else { "no" }.to_owned()),
+        ("args", row.args.clone().unwrap_or_else(|| "[]".to_owned())),
         (
             "kwargs",
             row.kwargs.clone().unwrap_or_else(|| "{}".to_owned()),
@@ -253,8 +262,17 @@ fn show(op: &Operator, name: &str, json: bool) -> anyhow::Result<i32> {
     }
     println!();
     println!("next runs:");
-    if next.is_empty() {
-        println!("  none (inactive, invalid, or the schedule has ended)");
+    match (&view.over, next.is_empty()) {
+        (Some(end), _) => println!("  none: {}, {end}", end.word()),
+        (None, true) => println!("  none (inactive, invalid, or the schedule has ended)"),
+        (None, false) => {}
+    }
+    if let (Some(due), Some(dispatch)) = (row.next_due_at, row.next_run_at) {
+        println!(
+            "  (the next, due {}, is dispatched at {} by its jitter)",
+            output::naive(Some(due)),
+            output::naive(Some(dispatch))
+        );
     }
     for t in &next {
         println!("  {}", output::local_and_utc(view.local(*t), *t, view.zone));

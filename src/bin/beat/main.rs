@@ -5,6 +5,7 @@
 //! `CELERY_BROKER_URL`, ...) and optionally a `key = value` file
 //! (`--config`). Exit status: 0 success, 1 failure, 2 usage error.
 
+mod backfill;
 mod commands;
 mod flags;
 mod output;
@@ -64,7 +65,7 @@ enum Command {
     Log(LogArgs),
     /// Add a routine (checked as the beat checks rows).
     Add(AddArgs),
-    /// Change a routine's task, schedule, zone, kwargs or options.
+    /// Change a routine's task, schedule, zone, args, kwargs or options.
     Edit(EditArgs),
     /// Let a routine run.
     Enable {
@@ -83,6 +84,10 @@ enum Command {
     },
     /// Run a routine now, outside its schedule.
     Send(SendArgs),
+    /// Dispatch a routine's past due times that have no run in the history
+    /// (missed in an outage, skipped), once each, with the task ids the
+    /// scheduled runs would have had; its own timing is not changed.
+    Backfill(backfill::BackfillArgs),
     /// Preview a schedule's next fire times (no database needed).
     Next(NextArgs),
     /// Check every routine as the beat would; exit status 1 if any is bad.
@@ -101,8 +106,8 @@ enum Command {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// JSON array of routines to declare: {name, task, schedule, kwargs?,
-    /// options?, active?}. Declared routines missing from the table are
+    /// JSON array of routines to declare: {name, task, schedule, args?,
+    /// kwargs?, options?, active?}. Declared routines missing from the table are
     /// inserted; rows not declared are deleted. Without it nothing is
     /// declared and nothing deleted (on the default SQLite database,
     /// ./routines.json is read if present).
@@ -161,8 +166,10 @@ struct ScheduleArgs {
     /// An interval: `30s`, `5m`, `1h`, `1d`, or seconds (`90`, `1.5`).
     #[arg(long, value_name = "DURATION", value_parser = flags::parse_every)]
     every: Option<f64>,
-    /// A Celery crontab as the kit's JSON: `'{"minute": "*/5"}'`.
-    #[arg(long, value_name = "JSON", value_parser = celery_diesel_kit::ops::parse_json)]
+    /// A schedule as the kit's JSON: a Celery crontab (`'{"minute": "*/5"}'`),
+    /// or any schedule with its extension keys (`'{"clocked":
+    /// "2027-03-01T09:00:00"}'`, `'{"minute": 0, "jitter": 60}'`).
+    #[arg(long, visible_alias = "schedule", value_name = "JSON", value_parser = celery_diesel_kit::ops::parse_json)]
     crontab: Option<serde_json::Value>,
 }
 
@@ -195,13 +202,19 @@ struct EditArgs {
     fields: RoutineFields,
 }
 
-/// A routine's zone, kwargs and options (`add`, `edit`).
+/// A routine's zone, args, kwargs and options (`add`, `edit`).
 #[derive(Args)]
 struct RoutineFields {
     /// The IANA zone whose wall clock a crontab matches (default: the
     /// beats' `timezone`).
     #[arg(long, value_name = "ZONE")]
     timezone: Option<String>,
+    /// Positional args, a JSON array: `'["thumbnails", 128]'` (`'[]'` for
+    /// none).
+    // Read as text and checked with the routine's name (`ops::parse_args`),
+    // so that a bad value is refused in the beat's words.
+    #[arg(long, value_name = "JSON")]
+    args: Option<String>,
     /// kwargs, a JSON object.
     #[arg(long, value_name = "JSON", value_parser = celery_diesel_kit::ops::parse_json)]
     kwargs: Option<serde_json::Value>,

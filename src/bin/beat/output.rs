@@ -93,7 +93,11 @@ pub fn routine_cells(view: &RoutineView) -> Vec<String> {
         row.task.clone(),
         view.words.clone(),
         view.zone.name().to_owned(),
-        if row.active { "yes" } else { "no" }.to_owned(),
+        match (row.active, &view.over) {
+            (true, _) => "yes".to_owned(),
+            (false, None) => "no".to_owned(),
+            (false, Some(end)) => format!("no, {}", end.word()),
+        },
         row.next_run_at_utc()
             .map_or_else(|| "-".to_owned(), |t| view.local(t)),
         naive(row.next_run_at),
@@ -118,11 +122,14 @@ pub fn routine_json(view: &RoutineView) -> Value {
         "schedule_words": view.words,
         "timezone": view.zone.name(),
         "active": row.active,
+        "over": view.over.map(|end| json!({"state": end.word(), "why": end.to_string()})),
+        "next_due_at": iso(row.next_due_at.or(row.next_run_at)),
         "next_run_at": iso(row.next_run_at),
         "next_run_local": row.next_run_at_utc().map(|t| view.local(t)),
         "last_run_at": iso(row.last_run_at),
         "total_run_count": row.total_run_count.unwrap_or(0),
         "last_error": row.last_error,
+        "args": parse(row.args.as_deref()),
         "kwargs": parse(row.kwargs.as_deref()),
         "options": parse(row.options.as_deref()),
         "run_requested_at": iso(row.run_requested_at),
@@ -149,9 +156,10 @@ pub fn run_cells(run: &RunRow) -> Vec<String> {
         ),
         _ => "-".to_owned(),
     };
-    let target = match run.on_demand {
-        true => format!("{} (sent)", run.target),
-        false => run.target.to_string(),
+    let target = match (run.on_demand, run.backfill) {
+        (true, _) => format!("{} (sent)", run.target),
+        (false, true) => format!("{} (backfill)", run.target),
+        (false, false) => run.target.to_string(),
     };
     vec![
         run.id.to_string(),
@@ -184,6 +192,7 @@ pub fn run_json(run: &RunRow) -> Value {
         "task_id": run.task_id,
         "target": run.target.as_str(),
         "on_demand": run.on_demand,
+        "backfill": run.backfill,
         "beat_id": run.beat_id,
         "outcome": run.outcome.as_str(),
         "attempts": run.attempts,

@@ -5,7 +5,8 @@
 //!   page at a time (keyset pages: as cheap on the last page as the first);
 //! - `/routine?name=` (`routine`): one routine: its schedule in words,
 //!   zone, next 10 fire times, last runs, last edits (who changed what);
-//!   enable, disable, run now, edit with a preview;
+//!   enable, disable, run now, edit with a preview, backfill with a
+//!   preview (`backfill`);
 //! - `/beats`: the beats, and the database and broker as this beat sees
 //!   them;
 //! - `/login`.
@@ -13,6 +14,7 @@
 //! Every action calls the same [`Operator`](crate::ops::Operator) function
 //! as the `beat` command line, as the operator logged in.
 
+mod backfill;
 mod routine;
 
 pub(super) use routine::{act, routine};
@@ -260,7 +262,10 @@ fn routines_table(views: &[RoutineView]) -> Markup {
                         td { code { (v.row.task) } }
                         td { (v.words) }
                         td { (v.zone.name()) }
-                        td { (pill(state_of(v.row.active, v.row.last_error.is_some()))) }
+                        td {
+                            (pill(state_of(v.row.active, v.row.last_error.is_some())))
+                            @if let Some(end) = &v.over { " " (end.word()) }
+                        }
                         td { @if let Some(t) = v.row.next_run_at_utc() { (v.local(t)) } @else { "–" } }
                         td { @if let Some(t) = v.row.last_run_at_utc() { (v.local(t)) } @else { "–" } }
                         td { (v.row.total_run_count.unwrap_or(0)) }

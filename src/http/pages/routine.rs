@@ -1,6 +1,7 @@
 //! One routine's page (`/routine?name=`): its row, schedule in words,
 //! next fire times, last runs and last edits; and the changes made from
-//! it (enable, disable, run now, edit), each as the operator logged in.
+//! it (enable, disable, run now, edit; backfill is `backfill`'s), each as
+//! the operator logged in.
 
 use super::{csrf, layout, pill, routine_link, state_of, time};
 use crate::error::Error;
@@ -21,6 +22,7 @@ const LAST_EDITS: usize = 20;
 /// What the edit form holds: the row's values, or what was typed.
 struct Draft {
     schedule: String,
+    args: String,
     kwargs: String,
     options: String,
 }
@@ -63,6 +65,7 @@ fn routine_with(app: &App, r: &Request, said: Option<Said>, draft: Option<Draft>
         (next_times(&shown))
         (edit_form(row, token, &draft))
         (preview_times(preview.as_ref()))
+        @if let Some(csrf) = token { (super::backfill::form(row, csrf)) }
         h2 { "Last runs" }
         (runs_table(&shown.runs))
         h2 { "Last changes" }
@@ -96,6 +99,9 @@ fn done(r: &Request) -> Option<&'static str> {
         "enabled" => Some("Enabled: the serving beats will run it."),
         "disabled" => Some("Disabled: the serving beats will not run it."),
         "saved" => Some("Saved: the serving beats plan it again within their watch interval."),
+        "backfilled" => Some(
+            "Backfilled: the runs sent are in the last runs below, marked (backfill).",
+        ),
         "run" => Some(
             "Run requested: it appears in the last runs below once a beat has taken it (within its watch interval).",
         ),
@@ -108,6 +114,10 @@ impl Draft {
     fn typed_or_saved(r: &Request, row: &RoutineRow) -> Self {
         Draft {
             schedule: r.field("schedule").unwrap_or(&row.schedule).to_owned(),
+            args: r
+                .field("args")
+                .unwrap_or(row.args.as_deref().unwrap_or("[]"))
+                .to_owned(),
             kwargs: r
                 .field("kwargs")
                 .unwrap_or(row.kwargs.as_deref().unwrap_or("{}"))
@@ -138,9 +148,13 @@ fn facts(view: &RoutineView) -> Markup {
     html! {
         dl {
             dt { "Task" } dd { code { (row.task) } }
-            dt { "State" } dd { (pill(state)) }
+            dt { "State" } dd {
+                (pill(state))
+                @if let Some(end) = &view.over { " " span #over { (end.word()) ": " (end.to_string()) } }
+            }
             dt { "Schedule" } dd { (view.words) " " code { (row.schedule) } }
             dt { "Zone" } dd { (view.zone.name()) }
+            dt { "Args" } dd { code #args { (row.args.as_deref().unwrap_or("[]")) } }
             dt { "Kwargs" } dd { code { (row.kwargs.as_deref().unwrap_or("{}")) } }
             dt { "Options" } dd { code { (row.options.as_deref().unwrap_or("{}")) } }
             dt { "Last run" } dd { @if let Some(t) = row.last_run_at_utc() { (view.local(t)) } @else { "never" } }
@@ -191,6 +205,7 @@ fn edit_form(row: &RoutineRow, token: Option<&str>, draft: &Draft) -> Markup {
             @if let Some(csrf) = token { input type="hidden" name="csrf" value=(csrf); }
             label { "Schedule (the kit's JSON: " code { "{\"timedelta\": 30}" } ", or crontab fields, with an optional " code { "timezone" } ")"
                 textarea name="schedule" rows="2" { (draft.schedule) } }
+            label { "Args (a JSON array)" textarea name="args" rows="2" { (draft.args) } }
             label { "Kwargs" textarea name="kwargs" rows="2" { (draft.kwargs) } }
             label { "Options" textarea name="options" rows="2" { (draft.options) } }
             button type="submit" formmethod="get" formaction="/routine" name="preview" value="1" #preview { "Preview" }
@@ -229,7 +244,7 @@ fn runs_table(runs: &[RunRow]) -> Markup {
                     @for run in runs {
                         tr {
                             td { (time(run.dispatched_at)) }
-                            td { (time(run.due_at)) @if run.on_demand { " (on demand)" } }
+                            td { (time(run.due_at)) @if run.on_demand { " (on demand)" } @if run.backfill { " (backfill)" } }
                             td.outcome { (run.outcome) }
                             td { (run.target) }
                             td { (run.attempts.map_or_else(String::new, |a| a.to_string())) }
@@ -258,6 +273,7 @@ pub(in crate::http) fn act(app: &App, r: &Request) -> Reply {
         "/routine/enable" => op.set_active(&by, &name, true).map(|()| "enabled"),
         "/routine/disable" => op.set_active(&by, &name, false).map(|()| "disabled"),
         "/routine/run" => op.request(&by, &name).map(|()| "run"),
+        "/routine/backfill" => return super::backfill::backfill(app, r, &by, &name),
         _ => return edit(app, r, &by, &name),
     };
     match result {
@@ -276,6 +292,7 @@ pub(in crate::http) fn act(app: &App, r: &Request) -> Reply {
 fn edit(app: &App, r: &Request, by: &crate::store::Actor, name: &str) -> Reply {
     let draft = Draft {
         schedule: r.field("schedule").unwrap_or("").to_owned(),
+        args: r.field("args").unwrap_or("[]").to_owned(),
         kwargs: r.field("kwargs").unwrap_or("{}").to_owned(),
         options: r.field("options").unwrap_or("{}").to_owned(),
     };
@@ -287,6 +304,11 @@ fn edit(app: &App, r: &Request, by: &crate::store::Actor, name: &str) -> Reply {
             schedule: Some(parse("schedule", &draft.schedule)?),
             kwargs: Some(parse("kwargs", &draft.kwargs)?),
             options: Some(parse("options", &draft.options)?),
+            // A form without the field (an older page) keeps the args.
+            args: match r.field("args") {
+                Some(_) => Some(ops::parse_args(name, &draft.args).map_err(|e| e.to_string())?),
+                None => None,
+            },
             ..Change::default()
         })
     })();
