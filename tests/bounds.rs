@@ -324,12 +324,7 @@ fn one_off_clocked_and_limited_routines_run_exactly_so_often_across_three_beats_
             )
         })
         .collect();
-    for chunk in rows.chunks(100) {
-        db.exec(&format!(
-            "INSERT INTO routines (name, task, schedule, kwargs, options) VALUES {}",
-            chunk.join(", ")
-        ));
-    }
+    common::routines::insert_rows(&db, &rows);
     let env = [
         ("SCHEDULER_DB_URI", db.url.as_str()),
         ("CELERY_BROKER_URL", broker.as_str()),

@@ -253,32 +253,37 @@ pub(crate) fn storable(next: Option<DateTime<Utc>>) -> Result<Option<DateTime<Ut
 
 /// Reads an args column: a JSON array, or nothing (`[]`).
 pub(crate) fn json_array(column: &str, text: Option<&str>) -> Result<Vec<Value>, Invalid> {
-    let Some(text) = text else {
-        return Ok(Vec::new());
-    };
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Null) => Ok(Vec::new()),
-        Ok(Value::Array(items)) => Ok(items),
-        Ok(other) => Err(Invalid(format!(
-            "{column} must be a JSON array, got {}",
-            truncated(other.to_string())
-        ))),
-        Err(e) => Err(Invalid(format!("{column} is not valid JSON: {e}"))),
+    match json_column(column, text)? {
+        None => Ok(Vec::new()),
+        Some(Value::Array(items)) => Ok(items),
+        Some(other) => Err(not_a(column, "array", &other)),
     }
 }
 
 /// Reads a kwargs or options column: a JSON object, or nothing (`{}`).
 fn json_object(column: &str, text: Option<&str>) -> Result<Map<String, Value>, Invalid> {
+    match json_column(column, text)? {
+        None => Ok(Map::new()),
+        Some(Value::Object(map)) => Ok(map),
+        Some(other) => Err(not_a(column, "object", &other)),
+    }
+}
+
+/// A JSON column's value; `None` for SQL NULL and JSON `null`.
+fn json_column(column: &str, text: Option<&str>) -> Result<Option<Value>, Invalid> {
     let Some(text) = text else {
-        return Ok(Map::new());
+        return Ok(None);
     };
     match serde_json::from_str::<Value>(text) {
-        Ok(Value::Null) => Ok(Map::new()),
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(other) => Err(Invalid(format!(
-            "{column} must be a JSON object, got {}",
-            truncated(other.to_string())
-        ))),
+        Ok(Value::Null) => Ok(None),
+        Ok(value) => Ok(Some(value)),
         Err(e) => Err(Invalid(format!("{column} is not valid JSON: {e}"))),
     }
+}
+
+fn not_a(column: &str, kind: &str, value: &Value) -> Invalid {
+    Invalid(format!(
+        "{column} must be a JSON {kind}, got {}",
+        truncated(value.to_string())
+    ))
 }

@@ -49,6 +49,12 @@ pub fn insert_tagged(
             )
         })
         .collect();
+    insert_rows(db, &rows);
+}
+
+/// Inserts routines by SQL, a hundred to a statement: each of `rows` is
+/// the SQL tuple `(name, task, schedule, kwargs, options)`.
+pub fn insert_rows(db: &TestDb, rows: &[String]) {
     for chunk in rows.chunks(100) {
         db.exec(&format!(
             "INSERT INTO routines (name, task, schedule, kwargs, options) VALUES {}",
