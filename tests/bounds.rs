@@ -167,6 +167,8 @@ backend_tests! {
         add(db, "clocked", r#"{"clocked": "2030-01-01T00:01:00"}"#);
         beat.tick(at(0)).unwrap();
         assert_eq!(beat.tick(at(60)).unwrap().fired, 2);
+        // Both runs ended, before the edits below make the routines due.
+        assert!(wait_until(Duration::from_secs(10), || beat.stats().succeeded == 2));
         assert_eq!(ran(&rec, "once", 1), [at(60)]);
         assert_eq!(state(&row(&beat, "once")), (false, Some(1), None, None));
         assert_eq!(beat.tick(at(120)).unwrap().fired, 0);
