@@ -56,8 +56,7 @@ impl Dispatcher {
         let local = checked.send.is_none();
         let here = local && self.in_flight.contains(&row.id);
         let overlap = !missed && (here || (local && busy.contains(&row.id)));
-        let runs = u32::try_from(row.total_run_count.unwrap_or(0).max(0)).unwrap_or(0);
-        let ran = (!missed && !overlap).then_some(runs.saturating_add(1));
+        let ran = (!missed && !overlap).then_some(row.runs_made().saturating_add(1));
         let mut plan = Plan::keep(row);
         let next = timing.after(due, now, ran);
         advance(&mut plan, &row.id, timing, next, &mut notes);

@@ -315,8 +315,7 @@ fn next_planned(row: &RoutineRow, timing: &Timing, now: DateTime<Utc>) -> Option
     if let Some(next) = row.next_due_at_utc() {
         return Some(next);
     }
-    let runs = u32::try_from(row.total_run_count.unwrap_or(0).max(0)).unwrap_or(0);
-    match timing.planned(row.last_run_at_utc(), runs, now) {
+    match timing.planned(row.last_run_at_utc(), row.runs_made(), now) {
         Next::At(t) => Some(t),
         Next::Ends(_) | Next::Never => None,
     }
@@ -331,39 +330,6 @@ fn missing(row: &RoutineRow, due: &[DateTime<Utc>], ran: &HashSet<String>) -> Ve
         })
         .filter(|run| !ran.contains(&run.task_id))
         .collect()
-}
-
-/// A time an operator typed: RFC 3339 with its offset
-/// (`2026-11-27T09:00:00+01:00`), or a UTC time to the minute or second
-/// (`2026-11-27 09:00`, `2026-11-27T09:00:30`, as an HTML
-/// `datetime-local` field sends it), or a UTC date (its midnight).
-///
-/// ```
-/// use celery_diesel_kit::ops::parse_time;
-/// let nine = parse_time("2026-11-27T09:00").unwrap();
-/// assert_eq!(parse_time("2026-11-27 09:00:00"), Some(nine));
-/// assert_eq!(parse_time("2026-11-27T10:00:00+01:00"), Some(nine));
-/// assert_eq!(parse_time("soon"), None);
-/// ```
-pub fn parse_time(text: &str) -> Option<DateTime<Utc>> {
-    let text = text.trim();
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Some(t.with_timezone(&Utc));
-    }
-    for format in [
-        "%Y-%m-%d %H:%M:%S",
-        "%Y-%m-%d %H:%M",
-        "%Y-%m-%dT%H:%M:%S",
-        "%Y-%m-%dT%H:%M",
-    ] {
-        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(text, format) {
-            return Some(t.and_utc());
-        }
-    }
-    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .ok()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|t| t.and_utc())
 }
 
 /// `t` as the messages say it: `2030-01-01 09:00:00 UTC`.

@@ -13,10 +13,10 @@ mod routines;
 mod runs;
 mod words;
 
-pub use backfill::{parse_time, BackfillRun, Backfilled, Cut, BACKFILL_LIMIT};
+pub use backfill::{BackfillRun, Backfilled, Cut, BACKFILL_LIMIT};
 pub use routines::{Change, NewRoutineSpec, Problem, RoutineView, Shown};
 pub use runs::Sent;
-pub use words::describe;
+pub use words::{describe, parse_time};
 
 use crate::config::Config;
 use crate::dispatch::Router;

@@ -195,7 +195,7 @@ impl Operator {
     ) -> Result<Shown, Error> {
         let row = self.existing(name)?;
         let view = self.view(row);
-        let runs_made = runs_of(&view.row);
+        let runs_made = view.row.runs_made();
         let next = match &view.timing {
             Some(timing) if view.row.active && view.row.last_error.is_none() => {
                 match view.row.next_due_at_utc() {
@@ -404,14 +404,9 @@ impl Operator {
     }
 }
 
-/// How many runs a routine has made (`total_run_count`).
-fn runs_of(row: &RoutineRow) -> u32 {
-    u32::try_from(row.total_run_count.unwrap_or(0).max(0)).unwrap_or(0)
-}
-
 /// Why an inactive routine's runs are over at `now`, if they are.
 fn over(timing: &Timing, row: &RoutineRow, now: DateTime<Utc>) -> Option<End> {
-    let runs = runs_of(row);
+    let runs = row.runs_made();
     if timing.bounds.one_off && runs > 0 {
         return Some(End::OneOff);
     }

@@ -163,3 +163,36 @@ pub(crate) fn local(t: DateTime<Utc>, zone: Tz) -> String {
         .format("%Y-%m-%d %H:%M:%S %Z")
         .to_string()
 }
+
+/// A time an operator typed: RFC 3339 with its offset
+/// (`2026-11-27T09:00:00+01:00`), or a UTC time to the minute or second
+/// (`2026-11-27 09:00`, `2026-11-27T09:00:30`, as an HTML
+/// `datetime-local` field sends it), or a UTC date (its midnight).
+///
+/// ```
+/// use celery_diesel_kit::ops::parse_time;
+/// let nine = parse_time("2026-11-27T09:00").unwrap();
+/// assert_eq!(parse_time("2026-11-27 09:00:00"), Some(nine));
+/// assert_eq!(parse_time("2026-11-27T10:00:00+01:00"), Some(nine));
+/// assert_eq!(parse_time("soon"), None);
+/// ```
+pub fn parse_time(text: &str) -> Option<DateTime<Utc>> {
+    let text = text.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Some(t.with_timezone(&Utc));
+    }
+    for format in [
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%dT%H:%M",
+    ] {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(text, format) {
+            return Some(t.and_utc());
+        }
+    }
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+}

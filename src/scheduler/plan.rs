@@ -106,8 +106,9 @@ impl Scheduler {
             plan.next_run_at = Some(kept);
             plan.next_due_at = row.next_due_at.map(|t| t.and_utc());
         } else {
-            let runs = u32::try_from(row.total_run_count.unwrap_or(0).max(0)).unwrap_or(0);
-            let next = checked.timing.planned(row.last_run_at_utc(), runs, now);
+            let next = checked
+                .timing
+                .planned(row.last_run_at_utc(), row.runs_made(), now);
             let mut notes = Vec::new();
             advance(&mut plan, &row.id, &checked.timing, next, &mut notes);
             for note in &notes {

@@ -101,6 +101,11 @@ impl RoutineRow {
         self.last_run_at.map(|t| t.and_utc())
     }
 
+    /// How many runs it has made (`total_run_count`; 0 when NULL).
+    pub fn runs_made(&self) -> u32 {
+        u32::try_from(self.total_run_count.unwrap_or(0).max(0)).unwrap_or(0)
+    }
+
     /// `next_run_at` as a UTC instant: when the next run is dispatched.
     pub fn next_run_at_utc(&self) -> Option<DateTime<Utc>> {
         self.next_run_at.map(|t| t.and_utc())
