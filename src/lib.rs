@@ -98,7 +98,7 @@ pub use scheduler::Tick;
 pub use store::{
     Actor, Backend, BeatRow, Beats, DatabaseError, EditAction, EditFilter, EditRow, Edits,
     FieldChange, RoutineCounts, RoutineQuery, RoutineRow, RoutineState, RoutineStore, RunFilter,
-    RunOutcome, RunRow, Runs, StoreError, Via,
+    RunOutcome, RunRow, Runs, StoreError, Synced, Via,
 };
 pub use task::{AsyncTask, SyncTask, TaskContext, TaskError, TaskResult};
 

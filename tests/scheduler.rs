@@ -359,6 +359,18 @@ backend_tests! {
         // Nothing declared (a table managed by SQL): nothing is deleted.
         let beat = start(vec![]);
         assert_eq!(names(&beat), ["a", "c", "off"]);
+        beat.stop_within(Duration::from_secs(5));
+
+        // `beat sync`: the same rules, each name accounted for, and a name
+        // kept (one the code means but could not declare) is not deleted.
+        let op = celery_diesel_kit::ops::Operator::connect(db.config()).unwrap();
+        let me = celery_diesel_kit::Actor::new("tester", celery_diesel_kit::Via::Library);
+        let synced = op
+            .sync(&me, &[Routine::new("a", "record", every(10)), Routine::new("d", "record", every(10))], &["c".to_owned()])
+            .unwrap();
+        assert_eq!((synced.inserted, synced.kept, synced.deleted), (vec!["d".to_owned()], vec!["a".to_owned()], vec!["off".to_owned()]));
+        let names: Vec<String> = db.store().routines().unwrap().into_iter().map(|r| r.name).collect();
+        assert_eq!(names, ["a", "c", "d"]);
     }
 
     fn two_beats_dispatch_each_due_time_exactly_once(db) {

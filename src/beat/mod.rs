@@ -24,6 +24,8 @@ pub struct BeatBuilder {
     config: Config,
     registry: TaskRegistry,
     routines: Vec<Routine>,
+    /// Names the start-up sync must not delete though not declared.
+    kept: Vec<String>,
     clock: Arc<dyn Clock>,
 }
 
@@ -59,6 +61,7 @@ impl Beat {
             config,
             registry: TaskRegistry::default(),
             routines: Vec::new(),
+            kept: Vec::new(),
             clock: Arc::new(SystemClock),
         }
     }
@@ -89,6 +92,14 @@ impl BeatBuilder {
     /// Declares several routines.
     pub fn routines(mut self, routines: impl IntoIterator<Item = Routine>) -> Self {
         self.routines.extend(routines);
+        self
+    }
+
+    /// Names of routines the code means but could not declare (a schedule
+    /// the beat cannot represent, say): the start-up sync leaves their rows
+    /// alone instead of deleting them as no longer declared.
+    pub fn keep(mut self, names: impl IntoIterator<Item = String>) -> Self {
+        self.kept.extend(names);
         self
     }
 

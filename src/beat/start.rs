@@ -25,7 +25,7 @@ impl BeatBuilder {
         let config = self.config;
         config.validate()?;
         let beat_id = uuid::Uuid::new_v4().to_string();
-        let store = open_store(&config, &beat_id, &self.routines)?;
+        let store = open_store(&config, &beat_id, &self.routines, &self.kept)?;
         let health = Arc::new(Health::default());
         let claimers = scheduler::claimers(store.backend());
         let broker = open_broker(&config, claimers, &health)?;
@@ -99,11 +99,13 @@ impl BeatBuilder {
 }
 
 /// Opens the store for beat `beat_id`, creates or checks its tables, and
-/// syncs the routines `declared` in code into them.
+/// syncs the routines `declared` in code into them (leaving the rows named
+/// in `kept` alone).
 fn open_store(
     config: &Config,
     beat_id: &str,
     declared: &[Routine],
+    kept: &[String],
 ) -> Result<Arc<RoutineStore>, Error> {
     log::info!("beat: database {}", redact_url(&config.scheduler_db_uri));
     let store = RoutineStore::open(&config.scheduler_db_uri, config.scheduler_db_timeout)?
@@ -116,12 +118,12 @@ fn open_store(
     } else {
         store.check_schema()?;
     }
-    let (inserted, deleted) = store.sync_declared(&Actor::beat(beat_id), declared)?;
-    for name in &inserted {
+    let synced = store.sync_declared(&Actor::beat(beat_id), declared, kept)?;
+    for name in &synced.inserted {
         log::info!("routine {name}: declared in code, inserted");
     }
-    if deleted > 0 {
-        log::info!("beat: deleted {deleted} routine(s) no longer declared in code");
+    for name in &synced.deleted {
+        log::info!("routine {name}: no longer declared in code, deleted");
     }
     Ok(Arc::new(store))
 }

@@ -302,6 +302,24 @@ impl Operator {
         Ok(self.store.upsert(by, routine)?)
     }
 
+    /// The kit's source-of-truth rules, as a beat applies them at start to
+    /// the routines declared in code, as `by`'s edits: declared but missing
+    /// → inserted; declared and present → the table's version stays;
+    /// neither declared nor in `keep` → deleted (`beat sync`, which the
+    /// Python package's `sync` runs). With nothing declared, nothing is
+    /// touched.
+    pub fn sync(
+        &self,
+        by: &Actor,
+        declared: &[Routine],
+        keep: &[String],
+    ) -> Result<crate::store::Synced, Error> {
+        for routine in declared {
+            routine.validate()?;
+        }
+        Ok(self.store.sync_declared(by, declared, keep)?)
+    }
+
     /// Changes a routine, as `by`'s edit, checked as [`Operator::add`]
     /// checks.
     pub fn edit(&self, by: &Actor, name: &str, change: &Change) -> Result<(), Error> {

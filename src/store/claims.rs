@@ -21,6 +21,18 @@ pub(crate) struct Claimant {
     pub(crate) dead_after: std::time::Duration,
 }
 
+/// What a sync of declared routines did, by name (in name order).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Synced {
+    /// Declared, not in the table: inserted.
+    pub inserted: Vec<String>,
+    /// Declared and in the table: the table's version stays.
+    pub kept: Vec<String>,
+    /// In the table, not declared (nor kept): deleted.
+    pub deleted: Vec<String>,
+}
+
 #[derive(QueryableByName)]
 struct NameRow {
     #[diesel(sql_type = Text)]
@@ -35,20 +47,27 @@ struct TimeRow {
 
 impl RoutineStore {
     /// The kit's source-of-truth rules for declared routines, as `by`'s
-    /// edits (a beat's), in one
-    /// transaction that beats starting together take in turns: declared
-    /// but missing → inserted; present → kept as the table has it; not
-    /// declared → deleted. Returns the names inserted and the number
-    /// deleted. With nothing declared, nothing is touched.
+    /// edits (a beat's, or an operator's `beat sync`), in one transaction
+    /// that beats starting together take in turns: declared but missing →
+    /// inserted; present → kept as the table has it (inactive rows stay
+    /// inactive); neither declared nor in `keep` → deleted. `keep` names
+    /// routines the code means but that were refused (a schedule the beat
+    /// cannot represent): their rows are left alone. With nothing declared,
+    /// nothing is touched.
     pub(crate) fn sync_declared(
         &self,
         by: &Actor,
         declared: &[Routine],
-    ) -> Result<(Vec<String>, usize), StoreError> {
+        keep: &[String],
+    ) -> Result<Synced, StoreError> {
         if declared.is_empty() {
-            return Ok((Vec::new(), 0));
+            return Ok(Synced::default());
         }
-        let names: Vec<&str> = declared.iter().map(Routine::name).collect();
+        let names: Vec<&str> = declared
+            .iter()
+            .map(Routine::name)
+            .chain(keep.iter().map(String::as_str))
+            .collect();
         let names_json = serde_json::Value::from(names).to_string();
         // In name order, so that concurrent inserts of the same names (the
         // kit's, or plain SQL's) cannot wait on each other in a circle.
@@ -66,15 +85,23 @@ impl RoutineStore {
                         .load(conn)?;
                     let existing: std::collections::HashSet<String> =
                         existing.into_iter().map(|r| r.name).collect();
-                    let mut inserted = Vec::new();
-                    for row in rows.iter().filter(|r| !existing.contains(&r.name)) {
-                        insert_row!(conn, sql.insert, row)?;
-                        inserted.push(row.name.clone());
+                    let mut synced = Synced::default();
+                    for row in &rows {
+                        if existing.contains(&row.name) {
+                            synced.kept.push(row.name.clone());
+                        } else {
+                            insert_row!(conn, sql.insert, row)?;
+                            synced.inserted.push(row.name.clone());
+                        }
                     }
-                    let deleted = diesel::sql_query(&sql.delete_undeclared)
+                    let undeclared: Vec<NameRow> = diesel::sql_query(&sql.undeclared_names)
+                        .bind::<Text, _>(&names_json)
+                        .load(conn)?;
+                    diesel::sql_query(&sql.delete_undeclared)
                         .bind::<Text, _>(&names_json)
                         .execute(conn)?;
-                    Ok((inserted, deleted))
+                    synced.deleted = undeclared.into_iter().map(|r| r.name).collect();
+                    Ok(synced)
                 })
             });
             match result {

@@ -20,6 +20,7 @@ mod write;
 
 pub(crate) use beats::BeatInfo;
 pub use beats::{BeatRow, Beats};
+pub use claims::Synced;
 pub use edits::{Actor, EditAction, EditFilter, EditRow, Edits, FieldChange, Via};
 pub use error::{DatabaseError, StoreError};
 pub use find::{RoutineCounts, RoutineQuery, RoutineState};

@@ -44,8 +44,19 @@ pub(super) enum Pools {
     Mysql(Pool<ConnectionManager<diesel::mysql::MysqlConnection>>),
 }
 
-/// Reads `scheduler_db_uri`: the backend, and what to hand to it.
+/// Reads `scheduler_db_uri`: the backend, and what to hand to it. The
+/// kit's SQLAlchemy URLs name a Python driver after a `+`
+/// (`postgresql+psycopg2://`, `mysql+pymysql://`): it is dropped.
 pub(super) fn parse_url(url: &str) -> Result<(Backend, String), StoreError> {
+    let without_driver;
+    let url = match url.split_once("://") {
+        Some((scheme, rest)) if scheme.contains('+') => {
+            let base = scheme.split('+').next().unwrap_or_default();
+            without_driver = format!("{base}://{rest}");
+            without_driver.as_str()
+        }
+        _ => url,
+    };
     let lower = url.to_ascii_lowercase();
     if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
         return Ok((Backend::Postgres, url.to_owned()));
@@ -401,6 +412,11 @@ mod tests {
             parse_url("postgresql://u@h/db").unwrap().0,
             Backend::Postgres
         );
+        assert_eq!(
+            parse_url("postgresql+psycopg2://u:p@h/db").unwrap(),
+            (Backend::Postgres, "postgresql://u:p@h/db".into())
+        );
+        assert!(parse_url("oracle+cx_oracle://h/db").is_err());
         assert_eq!(
             parse_url("sqlite://beat.db").unwrap(),
             (Backend::Sqlite, "beat.db".into())

@@ -41,6 +41,9 @@ pub(super) struct Sql {
     /// Inserts a routine, unplanned: `$1` id … `$7` active, `$8` args
     /// (NULL: none).
     pub insert: &'static str,
+    /// The names of the routines whose name is not in the JSON array `$1`
+    /// (what `delete_undeclared` deletes).
+    pub undeclared_names: String,
     /// Deletes every routine whose name is not in the JSON array `$1`.
     pub delete_undeclared: String,
     /// Replaces a routine's columns by name: `$1` task, `$2` schedule,
@@ -96,6 +99,9 @@ pub(super) fn postgres() -> Sql {
         insert: "INSERT INTO routines \
             (id, name, task, schedule, kwargs, options, active, args, total_run_count, needs_sync) \
             VALUES ($1::uuid, $2, $3, $4::json, $5::json, $6::json, $7, $8::json, 0, true)",
+        undeclared_names: "SELECT name::text AS name FROM routines \
+            WHERE name NOT IN (SELECT json_array_elements_text($1::json)) ORDER BY name"
+            .into(),
         delete_undeclared: "DELETE FROM routines \
             WHERE name NOT IN (SELECT json_array_elements_text($1::json))"
             .into(),
@@ -174,6 +180,9 @@ pub(super) fn sqlite() -> Sql {
         insert: "INSERT INTO routines \
             (id, name, task, schedule, kwargs, options, active, args, total_run_count, needs_sync) \
             VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 1)",
+        undeclared_names: "SELECT name FROM routines \
+            WHERE name NOT IN (SELECT value FROM json_each(?)) ORDER BY name"
+            .into(),
         delete_undeclared: "DELETE FROM routines \
             WHERE name NOT IN (SELECT value FROM json_each(?))"
             .into(),
@@ -260,6 +269,9 @@ pub(super) fn mysql() -> Sql {
         insert: "INSERT INTO routines \
             (id, name, task, schedule, kwargs, options, active, args, total_run_count, needs_sync) \
             VALUES (REPLACE(?, '-', ''), ?, ?, ?, ?, ?, ?, ?, 0, 1)",
+        undeclared_names: format!(
+            "SELECT name FROM routines WHERE name NOT IN ({NAMES}) ORDER BY name"
+        ),
         delete_undeclared: format!("DELETE FROM routines WHERE name NOT IN ({NAMES})"),
         update_by_name: "UPDATE routines SET task = ?, schedule = ?, kwargs = ?, options = ?, \
             args = ?, active = ? WHERE name = ?",
