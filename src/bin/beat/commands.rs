@@ -1,8 +1,11 @@
 //! The subcommands: each calls `celery_diesel_kit::ops` and prints the
 //! outcome as aligned text or one JSON document.
 
+use crate::celery_app::CeleryApp;
+use crate::declared;
 use crate::output::{self, Table};
-use crate::{Cli, Command, ScheduleArgs};
+use crate::serve::Source;
+use crate::{CeleryAppArgs, Cli, Command, ScheduleArgs, SyncArgs};
 use anyhow::Context;
 use celery_diesel_kit::ops::{self, Change, NewRoutineSpec, Operator, Sent};
 use celery_diesel_kit::{Actor, Config, OperatorToken, Via};
@@ -25,12 +28,19 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let command = match cli.command {
         None => {
             config.http_addr = cli.http.or(config.http_addr);
-            return crate::serve::serve(config, cli.routines).map(|()| 0);
+            let source = source(cli.routines, cli.celery);
+            return crate::serve::serve(config, source).map(|()| 0);
         }
         Some(Command::Serve(args)) => {
             config.http_addr = args.http.or(cli.http).or(config.http_addr);
-            return crate::serve::serve(config, args.routines.or(cli.routines)).map(|()| 0);
+            let celery = CeleryAppArgs {
+                celery_app: args.celery.celery_app.or(cli.celery.celery_app),
+                python: args.celery.python.or(cli.celery.python),
+            };
+            let source = source(args.routines.or(cli.routines), celery);
+            return crate::serve::serve(config, source).map(|()| 0);
         }
+        Some(Command::Sync(args)) => return sync(config, &me, args, json),
         Some(Command::Next(args)) => return next(&config, args, json),
         Some(Command::Token { name }) => return token(&name, json),
         Some(Command::Migrate) => return migrate(config, json),
@@ -38,7 +48,11 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     };
     let op = Operator::connect(config)?;
     match command {
-        Command::Serve(_) | Command::Next(_) | Command::Migrate | Command::Token { .. } => {
+        Command::Serve(_)
+        | Command::Sync(_)
+        | Command::Next(_)
+        | Command::Migrate
+        | Command::Token { .. } => {
             unreachable!("handled above")
         }
         Command::List(args) => list(&op, args.errors, args.inactive, json),
@@ -64,6 +78,42 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Check => check(&op, json),
         Command::Beats => beats(&op, json),
     }
+}
+
+/// Where a serving beat's routines are declared: a Celery app, or a file.
+fn source(routines: Option<std::path::PathBuf>, celery: CeleryAppArgs) -> Source {
+    match celery.celery_app {
+        Some(app) => Source::CeleryApp(CeleryApp {
+            app,
+            python: celery.python,
+        }),
+        None => Source::File(routines),
+    }
+}
+
+/// `beat sync`: the routines of a file or a Celery app (whose
+/// configuration applies, under the environment) synced now.
+fn sync(mut config: Config, me: &Actor, args: SyncArgs, json: bool) -> anyhow::Result<i32> {
+    let declared = match (args.celery.celery_app, args.routines) {
+        (Some(app), _) => {
+            let app = CeleryApp {
+                app,
+                python: args.celery.python,
+            };
+            let exported = app.export()?;
+            exported.configure(&mut config)?;
+            exported.declared
+        }
+        (None, Some(path)) => declared::one_by_one(&declared::read_array(&path)?),
+        (None, None) => anyhow::bail!("beat sync needs --routines FILE or --celery-app APP"),
+    };
+    // The tables are created or upgraded first, as a starting beat does.
+    let op = if config.create_table {
+        Operator::migrate(config)?
+    } else {
+        Operator::connect(config)?
+    };
+    declared::sync(&op, me, declared, &args.keep, json)
 }
 
 /// `beat migrate`: creates or updates the tables.

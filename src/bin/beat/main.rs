@@ -6,7 +6,9 @@
 //! (`--config`). Exit status: 0 success, 1 failure, 2 usage error.
 
 mod backfill;
+mod celery_app;
 mod commands;
+mod declared;
 mod flags;
 mod output;
 mod serve;
@@ -36,8 +38,10 @@ struct Cli {
     #[arg(long = "as", global = true, value_name = "NAME", value_parser = flags::parse_actor)]
     as_name: Option<String>,
     /// Routines to declare when serving (see `beat serve --help`).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "celery_app")]
     routines: Option<PathBuf>,
+    #[command(flatten)]
+    celery: CeleryAppArgs,
     /// When serving: where /metrics, /healthz, /readyz and the dashboard
     /// listen (overrides HTTP_ADDR; see `beat serve --help`).
     #[arg(long, value_name = "ADDR:PORT")]
@@ -88,6 +92,10 @@ enum Command {
     /// (missed in an outage, skipped), once each, with the task ids the
     /// scheduled runs would have had; its own timing is not changed.
     Backfill(backfill::BackfillArgs),
+    /// Apply the kit's source-of-truth rules to declared routines now and
+    /// exit: declared but missing → inserted; in the table → the table's
+    /// version stays; not declared → deleted.
+    Sync(SyncArgs),
     /// Preview a schedule's next fire times (no database needed).
     Next(NextArgs),
     /// Check every routine as the beat would; exit status 1 if any is bad.
@@ -111,13 +119,50 @@ struct ServeArgs {
     /// inserted; rows not declared are deleted. Without it nothing is
     /// declared and nothing deleted (on the default SQLite database,
     /// ./routines.json is read if present).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "celery_app")]
     routines: Option<PathBuf>,
+    #[command(flatten)]
+    celery: CeleryAppArgs,
     /// Listen on ADDR:PORT (e.g. 127.0.0.1:9808) for /metrics (Prometheus),
     /// /healthz, /readyz and the dashboard; overrides HTTP_ADDR. Changes
     /// from the dashboard need HTTP_TOKEN; without it it is read-only.
     #[arg(long, value_name = "ADDR:PORT")]
     http: Option<std::net::SocketAddr>,
+}
+
+/// A Celery app whose periodic tasks are the declared routines.
+#[derive(Args, Clone, Default)]
+struct CeleryAppArgs {
+    /// Declare the periodic tasks of this Celery app (`proj.celery:app`, as
+    /// `celery -A` takes it): its `beat_schedule` and the kit's task
+    /// classes with a `schedule`, read by the `celery_diesel_kit` Python
+    /// package in the app's Python. The app's `scheduler_db_uri`,
+    /// `broker_url`, `timezone` and the kit's other keys apply under the
+    /// environment. An entry the beat cannot represent (a solar schedule)
+    /// is refused by name and its row left alone.
+    #[arg(long, value_name = "MODULE:APP")]
+    celery_app: Option<String>,
+    /// The Python that imports the Celery app (default: the python3 beside
+    /// this executable, as in the virtualenv pip installed it into, else
+    /// python3 on the PATH).
+    #[arg(long, value_name = "PATH", requires = "celery_app")]
+    python: Option<PathBuf>,
+}
+
+#[derive(Args)]
+#[group(id = "declared", required = true, multiple = false, args = ["routines", "celery_app"])]
+struct SyncArgs {
+    /// A JSON array of routines, as `beat serve --routines` takes it (`-`:
+    /// standard input). A routine the beat refuses is named and its row
+    /// left alone; the others are synced; the exit status is then 1.
+    #[arg(long, value_name = "FILE")]
+    routines: Option<PathBuf>,
+    #[command(flatten)]
+    celery: CeleryAppArgs,
+    /// A routine whose row stays though not declared (one refused on the
+    /// way here); repeatable.
+    #[arg(long, value_name = "NAME")]
+    keep: Vec<String>,
 }
 
 #[derive(Args)]

@@ -1,17 +1,17 @@
 //! `beat serve` (and `beat` alone): runs the scheduler until Ctrl-C or
 //! SIGTERM, with the demo tasks registered.
 //!
-//! Routines are declared by a JSON file (`--routines`); on the default
-//! SQLite database, `./routines.json` is used when present, which is how
-//! the demo in this repository runs.
+//! Routines are declared by a JSON file (`--routines`) or a Celery app
+//! (`--celery-app`); on the default SQLite database, `./routines.json` is
+//! used when present, which is how the demo in this repository runs.
 
+use crate::celery_app::CeleryApp;
+use crate::declared;
 use anyhow::{bail, Context};
 use celery_diesel_kit::DEFAULT_DB_URI;
-use celery_diesel_kit::{
-    AsyncTask, Beat, Config, HttpServer, Routine, SyncTask, TaskContext, TaskResult,
-};
+use celery_diesel_kit::{AsyncTask, Beat, Config, HttpServer, SyncTask, TaskContext, TaskResult};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// `demo.hello`: logs a greeting (a blocking task).
@@ -48,20 +48,6 @@ impl AsyncTask for AsyncTick {
     }
 }
 
-fn read_routines(path: &Path) -> anyhow::Result<Vec<Routine>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let value: Value = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not valid JSON", path.display()))?;
-    let Value::Array(items) = value else {
-        bail!("{} must hold a JSON array of routines", path.display());
-    };
-    items
-        .iter()
-        .map(|item| Routine::from_json(item).with_context(|| format!("in {}", path.display())))
-        .collect()
-}
-
 /// `demo.sleep`: sleeps `seconds` (kwargs, default 1): a long run, for
 /// seeing that a routine's runs never overlap, on any number of beats.
 struct Sleep;
@@ -90,25 +76,60 @@ impl SyncTask for Sleep {
     }
 }
 
-/// Serves until Ctrl-C or SIGTERM, declaring the routines in `routines`.
-pub fn serve(config: Config, routines: Option<PathBuf>) -> anyhow::Result<()> {
-    let routines_file = routines.or_else(|| {
-        let demo = PathBuf::from("routines.json");
-        (config.scheduler_db_uri == DEFAULT_DB_URI && demo.exists()).then_some(demo)
-    });
-    let routines = match &routines_file {
-        Some(path) => {
-            let routines = read_routines(path)?;
+/// Where a serving beat's declared routines come from.
+pub enum Source {
+    /// A routines file (`--routines`); none: `./routines.json` on the
+    /// default SQLite database, if present.
+    File(Option<PathBuf>),
+    /// A Celery app's periodic tasks (`--celery-app`).
+    CeleryApp(CeleryApp),
+}
+
+/// Serves until Ctrl-C or SIGTERM, declaring the routines of `source`.
+pub fn serve(mut config: Config, source: Source) -> anyhow::Result<()> {
+    let mut kept = Vec::new();
+    let routines = match source {
+        Source::CeleryApp(app) => {
+            let exported = app.export()?;
+            exported.configure(&mut config)?;
+            for refused in &exported.declared.refused {
+                log::error!(
+                    "routine {}: not declared (its row, if any, is left as it is): {}",
+                    refused.name,
+                    refused.reason
+                );
+                kept.push(refused.name.clone());
+            }
             log::info!(
-                "beat: {} routine(s) declared in {}",
-                routines.len(),
-                path.display()
+                "beat: {} routine(s) declared by the Celery app {}",
+                exported.declared.routines.len(),
+                app.app
             );
-            routines
+            exported.declared.routines
         }
-        None => {
-            log::info!("beat: no routines file; running the routines in the table as they are");
-            Vec::new()
+        Source::File(routines) => {
+            let routines_file = routines.or_else(|| {
+                let demo = PathBuf::from("routines.json");
+                (config.scheduler_db_uri == DEFAULT_DB_URI && demo.exists()).then_some(demo)
+            });
+            match &routines_file {
+                Some(path) => {
+                    let items = declared::read_array(path)?;
+                    let routines = declared::all_or_nothing(&items, path)?;
+                    log::info!(
+                        "beat: {} routine(s) declared in {}",
+                        routines.len(),
+                        path.display()
+                    );
+                    routines
+                }
+                None => {
+                    log::info!(
+                        "beat: no routines file; running the routines in the table as they are"
+                    );
+                    Vec::new()
+                }
+            }
         }
     };
 
@@ -124,6 +145,7 @@ pub fn serve(config: Config, routines: Option<PathBuf>) -> anyhow::Result<()> {
         .task(Sleep)
         .async_task(AsyncTick)
         .routines(routines)
+        .keep(kept)
         .start()?;
     let server = match http {
         Some(addr) => Some(HttpServer::start(addr, beat.monitor(), config)?),
