@@ -67,13 +67,26 @@ impl CeleryWorker {
         queues: &str,
         calls: &str,
     ) -> CeleryWorker {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python");
+        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python"));
+        let env = [("CDK_BROKER_URL", broker), ("CDK_CALLS_URL", calls)];
+        CeleryWorker::start_app(python, dir, "celery_app", queues, &env)
+    }
+
+    /// A worker of the Celery app `app` (`celery -A`), found in `dir`,
+    /// consuming `queues`, with `env` for the app.
+    pub fn start_app(
+        python: &Path,
+        dir: &Path,
+        app: &str,
+        queues: &str,
+        env: &[(&str, &str)],
+    ) -> CeleryWorker {
         let mut child = std::process::Command::new(python)
             .args([
                 "-m",
                 "celery",
                 "-A",
-                "celery_app",
+                app,
                 "worker",
                 "--pool",
                 "solo",
@@ -89,8 +102,7 @@ impl CeleryWorker {
             ])
             .arg(format!("--hostname=cdk-{}@%h", std::process::id()))
             .current_dir(dir)
-            .env("CDK_BROKER_URL", broker)
-            .env("CDK_CALLS_URL", calls)
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()

@@ -21,6 +21,7 @@
 //!   messages waiting there as py-amqp reads them.
 //! - `tally`: those messages checked against each routine's due times.
 //! - `celery`: the Celery virtualenv and a real Celery worker.
+//! - `python`: the beat as a Celery user installs it (the wheel).
 //! - `process`: `beat` processes, their logs and their exit.
 //! - `proc`: what `/proc` says about a process, and signals.
 //! - `proxy`: a TCP proxy the test cuts and restores.
@@ -39,6 +40,7 @@ pub mod log;
 pub mod proc;
 pub mod process;
 pub mod proxy;
+pub mod python;
 pub mod rabbit;
 pub mod redis;
 pub mod rng;

@@ -96,8 +96,14 @@ impl BeatProcess {
             cmd.env_remove(var);
         }
         cmd.envs(env.iter().copied())
-            .current_dir(std::env::temp_dir())
-            .stdout(std::process::Stdio::null())
+            .current_dir(std::env::temp_dir());
+        BeatProcess::spawn(cmd)
+    }
+
+    /// Starts `cmd`, a `beat` made ready by the caller (another binary,
+    /// another directory).
+    pub fn spawn(mut cmd: std::process::Command) -> BeatProcess {
+        cmd.stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
         let mut child = cmd.spawn().expect("start beat");
         let (log, reader) = collect_stderr(&mut child, |_| {});
