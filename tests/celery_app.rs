@@ -129,12 +129,13 @@ fn run(mut cmd: Command, dir: &Path, env: &[(&str, &str)]) -> Ran {
     }
 }
 
-/// The user's `beat --celery-app proj.celery:app` in `dir`, serving.
-fn serve(user: &UserBeat, dir: &Path, env: &[(&str, &str)]) -> BeatProcess {
+/// The user's `beat --celery-app proj.celery:app ARGS` in `dir`, serving.
+fn serve(user: &UserBeat, dir: &Path, env: &[(&str, &str)], args: &[&str]) -> BeatProcess {
     let mut cmd = user.beat_command();
     cmd.arg("--celery-app")
         .arg(APP)
         .args(user.python_args())
+        .args(args)
         .current_dir(dir)
         .envs(env.iter().copied())
         .env("RUST_LOG", "info");
@@ -271,7 +272,7 @@ fn a_celery_apps_periodic_tasks_run_on_a_real_worker() {
 
     // The installed beat: no database or broker in its environment, only
     // the app, whose configuration names them.
-    let mut beat = serve(&user, &dir, &env);
+    let mut beat = serve(&user, &dir, &env, &[]);
     assert!(
         beat.log()
             .contains("6 routine(s) declared by the Celery app proj.celery:app"),
@@ -372,12 +373,18 @@ fn a_celery_apps_periodic_tasks_run_on_a_real_worker() {
     assert!(beat.terminate(Duration::from_secs(30)), "{}", beat.log());
 
     // A beat started on the app with the solar entry serves the rest and
-    // says which entry it left out.
-    let mut beat = serve(&user, &dir, &solar);
+    // says which entry it left out. (And its `--http` wins over the
+    // environment's HTTP_ADDR, though the app's settings came after both.)
+    let (flag, env_port) = (common::web::free_port(), common::web::free_port());
+    let env_addr = format!("127.0.0.1:{env_port}");
+    solar.push(("HTTP_ADDR", &env_addr));
+    let flag_addr = format!("127.0.0.1:{flag}");
+    let mut beat = serve(&user, &dir, &solar, &["--http", &flag_addr]);
     let log = beat.log();
     assert!(
         log.contains("routine sunset: not declared (its row, if any, is left as it is): beat_schedule entry: a solar schedule")
-            && log.contains("5 routine(s) declared by the Celery app"),
+            && log.contains("5 routine(s) declared by the Celery app")
+            && log.contains(&format!("http: listening on http://{flag_addr} ")),
         "{log}"
     );
     assert!(beat.terminate(Duration::from_secs(30)), "{}", beat.log());

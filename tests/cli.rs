@@ -263,3 +263,34 @@ fn a_config_file_is_used_under_the_environment_and_its_errors_name_file_and_line
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--http ADDR` names where the listener is, whatever `HTTP_ADDR` says
+/// (the flag is applied after every other source of configuration, the
+/// environment included).
+#[test]
+fn the_http_flag_wins_over_http_addr() {
+    let dir = workdir("http_flag");
+    let db = common::TestDb::sqlite("cli_http_flag");
+    let (flag, env) = (common::web::free_port(), common::web::free_port());
+    let mut child = beat(&dir)
+        .args(["--http", &format!("127.0.0.1:{flag}")])
+        .env("SCHEDULER_DB_URI", &db.url)
+        .env("HTTP_ADDR", format!("127.0.0.1:{env}"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = lines(&mut child);
+    let mut seen = Vec::new();
+    let listening = wait_for(&out, &mut seen, "http: listening on http://");
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+    assert!(listening, "{}", seen.join("\n"));
+    let line = seen
+        .iter()
+        .find(|l| l.contains("http: listening on"))
+        .unwrap();
+    assert!(
+        line.contains(&format!("http://127.0.0.1:{flag} ")),
+        "{line}"
+    );
+}

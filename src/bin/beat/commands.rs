@@ -16,7 +16,7 @@ use std::time::Duration;
 
 /// Runs the command line; returns the exit status.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
-    let mut config = match &cli.config {
+    let config = match &cli.config {
         Some(path) => Config::load(path)?,
         None => Config::from_env()?,
     };
@@ -27,18 +27,16 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     };
     let command = match cli.command {
         None => {
-            config.http_addr = cli.http.or(config.http_addr);
             let source = source(cli.routines, cli.celery);
-            return crate::serve::serve(config, source).map(|()| 0);
+            return crate::serve::serve(config, source, cli.http).map(|()| 0);
         }
         Some(Command::Serve(args)) => {
-            config.http_addr = args.http.or(cli.http).or(config.http_addr);
             let celery = CeleryAppArgs {
                 celery_app: args.celery.celery_app.or(cli.celery.celery_app),
                 python: args.celery.python.or(cli.celery.python),
             };
             let source = source(args.routines.or(cli.routines), celery);
-            return crate::serve::serve(config, source).map(|()| 0);
+            return crate::serve::serve(config, source, args.http.or(cli.http)).map(|()| 0);
         }
         Some(Command::Sync(args)) => return sync(config, &me, args, json),
         Some(Command::Next(args)) => return next(&config, args, json),

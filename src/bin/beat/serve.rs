@@ -85,8 +85,13 @@ pub enum Source {
     CeleryApp(CeleryApp),
 }
 
-/// Serves until Ctrl-C or SIGTERM, declaring the routines of `source`.
-pub fn serve(mut config: Config, source: Source) -> anyhow::Result<()> {
+/// Serves until Ctrl-C or SIGTERM, declaring the routines of `source`;
+/// `http` (`--http`) overrides every other setting of `http_addr`.
+pub fn serve(
+    mut config: Config,
+    source: Source,
+    http: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
     let mut kept = Vec::new();
     let routines = match source {
         Source::CeleryApp(app) => {
@@ -139,6 +144,9 @@ pub fn serve(mut config: Config, source: Source) -> anyhow::Result<()> {
     })
     .context("cannot install the Ctrl-C/SIGTERM handler")?;
 
+    if http.is_some() {
+        config.http_addr = http;
+    }
     let http = config.http_addr;
     let beat = Beat::builder(config.clone())
         .task(Hello)
