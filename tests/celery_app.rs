@@ -117,16 +117,8 @@ fn project(test: &str) -> PathBuf {
 
 /// Runs `cmd` in `dir` with `env` to its end.
 fn run(mut cmd: Command, dir: &Path, env: &[(&str, &str)]) -> Ran {
-    let out = cmd
-        .current_dir(dir)
-        .envs(env.iter().copied())
-        .output()
-        .expect("run");
-    Ran {
-        code: out.status.code().unwrap_or(-1),
-        out: String::from_utf8_lossy(&out.stdout).into_owned(),
-        err: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    cmd.current_dir(dir).envs(env.iter().copied());
+    Ran::of(cmd)
 }
 
 /// The user's `beat --celery-app proj.celery:app ARGS` in `dir`, serving.

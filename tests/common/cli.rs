@@ -39,16 +39,21 @@ pub fn beat_with(url: &str, args: &[&str], env: &[(&str, &str)]) -> Ran {
     for var in super::BEAT_VARS {
         cmd.env_remove(var);
     }
-    let out = cmd
-        .args(args)
+    cmd.args(args)
         .env("SCHEDULER_DB_URI", url)
         .envs(env.iter().copied())
-        .current_dir(std::env::temp_dir())
-        .output()
-        .expect("run beat");
-    Ran {
-        code: out.status.code().unwrap_or(-1),
-        out: String::from_utf8_lossy(&out.stdout).into_owned(),
-        err: String::from_utf8_lossy(&out.stderr).into_owned(),
+        .current_dir(std::env::temp_dir());
+    Ran::of(cmd)
+}
+
+impl Ran {
+    /// Runs `cmd` to its end.
+    pub fn of(mut cmd: Command) -> Ran {
+        let out = cmd.output().expect("run a command");
+        Ran {
+            code: out.status.code().unwrap_or(-1),
+            out: String::from_utf8_lossy(&out.stdout).into_owned(),
+            err: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
     }
 }
