@@ -332,7 +332,11 @@ fn a_celery_apps_periodic_tasks_run_on_a_real_worker() {
         "1d",
         "--inactive",
     ]);
-    let added = run(cmd, &dir, &[("SCHEDULER_DB_URI", &db.url)]);
+    // (With the database's URL as the kit's users wrote it: SQLAlchemy's
+    // form, with its Python driver.)
+    let kit_url = db.url.replacen("postgres://", "postgresql+psycopg2://", 1);
+    assert_ne!(kit_url, db.url);
+    let added = run(cmd, &dir, &[("SCHEDULER_DB_URI", &kit_url)]);
     assert_eq!(added.code, 0, "{added:?}");
     let mut solar = dropped.clone();
     solar.push(("CDK_SOLAR", "1"));

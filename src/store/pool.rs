@@ -46,14 +46,23 @@ pub(super) enum Pools {
 
 /// Reads `scheduler_db_uri`: the backend, and what to hand to it. The
 /// kit's SQLAlchemy URLs name a Python driver after a `+`
-/// (`postgresql+psycopg2://`, `mysql+pymysql://`): it is dropped.
+/// (`postgresql+psycopg2://`, `mysql+pymysql://`): it is dropped. Not from
+/// SQLite's: SQLAlchemy reads `sqlite:///x.db` as a relative path, the
+/// beat as `/x.db`, so `sqlite+pysqlite://` is refused rather than misread.
 pub(super) fn parse_url(url: &str) -> Result<(Backend, String), StoreError> {
     let without_driver;
     let url = match url.split_once("://") {
         Some((scheme, rest)) if scheme.contains('+') => {
             let base = scheme.split('+').next().unwrap_or_default();
-            without_driver = format!("{base}://{rest}");
-            without_driver.as_str()
+            if ["postgres", "postgresql", "mysql", "mariadb"]
+                .iter()
+                .any(|b| base.eq_ignore_ascii_case(b))
+            {
+                without_driver = format!("{base}://{rest}");
+                without_driver.as_str()
+            } else {
+                url
+            }
         }
         _ => url,
     };
@@ -417,6 +426,7 @@ mod tests {
             (Backend::Postgres, "postgresql://u:p@h/db".into())
         );
         assert!(parse_url("oracle+cx_oracle://h/db").is_err());
+        assert!(parse_url("sqlite+pysqlite:///x.db").is_err());
         assert_eq!(
             parse_url("sqlite://beat.db").unwrap(),
             (Backend::Sqlite, "beat.db".into())
