@@ -1,13 +1,17 @@
 //! A TCP proxy the test owns, to cut and restore a service (a database,
-//! Redis) without touching the service itself.
+//! Redis) or slow it down without touching the service itself.
 
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 pub struct Proxy {
     pub port: u16,
     upstream: String,
     state: Arc<Mutex<State>>,
+    /// The delay added to each read passed on, either way (microseconds).
+    delay: Arc<AtomicU64>,
 }
 
 #[derive(Default)]
@@ -25,8 +29,10 @@ impl Proxy {
             open: true,
             streams: Vec::new(),
         }));
+        let delay = Arc::new(AtomicU64::new(0));
         {
             let state = Arc::clone(&state);
+            let delay = Arc::clone(&delay);
             let upstream = upstream.to_owned();
             std::thread::spawn(move || {
                 for client in listener.incoming() {
@@ -44,14 +50,12 @@ impl Proxy {
                         st.streams.push(client.try_clone().unwrap());
                         st.streams.push(server.try_clone().unwrap());
                     }
-                    for (mut from, mut to) in [
+                    for (from, to) in [
                         (client.try_clone().unwrap(), server.try_clone().unwrap()),
                         (server, client),
                     ] {
-                        std::thread::spawn(move || {
-                            let _ = std::io::copy(&mut from, &mut to);
-                            let _ = to.shutdown(Shutdown::Both);
-                        });
+                        let delay = Arc::clone(&delay);
+                        std::thread::spawn(move || pass_on(from, to, &delay));
                     }
                 }
             });
@@ -60,6 +64,7 @@ impl Proxy {
             port,
             upstream: upstream.to_owned(),
             state,
+            delay,
         }
     }
 
@@ -87,6 +92,32 @@ impl Proxy {
     pub fn restore(&self) {
         self.state.lock().unwrap().open = true;
     }
+
+    /// Holds each read for `delay` before passing it on, either way (a
+    /// request and its answer each wait): a slow network. Zero ends it.
+    pub fn slow_down(&self, delay: Duration) {
+        self.delay.store(delay.as_micros() as u64, Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` until either ends, holding each read for the
+/// proxy's delay; then shuts `to` down.
+fn pass_on(mut from: TcpStream, mut to: TcpStream, delay: &AtomicU64) {
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = from.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        let wait = delay.load(Ordering::SeqCst);
+        if wait > 0 {
+            // The delay is the point: a slow link.
+            std::thread::sleep(Duration::from_micros(wait));
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Both);
 }
 
 // ---------------------------------------------------------------------------
