@@ -339,25 +339,6 @@ fn a_rabbitmq_outage_loses_no_routine_and_doubles_none() {
     assert_eq!(ids.len(), 6);
 }
 
-/// Declares, as a Celery user would, what routines publish to (see
-/// `tests/python/amqp_setup.py`).
-fn amqp_setup(python: &std::path::Path, url: &str, specs: &[&str]) {
-    let out = std::process::Command::new(python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/python/amqp_setup.py"
-        ))
-        .arg(url)
-        .args(specs)
-        .output()
-        .expect("amqp_setup.py");
-    assert!(
-        out.status.success(),
-        "amqp_setup.py: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The routine tags (kwargs `r`) of messages, in the order taken.
 fn tags(messages: &[Value]) -> Vec<String> {
     messages
@@ -387,7 +368,7 @@ fn exchanges_route_as_kombu_routes_and_a_missing_one_refuses_its_routine_alone()
         return;
     };
     let url = vhost.url();
-    amqp_setup(
+    common::rabbit::declare(
         &python,
         &url,
         &[

@@ -65,6 +65,25 @@ pub fn rabbit_vhost(test: &str, name: &str) -> Option<Vhost> {
     Some(Vhost { name })
 }
 
+/// Declares, as a Celery user would, what routines publish to (see
+/// `tests/python/amqp_setup.py`).
+pub fn declare(python: &std::path::Path, url: &str, specs: &[&str]) {
+    let out = Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/amqp_setup.py"
+        ))
+        .arg(url)
+        .args(specs)
+        .output()
+        .expect("amqp_setup.py");
+    assert!(
+        out.status.success(),
+        "amqp_setup.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Every message waiting in `queue`, taken off it, as py-amqp decodes them
 /// (see `tests/python/amqp_get.py`).
 pub fn take_messages(python: &std::path::Path, url: &str, queue: &str) -> Vec<serde_json::Value> {
