@@ -1,94 +1,25 @@
-//! Reliability of beat processes: several serving together, SIGKILL at
-//! any moment, one frozen in the middle of a claim, SIGTERM; bad rows by
-//! the thousand and values no plan can hold. Each (routine, due time) must
-//! be dispatched once: the tests read every message back from Redis and
-//! tally it against the routine's grid of due times and its
-//! `total_run_count` (`common::tally`). Outages of the database and the
-//! broker are in tests/outages.rs.
+//! Reliability of beat processes: SIGKILL at any moment, one frozen in
+//! the middle of a claim, SIGTERM; bad rows by the thousand and values no
+//! plan can hold. Each (routine, due time) must be dispatched once: the
+//! tests read every message back from Redis and tally it against the
+//! routine's grid of due times and its `total_run_count`
+//! (`common::tally`). Outages of the database and the broker are in
+//! tests/outages.rs; several beats through random kills, freezes, outages
+//! and edits, for as long as asked, in tests/chaos.rs.
 
 mod common;
 
 use celery_diesel_kit::ops::Operator;
 use chrono::{DateTime, Duration as TimeDelta, Utc};
 use common::routines::insert_tagged;
-use common::runs::{
-    assert_every_due_time_dispatched, assert_history_is_the_runs, logs, serve_then_stop,
-};
+use common::runs::assert_history_is_the_runs;
 use common::tally::{first, tally};
 use common::{
-    at, env_seconds, holds_for, published, published_count, redis_queue, report, signal,
-    wait_until, BeatProcess, Kind, Recorder, Rng, TestDb,
+    at, published, published_count, redis_queue, report, signal, wait_until, BeatProcess, Kind,
+    Recorder, Rng, TestDb,
 };
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
-
-fn several_beats_one_killed(seconds: u64) {
-    let test = "reliability_three_beats";
-    let Some((broker, queue)) = redis_queue(test) else {
-        return;
-    };
-    let Some(db) = TestDb::postgres(test) else {
-        return;
-    };
-    let store = db.store();
-    // 300 routines: every 1 s, every 2 s, and every minute.
-    insert_tagged(&db, "r", 300, &queue, |i| [1, 2, 60][i % 3]);
-    let env = [
-        ("SCHEDULER_DB_URI", db.url.as_str()),
-        ("CELERY_BROKER_URL", broker.as_str()),
-        ("RUST_LOG", "info"),
-    ];
-    let started = Instant::now();
-    let mut beats: Vec<BeatProcess> = (0..3).map(|_| BeatProcess::start(&env)).collect();
-    // The soak's length is the point; over it, every beat stays up (but
-    // the one killed, for the 3 s it is down).
-    let half = Duration::from_secs(seconds / 2);
-    assert!(
-        holds_for(half, || beats.iter_mut().all(BeatProcess::is_running)),
-        "a beat exited:\n{}",
-        logs(&beats)
-    );
-    beats[1].kill();
-    assert!(
-        holds_for(Duration::from_secs(3), || beats[0].is_running()
-            && beats[2].is_running()),
-        "a beat exited:\n{}",
-        logs(&beats)
-    );
-    beats[1] = BeatProcess::start(&env);
-    let rest = Duration::from_secs(seconds - seconds / 2);
-    let served = serve_then_stop(&mut beats, rest, started);
-    let rows = store.routines().unwrap();
-    let messages = published(&broker, &queue);
-    let tally = tally(&rows, &messages);
-    let recorded = assert_history_is_the_runs(&db, &messages);
-    report(&format!(
-        "three beats, {seconds} s, one SIGKILLed: {} runs dispatched, {} repeated (same id), {} missed, {} strays, {recorded} recorded",
-        tally.runs, tally.repeats, tally.missed.len(), tally.strays
-    ));
-    assert_every_due_time_dispatched(&tally, served);
-    // A SIGKILL between publishing and committing leaves a run pushed but
-    // not claimed; the next claim of it pushes nothing (Redis remembers
-    // its id).
-    assert_eq!(
-        tally.repeats, 0,
-        "{} runs reached Redis twice",
-        tally.repeats
-    );
-}
-
-#[test]
-fn three_beat_processes_dispatch_each_due_time_once_through_a_sigkill() {
-    several_beats_one_killed(40);
-}
-
-/// The same for as long as `CDK_SOAK_SECONDS` says (default 10 minutes):
-/// `CDK_SOAK_SECONDS=600 cargo test --release --test reliability -- --ignored soak`
-#[test]
-#[ignore]
-fn soak_three_beat_processes() {
-    several_beats_one_killed(env_seconds("CDK_SOAK_SECONDS", 600));
-}
 
 #[test]
 fn a_beat_killed_at_any_moment_loses_no_run_and_pushes_none_twice() {

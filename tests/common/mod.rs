@@ -20,21 +20,26 @@
 //! - `rabbit`: a RabbitMQ virtual host of the test's own, and the
 //!   messages waiting there as py-amqp reads them.
 //! - `tally`: those messages checked against each routine's due times.
+//! - `faults`: the chaos soak's seeded schedule of faults, and what each
+//!   may explain; `accounting`: the soak's runs judged against the
+//!   messages, the worker, the edits and the faults.
 //! - `celery`: the Celery virtualenv and a real Celery worker.
 //! - `python`: the beat as a Celery user installs it (the wheel).
 //! - `process`: `beat` processes, their logs and their exit.
 //! - `proc`: what `/proc` says about a process, and signals.
-//! - `proxy`: a TCP proxy the test cuts and restores.
+//! - `proxy`: a TCP proxy the test cuts, restores and slows down.
 //! - `log`: this test process's own log lines.
 //! - `rng`: a small seeded generator.
 //! - `cli`, `sql`, `web`: the `beat` command, raw SQL, an HTTP client.
 
 #![allow(dead_code)]
 
+pub mod accounting;
 pub mod celery;
 pub mod cli;
 pub mod clock;
 pub mod db;
+pub mod faults;
 pub mod kit;
 pub mod log;
 pub mod proc;
