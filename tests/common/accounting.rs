@@ -116,6 +116,10 @@ pub struct Facts<'a> {
     /// repeat; Redis does).
     pub repeats_allowed: bool,
     pub db_timeout: Duration,
+    /// How long an in-process run's end may take to reach the database: a
+    /// beat's housekeeper writes outcomes after whatever it is doing, and
+    /// again after a failed write.
+    pub outcome_lag: Duration,
     /// How long a silent beat's in-process runs stay open (and its
     /// routines skip their next runs) before another beat marks them lost.
     pub dead_after: Duration,
@@ -574,11 +578,10 @@ fn held_up(windows: &[Window], t: DateTime<Utc>, before: TimeDelta, after: TimeD
         .any(|w| w.from - before <= t && t <= w.until + after)
 }
 
-/// How long an in-process run's end may take to reach the database: a
-/// beat's housekeeper writes outcomes after whatever it is doing, and again
-/// after a failed write (a lock wait ends within `db_timeout`).
+/// How long an in-process run's end may take to reach the database
+/// (`outcome_lag`).
 fn in_transit(facts: &Facts) -> TimeDelta {
-    TimeDelta::from_std(facts.db_timeout).unwrap_or(TimeDelta::MAX) + TimeDelta::seconds(1)
+    TimeDelta::from_std(facts.outcome_lag).unwrap_or(TimeDelta::MAX)
 }
 
 /// How long after a fault another beat may find a dead beat's runs open
