@@ -472,6 +472,8 @@ struct Slot {
     life: usize,
     /// When to start it again after it exited by itself.
     restart_at: Option<Instant>,
+    /// When it was sent SIGTERM, while it stops.
+    terminating: Option<Instant>,
 }
 
 /// A beat process's life.
@@ -520,6 +522,7 @@ impl<'a> Soak<'a> {
                 beat: None,
                 life: 0,
                 restart_at: None,
+                terminating: None,
             })
             .collect();
         Soak {
@@ -599,6 +602,7 @@ impl<'a> Soak<'a> {
 
     fn kill(&mut self, i: usize) {
         self.slots[i].restart_at = None;
+        self.slots[i].terminating = None;
         if let Some(beat) = self.slots[i].beat.as_mut() {
             beat.kill();
         }
@@ -630,22 +634,10 @@ impl<'a> Soak<'a> {
             Fault::Kill { slot, .. } => self.start(slot),
             Fault::Freeze { slot, .. } => self.signal(slot, if begin { "STOP" } else { "CONT" }),
             Fault::Restart { slot } if begin => {
-                let stopped = self.slots[slot]
-                    .beat
-                    .as_mut()
-                    .map(|b| b.terminate(Duration::from_secs(30)));
-                if stopped == Some(false) {
-                    let log = self.slots[slot]
-                        .beat
-                        .as_ref()
-                        .map(BeatProcess::log)
-                        .unwrap_or_default();
-                    self.problems.push(format!(
-                        "beat {slot} did not stop cleanly on SIGTERM:\n{log}"
-                    ));
-                }
-                self.ended(slot, "stopped by SIGTERM");
-                self.start(slot);
+                // The stop is awaited by `supervise`, so that the other
+                // faults keep their times.
+                self.signal(slot, "TERM");
+                self.slots[slot].terminating = Some(Instant::now());
             }
             Fault::Restart { .. } => {}
             Fault::AllKilled { .. } if begin => (0..SLOTS).for_each(|i| self.kill(i)),
@@ -683,6 +675,10 @@ impl<'a> Soak<'a> {
                 }
                 continue;
             }
+            if let Some(since) = self.slots[i].terminating {
+                self.stopping(i, since);
+                continue;
+            }
             let Some(beat) = self.slots[i].beat.as_mut() else {
                 continue;
             };
@@ -693,8 +689,7 @@ impl<'a> Soak<'a> {
             let served = !beat.lines_with("beat: running").is_empty();
             let log = beat.log();
             self.ended(i, &format!("exited by itself ({status:?})"));
-            let cut_off = self.happening_to(i);
-            if served || !cut_off {
+            if served || !self.cut_off_in(i, self.lives[self.slots[i].life].from) {
                 self.problems
                     .push(format!("beat {i} exited by itself ({status:?}):\n{log}"));
             }
@@ -702,14 +697,44 @@ impl<'a> Soak<'a> {
         }
     }
 
-    /// Whether slot `i`'s database or broker is cut off or slowed down now.
-    fn happening_to(&self, i: usize) -> bool {
-        self.begun.values().any(|(fault, _)| match fault {
+    /// Slot `i`'s beat, sent SIGTERM at `since`: once it has stopped (it
+    /// must, cleanly, within 30 s), a new one.
+    fn stopping(&mut self, i: usize, since: Instant) {
+        let Some(beat) = self.slots[i].beat.as_mut() else {
+            self.slots[i].terminating = None;
+            return self.start(i);
+        };
+        if beat.is_running() && since.elapsed() < Duration::from_secs(30) {
+            return;
+        }
+        let status = beat.wait_exit(Duration::ZERO);
+        let log = beat.log();
+        self.slots[i].terminating = None;
+        if status.is_some_and(|s| s.success()) {
+            self.ended(i, "stopped by SIGTERM");
+        } else {
+            self.problems.push(format!(
+                "beat {i} did not stop cleanly within 30 s of SIGTERM ({status:?}):\n{log}"
+            ));
+            self.kill(i);
+        }
+        self.start(i);
+    }
+
+    /// Whether slot `i`'s database or broker has been cut off or slowed
+    /// down at some moment since `from`.
+    fn cut_off_in(&self, i: usize, from: DateTime<Utc>) -> bool {
+        let touches = |fault: &Fault| match fault {
             Fault::Cut { scope, .. } | Fault::Slow { scope, .. } => {
                 *scope == Scope::All || *scope == Scope::One(i)
             }
             _ => false,
-        })
+        };
+        self.begun.values().any(|(fault, _)| touches(fault))
+            || self
+                .happened
+                .iter()
+                .any(|h| h.to >= from && touches(&h.fault))
     }
 }
 
@@ -894,6 +919,11 @@ impl Soak<'_> {
     /// (every 5 s or more often) all run again, and each beat dispatches
     /// and heartbeats: none is left stuck.
     fn calm(&mut self, routines: &[Routine]) {
+        // A beat still stopping stops (or is found stuck) first.
+        wait_until(Duration::from_secs(35), || {
+            self.supervise();
+            self.slots.iter().all(|s| s.terminating.is_none())
+        });
         for i in 0..SLOTS {
             if self.slots[i].beat.is_none() {
                 self.start(i);

@@ -213,7 +213,7 @@ fn windows<'a>(facts: &Facts<'a>) -> Vec<Window<'a>> {
     published.sort();
     let first_after =
         |times: &[DateTime<Utc>], t| times.get(times.partition_point(|d| *d < t)).copied();
-    facts
+    let mut windows: Vec<Window> = facts
         .faults
         .iter()
         .map(|happened| {
@@ -229,15 +229,20 @@ fn windows<'a>(facts: &Facts<'a>) -> Vec<Window<'a>> {
                 happened,
             }
         })
-        .collect()
+        .collect();
+    windows.sort_by_key(|w| !w.happened.fault.global());
+    windows
 }
 
-/// The fault that explains what befell a run due at `due` (a broker's
-/// fault never explains an in-process run's).
-fn explain<'a>(windows: &'a [Window], due: DateTime<Utc>, celery: bool) -> Option<&'a Happened> {
+/// The fault that explains what befell a run due at `due`, the global
+/// ones first. A broker's fault explains an in-process run's too: one
+/// claim takes both kinds of rows, and in-process rows wait on the Celery
+/// rows' publish (a slow broker holds them; a lost one, until the beat
+/// notices and claims the in-process rows alone).
+fn explain<'a>(windows: &'a [Window], due: DateTime<Utc>) -> Option<&'a Happened> {
     windows
         .iter()
-        .find(|w| w.from <= due && due <= w.until && (celery || !w.happened.fault.broker_only()))
+        .find(|w| w.from <= due && due <= w.until)
         .map(|w| w.happened)
 }
 
@@ -286,13 +291,14 @@ fn check_deliveries(
         }
         if copies > 1 {
             acc.repeats += copies - 1;
-            let cause = facts.faults.iter().find(|h| {
-                h.from >= run.due - TimeDelta::seconds(2)
-                    && h.from <= run.dispatched + TimeDelta::seconds(1)
-            });
+            // A fault under way between the due time and the record.
+            let cause = windows
+                .iter()
+                .find(|w| w.from <= run.dispatched + TimeDelta::seconds(1) && w.until >= run.due)
+                .map(|w| w.happened);
             if !facts.repeats_allowed || cause.is_none() {
                 acc.violations.push(format!(
-                    "{}: run due {} reached {place} {copies} times (fault begun since it fell due: {:?})",
+                    "{}: run due {} reached {place} {copies} times (fault under way since it fell due: {:?})",
                     routine.tag, run.due, cause.map(|h| super::faults::describe(&h.fault))
                 ));
             }
@@ -347,7 +353,7 @@ fn undone_then_edited(
             .filter_map(|s| s.next_after(run.due))
             .find(|next| celery_diesel_kit::task_id(&routine.id, *next) == task_id)
     })?;
-    explain(windows, due, true)?;
+    explain(windows, due)?;
     routine
         .changes
         .iter()
@@ -550,7 +556,7 @@ fn gaps(
         if owed.is_some_and(|owed| due < owed) {
             continue;
         }
-        match explain(windows, due, routine.celery) {
+        match explain(windows, due) {
             Some(h) => acc
                 .missed
                 .push((routine.tag.clone(), due, super::faults::kind(&h.fault))),
@@ -723,7 +729,7 @@ fn waits(
         if alive && longer(&acc.longest_wait, wait) {
             acc.longest_wait = Some((routine.tag.clone(), due, wait));
         }
-        if explain(windows, due, routine.celery).is_none() && alive {
+        if explain(windows, due).is_none() && alive {
             if longer(&acc.longest_calm_wait, wait) {
                 acc.longest_calm_wait = Some((routine.tag.clone(), due, wait));
             }
