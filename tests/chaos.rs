@@ -1001,14 +1001,8 @@ impl Soak<'_> {
     }
 
     /// When some beat was alive, not frozen, and reached its database and
-    /// broker (in steps of 100 ms).
+    /// broker.
     fn able(&self) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
-        let (Some(first), Some(last)) = (
-            self.lives.iter().map(|l| l.from).min(),
-            self.lives.iter().filter_map(|l| l.to).max(),
-        ) else {
-            return Vec::new();
-        };
         let touches = |h: &Happened, slot: usize, t: DateTime<Utc>| {
             h.from <= t
                 && t < h.to
@@ -1025,17 +1019,30 @@ impl Soak<'_> {
                     && !self.happened.iter().any(|h| touches(h, l.slot, t))
             })
         };
-        let step = chrono::Duration::milliseconds(100);
+        // Between two moments where something changed, it is one or the
+        // other throughout: looked at in the middle.
+        let mut moments: Vec<DateTime<Utc>> = self
+            .lives
+            .iter()
+            .flat_map(|l| [Some(l.from), l.to])
+            .chain(
+                self.happened
+                    .iter()
+                    .flat_map(|h| [Some(h.from), Some(h.to)]),
+            )
+            .flatten()
+            .collect();
+        moments.sort();
+        moments.dedup();
         let mut spans: Vec<(DateTime<Utc>, DateTime<Utc>)> = Vec::new();
-        let mut t = first;
-        while t < last {
-            if able_at(t) {
+        for pair in moments.windows(2) {
+            let (from, to) = (pair[0], pair[1]);
+            if able_at(from + (to - from) / 2) {
                 match spans.last_mut() {
-                    Some((_, to)) if *to == t => *to = t + step,
-                    _ => spans.push((t, t + step)),
+                    Some((_, end)) if *end == from => *end = to,
+                    _ => spans.push((from, to)),
                 }
             }
-            t += step;
         }
         spans
     }
